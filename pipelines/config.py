@@ -1,0 +1,235 @@
+"""Lookalike's configuration: one YAML file, one typed object per stage.
+
+Every key can be overridden by an environment variable ``LOOKALIKE_<SECTION>__<KEY>``
+(``LOOKALIKE_NEIGHBORS__K=10``) or, for top-level keys, ``LOOKALIKE_<KEY>``
+(``LOOKALIKE_WAREHOUSE=/data/wh``). Unknown keys are an error, never silently ignored.
+Without a file the embedded default is used: the sample marketplace under ``var/sample``,
+the warehouse under ``var/warehouse``, Spark in local mode, CPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ENV_PREFIX = "LOOKALIKE_"
+CONFIG_ENV = "LOOKALIKE_CONFIG"  # path of the config file, read by DAG tasks and jobs
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used; the message says which key."""
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    url: str = "sqlite:///var/sample/marketplace.db"  # any SQLAlchemy URL
+    images: str = "var/sample/images"  # image store root: a directory or s3://bucket/prefix
+    extract_sql: str = ""  # folder of extract templates; empty = the shipped sql/extract
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # A named architecture trained from scratch ("tiny", "small", "siglip-base-patch16-224", …)
+    # or a Hugging Face checkpoint directory, local or s3://.
+    init: str = "small"
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    image_size: int = 96  # longest side of the stored, resized image (px)
+    max_image_bytes: int = 20_000_000  # larger source files are quarantined unread
+    max_image_pixels: int = 50_000_000  # decompression-bomb guard (width x height)
+    min_image_side: int = 16  # smaller images carry no usable signal
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    minutes: float = 4.0  # wall-clock budget; training stops at whichever comes first
+    max_steps: int = 4000
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    text_template: str = "{title} | {category}"
+    max_text_length: int = 24  # tokens; SigLIP pools the last token, so texts pad to this
+    vocab_size: int = 4000
+    val_fraction: float = 0.1
+    bf16: bool = True  # autocast; on CPU it roughly doubles throughput
+    threads: int = 0  # torch threads; 0 = all cores
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    batch_size: int = 256
+    arrow_batch_rows: int = 1024  # spark.sql.execution.arrow.maxRecordsPerBatch
+
+
+@dataclass(frozen=True)
+class NeighborsConfig:
+    k: int = 20
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    log_days: int = 30  # held-out interaction window [ds - log_days, ds)
+    baseline_dim: int = 64  # PCA size of the hand-made image baseline
+    min_candidates: int = 2  # a source item needs this many shown items to be scored
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    retain_partitions: int = 14  # per table; older partitions are removed after a commit
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    master: str = "local[*]"
+    driver_memory: str = "2g"
+
+
+@dataclass(frozen=True)
+class AirflowConfig:
+    home: str = "var/airflow"  # AIRFLOW_HOME for `lookalike run` on the embedded default
+
+
+@dataclass(frozen=True)
+class Config:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    warehouse: str = "var/warehouse"  # published tables and the per-run work area
+    models: str = "var/models"  # the model registry
+    window_days: int = 90  # training snapshot window [ds - window_days, ds)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    neighbors: NeighborsConfig = field(default_factory=NeighborsConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    airflow: AirflowConfig = field(default_factory=AirflowConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+# Keys holding locations: relative ones are resolved against the config file's folder
+# (or the working directory for the embedded default), so tasks agree wherever they run.
+_PATH_KEYS = {("source", "images"), ("source", "extract_sql"), ("warehouse",), ("models",), ("airflow", "home")}
+
+
+def _coerce(value, typ, key: str):
+    if typ is bool and isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if typ in (int, float) and isinstance(value, str):
+        try:
+            return typ(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"section '{prefix.rstrip('.')}'" if prefix else "the top level"
+        raise ConfigError(f"unknown config key(s) {', '.join(prefix + u for u in unknown)} in {where}; "
+                          f"valid keys: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in data.items():
+        typ = hints[name]
+        if dataclasses.is_dataclass(typ):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{name}: expected a section (mapping), got {value!r}")
+            kwargs[name] = _build(typ, value, prefix=f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, typ, prefix + name)
+    return cls(**kwargs)
+
+
+def _env_overrides(environ: typing.Mapping[str, str]) -> dict:
+    """``LOOKALIKE_SECTION__KEY=value`` → ``{"section": {"key": value}}`` (YAML-typed values)."""
+    out: dict = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        parts = name[len(ENV_PREFIX):].lower().split("__")
+        value = yaml.safe_load(raw) if raw != "" else ""
+        if isinstance(value, (dict, list)) or value is None:
+            value = raw
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"environment variable {name} nests under a scalar key")
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _resolve_paths(data: dict, base_dir: Path) -> dict:
+    data = json.loads(json.dumps(data))  # deep copy
+    for key in _PATH_KEYS:
+        node = data
+        for part in key[:-1]:
+            node = node[part]
+        value = node[key[-1]]
+        if value and "://" not in value and not Path(value).is_absolute():
+            node[key[-1]] = str((base_dir / value).resolve())
+    url = data["source"]["url"]
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        data["source"]["url"] = "sqlite:///" + str((base_dir / url[len("sqlite:///"):]).resolve())
+    return data
+
+
+def load_config(path: str | os.PathLike | None = None, environ: typing.Mapping[str, str] | None = None) -> Config:
+    """The resolved configuration: defaults, then the YAML file, then environment overrides."""
+    environ = os.environ if environ is None else environ
+    if path is None:
+        path = environ.get(CONFIG_ENV) or None
+    data = Config().to_dict()
+    base_dir = Path.cwd()
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file {file} does not exist")
+        try:
+            loaded = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {file} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {file} must hold a mapping of sections, got {type(loaded).__name__}")
+        _build(Config, loaded)  # reject unknown keys with the file's own key names
+        data = _merge(data, loaded)
+        base_dir = file.resolve().parent
+    data = _merge(data, _env_overrides(environ))
+    config = _build(Config, data)
+    return _build(Config, _resolve_paths(config.to_dict(), base_dir))

@@ -1,0 +1,74 @@
+"""Arrow schemas of every table Lookalike writes: the output contract in one place."""
+from __future__ import annotations
+
+import pyarrow as pa
+
+LISTING_FIELDS = [
+    pa.field("item_id", pa.string(), nullable=False),
+    pa.field("title", pa.string()),
+    pa.field("description", pa.string()),
+    pa.field("category", pa.string()),
+    pa.field("brand", pa.string()),
+    pa.field("price", pa.float64()),
+    pa.field("status", pa.string()),
+    pa.field("seller_id", pa.string()),
+    pa.field("image_key", pa.string()),
+    pa.field("created_at", pa.string()),
+    pa.field("updated_at", pa.string()),
+]
+
+# Work-area snapshot and catalogue: listings plus the normalised image (JPEG bytes).
+ITEMS = pa.schema(
+    [pa.field("ds", pa.string(), nullable=False), *LISTING_FIELDS,
+     pa.field("image", pa.binary()), pa.field("image_width", pa.int32()), pa.field("image_height", pa.int32()),
+     pa.field("image_sha256", pa.string())]
+)
+
+# Published snapshot: what analysts query (the image bytes stay in the work area).
+LISTINGS_SNAPSHOT = pa.schema([f for f in ITEMS if f.name != "image"])
+
+QUARANTINE = pa.schema([
+    pa.field("ds", pa.string(), nullable=False),
+    pa.field("item_id", pa.string()),
+    pa.field("stage", pa.string()),
+    pa.field("reason", pa.string()),
+    pa.field("image_key", pa.string()),
+])
+
+INTERACTIONS = pa.schema([
+    pa.field("user_id", pa.string()),
+    pa.field("session_id", pa.string()),
+    pa.field("event", pa.string()),
+    pa.field("item_id", pa.string()),
+    pa.field("source_item_id", pa.string()),
+    pa.field("ts", pa.string()),
+])
+
+ITEM_EMBEDDINGS = pa.schema([
+    pa.field("ds", pa.string(), nullable=False),
+    pa.field("item_id", pa.string(), nullable=False),
+    pa.field("model_version", pa.string()),
+    pa.field("image_sha256", pa.string()),
+    pa.field("embedding", pa.list_(pa.float32())),
+])
+
+ITEM_NEIGHBORS = pa.schema([
+    pa.field("ds", pa.string(), nullable=False),
+    pa.field("item_id", pa.string(), nullable=False),
+    pa.field("rank", pa.int32(), nullable=False),
+    pa.field("neighbor_id", pa.string(), nullable=False),
+    pa.field("score", pa.float32(), nullable=False),
+    pa.field("model_version", pa.string()),
+])
+
+EVAL_METRICS = pa.schema([
+    pa.field("ds", pa.string(), nullable=False),
+    pa.field("system", pa.string(), nullable=False),
+    pa.field("model_version", pa.string()),
+    pa.field("metric", pa.string(), nullable=False),
+    pa.field("k", pa.int32()),
+    pa.field("value", pa.float64()),
+    pa.field("ci_low", pa.float64()),
+    pa.field("ci_high", pa.float64()),
+    pa.field("n", pa.int64()),
+])
