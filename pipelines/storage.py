@@ -26,7 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-PUBLISHED_TABLES = ("listings_snapshot", "quarantine", "item_embeddings", "item_neighbors", "eval_metrics")
+PUBLISHED_TABLES = ("listings_snapshot", "catalog", "quarantine", "item_embeddings", "item_neighbors", "eval_metrics")
 
 
 def atomic_write_text(path: Path, text: str) -> None:

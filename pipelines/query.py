@@ -1,0 +1,61 @@
+"""``lookalike query``: read-only SQL over the published tables with DuckDB.
+
+For each table, ``<table>_all`` is every published partition (files listed by the table's
+manifest, so a publish in progress is never visible) and ``<table>`` its latest partition
+(``sql/views/duckdb.sql``). Only read statements are accepted.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from pipelines.storage import PUBLISHED_TABLES, Warehouse
+
+VIEWS_SQL = Path(__file__).resolve().parents[1] / "sql" / "views" / "duckdb.sql"
+READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN, duckdb.StatementType.PRAGMA}
+
+
+class QueryError(ValueError):
+    pass
+
+
+def _sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def connect(warehouse: Warehouse) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the published tables as views."""
+    con = duckdb.connect(":memory:")
+    for table in PUBLISHED_TABLES:
+        files = [str(f) for folder in warehouse.partitions(table).values() for f in sorted(folder.glob("*.parquet"))]
+        if files:
+            listing = "[" + ", ".join(_sql_literal(f) for f in files) + "]"
+            con.execute(f"create view {table}_all as select * from read_parquet({listing}, union_by_name = true, hive_partitioning = false)")
+        else:  # an empty view with no columns would break the latest-partition views
+            con.execute(f"create view {table}_all as select null::varchar as ds where false")
+    con.execute(VIEWS_SQL.read_text())
+    return con
+
+
+def run_query(warehouse: Warehouse, sql: str, variables: dict[str, str] | None = None):
+    """Execute read-only ``sql``; returns (column names, rows)."""
+    con = connect(warehouse)
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryError(f"SQL does not parse: {exc}") from None
+    if not statements:
+        raise QueryError("no SQL statement given")
+    for st in statements:
+        if st.type not in READ_ONLY:
+            raise QueryError(f"only read-only queries are allowed; got a {st.type.name} statement")
+    for name, value in (variables or {}).items():
+        con.execute(f"set variable {name} = {_sql_literal(value)}")
+    try:
+        for st in statements[:-1]:
+            con.execute(st)
+        rel = con.execute(statements[-1])
+        return [d[0] for d in rel.description], rel.fetchall()
+    except duckdb.Error as exc:
+        raise QueryError(str(exc).splitlines()[0]) from None

@@ -1,0 +1,37 @@
+-- Question: does the fine-tuned model beat the baselines in the latest offline evaluation?
+-- Columns: metric, k (cut-off; null for mrr), then value and 95% bootstrap interval per system,
+--          and lift_vs_best_baseline (relative, 0.10 = +10%).
+with
+
+metrics as (
+    select * from eval_metrics
+),
+
+pivoted as (
+    select
+        metric,
+        k,
+        max(case when system = 'siglip' then value end) as siglip,
+        max(case when system = 'siglip' then ci_low end) as siglip_ci_low,
+        max(case when system = 'siglip' then ci_high end) as siglip_ci_high,
+        max(case when system = 'image_baseline' then value end) as image_baseline,
+        max(case when system = 'text_baseline' then value end) as text_baseline
+    from metrics
+    group by metric, k
+),
+
+final as (
+    select
+        metric,
+        k,
+        round(siglip, 4) as siglip,
+        round(siglip_ci_low, 4) as siglip_ci_low,
+        round(siglip_ci_high, 4) as siglip_ci_high,
+        round(image_baseline, 4) as image_baseline,
+        round(text_baseline, 4) as text_baseline,
+        round(siglip / greatest(image_baseline, text_baseline) - 1, 4) as lift_vs_best_baseline
+    from pivoted
+)
+
+select * from final
+order by metric, k
