@@ -17,11 +17,13 @@ from pathlib import Path
 
 import yaml
 
+from pipelines.errors import LookalikeError
+
 ENV_PREFIX = "LOOKALIKE_"
 CONFIG_ENV = "LOOKALIKE_CONFIG"  # path of the config file, read by DAG tasks and jobs
 
 
-class ConfigError(ValueError):
+class ConfigError(LookalikeError):
     """A configuration file or override that cannot be used; the message says which key."""
 
 

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import duckdb
 
+from pipelines.errors import LookalikeError
 from pipelines.storage import PUBLISHED_TABLES, Warehouse
 
 VIEWS_SQL = Path(__file__).resolve().parents[1] / "sql" / "views" / "duckdb.sql"
 READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN, duckdb.StatementType.PRAGMA}
 
 
-class QueryError(ValueError):
+class QueryError(LookalikeError):
     pass
 
 

@@ -10,10 +10,11 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pipelines.errors import LookalikeError
 from pipelines.storage import ModelStore, atomic_write_text
 
 
-class RegistryError(RuntimeError):
+class RegistryError(LookalikeError):
     pass
 
 

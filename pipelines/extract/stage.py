@@ -22,6 +22,7 @@ import sqlalchemy as sa
 
 from pipelines import schemas
 from pipelines.config import Config
+from pipelines.errors import LookalikeError
 from pipelines.extract.images import prepare_image, read_image_bytes
 from pipelines.storage import Warehouse
 
@@ -32,7 +33,7 @@ STATUSES = {"on_sale", "sold", "deleted"}
 CHUNK_ROWS = 2000  # rows decoded and written per Parquet row group
 
 
-class ExtractError(RuntimeError):
+class ExtractError(LookalikeError):
     """The source cannot be read as the contract says; the message names the table or column."""
 
 

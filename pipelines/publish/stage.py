@@ -15,13 +15,14 @@ import pyarrow.parquet as pq
 
 from pipelines import schemas
 from pipelines.config import Config
+from pipelines.errors import LookalikeError
 from pipelines.publish.checks import check_embeddings, check_neighbors, check_rows
 from pipelines.storage import Warehouse, atomic_write_text, new_run_id, write_parquet
 
 log = logging.getLogger(__name__)
 
 
-class PublishCheckFailed(RuntimeError):
+class PublishCheckFailed(LookalikeError):
     """A quality check failed; nothing of this run was published."""
 
 

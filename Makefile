@@ -1,0 +1,29 @@
+# Two commands do all set-up: `make demo` and `make test`. Both create or refresh .venv first.
+VENV := .venv
+PY := $(VENV)/bin/python
+LOOKALIKE := $(VENV)/bin/lookalike
+STAMP := $(VENV)/.installed
+SAMPLE := var/sample/marketplace.db
+
+.PHONY: demo test install clean sample
+
+$(STAMP): pyproject.toml constraints.txt scripts/bootstrap.sh
+	bash scripts/bootstrap.sh
+
+install: $(STAMP)
+
+$(SAMPLE): | $(STAMP)
+	$(LOOKALIKE) sample-data --out var/sample
+
+sample: $(SAMPLE)
+
+## demo: sample marketplace (if missing) + the nightly pipeline through Airflow + a summary
+demo: $(STAMP) $(SAMPLE)
+	$(LOOKALIKE) run
+
+## test: the whole test suite
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf var

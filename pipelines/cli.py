@@ -1,0 +1,217 @@
+"""The ``lookalike`` command line. Every verb has ``--help``; errors say what to fix and exit non-zero."""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+from pipelines.errors import LookalikeError
+
+STAGES = {
+    "extract": "jobs.extract",
+    "train": "jobs.train",
+    "evaluate": "jobs.evaluate",
+    "embed": "jobs.embed",
+    "neighbors": "jobs.neighbors",
+    "publish": "jobs.publish",
+}
+
+
+def _today() -> str:
+    return datetime.now(timezone.utc).date().isoformat()
+
+
+def _iso_date(text: str) -> str:
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date in YYYY-MM-DD form") from None
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def cmd_sample_data(args) -> int:
+    from pipelines.sample.marketplace import SampleSpec, generate
+
+    out = Path(args.out)
+    print(f"Writing a sample marketplace of {args.items} items and {args.users} users over {args.days} days to {out} …")
+    summary = generate(out, SampleSpec(items=args.items, users=args.users, days=args.days, seed=args.seed,
+                                       end=date.fromisoformat(args.end) if args.end else None))
+    print(f"Done: {summary['interactions']} interactions, last day {summary['end']} (exclusive); "
+          f"source {summary['database']}, images {summary['images']}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from pipelines.config import load_config
+    from pipelines.orchestrate import run_dag
+    from pipelines.summary import run_summary
+
+    cfg = load_config(args.config)
+    ds = args.ds or _default_ds(cfg)
+    print(f"Running lookalike_nightly for ds={ds} through Airflow (log: {cfg.airflow.home}/logs/) …", flush=True)
+    run_dag(cfg, ds, config_path=args.config, echo=lambda line: print(line, flush=True))
+    print()
+    print(run_summary(cfg, ds))
+    return 0
+
+
+def _default_ds(cfg) -> str:
+    """Today (UTC), or the day the sample ends when the embedded sample marketplace is the source."""
+    sample = Path(cfg.source.url.removeprefix("sqlite:///")).with_name("sample.json")
+    if cfg.source.url.startswith("sqlite:///") and sample.exists():
+        return json.loads(sample.read_text())["end"]
+    return _today()
+
+
+def cmd_summary(args) -> int:
+    from pipelines.config import load_config
+    from pipelines.storage import Warehouse
+    from pipelines.summary import run_summary
+
+    cfg = load_config(args.config)
+    ds = args.ds or Warehouse.at(cfg.warehouse).latest_ds("item_neighbors")
+    if not ds:
+        raise LookalikeError(f"nothing published in {cfg.warehouse} yet: run `lookalike run` first")
+    print(run_summary(cfg, ds))
+    return 0
+
+
+def cmd_query(args) -> int:
+    from pipelines.config import load_config
+    from pipelines.query import run_query
+    from pipelines.storage import Warehouse
+    from pipelines.summary import format_table
+
+    if bool(args.sql) == bool(args.file):
+        raise LookalikeError("give either a SQL string or --file FILE")
+    sql = Path(args.file).read_text() if args.file else args.sql
+    variables = {}
+    for item in args.var or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise LookalikeError(f"--var expects NAME=VALUE, got {item!r}")
+        variables[name] = value
+    cfg = load_config(args.config)
+    columns, rows = run_query(Warehouse.at(cfg.warehouse), sql, variables)
+    if args.format == "json":
+        print(json.dumps([dict(zip(columns, r)) for r in rows], default=str, indent=2))
+    elif args.format == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(columns)
+        writer.writerows(rows)
+        print(buf.getvalue(), end="")
+    else:
+        print(format_table(columns, rows))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from pipelines import registry
+    from pipelines.config import load_config
+    from pipelines.storage import ModelStore
+    from pipelines.summary import format_table
+
+    store = ModelStore.at(load_config(args.config).models)
+    if args.action == "list":
+        rows = [(v["version"], v["stage"], v.get("architecture"), v.get("snapshot", {}).get("ds"),
+                 v.get("eval", {}).get("ndcg@5"), v.get("metrics", {}).get("val", {}).get("recall@1"))
+                for v in registry.list_versions(store)]
+        if not rows:
+            print(f"no models registered under {store.root}")
+        else:
+            print(format_table(["version", "stage", "architecture", "snapshot ds", "nDCG@5", "val R@1"], rows))
+    elif args.action == "promote":
+        if not args.version:
+            raise LookalikeError("`lookalike models promote` needs a VERSION (see `lookalike models list`)")
+        registry.promote(store, args.version)
+        print(f"{args.version} is now the production model")
+    else:
+        print(f"production model rolled back to {registry.rollback(store)}")
+    return 0
+
+
+def cmd_stage(args, rest: list[str]) -> int:
+    import importlib
+
+    return importlib.import_module(STAGES[args.command]).main(rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lookalike", description=(
+        "Nightly 'visually similar items' tables from fine-tuned SigLIP embeddings. "
+        "Without --config the embedded default is used (sample marketplace under var/sample, warehouse under "
+        "var/warehouse)."))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("sample-data", help="write a sample marketplace (SQLite + images)")
+    p.add_argument("--out", required=True, help="output folder (e.g. var/sample)")
+    p.add_argument("--items", type=_positive, default=3000)
+    p.add_argument("--users", type=_positive, default=600)
+    p.add_argument("--days", type=_positive, default=120, help="days of listings and interactions")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--end", type=_iso_date, help="day after the last day of data (default: today, UTC)")
+    p.set_defaults(func=cmd_sample_data)
+
+    p = sub.add_parser("run", help="run the nightly pipeline for one ds through Airflow")
+    p.add_argument("--config", help="YAML config file (default: the embedded default)")
+    p.add_argument("--ds", type=_iso_date, help="partition date (default: today UTC; the sample's end day "
+                                                "on the embedded sample)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("summary", help="print the summary of a published run")
+    p.add_argument("--config")
+    p.add_argument("--ds", type=_iso_date, help="default: the latest published ds")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("query", help="read-only SQL over the published tables (DuckDB)")
+    p.add_argument("--config")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--file", help="read the SQL from a file, e.g. sql/analytics/similar_items.sql")
+    p.add_argument("--var", action="append", metavar="NAME=VALUE",
+                   help="set a SQL variable, read with getvariable('NAME'); repeatable")
+    p.add_argument("sql", nargs="?", help="the SQL; tables: item_neighbors, item_embeddings, listings_snapshot, "
+                                          "catalog, quarantine, eval_metrics (latest ds) and <table>_all")
+    p.set_defaults(func=cmd_query)
+
+    for stage, module in STAGES.items():
+        p = sub.add_parser(stage, help=f"run the {stage} stage for one ds", add_help=False)
+        p.set_defaults(func=None)
+
+    p = sub.add_parser("models", help="the model registry: list, promote VERSION, rollback")
+    p.add_argument("action", choices=["list", "promote", "rollback"])
+    p.add_argument("version", nargs="?")
+    p.add_argument("--config")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if argv and argv[0] in STAGES:  # stage verbs hand their arguments to the job's own parser
+        args = argparse.Namespace(command=argv[0])
+        return cmd_stage(args, argv[1:])
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (LookalikeError, FileNotFoundError) as exc:
+        print(f"lookalike {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

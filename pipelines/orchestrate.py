@@ -1,0 +1,90 @@
+"""``lookalike run``: the nightly DAG through Airflow (``airflow dags test``) for one ds.
+
+On the embedded default Airflow keeps its metadata in SQLite under ``airflow.home``. The full
+Airflow log goes to ``<airflow.home>/logs/``; the console gets the pipeline's own progress
+lines, task boundaries and errors.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from pipelines.config import CONFIG_ENV, Config
+from pipelines.errors import LookalikeError
+
+REPO = Path(__file__).resolve().parents[1]
+DAGS_FOLDER = REPO / "dags"
+# structlog console lines: "<timestamp> [<level>] <message> [<logger>] key=value …"
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT(\d\d:\d\d:\d\d))\S*\s+\[(\w+)\s*\]\s+(.*?)\s+\[([\w.]+)\]")
+
+
+class DagRunFailed(LookalikeError):
+    pass
+
+
+def airflow_env(cfg: Config, config_path: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    home = Path(cfg.airflow.home)
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": env.get("AIRFLOW__CORE__PARALLELISM", "4"),
+        "PYTHONUNBUFFERED": "1",
+    })
+    if config_path:
+        env[CONFIG_ENV] = str(Path(config_path).resolve())
+    return env
+
+
+def _airflow_bin() -> str:
+    candidate = Path(sys.executable).parent / "airflow"
+    return str(candidate) if candidate.exists() else "airflow"
+
+
+def _console_line(line: str) -> str | None:
+    """The part of an Airflow log line worth showing on the console, or None."""
+    m = LOG_LINE.match(line)
+    if not m:
+        return None
+    _, clock, level, message, logger = m.groups()
+    if logger.startswith(("pipelines", "lookalike")):
+        return f"{clock}  {message}"
+    if message.startswith("[DAG TEST] starting task_id="):
+        return f"{clock}  ── task {message.split('task_id=')[1].split()[0]}"
+    if level in ("error", "critical"):
+        return f"{clock}  ERROR {message}"
+    return None
+
+
+def run_dag(cfg: Config, ds: str, *, config_path: str | None = None, dag_id: str = "lookalike_nightly",
+            echo=print) -> Path:
+    """Run ``dag_id`` for ``ds`` through Airflow; returns the log file. Raises DagRunFailed."""
+    env = airflow_env(cfg, config_path)
+    logs = Path(cfg.airflow.home) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"{dag_id}-{ds}.log"
+    airflow = _airflow_bin()
+    migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True)
+    if migrate.returncode != 0:
+        log_path.write_text(migrate.stdout + migrate.stderr)
+        raise DagRunFailed(f"`airflow db migrate` failed; see {log_path}")
+    finished_ok = False
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen([airflow, "dags", "test", dag_id, ds], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, bufsize=1)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log_file.write(line)
+            shown = _console_line(line)
+            if shown:
+                echo(shown)
+            if "DagRun Finished" in line and "state=success" in line:
+                finished_ok = True
+        rc = proc.wait()
+    if rc != 0 or not finished_ok:
+        raise DagRunFailed(f"DAG {dag_id} failed for ds={ds}; the full Airflow log is {log_path}")
+    return log_path

@@ -1,0 +1,72 @@
+"""The end-of-run summary: what was published, how the model compares, where to look next."""
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+
+from pipelines.config import Config
+from pipelines.storage import PUBLISHED_TABLES, Warehouse
+
+METRIC_LABELS = {("ndcg", 5): "nDCG@5", ("precision", 1): "P@1", ("precision", 3): "P@3",
+                 ("recall", 10): "Recall@10", ("mrr", None): "MRR"}
+SYSTEMS = ("siglip", "image_baseline", "text_baseline")
+
+
+def format_table(columns: list[str], rows: list[tuple]) -> str:
+    """Plain fixed-width text table (numbers right-aligned)."""
+    def cell(v):
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        return str(v)
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    numeric = [all(isinstance(row[i], (int, float)) or row[i] is None for row in rows) for i in range(len(columns))]
+
+    def fmt(values):
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    return "\n".join([fmt(columns), fmt(["-" * w for w in widths])] + [fmt(r) for r in cells])
+
+
+def run_summary(cfg: Config, ds: str) -> str:
+    wh = Warehouse.at(cfg.warehouse)
+    lines = [f"Lookalike run for ds={ds}", ""]
+    rows = []
+    for table in PUBLISHED_TABLES:
+        entry = wh.manifest(table)["partitions"].get(ds)
+        rows.append((table, entry["rows"] if entry else None, str(wh.table_dir(table)) if entry else "not published"))
+    lines += ["Published tables:", format_table(["table", "rows", "location"], rows), ""]
+
+    parts = wh.partitions("eval_metrics")
+    if ds in parts:
+        metrics = pq.read_table(parts[ds]).to_pylist()
+        by = {(m["system"], m["metric"], m["k"]): m for m in metrics}
+        version = next((m["model_version"] for m in metrics if m["system"] == "siglip"), "?")
+        n = next((m["n"] for m in metrics), 0)
+        table_rows = []
+        for (metric, k), label in METRIC_LABELS.items():
+            values = [by.get((s, metric, k), {}).get("value") for s in SYSTEMS]
+            ci = by.get(("siglip", metric, k), {})
+            best_base = max(v for v in values[1:] if v is not None)
+            lift = f"{(values[0] / best_base - 1) * 100:+.1f}%" if best_base else "n/a"
+            table_rows.append((label, values[0], f"[{ci.get('ci_low', 0):.3f}, {ci.get('ci_high', 0):.3f}]",
+                               values[1], values[2], lift))
+        lines += [f"Offline evaluation on {n} source items with similar-items clicks "
+                  f"(model {version}; 95% bootstrap interval):",
+                  format_table(["metric", "fine-tuned", "95% CI", "image baseline", "text baseline",
+                                "vs best baseline"], table_rows), ""]
+    decision = wh.work(ds, "model_decision.json")
+    if decision.exists():
+        lines += [f"Model registry: {json.loads(decision.read_text())['decision']}", ""]
+    lines += [
+        f"Warehouse: {wh.root}   models: {cfg.models}   quarantine details: lookalike query \"select * from quarantine\"",
+        "Try:",
+        '  lookalike query "select count(*) from item_neighbors"',
+        "  lookalike query --file sql/analytics/similar_items.sql --var item_id=<an item_id>",
+        "  lookalike query --file sql/analytics/model_vs_baselines.sql",
+    ]
+    return "\n".join(lines)

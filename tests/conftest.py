@@ -1,0 +1,65 @@
+"""Shared fixtures: small real data made once per session (a sample marketplace, a config)."""
+from __future__ import annotations
+
+import os
+from datetime import date
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.config import load_config
+from pipelines.sample.marketplace import SampleSpec, generate
+
+DS = "2026-11-21"
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(autouse=True)
+def _clean_lookalike_env(monkeypatch):
+    """Tests see only the overrides they set themselves."""
+    for name in list(os.environ):
+        if name.startswith("LOOKALIKE_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory) -> Path:
+    """A small sample marketplace: 400 items, 120 users, ending on DS."""
+    out = tmp_path_factory.mktemp("sample")
+    generate(out, SampleSpec(items=400, users=120, days=120, seed=1, end=date.fromisoformat(DS)),
+             progress=lambda *_: None)
+    return out
+
+
+def write_config(root: Path, sample: Path, **overrides) -> Path:
+    """A config file pointing at ``sample``, with a tiny model and short training."""
+    data = {
+        "source": {"url": f"sqlite:///{sample / 'marketplace.db'}", "images": str(sample / "images")},
+        "warehouse": str(root / "warehouse"),
+        "models": str(root / "models"),
+        "model": {"init": "tiny"},
+        "train": {"max_steps": 40, "batch_size": 32, "warmup_steps": 5},
+        "neighbors": {"k": 5},
+        "spark": {"master": "local[2]"},
+        "airflow": {"home": str(root / "airflow")},
+    }
+    for key, value in overrides.items():
+        section, _, name = key.partition("__")
+        if name:
+            data.setdefault(section, {})[name] = value
+        else:
+            data[section] = value
+    path = root / "lookalike.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def config_file(tmp_path, sample_dir) -> Path:
+    return write_config(tmp_path, sample_dir)
+
+
+@pytest.fixture
+def cfg(config_file):
+    return load_config(config_file)

@@ -1,0 +1,59 @@
+import sqlite3
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.config import load_config
+from pipelines.extract.stage import ExtractError, run_extract
+from pipelines.storage import Warehouse
+from tests.conftest import DS, write_config
+
+
+def test_snapshot_catalogue_and_quarantine(cfg, sample_dir):
+    out = run_extract(cfg, DS)
+    snap = pq.read_table(out["listings_snapshot"]).to_pylist()
+    cat = pq.read_table(out["catalog"]).to_pylist()
+    quarantine = pq.read_table(out["quarantine"]).to_pylist()
+    con = sqlite3.connect(sample_dir / "marketplace.db")
+    in_window = {r[0] for r in con.execute(
+        "select item_id from listings where created_at >= '2026-08-23' and created_at < '2026-11-21'")}
+    on_sale = {r[0] for r in con.execute("select item_id from listings where status = 'on_sale'")}
+    quarantined = {q["item_id"] for q in quarantine}
+    assert {r["item_id"] for r in snap} == in_window - quarantined
+    assert {r["item_id"] for r in cat} == on_sale - quarantined
+    assert all(r["image_sha256"] and len(r["image"]) > 100 and max(r["image_width"], r["image_height"]) == 96
+               for r in snap)
+    assert quarantine and all(q["reason"] and q["stage"] == "extract" for q in quarantine)
+
+
+def test_rerun_replaces_and_dedupes_latest_update(tmp_path, sample_dir):
+    src = tmp_path / "dup.db"
+    con = sqlite3.connect(src)
+    con.executescript(f"attach '{sample_dir / 'marketplace.db'}' as s; "
+                      "create table listings as select * from s.listings; "
+                      "create table interactions as select * from s.interactions;")
+    row = con.execute("select * from listings where status = 'on_sale' and image_key like '%.jpg' "
+                      "and created_at > '2026-10-01' limit 1").fetchone()
+    con.execute("insert into listings values (?,?,?,?,?,?,?,?,?,?,?)",
+                (row[0], "the newer title", *row[2:10], "2026-11-20T23:00:00"))
+    con.commit()
+    cfg = load_config(write_config(tmp_path, sample_dir, source={"url": f"sqlite:///{src}",
+                                                                  "images": str(sample_dir / "images")}))
+    run_extract(cfg, DS)
+    out = run_extract(cfg, DS)  # a rerun replaces, never appends
+    snap = pq.read_table(out["listings_snapshot"]).to_pylist()
+    assert [r["title"] for r in snap if r["item_id"] == row[0]] == ["the newer title"]
+    assert len({r["item_id"] for r in snap}) == len(snap)
+
+
+def test_empty_window_is_a_clear_error(cfg):
+    with pytest.raises(ExtractError, match="no listings created in"):
+        run_extract(cfg, "2020-01-01")
+
+
+def test_unreachable_source_names_the_url(tmp_path, sample_dir):
+    cfg = load_config(write_config(tmp_path, sample_dir, source={"url": f"sqlite:///{tmp_path}/nope/x.db",
+                                                                  "images": "x"}))
+    with pytest.raises(ExtractError, match="failed against sqlite"):
+        run_extract(cfg, DS)
+    assert not Warehouse.at(cfg.warehouse).work(DS, "listings_snapshot").exists()
