@@ -36,7 +36,7 @@ DEFAULT_ARGS = {
 @dag(
     dag_id="lookalike_nightly",
     schedule="@daily",
-    start_date=datetime(2026, 1, 1),
+    start_date=datetime(2000, 1, 1),  # early, so any ds can be run or backfilled; catchup is off
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,

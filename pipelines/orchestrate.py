@@ -18,6 +18,7 @@ from pipelines.errors import LookalikeError
 REPO = Path(__file__).resolve().parents[1]
 DAGS_FOLDER = REPO / "dags"
 # structlog console lines: "<timestamp> [<level>] <message> [<logger>] key=value …"
+EXCEPTION_LINE = re.compile(r"^([\w.]+\.)?\w*(Error|Exception|Failed)\w*: ")
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT(\d\d:\d\d:\d\d))\S*\s+\[(\w+)\s*\]\s+(.*?)\s+\[([\w.]+)\]")
 
 
@@ -49,7 +50,7 @@ def _console_line(line: str) -> str | None:
     """The part of an Airflow log line worth showing on the console, or None."""
     m = LOG_LINE.match(line)
     if not m:
-        return None
+        return f"         {line.rstrip()}" if EXCEPTION_LINE.match(line) else None
     _, clock, level, message, logger = m.groups()
     if logger.startswith(("pipelines", "lookalike")):
         return f"{clock}  {message}"
@@ -61,7 +62,7 @@ def _console_line(line: str) -> str | None:
 
 
 def run_dag(cfg: Config, ds: str, *, config_path: str | None = None, dag_id: str = "lookalike_nightly",
-            echo=print) -> Path:
+            last_task: str = "publish", echo=print) -> Path:
     """Run ``dag_id`` for ``ds`` through Airflow; returns the log file. Raises DagRunFailed."""
     env = airflow_env(cfg, config_path)
     logs = Path(cfg.airflow.home) / "logs"
@@ -72,7 +73,7 @@ def run_dag(cfg: Config, ds: str, *, config_path: str | None = None, dag_id: str
     if migrate.returncode != 0:
         log_path.write_text(migrate.stdout + migrate.stderr)
         raise DagRunFailed(f"`airflow db migrate` failed; see {log_path}")
-    finished_ok = False
+    finished_ok, tasks_done = False, set()
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen([airflow, "dags", "test", dag_id, ds], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -84,7 +85,12 @@ def run_dag(cfg: Config, ds: str, *, config_path: str | None = None, dag_id: str
                 echo(shown)
             if "DagRun Finished" in line and "state=success" in line:
                 finished_ok = True
+            if "[DAG TEST] end task task_id=" in line:
+                tasks_done.add(line.split("task_id=")[1].split()[0])
         rc = proc.wait()
     if rc != 0 or not finished_ok:
         raise DagRunFailed(f"DAG {dag_id} failed for ds={ds}; the full Airflow log is {log_path}")
+    if last_task not in tasks_done:  # e.g. a ds before the DAG's start_date: Airflow skips every task
+        raise DagRunFailed(f"DAG {dag_id} finished for ds={ds} without running {last_task!r}; "
+                           f"see the full Airflow log {log_path}")
     return log_path

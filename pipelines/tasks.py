@@ -5,12 +5,32 @@ small JSON-able dicts through XCom, never data.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import date
 
 from pipelines.config import load_config
+from pipelines.errors import LookalikeError
 
 log = logging.getLogger("lookalike")
+
+
+def fail_fast_on_bad_input(fn):
+    """A ``LookalikeError`` (bad input, failed check) fails the task at once: retrying cannot help.
+
+    Anything else (a lost connection, a killed worker) goes through the DAG's retries.
+    """
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LookalikeError as exc:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            log.error("%s: %s", exc.__class__.__name__, exc)
+            raise AirflowFailException(f"{exc.__class__.__name__}: {exc}") from exc
+
+    return wrapper
 
 
 def partition_date(context: dict) -> str:
@@ -19,41 +39,50 @@ def partition_date(context: dict) -> str:
     params = context.get("params") or {}
     ds = params.get("ds") or context.get("ds")
     if not ds:
-        raise ValueError("no partition date: trigger the DAG with a logical date or the param ds=YYYY-MM-DD")
-    date.fromisoformat(ds)  # a clear error for a malformed param
+        raise LookalikeError("no partition date: trigger the DAG with a logical date or the param ds=YYYY-MM-DD")
+    try:
+        date.fromisoformat(ds)
+    except ValueError:
+        raise LookalikeError(f"partition date {ds!r} is not YYYY-MM-DD") from None
     return ds
 
 
+@fail_fast_on_bad_input
 def extract(context: dict) -> dict:
     from pipelines.extract.stage import run_extract
 
     return run_extract(load_config(), partition_date(context))
 
 
+@fail_fast_on_bad_input
 def train(context: dict) -> dict:
     from pipelines.train.stage import run_train
 
     return run_train(load_config(), partition_date(context))
 
 
+@fail_fast_on_bad_input
 def evaluate(context: dict, model_uri: str) -> dict:
     from pipelines.evaluate.stage import run_evaluate
 
     return run_evaluate(load_config(), partition_date(context), model_uri)
 
 
+@fail_fast_on_bad_input
 def embed(context: dict) -> dict:
     from pipelines.embed.stage import run_embed
 
     return run_embed(load_config(), partition_date(context))
 
 
+@fail_fast_on_bad_input
 def neighbors(context: dict) -> dict:
     from pipelines.neighbors.stage import run_neighbors
 
     return run_neighbors(load_config(), partition_date(context))
 
 
+@fail_fast_on_bad_input
 def publish(context: dict) -> dict:
     from pipelines.publish.stage import run_publish
 

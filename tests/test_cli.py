@@ -1,0 +1,40 @@
+import subprocess
+import sys
+
+import pytest
+
+from pipelines.cli import STAGES, main
+
+VERBS = ["sample-data", "run", "summary", "query", "models", *STAGES]
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([verb, "--help"])
+    assert exc.value.code == 0
+    assert "usage: lookalike" in capsys.readouterr().out
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "pipelines.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "sample-data" in out.stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["extract", "--ds", "2026-13-01"], "is not a date"),
+    (["query", "drop table x"], "only read-only queries"),
+    (["query"], "give either a SQL string or --file"),
+    (["models", "promote", "nope"], "unknown model version"),
+    (["run", "--config", "/nonexistent.yaml"], "does not exist"),
+])
+def test_errors_are_one_clear_line_and_non_zero(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOOKALIKE_WAREHOUSE", str(tmp_path / "wh"))
+    monkeypatch.setenv("LOOKALIKE_MODELS", str(tmp_path / "models"))
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse errors
+        code = exc.code
+    captured = capsys.readouterr()
+    assert code != 0
+    assert message in captured.err and "Traceback" not in captured.err
