@@ -73,7 +73,7 @@ def run_dag(cfg: Config, ds: str, *, config_path: str | None = None, dag_id: str
     if migrate.returncode != 0:
         log_path.write_text(migrate.stdout + migrate.stderr)
         raise DagRunFailed(f"`airflow db migrate` failed; see {log_path}")
-    finished_ok, tasks_done = False, set()
+    finished_ok, tasks_done, recent = False, set(), []
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen([airflow, "dags", "test", dag_id, ds], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -81,8 +81,9 @@ def run_dag(cfg: Config, ds: str, *, config_path: str | None = None, dag_id: str
         for line in proc.stdout:
             log_file.write(line)
             shown = _console_line(line)
-            if shown:
+            if shown and not any(shown.split(": ", 1)[-1] in earlier for earlier in recent):
                 echo(shown)
+                recent = (recent + [shown])[-5:]  # a traceback repeats the error line: show it once
             if "DagRun Finished" in line and "state=success" in line:
                 finished_ok = True
             if "[DAG TEST] end task task_id=" in line:
