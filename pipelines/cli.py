@@ -46,8 +46,9 @@ def cmd_sample_data(args) -> int:
     print(f"Writing a sample marketplace of {args.items} items and {args.users} users over {args.days} days to {out} …")
     summary = generate(out, SampleSpec(items=args.items, users=args.users, days=args.days, seed=args.seed,
                                        end=date.fromisoformat(args.end) if args.end else None))
-    print(f"Done: {summary['interactions']} interactions, last day {summary['end']} (exclusive); "
-          f"source {summary['database']}, images {summary['images']}")
+    last = date.fromisoformat(summary["end"]).toordinal() - 1
+    print(f"Done: {summary['interactions']} interactions up to {date.fromordinal(last)}; source "
+          f"{summary['database']}, images {summary['images']}. `lookalike run` will use ds={summary['end']}.")
     return 0
 
 
@@ -148,6 +149,9 @@ def cmd_stage(args, rest: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipelines.sample.marketplace import SampleSpec
+
+    defaults = SampleSpec()
     parser = argparse.ArgumentParser(prog="lookalike", description=(
         "Nightly 'visually similar items' tables from fine-tuned SigLIP embeddings. "
         "Without --config the embedded default is used (sample marketplace under var/sample, warehouse under "
@@ -156,10 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample-data", help="write a sample marketplace (SQLite + images)")
     p.add_argument("--out", required=True, help="output folder (e.g. var/sample)")
-    p.add_argument("--items", type=_positive, default=3000)
-    p.add_argument("--users", type=_positive, default=600)
-    p.add_argument("--days", type=_positive, default=120, help="days of listings and interactions")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--items", type=_positive, default=defaults.items)
+    p.add_argument("--users", type=_positive, default=defaults.users)
+    p.add_argument("--days", type=_positive, default=defaults.days,
+                   help="days of listings and interactions")
+    p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--end", type=_iso_date, help="day after the last day of data (default: today, UTC)")
     p.set_defaults(func=cmd_sample_data)
 

@@ -13,7 +13,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-RENDER = 192  # px, square canvas before downsampling
+RENDER = 128  # px, square canvas before resizing to the requested size
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (200, 30, 35),

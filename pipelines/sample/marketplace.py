@@ -72,8 +72,8 @@ create index interactions_ts on interactions(ts);
 
 @dataclass(frozen=True)
 class SampleSpec:
-    items: int = 3000
-    users: int = 600
+    items: int = 10000
+    users: int = 2000
     days: int = 120
     seed: int = 0
     end: date | None = None  # last day with data is end - 1; default: today (UTC)
@@ -202,7 +202,7 @@ def generate(out: Path, spec: SampleSpec, progress=print) -> dict:
         description = f"{title}. Condition: {rng.choice(['good', 'fair', 'excellent'])}." if rng.random() < 0.6 else None
         listings.append((item_id, title, description, category, brand, price, status,
                          str(rng.choice(sellers)), image_key, _iso(c_at), _iso(u_at)))
-        if (i + 1) % 1000 == 0:
+        if (i + 1) % max(1, n // 4) == 0:
             progress(f"  items: {i + 1}/{n}")
 
     # ---- users and interactions ----
@@ -257,7 +257,7 @@ def generate(out: Path, spec: SampleSpec, progress=print) -> dict:
                         if rng.random() < 0.05 * (1 + taste(j)):
                             rows.append((user_id, session_id, "purchase", f"i{j:06d}", None,
                                          _iso(click_ts + timedelta(seconds=90))))
-        if (u + 1) % 200 == 0:
+        if (u + 1) % max(1, spec.users // 4) == 0:
             progress(f"  users: {u + 1}/{spec.users}")
 
     con = sqlite3.connect(tmp_db)

@@ -113,8 +113,10 @@ def train_siglip(model, tokenizer, preprocess: Preprocess, train: Pairs, max_len
         opt.step()
         losses.append(loss.item())
         if progress and (step + 1) % 100 == 0:
-            rate = (step + 1) * batch / (time.monotonic() - started)
-            progress(f"train: step {step + 1}/{cfg.max_steps} loss {np.mean(losses[-100:]):.3f} ({rate:.0f} pairs/s)")
+            elapsed = time.monotonic() - started
+            left = min(elapsed / (step + 1) * (cfg.max_steps - step - 1), deadline - time.monotonic())
+            progress(f"train: step {step + 1}/{cfg.max_steps} loss {np.mean(losses[-100:]):.3f} "
+                     f"({(step + 1) * batch / elapsed:.0f} pairs/s, ~{max(0, left):.0f}s left)")
         if time.monotonic() > deadline:
             log.warning("train: wall-clock budget of %.1f min reached at step %d/%d", cfg.minutes, step + 1,
                         cfg.max_steps)
