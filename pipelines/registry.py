@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from pathlib import Path
-
 from pipelines.errors import LookalikeError
 from pipelines.storage import ModelStore, atomic_write_text
 
@@ -99,6 +97,3 @@ def resolve_serving_version(store: ModelStore) -> tuple[str, str]:
     newest = max(data["versions"].items(), key=lambda kv: kv[1]["registered_at"])[0]
     return newest, "newest candidate (none promoted to production yet)"
 
-
-def version_path(store: ModelStore, version: str) -> Path:
-    return store.version_dir(version)

@@ -1,6 +1,7 @@
 """Shared fixtures: small real data made once per session (a sample marketplace, a config)."""
 from __future__ import annotations
 
+import logging
 import os
 from datetime import date
 from pathlib import Path
@@ -63,3 +64,16 @@ def config_file(tmp_path, sample_dir) -> Path:
 @pytest.fixture
 def cfg(config_file):
     return load_config(config_file)
+
+
+logging.getLogger("py4j").setLevel(logging.WARNING)  # its shutdown chatter after pytest closes stdout
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_spark_at_exit():
+    yield
+    from pyspark.sql import SparkSession
+
+    session = SparkSession.getActiveSession()
+    if session is not None:
+        session.stop()

@@ -57,6 +57,11 @@ def read_source(url: str, template: str, params: dict, sql_dir: Path = SQL_DIR) 
     path = sql_dir / template
     if not path.is_file():
         raise ExtractError(f"extract template {path} not found")
+    if url.startswith("sqlite:///"):  # SQLite would silently create an empty database
+        db = Path(url.removeprefix("sqlite:///"))
+        if not db.is_file():
+            raise ExtractError(f"source database {db} does not exist: create the sample with "
+                               f"`lookalike sample-data --out {db.parent}` (or `make demo`), or set source.url")
     engine = sa.create_engine(url)
     try:
         with engine.connect() as con:
@@ -78,17 +83,18 @@ def validate_listings(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
     """Drop duplicate ids (latest update wins) and rows that break the contract; returns (ok, rejects)."""
     rejects: list[dict] = []
     frame = frame.sort_values(["item_id", "updated_at"], kind="stable")
-    dupes = frame.duplicated("item_id", keep="last")
-    frame = frame[~dupes]
-    bad = frame["item_id"].isna() | (frame["item_id"].astype(str) == "")
-    bad_status = ~frame["status"].isin(STATUSES)
-    bad_title = frame["title"].isna()
-    for mask, reason in ((bad, "missing item_id"), (bad_status & ~bad, "unknown status"),
-                         (bad_title & ~bad & ~bad_status, "missing title")):
-        for row in frame[mask].itertuples():
-            rejects.append({"item_id": row.item_id, "reason": f"{reason}: {getattr(row, 'status', None)!r}"
-                            if reason == "unknown status" else reason, "image_key": row.image_key})
-    return frame[~(bad | bad_status | bad_title)].reset_index(drop=True), rejects
+    frame = frame[~frame.duplicated("item_id", keep="last")]
+    problems = [
+        (frame["item_id"].isna() | (frame["item_id"].astype(str) == ""), lambda row: "missing item_id"),
+        (~frame["status"].isin(STATUSES), lambda row: f"unknown status {row.status!r}"),
+        (frame["title"].isna(), lambda row: "missing title"),
+    ]
+    rejected = pd.Series(False, index=frame.index)
+    for mask, reason in problems:
+        for row in frame[mask & ~rejected].itertuples():  # one reason per row: the first that applies
+            rejects.append({"item_id": row.item_id, "reason": reason(row), "image_key": row.image_key})
+        rejected |= mask
+    return frame[~rejected].reset_index(drop=True), rejects
 
 
 def _decode_chunk(frame: pd.DataFrame, cfg: Config, pool: ThreadPoolExecutor) -> list:
@@ -153,14 +159,12 @@ def run_extract(cfg: Config, ds: str) -> dict[str, str]:
                            f"and the ds ({ds}); window_days is {cfg.window_days}")
 
     outputs = {name: wh.fresh_work(ds, name) for name in ("listings_snapshot", "catalog", "quarantine", "interactions")}
-    quarantine: list[dict] = []
+    quarantine: list[dict] = rejects + cat_rejects
     with ThreadPoolExecutor() as pool:
         n_snapshot = _write_items(listings, ds, outputs["listings_snapshot"], cfg, pool, quarantine)
-        seen = {q["item_id"] for q in quarantine}
-        n_catalog = _write_items(catalog, ds, outputs["catalog"], cfg, pool, cat_q := [])
-    quarantine += [q for q in cat_q if q["item_id"] not in seen]
-    for q in rejects + [r for r in cat_rejects if r["item_id"] not in {x["item_id"] for x in rejects}]:
-        quarantine.append(q)
+        n_catalog = _write_items(catalog, ds, outputs["catalog"], cfg, pool, quarantine)
+    # An item both in the window and on sale is rejected twice for the same reason: keep one row.
+    quarantine = list({q["item_id"]: q for q in quarantine}.values())
     qtable = pa.Table.from_pylist(
         [{"ds": ds, "stage": "extract", **q} for q in quarantine], schema=schemas.QUARANTINE)
     pq.write_table(qtable, outputs["quarantine"] / "part-0.parquet")

@@ -59,5 +59,5 @@ def check_embeddings(table: pa.Table) -> list[str]:
     return failures
 
 
-def check_rows(table: pa.Table, name: str, *, allow_empty: bool = False) -> list[str]:
-    return [] if allow_empty or table.num_rows else [f"{name} is empty"]
+def check_rows(table: pa.Table, name: str) -> list[str]:
+    return [] if table.num_rows else [f"{name} is empty"]

@@ -54,6 +54,25 @@ def test_empty_window_is_a_clear_error(cfg):
 def test_unreachable_source_names_the_url(tmp_path, sample_dir):
     cfg = load_config(write_config(tmp_path, sample_dir, source={"url": f"sqlite:///{tmp_path}/nope/x.db",
                                                                   "images": "x"}))
-    with pytest.raises(ExtractError, match="failed against sqlite"):
+    with pytest.raises(ExtractError, match="does not exist: create the sample with"):
         run_extract(cfg, DS)
     assert not Warehouse.at(cfg.warehouse).work(DS, "listings_snapshot").exists()
+
+
+def test_contract_breaches_are_quarantined_with_their_reason():
+    import pandas as pd
+
+    from pipelines.extract.stage import validate_listings
+
+    frame = pd.DataFrame({
+        "item_id": ["a", "a", "b", "c", None],
+        "title": ["old", "new", "t", None, "t"],
+        "status": ["on_sale", "on_sale", "for_rent", "sold", "sold"],
+        "image_key": ["k"] * 5,
+        "updated_at": ["2026-01-01T00:00:00", "2026-01-02T00:00:00", "x", "x", "x"],
+    })
+    ok, rejects = validate_listings(frame)
+    assert ok["item_id"].tolist() == ["a"] and ok["title"].tolist() == ["new"]
+    assert {r["item_id"]: r["reason"] for r in rejects if r["item_id"]} == {
+        "b": "unknown status 'for_rent'", "c": "missing title"}
+    assert [r["reason"] for r in rejects if r["item_id"] is None] == ["missing item_id"]
