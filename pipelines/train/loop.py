@@ -43,10 +43,10 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def cosine_lr(step: int, *, base: float, warmup: int, total: int) -> float:
+def cosine_lr(step: int, *, base: float, warmup: int, progress: float) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine decay to 0 as ``progress`` goes 0 → 1."""
     if step < warmup:
         return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -99,8 +99,11 @@ def train_siglip(model, tokenizer, preprocess: Preprocess, train: Pairs, max_len
         if step % steps_per_epoch == 0:
             perm = torch.from_numpy(rng.permutation(n))
         idx = perm[(step % steps_per_epoch) * batch:(step % steps_per_epoch + 1) * batch]
+        # Progress through whichever budget binds first, steps or wall-clock, so the schedule
+        # still decays to zero when training is stopped by the clock.
+        progress = max(step / cfg.max_steps, (time.monotonic() - started) / (cfg.minutes * 60))
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, base=cfg.learning_rate, warmup=cfg.warmup_steps, total=cfg.max_steps)
+            g["lr"] = cosine_lr(step, base=cfg.learning_rate, warmup=cfg.warmup_steps, progress=progress)
         x = preprocess.normalise(augment(pixels[idx], gen))
         with torch.autocast("cpu" if not x.is_cuda else "cuda", dtype=torch.bfloat16, enabled=cfg.bf16):
             out = model(pixel_values=x, input_ids=token_ids[idx])
