@@ -142,6 +142,15 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_spark_conf(args) -> int:
+    from pipelines.config import load_config
+    from pipelines.spark import spark_conf
+
+    for key, value in spark_conf(load_config(args.config)).items():
+        print(f"--conf {key}={value}")
+    return 0
+
+
 def cmd_stage(args, rest: list[str]) -> int:
     import importlib
 
@@ -192,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     for stage, module in STAGES.items():
         p = sub.add_parser(stage, help=f"run the {stage} stage for one ds", add_help=False)
         p.set_defaults(func=None)
+
+    p = sub.add_parser("spark-conf", help="print the Spark settings of the config as spark-submit --conf flags")
+    p.add_argument("--config")
+    p.set_defaults(func=cmd_spark_conf)
 
     p = sub.add_parser("models", help="the model registry: list, promote VERSION, rollback")
     p.add_argument("action", choices=["list", "promote", "rollback"])

@@ -70,6 +70,10 @@ class TrainConfig:
 class EmbedConfig:
     batch_size: int = 256
     arrow_batch_rows: int = 1024  # spark.sql.execution.arrow.maxRecordsPerBatch
+    local_max_rows: int = 2000  # at most this many items to (re)compute: embed in-process, skip Spark
+    pca_dim: int = 0  # > 0: project to this many dimensions (PCA fitted once per model version)
+    pca_sample: int = 10000  # catalogue items the PCA is fitted on
+    float16: bool = False  # store embeddings as float16 (half the bytes)
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,9 @@ class PublishConfig:
 class SparkConfig:
     master: str = "local[*]"
     driver_memory: str = "2g"
+    executor_memory: str = ""  # empty: Spark's default
+    executor_gpus: int = 0  # GPUs per executor; > 0 schedules one GPU per embedding task, bf16 inference
+    gpu_discovery_script: str = "docker/spark/gpu-discovery.sh"  # must exist on every executor host
 
 
 @dataclass(frozen=True)
@@ -126,6 +133,7 @@ class Config:
 # Keys holding locations: relative ones are resolved against the config file's folder
 # (or the working directory for the embedded default), so tasks agree wherever they run.
 _PATH_KEYS = {("source", "images"), ("source", "extract_sql"), ("warehouse",), ("models",), ("airflow", "home")}
+_REPO_RELATIVE = {("spark", "gpu_discovery_script")}  # shipped files: relative to the repository
 
 
 def _coerce(value, typ, key: str):
@@ -206,6 +214,10 @@ def _resolve_paths(data: dict, base_dir: Path) -> dict:
         value = node[key[-1]]
         if value and "://" not in value and not Path(value).is_absolute():
             node[key[-1]] = str((base_dir / value).resolve())
+    for section, key in _REPO_RELATIVE:
+        value = data[section][key]
+        if value and not Path(value).is_absolute():
+            data[section][key] = str(Path(__file__).resolve().parents[1] / value)
     url = data["source"]["url"]
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         data["source"]["url"] = "sqlite:///" + str((base_dir / url[len("sqlite:///"):]).resolve())

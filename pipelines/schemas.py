@@ -61,6 +61,9 @@ ITEM_NEIGHBORS = pa.schema([
     pa.field("model_version", pa.string()),
 ])
 
+ITEM_EMBEDDINGS_FLOAT16 = ITEM_EMBEDDINGS.set(
+    ITEM_EMBEDDINGS.get_field_index("embedding"), pa.field("embedding", pa.list_(pa.float16())))
+
 EVAL_METRICS = pa.schema([
     pa.field("ds", pa.string(), nullable=False),
     pa.field("system", pa.string(), nullable=False),

@@ -7,6 +7,35 @@ import sys
 from pipelines.config import Config
 
 
+def spark_conf(cfg: Config) -> dict[str, str]:
+    """The Spark settings Lookalike's jobs need, from its config (also printed by
+    ``lookalike spark-conf`` for spark-submit).
+
+    With ``spark.executor_gpus`` > 0 every embedding task gets one whole GPU through Spark's
+    resource scheduling, so the number of concurrent tasks per executor equals its GPUs.
+    """
+    conf = {
+        "spark.master": cfg.spark.master,
+        "spark.driver.memory": cfg.spark.driver_memory,
+        "spark.python.worker.reuse": "true",  # the model loads once per Python worker
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.embed.arrow_batch_rows),
+        "spark.sql.shuffle.partitions": "8",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.executorEnv.OMP_NUM_THREADS": "1",  # one torch thread per task on CPU
+    }
+    if cfg.spark.executor_memory:
+        conf["spark.executor.memory"] = cfg.spark.executor_memory
+    if cfg.spark.executor_gpus > 0:
+        conf.update({
+            "spark.executor.resource.gpu.amount": str(cfg.spark.executor_gpus),
+            "spark.task.resource.gpu.amount": "1",
+            "spark.executor.resource.gpu.discoveryScript": cfg.spark.gpu_discovery_script,
+            "spark.executorEnv.OMP_NUM_THREADS": "4",  # decoding threads beside the GPU
+        })
+    return conf
+
+
 def spark_session(cfg: Config, app_name: str = "lookalike"):
     """A SparkSession on ``spark.master`` whose Python workers run this interpreter.
 
@@ -17,18 +46,9 @@ def spark_session(cfg: Config, app_name: str = "lookalike"):
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    builder = (
-        SparkSession.builder.appName(app_name)
-        .master(cfg.spark.master)
-        .config("spark.driver.memory", cfg.spark.driver_memory)
-        .config("spark.python.worker.reuse", "true")
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.embed.arrow_batch_rows))
-        .config("spark.sql.shuffle.partitions", "8")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.executorEnv.OMP_NUM_THREADS", "1")
-    )
+    builder = SparkSession.builder.appName(app_name).config("spark.ui.enabled", "false")
+    for key, value in spark_conf(cfg).items():
+        builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark

@@ -59,6 +59,11 @@ def run_summary(cfg: Config, ds: str) -> str:
                   f"(model {version}; 95% bootstrap interval):",
                   format_table(["metric", "fine-tuned", "95% CI", "image baseline", "text baseline",
                                 "vs best baseline"], table_rows), ""]
+    stats = wh.work(ds, "embed_stats.json")
+    if stats.exists():
+        e = json.loads(stats.read_text())
+        lines += [f"Embeddings: {e['catalogue']} catalogue items — reused {e['reused']}, computed {e['computed']} "
+                  f"({e['executor']}), quarantined {e['quarantined']}", ""]
     decision = wh.work(ds, "model_decision.json")
     if decision.exists():
         lines += [f"Model registry: {json.loads(decision.read_text())['decision']}", ""]

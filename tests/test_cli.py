@@ -5,7 +5,7 @@ import pytest
 
 from pipelines.cli import STAGES, main
 
-VERBS = ["sample-data", "run", "summary", "query", "models", *STAGES]
+VERBS = ["sample-data", "run", "summary", "query", "models", "spark-conf", *STAGES]
 
 
 @pytest.mark.parametrize("verb", VERBS)

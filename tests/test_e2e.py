@@ -36,7 +36,7 @@ def _contents(wh: Warehouse) -> dict:
 @pytest.fixture(scope="module")
 def nightly(tmp_path_factory, sample_dir):
     root = tmp_path_factory.mktemp("e2e")
-    config = write_config(root, sample_dir)
+    config = write_config(root, sample_dir, embed={"local_max_rows": 0})  # the first night embeds on Spark
     proc = _run("run", "--config", str(config), "--ds", DS)
     return config, Warehouse.at(load_config(config, environ={}).warehouse), proc.stdout
 
@@ -46,6 +46,7 @@ def test_run_goes_through_airflow_and_prints_the_summary(nightly):
     for task in ("extract", "train", "evaluate", "embed", "neighbors", "publish"):
         assert f"── task {task}" in stdout
     assert "Published tables:" in stdout and "nDCG@5" in stdout and "lookalike query" in stdout
+    assert "reused 0, computed" in stdout and "(spark)" in stdout
     assert all(DS in wh.partitions(t) for t in PUBLISHED_TABLES)
 
 
@@ -74,8 +75,9 @@ def test_every_sql_file_runs_against_the_output(nightly):
 def test_rerunning_the_same_ds_leaves_published_tables_identical(nightly):
     config, wh, _ = nightly
     before = _contents(wh)
-    _run("run", "--config", str(config), "--ds", DS)
+    proc = _run("run", "--config", str(config), "--ds", DS)
     assert _contents(wh) == before
+    assert "computed 0 (none)" in proc.stdout  # every embedding reused: same items, photos and model
     _, rows = run_query(wh, (REPO / "sql" / "analytics" / "neighbor_overlap_day_over_day.sql").read_text())
     assert rows == []  # still one published day
 

@@ -1,46 +1,73 @@
-"""The embed stage: the serving SigLIP model over the whole active catalogue, on Spark.
+"""The embed stage: the serving SigLIP model over the whole active catalogue, incrementally.
 
-Each Spark Python worker loads the model once (module-level cache, worker reuse on) and runs
-``siglip.embed_images`` over Arrow batches with one torch thread, so Spark's task slots, not
-torch's thread pool, use the cores. An image that fails to decode becomes a quarantine row
-with its reason; it never fails the job.
+An item whose (item_id, image_sha256, model_version) already has a published embedding reuses
+it; a new item, a changed image or a new model version is (re)embedded. The rows to compute go
+to Spark (``mapInPandas``: each Python worker loads the model once — module-level cache, worker
+reuse on — and runs with one torch thread, so Spark's task slots use the cores). A handful of
+rows (``embed.local_max_rows``) is embedded in-process by the same function instead: starting a
+Spark job costs more than embedding a few hundred images. An image that fails to decode becomes
+a quarantine row with its reason; it never fails the job.
 """
 from __future__ import annotations
 
+import json
 import logging
 from typing import Iterator
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines import registry
+from pipelines import registry, schemas
 from pipelines.config import Config
-from pipelines.storage import ModelStore, Warehouse
+from pipelines.embed.compression import fit_projection, load_projection, projection_path, save_projection
+from pipelines.storage import ModelStore, Warehouse, atomic_write_text, write_parquet
 
 log = logging.getLogger(__name__)
 
-_MODEL_CACHE: dict = {}  # model path → LoadedModel, per Python worker
+_MODEL_CACHE: dict = {}  # (model path, device) → LoadedModel, per Python worker
+_PROJECTION_CACHE: dict = {}  # projection path → Projection, per Python worker
 
 
-def _cached_model(path: str):
-    if path not in _MODEL_CACHE:
+def task_device() -> str:
+    """The GPU Spark assigned to this task (``cuda:N``), or ``cpu``."""
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    gpu = ctx.resources().get("gpu") if ctx is not None else None
+    return f"cuda:{gpu.addresses[0]}" if gpu is not None and gpu.addresses else "cpu"
+
+
+def _cached_model(path: str, device: str):
+    key = (path, device)
+    if key not in _MODEL_CACHE:
         import torch
 
         from pipelines.siglip import load_model
 
-        torch.set_num_threads(1)
+        if device == "cpu":
+            torch.set_num_threads(1)  # Spark's task slots, not torch's thread pool, use the cores
         _MODEL_CACHE.clear()
-        _MODEL_CACHE[path] = load_model(path)
-    return _MODEL_CACHE[path]
+        loaded = load_model(path)
+        loaded.model.to(device)
+        _MODEL_CACHE[key] = loaded
+    return _MODEL_CACHE[key]
 
 
-def embed_frames(frames: Iterator[pd.DataFrame], model_path: str, batch_size: int) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: (item_id, image_sha256, image) batches → (item_id, image_sha256, embedding, error)."""
-    import numpy as np
+def embed_frames(frames: Iterator[pd.DataFrame], model_path: str, batch_size: int,
+                 projection: str | None = None) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: (item_id, image_sha256, image) batches → (item_id, image_sha256, embedding, error).
 
+    With ``projection`` (a ``pca-<dim>.npz``) the vectors are projected and re-normalised.
+    """
     from pipelines.siglip import embed_pixels
 
-    loaded = _cached_model(model_path)
+    device = task_device()
+    loaded = _cached_model(model_path, device)
+    if projection and projection not in _PROJECTION_CACHE:
+        _PROJECTION_CACHE[projection] = load_projection(projection)
     pre = loaded.preprocess
     for frame in frames:
         pixels, ok, errors = [], [], [None] * len(frame)
@@ -50,7 +77,9 @@ def embed_frames(frames: Iterator[pd.DataFrame], model_path: str, batch_size: in
                 ok.append(i)
             except Exception as exc:  # any decode error is quarantined, never fatal
                 errors[i] = f"image does not decode at embed time: {exc.__class__.__name__}: {exc}"
-        vectors = embed_pixels(loaded.model, np.stack(pixels), pre, batch_size) if ok else []
+        vectors = embed_pixels(loaded.model, np.stack(pixels), pre, batch_size, bf16=device != "cpu") if ok else []
+        if ok and projection:
+            vectors = _PROJECTION_CACHE[projection].apply(vectors)
         embeddings = [None] * len(frame)
         for i, v in zip(ok, vectors):
             embeddings[i] = v
@@ -70,42 +99,140 @@ def resolve_model(cfg: Config, model_uri: str | None) -> tuple[str, str]:
     return version, str(store.version_dir(version))
 
 
-def run_embed(cfg: Config, ds: str, model_uri: str | None = None) -> dict[str, str]:
-    """Embed the ds's catalogue; returns {"item_embeddings": URI, "model_version": …}."""
-    from pyspark.sql import functions as F
+def _keys(table: pa.Table) -> pa.Array:
+    """item_id + image_sha256 as one string per row, for set membership."""
+    return pc.binary_join_element_wise(table.column("item_id"), pc.fill_null(table.column("image_sha256"), ""), "\t")
+
+
+def reusable_embeddings(wh: Warehouse, version: str, catalog_keys: pa.Table) -> pa.Table:
+    """Published embeddings of ``version`` whose (item_id, image_sha256) is still in the catalogue.
+
+    Looks at published partitions newest first and takes the first one holding ``version``
+    (after a rollback, an older partition may hold the model that serves again).
+    """
+    wanted = _keys(catalog_keys)
+    for ds, folder in reversed(list(wh.partitions("item_embeddings").items())):
+        table = pq.read_table(folder, columns=["item_id", "image_sha256", "model_version", "embedding"],
+                              filters=[("model_version", "=", version)])
+        if table.num_rows:
+            return table.filter(pc.is_in(_keys(table), value_set=wanted))
+    return pa.Table.from_pylist([], schema=schemas.ITEM_EMBEDDINGS.remove(0))  # none: drop "ds", keep the rest
+
+
+def _with_schema(ds: str, version: str, item_ids, shas, embeddings, float16: bool) -> pa.Table:
+    n = len(item_ids)
+    schema = schemas.ITEM_EMBEDDINGS_FLOAT16 if float16 else schemas.ITEM_EMBEDDINGS
+    if isinstance(embeddings, (pa.Array, pa.ChunkedArray)):
+        embeddings = embeddings.cast(schema.field("embedding").type)
+    return pa.Table.from_pydict({"ds": [ds] * n, "item_id": item_ids, "model_version": [version] * n,
+                                 "image_sha256": shas, "embedding": embeddings}, schema=schema)
+
+
+def _quarantine_rows(ds: str, item_ids, reasons) -> pa.Table:
+    return pa.Table.from_pydict({"ds": [ds] * len(item_ids), "item_id": item_ids, "stage": ["embed"] * len(item_ids),
+                                 "reason": reasons, "image_key": [None] * len(item_ids)}, schema=schemas.QUARANTINE)
+
+
+def _store_results(tables, out, ds: str, version: str, float16: bool) -> tuple[int, list, list]:
+    """Write embedded rows part by part (memory: one part); returns (computed, failed ids, reasons)."""
+    computed, q_ids, q_reasons = 0, [], []
+    for i, table in enumerate(tables):
+        ok = pc.is_null(table.column("error"))
+        good, bad = table.filter(ok), table.filter(pc.invert(ok))
+        if good.num_rows:
+            write_parquet(_with_schema(ds, version, good.column("item_id"), good.column("image_sha256"),
+                                       good.column("embedding"), float16), out / f"part-computed-{i:05d}.parquet")
+            computed += good.num_rows
+        q_ids += bad.column("item_id").to_pylist()
+        q_reasons += bad.column("error").to_pylist()
+    return computed, q_ids, q_reasons
+
+
+def _package_zip(folder) -> str:
+    """``pipelines`` as a zip for ``addPyFile`` (the executors' Python needs the dependencies)."""
+    import shutil
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1]
+    return shutil.make_archive(str(folder / "lookalike-pipelines"), "zip", package.parent, package.name)
+
+
+def _embed_on_spark(cfg: Config, todo_path, raw_path, path: str, ds: str, projection: str | None) -> None:
     from pyspark.sql import types as T
 
     from pipelines.spark import spark_session
 
-    wh = Warehouse.at(cfg.warehouse)
-    catalog = wh.work(ds, "catalog")
-    if not catalog.exists():
-        raise FileNotFoundError(f"no catalogue for ds={ds} at {catalog}: run `lookalike extract --ds {ds}` first")
-    version, path = resolve_model(cfg, model_uri)
-    out = wh.fresh_work(ds, "item_embeddings")
-    raw = wh.fresh_work(ds, "embed_output")
-    quarantine = wh.fresh_work(ds, "embed_quarantine")
-
     spark = spark_session(cfg, app_name=f"lookalike-embed-{ds}")
+    if not cfg.spark.master.startswith("local"):  # executors elsewhere: ship this package to them
+        spark.sparkContext.addPyFile(_package_zip(raw_path.parent))
     batch_size = cfg.embed.batch_size
     schema = T.StructType([
         T.StructField("item_id", T.StringType()), T.StructField("image_sha256", T.StringType()),
         T.StructField("embedding", T.ArrayType(T.FloatType())), T.StructField("error", T.StringType()),
     ])
-    frame = spark.read.parquet(str(catalog)).select("item_id", "image_sha256", "image")
-    slots = spark.sparkContext.defaultParallelism
-    frame = frame.repartition(slots)  # one small file → one partition per core
-    result = frame.mapInPandas(lambda it: embed_frames(it, path, batch_size), schema)
-    result.write.mode("overwrite").parquet(str(raw))
+    frame = spark.read.parquet(str(todo_path))
+    frame = frame.repartition(max(spark.sparkContext.defaultParallelism, frame.rdd.getNumPartitions()))
+    frame.mapInPandas(lambda it: embed_frames(it, path, batch_size, projection), schema).write.mode("overwrite").parquet(str(raw_path))
 
-    written = spark.read.parquet(str(raw))
-    (written.where(F.col("error").isNull())
-     .select(F.lit(ds).alias("ds"), "item_id", F.lit(version).alias("model_version"), "image_sha256", "embedding")
-     .orderBy("item_id").coalesce(1).write.mode("overwrite").parquet(str(out)))
-    (written.where(F.col("error").isNotNull())
-     .select(F.lit(ds).alias("ds"), "item_id", F.lit("embed").alias("stage"), F.col("error").alias("reason"),
-             F.lit(None).cast("string").alias("image_key"))
-     .coalesce(1).write.mode("overwrite").parquet(str(quarantine)))
-    n = pq.read_metadata(next(out.glob("*.parquet"))).num_rows
-    log.info("embed %s: %d items embedded with %s", ds, n, version)
-    return {"item_embeddings": str(out), "model_version": version, "model_uri": path}
+
+def _ensure_projection(cfg: Config, catalog, model_path: str, dim: int):
+    """The model version's PCA to ``dim``, fitted on a seeded catalogue sample the first time."""
+    path = projection_path(model_path, dim)
+    if path.exists():
+        return path
+    table = pq.read_table(catalog, columns=["item_id", "image_sha256", "image"])
+    rng = np.random.default_rng(0)
+    sample = table.take(np.sort(rng.permutation(table.num_rows)[: cfg.embed.pca_sample]))
+    frames = (b.to_pandas() for b in sample.to_batches(max_chunksize=cfg.embed.arrow_batch_rows))
+    vectors = [v for f in embed_frames(frames, model_path, cfg.embed.batch_size) for v in f["embedding"] if v is not None]
+    save_projection(fit_projection(np.stack(vectors), dim), path)
+    log.info("embed: fitted PCA to %d dimensions on %d catalogue items → %s", dim, len(vectors), path)
+    return path
+
+
+def run_embed(cfg: Config, ds: str, model_uri: str | None = None) -> dict:
+    """Embed the ds's catalogue; returns {"item_embeddings": URI, "model_version", "reused", "computed", …}."""
+    wh = Warehouse.at(cfg.warehouse)
+    catalog = wh.work(ds, "catalog")
+    if not catalog.exists():
+        raise FileNotFoundError(f"no catalogue for ds={ds} at {catalog}: run `lookalike extract --ds {ds}` first")
+    model_version, path = resolve_model(cfg, model_uri)
+    projection, version = None, model_version
+    if cfg.embed.pca_dim:
+        projection = str(_ensure_projection(cfg, catalog, path, cfg.embed.pca_dim))
+        version = f"{model_version}+pca{cfg.embed.pca_dim}"  # another vector space, another version
+    f16 = cfg.embed.float16
+    out = wh.fresh_work(ds, "item_embeddings")
+    quarantine = wh.fresh_work(ds, "embed_quarantine")
+
+    keys = pq.read_table(catalog, columns=["item_id", "image_sha256"])
+    reused = reusable_embeddings(wh, version, keys)
+    if reused.num_rows:
+        write_parquet(_with_schema(ds, version, reused.column("item_id"), reused.column("image_sha256"),
+                                   reused.column("embedding"), f16), out / "part-reused.parquet")
+    todo_mask = pc.invert(pc.is_in(_keys(keys), value_set=_keys(reused)))
+    n_todo = keys.num_rows - reused.num_rows
+    executor, computed, q_ids, q_reasons = "none", 0, [], []
+    if n_todo:
+        todo = pq.read_table(catalog, columns=["item_id", "image_sha256", "image"]).filter(todo_mask)
+        if n_todo <= cfg.embed.local_max_rows:
+            executor = "in-process"
+            frames = (b.to_pandas() for b in todo.to_batches(max_chunksize=cfg.embed.arrow_batch_rows))
+            tables = (pa.Table.from_pandas(f, preserve_index=False)
+                      for f in embed_frames(frames, path, cfg.embed.batch_size, projection))
+        else:
+            executor = "spark"
+            todo_path = wh.fresh_work(ds, "embed_todo")
+            write_parquet(todo, todo_path / "part-0.parquet")
+            raw = wh.fresh_work(ds, "embed_output")
+            _embed_on_spark(cfg, todo_path, raw, path, ds, projection)
+            tables = (pq.read_table(f) for f in sorted(raw.glob("*.parquet")))
+        del todo
+        computed, q_ids, q_reasons = _store_results(tables, out, ds, version, f16)
+    write_parquet(_quarantine_rows(ds, q_ids, q_reasons), quarantine / "part-0.parquet")
+    stats = {"model_version": version, "catalogue": keys.num_rows, "reused": reused.num_rows,
+             "computed": computed, "quarantined": len(q_ids), "executor": executor}
+    atomic_write_text(wh.work(ds, "embed_stats.json"), json.dumps(stats, indent=2))
+    log.info("embed %s: %d items — %d reused, %d computed (%s), %d quarantined; model %s", ds, keys.num_rows,
+             stats["reused"], stats["computed"], executor, stats["quarantined"], version)
+    return {"item_embeddings": str(out), "model_uri": path, **stats}

@@ -18,7 +18,8 @@ def setup(tmp_path_factory, sample_dir):
     from transformers import SiglipModel
 
     root = tmp_path_factory.mktemp("embed")
-    cfg = load_config(write_config(root, sample_dir, embed={"arrow_batch_rows": 64}), environ={})
+    cfg = load_config(write_config(root, sample_dir, embed={"arrow_batch_rows": 64, "local_max_rows": 0}),
+                      environ={})
     run_extract(cfg, DS)
     tok = train_tokenizer(["red tee", "blue vase", "green lamp"] * 10, 40, 16)
     torch.manual_seed(0)
@@ -41,7 +42,7 @@ def test_spark_embeddings_equal_the_single_process_function(setup):
 
     cfg, model_dir, broken = setup
     out = run_embed(cfg, DS, model_uri=str(model_dir))
-    assert out["model_version"] == "test-v1"
+    assert out["model_version"] == "test-v1" and out["executor"] == "spark"
     got = pq.read_table(out["item_embeddings"]).to_pylist()
     catalog = pq.read_table(Warehouse.at(cfg.warehouse).work(DS, "catalog")).to_pylist()
     good = [r for r in catalog if r["item_id"] != broken]
