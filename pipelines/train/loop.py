@@ -101,9 +101,9 @@ def train_siglip(model, tokenizer, preprocess: Preprocess, train: Pairs, max_len
         idx = perm[(step % steps_per_epoch) * batch:(step % steps_per_epoch + 1) * batch]
         # Progress through whichever budget binds first, steps or wall-clock, so the schedule
         # still decays to zero when training is stopped by the clock.
-        progress = max(step / cfg.max_steps, (time.monotonic() - started) / (cfg.minutes * 60))
+        done = max(step / cfg.max_steps, (time.monotonic() - started) / (cfg.minutes * 60))
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, base=cfg.learning_rate, warmup=cfg.warmup_steps, progress=progress)
+            g["lr"] = cosine_lr(step, base=cfg.learning_rate, warmup=cfg.warmup_steps, progress=done)
         x = preprocess.normalise(augment(pixels[idx], gen))
         with torch.autocast("cpu" if not x.is_cuda else "cuda", dtype=torch.bfloat16, enabled=cfg.bf16):
             out = model(pixel_values=x, input_ids=token_ids[idx])
