@@ -45,12 +45,13 @@ def _cached_model(path: str, device: str):
     if key not in _MODEL_CACHE:
         import torch
 
+        from pipelines.objectstore import local_model_dir
         from pipelines.siglip import load_model
 
         if device == "cpu":
             torch.set_num_threads(1)  # Spark's task slots, not torch's thread pool, use the cores
         _MODEL_CACHE.clear()
-        loaded = load_model(path)
+        loaded = load_model(local_model_dir(path))  # an s3:// model is fetched once per host
         loaded.model.to(device)
         _MODEL_CACHE[key] = loaded
     return _MODEL_CACHE[key]
@@ -89,11 +90,15 @@ def embed_frames(frames: Iterator[pd.DataFrame], model_path: str, batch_size: in
 
 def resolve_model(cfg: Config, model_uri: str | None) -> tuple[str, str]:
     """(version, path) of the model to embed with: the one given, else the registry's serving one."""
-    store = ModelStore.at(cfg.models)
     if model_uri:
-        from pipelines.siglip import load_model
+        import json
 
-        return load_model(model_uri).version, model_uri
+        from pipelines.objectstore import local_model_dir
+
+        meta = local_model_dir(model_uri) / "lookalike.json"
+        version = json.loads(meta.read_text()).get("version") if meta.exists() else None
+        return version or model_uri.rstrip("/").rsplit("/", 1)[-1], model_uri
+    store = ModelStore.at(cfg.models)
     version, why = registry.resolve_serving_version(store)
     log.info("embed: using model %s (%s)", version, why)
     return version, str(store.version_dir(version))
@@ -177,6 +182,8 @@ def _embed_on_spark(cfg: Config, todo_path, raw_path, path: str, ds: str, projec
 
 def _ensure_projection(cfg: Config, catalog, model_path: str, dim: int):
     """The model version's PCA to ``dim``, fitted on a seeded catalogue sample the first time."""
+    if model_path.startswith("s3://"):
+        raise NotImplementedError("embed.pca_dim with a model on s3:// is not supported yet")
     path = projection_path(model_path, dim)
     if path.exists():
         return path
