@@ -72,8 +72,8 @@ def make_inputs(root: Path, items: int) -> None:
     folder = Warehouse(root / "warehouse").fresh_work(DS, "catalog")
     listing = {f.name: None for f in schemas.LISTING_FIELDS}
     with pq.ParquetWriter(folder / "part-0.parquet", schemas.ITEMS, compression="zstd") as writer:
-        for start in range(0, items, 10000):
-            n = min(10000, items - start)
+        for start in range(0, items, 2000):  # row groups of 2,000 rows, as extract writes them
+            n = min(2000, items - start)
             rows = [dict(listing, ds=DS, item_id=f"b{start + i:08d}", title="t", status="on_sale",
                          image=images[(start + i) % DISTINCT_IMAGES], image_width=96, image_height=96,
                          image_sha256=f"sha{start + i}") for i in range(n)]
@@ -148,7 +148,7 @@ def publish_and_change(root: Path, share: float) -> dict:
     extra = extra.set_column(extra.schema.get_field_index("item_id"), "item_id",
                              pa.array([f"new{i:08d}" for i in range(k)]))
     folder = wh.fresh_work(NEXT, "catalog")
-    pq.write_table(pa.concat_tables([table, extra]), folder / "part-0.parquet")
+    pq.write_table(pa.concat_tables([table, extra.cast(table.schema)]), folder / "part-0.parquet")
     return {"changed": k, "new": k}
 
 

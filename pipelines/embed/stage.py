@@ -10,6 +10,7 @@ a quarantine row with its reason; it never fails the job.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from typing import Iterator
@@ -153,6 +154,17 @@ def _store_results(tables, out, ds: str, version: str, float16: bool) -> tuple[i
     return computed, q_ids, q_reasons
 
 
+def _rows_to_embed(catalog, reused_keys: pa.Array) -> Iterator[pa.Table]:
+    """Catalogue rows without a reusable embedding, one Parquet row group at a time (memory: one group)."""
+    for file in sorted(catalog.glob("*.parquet")):
+        parquet = pq.ParquetFile(file)
+        for i in range(parquet.num_row_groups):
+            group = parquet.read_row_group(i, columns=["item_id", "image_sha256", "image"])
+            todo = group.filter(pc.invert(pc.is_in(_keys(group), value_set=reused_keys)))
+            if todo.num_rows:
+                yield todo
+
+
 def _package_zip(folder) -> str:
     """``pipelines`` as a zip for ``addPyFile`` (the executors' Python needs the dependencies)."""
     import shutil
@@ -175,8 +187,14 @@ def _embed_on_spark(cfg: Config, todo_path, raw_path, path: str, ds: str, projec
         T.StructField("item_id", T.StringType()), T.StructField("image_sha256", T.StringType()),
         T.StructField("embedding", T.ArrayType(T.FloatType())), T.StructField("error", T.StringType()),
     ])
-    frame = spark.read.parquet(str(todo_path))
-    frame = frame.repartition(max(spark.sparkContext.defaultParallelism, frame.rdd.getNumPartitions()))
+    # Split at Parquet row groups (extract writes 2,000 rows per group) into about two partitions
+    # per task slot, instead of a repartition that would shuffle every image through Spark.
+    slots = spark.sparkContext.defaultParallelism
+    size = sum(f.stat().st_size for f in todo_path.glob("*.parquet"))
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(max(1 << 20, size // (2 * slots))))
+    frame = spark.read.parquet(str(todo_path)).select("item_id", "image_sha256", "image")
+    if frame.rdd.getNumPartitions() < slots:  # a small catalogue in one row group: spread it
+        frame = frame.repartition(slots)
     frame.mapInPandas(lambda it: embed_frames(it, path, batch_size, projection), schema).write.mode("overwrite").parquet(str(raw_path))
 
 
@@ -217,24 +235,27 @@ def run_embed(cfg: Config, ds: str, model_uri: str | None = None) -> dict:
     if reused.num_rows:
         write_parquet(_with_schema(ds, version, reused.column("item_id"), reused.column("image_sha256"),
                                    reused.column("embedding"), f16), out / "part-reused.parquet")
-    todo_mask = pc.invert(pc.is_in(_keys(keys), value_set=_keys(reused)))
     n_todo = keys.num_rows - reused.num_rows
     executor, computed, q_ids, q_reasons = "none", 0, [], []
     if n_todo:
-        todo = pq.read_table(catalog, columns=["item_id", "image_sha256", "image"]).filter(todo_mask)
         if n_todo <= cfg.embed.local_max_rows:
             executor = "in-process"
-            frames = (b.to_pandas() for b in todo.to_batches(max_chunksize=cfg.embed.arrow_batch_rows))
+            frames = (t.to_pandas() for t in _rows_to_embed(catalog, _keys(reused)))
             tables = (pa.Table.from_pandas(f, preserve_index=False)
                       for f in embed_frames(frames, path, cfg.embed.batch_size, projection))
         else:
             executor = "spark"
-            todo_path = wh.fresh_work(ds, "embed_todo")
-            write_parquet(todo, todo_path / "part-0.parquet")
+            todo_path = catalog  # nothing reusable: Spark reads the catalogue as it is
+            if reused.num_rows:  # else only the rows to compute, streamed row group by row group
+                todo_path = wh.fresh_work(ds, "embed_todo")
+                parts = _rows_to_embed(catalog, _keys(reused))
+                first = next(parts)
+                with pq.ParquetWriter(todo_path / "part-0.parquet", first.schema, compression="zstd") as writer:
+                    for part in itertools.chain([first], parts):
+                        writer.write_table(part)
             raw = wh.fresh_work(ds, "embed_output")
             _embed_on_spark(cfg, todo_path, raw, path, ds, projection)
             tables = (pq.read_table(f) for f in sorted(raw.glob("*.parquet")))
-        del todo
         computed, q_ids, q_reasons = _store_results(tables, out, ds, version, f16)
     write_parquet(_quarantine_rows(ds, q_ids, q_reasons), quarantine / "part-0.parquet")
     stats = {"model_version": version, "catalogue": keys.num_rows, "reused": reused.num_rows,

@@ -58,18 +58,21 @@ def _next_day_catalogue(wh, changed: list[str], new_item_from: str) -> None:
     pq.write_table(pa.Table.from_pylist(rows + [extra], schema=table.schema), target / "part-0.parquet")
 
 
-def test_only_changed_and_new_items_are_computed(setup, tmp_path):
+@pytest.mark.parametrize("executor", ["in-process", "spark"])
+def test_only_changed_and_new_items_are_computed(setup, tmp_path, executor):
     cfg, wh = setup
+    if executor == "spark":
+        cfg = load_config(tmp_path / "lookalike.yaml", environ={"LOOKALIKE_EMBED__LOCAL_MAX_ROWS": "0"})
     model = _model(tmp_path / "m1", 0, "v1")
     first = run_embed(cfg, DS, model_uri=model)
-    assert first["reused"] == 0 and first["computed"] == first["catalogue"] and first["executor"] == "in-process"
+    assert first["reused"] == 0 and first["computed"] == first["catalogue"] and first["executor"] == executor
     _publish_embeddings(wh, DS, wh.work(DS, "item_embeddings"))
     before = _vectors(wh.work(DS, "item_embeddings"))
 
     ids = sorted(before)
     _next_day_catalogue(wh, changed=ids[:2], new_item_from=ids[5])
     second = run_embed(cfg, NEXT, model_uri=model)
-    assert (second["reused"], second["computed"]) == (len(ids) - 2, 3)
+    assert (second["reused"], second["computed"], second["executor"]) == (len(ids) - 2, 3, executor)
     after = _vectors(wh.work(NEXT, "item_embeddings"))
     assert set(after) == set(ids) | {"brand-new"}
     assert all(np.array_equal(after[i], before[i]) for i in ids[2:])  # reused exactly
