@@ -41,12 +41,35 @@ DISTINCT_IMAGES = 2000  # rendered once, then cycled: decoding cost is real, ren
 def _config(root: Path):
     from pipelines.config import load_config
 
-    return load_config(environ={"LOOKALIKE_WAREHOUSE": str(root / "warehouse"),
-                                "LOOKALIKE_MODELS": str(root / "models"),
-                                "LOOKALIKE_EMBED__LOCAL_MAX_ROWS": os.environ.get("LOCAL_MAX_ROWS", "2000")})
+    overrides = {k: v for k, v in os.environ.items() if k.startswith("LOOKALIKE_")}  # e.g. Spark memory
+    return load_config(environ={**overrides, "LOOKALIKE_WAREHOUSE": str(root / "warehouse"),
+                                "LOOKALIKE_MODELS": str(root / "models")})
 
 
-def make_inputs(root: Path, items: int) -> None:
+def _device_and_model(root: Path):
+    import torch
+
+    from pipelines.siglip import load_model
+
+    torch.set_num_threads(os.cpu_count())
+    loaded = load_model(root / "model")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    loaded.model.to(device)
+    return loaded, device
+
+
+def vision_flops_per_image(root: Path) -> float:
+    """Matmul FLOPs of one image through the vision tower: 2 x parameters x tokens (attention's
+    quadratic term left out: it is a few percent at 196 tokens)."""
+    from pipelines.siglip import load_model
+
+    model = load_model(root / "model").model
+    vc = model.config.vision_config
+    tokens = (vc.image_size // vc.patch_size) ** 2
+    return 2.0 * sum(p.numel() for p in model.vision_model.parameters()) * tokens
+
+
+def make_inputs(root: Path, items: int, model_name: str) -> None:
     """The default model (saved) and a catalogue of ``items`` rows in the work area of DS."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -61,8 +84,8 @@ def make_inputs(root: Path, items: int) -> None:
 
     tok = train_tokenizer(["red striped tee", "blue vase", "green lamp"] * 20, 60, 24)
     torch.manual_seed(0)
-    model = SiglipModel(build_config("small", vocab_size=len(tok), max_text_length=24))
-    save_model(model, tok, Preprocess(ARCHITECTURES["small"]["image_size"]), root / "model", {"version": "bench"})
+    model = SiglipModel(build_config(model_name, vocab_size=len(tok), max_text_length=24))
+    save_model(model, tok, Preprocess(ARCHITECTURES[model_name]["image_size"]), root / "model", {"version": "bench"})
     rng = np.random.default_rng(0)
     images = []
     for i in range(DISTINCT_IMAGES):
@@ -81,40 +104,38 @@ def make_inputs(root: Path, items: int) -> None:
 
 
 def run_bare(root: Path) -> dict:
-    """(a) one process, all cores: read Parquet by batches, decode, preprocess, model."""
+    """(a) one process, all cores (or the GPU, in bf16): read Parquet by batches, decode, preprocess, model."""
     import pyarrow.parquet as pq
-    import torch
 
-    from pipelines.siglip import embed_pixels, load_model
+    from pipelines.siglip import embed_pixels
     from pipelines.storage import Warehouse
 
-    torch.set_num_threads(os.cpu_count())
-    loaded = load_model(root / "model")
+    loaded, device = _device_and_model(root)
     path = Warehouse(root / "warehouse").work(DS, "catalog") / "part-0.parquet"
     started, n = time.perf_counter(), 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=1024, columns=["item_id", "image"]):
         pixels = loaded.preprocess.decode(batch.column("image").to_pylist())
-        n += len(embed_pixels(loaded.model, pixels, loaded.preprocess, 256))
-    return {"images": n, "seconds": time.perf_counter() - started}
+        n += len(embed_pixels(loaded.model, pixels, loaded.preprocess, 256, bf16=device == "cuda"))
+    return {"images": n, "seconds": time.perf_counter() - started, "device": device}
 
 
 def run_forward(root: Path) -> dict:
     """(a0) the forward pass alone over pre-decoded tensors."""
     import pyarrow.parquet as pq
-    import torch
 
-    from pipelines.siglip import embed_pixels, load_model
+    from pipelines.siglip import embed_pixels
     from pipelines.storage import Warehouse
 
-    torch.set_num_threads(os.cpu_count())
-    loaded = load_model(root / "model")
+    loaded, device = _device_and_model(root)
+    bf16 = device == "cuda"
     path = Warehouse(root / "warehouse").work(DS, "catalog") / "part-0.parquet"
     images = pq.ParquetFile(path).read_row_group(0, columns=["image"]).column(0).to_pylist()[:8192]
     pixels = loaded.preprocess.decode(images)
-    embed_pixels(loaded.model, pixels[:512], loaded.preprocess, 256)  # warm-up
+    embed_pixels(loaded.model, pixels[:512], loaded.preprocess, 256, bf16=bf16)  # warm-up
     started = time.perf_counter()
-    n = len(embed_pixels(loaded.model, pixels, loaded.preprocess, 256))
-    return {"images": n, "seconds": time.perf_counter() - started}
+    n = len(embed_pixels(loaded.model, pixels, loaded.preprocess, 256, bf16=bf16))  # returns on the host: synced
+    return {"images": n, "seconds": time.perf_counter() - started, "device": device,
+            "flops_per_image": vision_flops_per_image(root)}
 
 
 def run_stage(root: Path, ds: str) -> dict:
@@ -193,15 +214,17 @@ def _measure(args: list[str]) -> tuple[dict, dict]:
     return json.loads(out.strip().splitlines()[-1]), peaks
 
 
-def benchmark(items: int, incremental: bool) -> dict:
+def benchmark(items: int, incremental: bool, model: str, peak_tflops: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="lookalike-embed-bench-") as tmp:
         root = str(tmp)
-        _measure(["--worker", "inputs", root, str(items)])
+        _measure(["--worker", "inputs", root, str(items), model])
         bare, bare_rss = _measure(["--worker", "bare", root])
         forward, _ = _measure(["--worker", "forward", root])
         spark, spark_rss = _measure(["--worker", "stage", root, DS])
         result = {
             "items": items,
+            "model": model,
+            "device": bare["device"],
             "bare_images_per_s": round(bare["images"] / bare["seconds"], 1),
             "forward_only_images_per_s": round(forward["images"] / forward["seconds"], 1),
             "spark_images_per_s": round(spark["computed"] / spark["seconds"], 1),
@@ -214,6 +237,9 @@ def benchmark(items: int, incremental: bool) -> dict:
             "executor": spark["executor"],
         }
         result["ratio"] = round(result["spark_images_per_s"] / result["bare_images_per_s"], 3)
+        if forward["device"] == "cuda":  # model FLOPs utilisation of the forward pass, bf16 dense peak
+            achieved = forward["images"] / forward["seconds"] * forward["flops_per_image"]
+            result["forward_mfu"] = round(achieved / (peak_tflops * 1e12), 4)
         if incremental:
             change, _ = _measure(["--worker", "change", root, "0.02"])
             night, _ = _measure(["--worker", "stage", root, NEXT])
@@ -231,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--worker":
         kind, root, *rest = argv[1:]
-        work = {"inputs": lambda: make_inputs(Path(root), int(rest[0])) or {},
+        work = {"inputs": lambda: make_inputs(Path(root), int(rest[0]), rest[1]) or {},
                 "bare": lambda: run_bare(Path(root)), "forward": lambda: run_forward(Path(root)),
                 "stage": lambda: run_stage(Path(root), rest[0]),
                 "change": lambda: publish_and_change(Path(root), float(rest[0]))}[kind]
@@ -240,9 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, nargs="+", default=[20000])
     parser.add_argument("--incremental", action="store_true", help="also time a night after 2%% changed")
+    parser.add_argument("--model", default="small", help="named architecture, e.g. siglip-base-patch16-224")
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="GPU bf16 dense peak for MFU (H100 SXM)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    results = [benchmark(n, args.incremental) for n in args.items]
+    results = [benchmark(n, args.incremental, args.model, args.peak_tflops) for n in args.items]
     keys = ["items", "bare_images_per_s", "forward_only_images_per_s", "spark_images_per_s", "ratio",
             "driver_peak_rss_mb", "worker_peak_rss_mb"]
     if args.incremental:

@@ -28,6 +28,7 @@ from pipelines.storage import ModelStore, Warehouse, atomic_write_text, write_pa
 
 log = logging.getLogger(__name__)
 
+PARTITION_BYTES = 16 << 20  # input split of one embedding task (about 4,000 stored 96 px photos)
 _MODEL_CACHE: dict = {}  # (model path, device) → LoadedModel, per Python worker
 _PROJECTION_CACHE: dict = {}  # projection path → Projection, per Python worker
 
@@ -140,17 +141,22 @@ def _quarantine_rows(ds: str, item_ids, reasons) -> pa.Table:
 
 
 def _store_results(tables, out, ds: str, version: str, float16: bool) -> tuple[int, list, list]:
-    """Write embedded rows part by part (memory: one part); returns (computed, failed ids, reasons)."""
+    """Stream embedded rows into one Parquet file (memory: one batch); returns (computed, failed ids, reasons)."""
     computed, q_ids, q_reasons = 0, [], []
-    for i, table in enumerate(tables):
-        ok = pc.is_null(table.column("error"))
-        good, bad = table.filter(ok), table.filter(pc.invert(ok))
-        if good.num_rows:
-            write_parquet(_with_schema(ds, version, good.column("item_id"), good.column("image_sha256"),
-                                       good.column("embedding"), float16), out / f"part-computed-{i:05d}.parquet")
-            computed += good.num_rows
-        q_ids += bad.column("item_id").to_pylist()
-        q_reasons += bad.column("error").to_pylist()
+    schema = schemas.ITEM_EMBEDDINGS_FLOAT16 if float16 else schemas.ITEM_EMBEDDINGS
+    path = out / "part-computed.parquet"
+    tmp = path.with_name(".part-computed.parquet.tmp")
+    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for table in tables:
+            ok = pc.is_null(table.column("error"))
+            good, bad = table.filter(ok), table.filter(pc.invert(ok))
+            if good.num_rows:
+                writer.write_table(_with_schema(ds, version, good.column("item_id"), good.column("image_sha256"),
+                                                good.column("embedding"), float16))
+                computed += good.num_rows
+            q_ids += bad.column("item_id").to_pylist()
+            q_reasons += bad.column("error").to_pylist()
+    tmp.rename(path)
     return computed, q_ids, q_reasons
 
 
@@ -187,11 +193,13 @@ def _embed_on_spark(cfg: Config, todo_path, raw_path, path: str, ds: str, projec
         T.StructField("item_id", T.StringType()), T.StructField("image_sha256", T.StringType()),
         T.StructField("embedding", T.ArrayType(T.FloatType())), T.StructField("error", T.StringType()),
     ])
-    # Split at Parquet row groups (extract writes 2,000 rows per group) into about two partitions
-    # per task slot, instead of a repartition that would shuffle every image through Spark.
+    # Split at Parquet row groups (extract writes 2,000 rows per group) into partitions of bounded
+    # size — their number grows with the catalogue, the memory of each task does not — and never
+    # repartition, which would shuffle every image through Spark.
     slots = spark.sparkContext.defaultParallelism
     size = sum(f.stat().st_size for f in todo_path.glob("*.parquet"))
-    spark.conf.set("spark.sql.files.maxPartitionBytes", str(max(1 << 20, size // (2 * slots))))
+    split = min(PARTITION_BYTES, max(1 << 20, size // (2 * slots)))  # small catalogues: still every slot
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(split))
     frame = spark.read.parquet(str(todo_path)).select("item_id", "image_sha256", "image")
     if frame.rdd.getNumPartitions() < slots:  # a small catalogue in one row group: spread it
         frame = frame.repartition(slots)
@@ -255,7 +263,8 @@ def run_embed(cfg: Config, ds: str, model_uri: str | None = None) -> dict:
                         writer.write_table(part)
             raw = wh.fresh_work(ds, "embed_output")
             _embed_on_spark(cfg, todo_path, raw, path, ds, projection)
-            tables = (pq.read_table(f) for f in sorted(raw.glob("*.parquet")))
+            tables = (pa.Table.from_batches([b]) for f in sorted(raw.glob("*.parquet"))
+                      for b in pq.ParquetFile(f).iter_batches(batch_size=4096))  # memory: one batch
         computed, q_ids, q_reasons = _store_results(tables, out, ds, version, f16)
     write_parquet(_quarantine_rows(ds, q_ids, q_reasons), quarantine / "part-0.parquet")
     stats = {"model_version": version, "catalogue": keys.num_rows, "reused": reused.num_rows,
