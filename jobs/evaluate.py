@@ -10,10 +10,14 @@ from jobs._common import run_stage
 
 
 def _evaluate(cfg, ds):
+    from pipelines import registry
     from pipelines.embed.stage import resolve_model
     from pipelines.evaluate.stage import run_evaluate
+    from pipelines.storage import ModelStore
 
-    _, path = resolve_model(cfg, None)
+    store = ModelStore.at(cfg.models)
+    trained = [v["version"] for v in registry.list_versions(store) if v.get("snapshot", {}).get("ds") == ds]
+    path = str(store.version_dir(trained[-1])) if trained else resolve_model(cfg, None)[1]
     return run_evaluate(cfg, ds, path)
 
 

@@ -38,3 +38,21 @@ def test_errors_are_one_clear_line_and_non_zero(argv, message, capsys, tmp_path,
     captured = capsys.readouterr()
     assert code != 0
     assert message in captured.err and "Traceback" not in captured.err
+
+
+def test_stage_verbs_run_one_stage_each(tmp_path, sample_dir, capsys):
+    """extract → train → evaluate through the CLI, as a data engineer would debug one ds."""
+    import json
+
+    from tests.conftest import DS, write_config
+
+    config = str(write_config(tmp_path, sample_dir))
+    assert main(["extract", "--config", config, "--ds", DS]) == 0
+    capsys.readouterr()
+    assert main(["train", "--config", config, "--ds", DS]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", "--config", config, "--ds", DS]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["queries"] > 10 and result["model_version"] == trained["model_version"]
+    assert main(["models", "list", "--config", config]) == 0
+    assert result["model_version"] in capsys.readouterr().out
