@@ -96,7 +96,10 @@ class PublishConfig:
 @dataclass(frozen=True)
 class SparkConfig:
     master: str = "local[*]"
-    driver_memory: str = "2g"
+    driver_memory: str = "1g"  # the driver coordinates; in local mode it also hosts the tasks' JVM side
+    # The serial collector keeps the driver's heap near what it uses; G1 grows it toward the cap
+    # with the length of the run (measured: +42% peak RSS from 20k to 100k items, see the README).
+    driver_java_options: str = "-XX:+UseSerialGC"
     executor_memory: str = ""  # empty: Spark's default
     executor_gpus: int = 0  # GPUs per executor; > 0 schedules one GPU per embedding task, bf16 inference
     gpu_discovery_script: str = "docker/spark/gpu-discovery.sh"  # must exist on every executor host

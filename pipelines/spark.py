@@ -17,6 +17,7 @@ def spark_conf(cfg: Config) -> dict[str, str]:
     conf = {
         "spark.master": cfg.spark.master,
         "spark.driver.memory": cfg.spark.driver_memory,
+        "spark.driver.extraJavaOptions": cfg.spark.driver_java_options,
         "spark.python.worker.reuse": "true",  # the model loads once per Python worker
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(cfg.embed.arrow_batch_rows),
