@@ -98,7 +98,8 @@ class SparkConfig:
     master: str = "local[*]"
     driver_memory: str = "1g"  # the driver coordinates; in local mode it also hosts the tasks' JVM side
     # The serial collector keeps the driver's heap near what it uses; G1 grows it toward the cap
-    # with the length of the run (measured: +42% peak RSS from 20k to 100k items, see the README).
+    # with the length of the run (benchmarks/embed_throughput.py: +42% driver RSS from 20k to 100k items
+    # with G1 and a 2g heap, +8% with these defaults).
     driver_java_options: str = "-XX:+UseSerialGC"
     executor_memory: str = ""  # empty: Spark's default
     executor_gpus: int = 0  # GPUs per executor; > 0 schedules one GPU per embedding task, bf16 inference
