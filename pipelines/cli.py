@@ -9,6 +9,7 @@ import sys
 from datetime import date, datetime, timezone
 from pathlib import Path
 
+from jobs._common import iso_date
 from pipelines.errors import LookalikeError
 
 STAGES = {
@@ -23,13 +24,6 @@ STAGES = {
 
 def _today() -> str:
     return datetime.now(timezone.utc).date().isoformat()
-
-
-def _iso_date(text: str) -> str:
-    try:
-        return date.fromisoformat(text).isoformat()
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date in YYYY-MM-DD form") from None
 
 
 def _positive(text: str) -> int:
@@ -174,18 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=_positive, default=defaults.days,
                    help="days of listings and interactions")
     p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--end", type=_iso_date, help="day after the last day of data (default: today, UTC)")
+    p.add_argument("--end", type=iso_date, help="day after the last day of data (default: today, UTC)")
     p.set_defaults(func=cmd_sample_data)
 
     p = sub.add_parser("run", help="run the nightly pipeline for one ds through Airflow")
     p.add_argument("--config", help="YAML config file (default: the embedded default)")
-    p.add_argument("--ds", type=_iso_date, help="partition date (default: today UTC; the sample's end day "
+    p.add_argument("--ds", type=iso_date, help="partition date (default: today UTC; the sample's end day "
                                                 "on the embedded sample)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("summary", help="print the summary of a published run")
     p.add_argument("--config")
-    p.add_argument("--ds", type=_iso_date, help="default: the latest published ds")
+    p.add_argument("--ds", type=iso_date, help="default: the latest published ds")
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("query", help="read-only SQL over the published tables (DuckDB)")

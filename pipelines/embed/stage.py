@@ -93,8 +93,6 @@ def embed_frames(frames: Iterator[pd.DataFrame], model_path: str, batch_size: in
 def resolve_model(cfg: Config, model_uri: str | None) -> tuple[str, str]:
     """(version, path) of the model to embed with: the one given, else the registry's serving one."""
     if model_uri:
-        import json
-
         from pipelines.objectstore import local_model_dir
 
         meta = local_model_dir(model_uri) / "lookalike.json"
@@ -126,9 +124,13 @@ def reusable_embeddings(wh: Warehouse, version: str, catalog_keys: pa.Table) -> 
     return pa.Table.from_pylist([], schema=schemas.ITEM_EMBEDDINGS.remove(0))  # none: drop "ds", keep the rest
 
 
+def _embeddings_schema(float16: bool) -> pa.Schema:
+    return schemas.ITEM_EMBEDDINGS_FLOAT16 if float16 else schemas.ITEM_EMBEDDINGS
+
+
 def _with_schema(ds: str, version: str, item_ids, shas, embeddings, float16: bool) -> pa.Table:
     n = len(item_ids)
-    schema = schemas.ITEM_EMBEDDINGS_FLOAT16 if float16 else schemas.ITEM_EMBEDDINGS
+    schema = _embeddings_schema(float16)
     if isinstance(embeddings, (pa.Array, pa.ChunkedArray)):
         embeddings = embeddings.cast(schema.field("embedding").type)
     return pa.Table.from_pydict({"ds": [ds] * n, "item_id": item_ids, "model_version": [version] * n,
@@ -143,10 +145,9 @@ def _quarantine_rows(ds: str, item_ids, reasons) -> pa.Table:
 def _store_results(tables, out, ds: str, version: str, float16: bool) -> tuple[int, list, list]:
     """Stream embedded rows into one Parquet file (memory: one batch); returns (computed, failed ids, reasons)."""
     computed, q_ids, q_reasons = 0, [], []
-    schema = schemas.ITEM_EMBEDDINGS_FLOAT16 if float16 else schemas.ITEM_EMBEDDINGS
     path = out / "part-computed.parquet"
     tmp = path.with_name(".part-computed.parquet.tmp")
-    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+    with pq.ParquetWriter(tmp, _embeddings_schema(float16), compression="zstd") as writer:
         for table in tables:
             ok = pc.is_null(table.column("error"))
             good, bad = table.filter(ok), table.filter(pc.invert(ok))
@@ -213,9 +214,12 @@ def _ensure_projection(cfg: Config, catalog, model_path: str, dim: int):
     path = projection_path(model_path, dim)
     if path.exists():
         return path
-    table = pq.read_table(catalog, columns=["item_id", "image_sha256", "image"])
-    rng = np.random.default_rng(0)
-    sample = table.take(np.sort(rng.permutation(table.num_rows)[: cfg.embed.pca_sample]))
+    import pyarrow.dataset as pads
+
+    dataset = pads.dataset(catalog)
+    rows = dataset.count_rows()
+    picked = np.sort(np.random.default_rng(0).permutation(rows)[: cfg.embed.pca_sample])
+    sample = dataset.take(pa.array(picked), columns=["item_id", "image_sha256", "image"])  # only those rows
     frames = (b.to_pandas() for b in sample.to_batches(max_chunksize=cfg.embed.arrow_batch_rows))
     vectors = [v for f in embed_frames(frames, model_path, cfg.embed.batch_size) for v in f["embedding"] if v is not None]
     save_projection(fit_projection(np.stack(vectors), dim), path)

@@ -12,7 +12,6 @@ image files is broken or unusual, to exercise extract's quarantine.
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone

@@ -13,6 +13,9 @@ import pyarrow.parquet as pq
 from pipelines.siglip import Preprocess
 
 
+TEXT_FIELDS = ("title", "category", "brand", "description", "price")  # what a text template may use
+
+
 def listing_text(template: str, row: dict) -> str:
     """The text paired with a listing's photo, e.g. "{title} | {category}"; missing fields are blank."""
     values = {k: ("" if row.get(k) is None else str(row.get(k))) for k in ("title", "category", "brand", "description")}
@@ -65,10 +68,22 @@ class Pairs:
         return Pairs([self.item_ids[i] for i in idx], self.pixels[idx], [self.texts[i] for i in idx], self.groups[idx])
 
 
-def load_pairs(snapshot: Path, preprocess: Preprocess, template: str) -> Pairs:
-    table = pq.read_table(snapshot, columns=["item_id", "title", "category", "brand", "description", "price",
-                                             "image", "image_sha256"])
-    rows = table.to_pylist()
-    texts = [listing_text(template, r) for r in rows]
-    pixels = preprocess.decode([r["image"] for r in rows])
-    return Pairs([r["item_id"] for r in rows], pixels, texts, group_ids([r["image_sha256"] for r in rows], texts))
+@dataclass(frozen=True)
+class SnapshotTexts:
+    """The snapshot's rows without their images, in file order, with the text paired to each photo."""
+
+    item_ids: list[str]
+    shas: list[str]
+    texts: list[str]
+
+
+def read_texts(snapshot: Path, template: str) -> SnapshotTexts:
+    rows = pq.read_table(snapshot, columns=["item_id", "image_sha256", *TEXT_FIELDS]).to_pylist()
+    return SnapshotTexts([r["item_id"] for r in rows], [r["image_sha256"] for r in rows],
+                         [listing_text(template, r) for r in rows])
+
+
+def load_pairs(snapshot: Path, preprocess: Preprocess, texts: SnapshotTexts) -> Pairs:
+    """Decode the snapshot's images (same file order as ``texts``) into training pairs."""
+    images = pq.read_table(snapshot, columns=["image"]).column("image").to_pylist()
+    return Pairs(texts.item_ids, preprocess.decode(images), texts.texts, group_ids(texts.shas, texts.texts))

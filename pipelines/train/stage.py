@@ -14,25 +14,22 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from pipelines import registry
 from pipelines.config import Config
 from pipelines.siglip import ARCHITECTURES, Preprocess, build_config, init_siglip_head, save_model, train_tokenizer
 from pipelines.storage import ModelStore, Warehouse
-from pipelines.train.data import is_validation, listing_text, load_pairs
+from pipelines.train.data import SnapshotTexts, is_validation, load_pairs, read_texts
 from pipelines.train.loop import LoopConfig, retrieval_recall, train_siglip
 
 log = logging.getLogger(__name__)
 
 
-def snapshot_fingerprint(snapshot: Path, template: str) -> str:
-    table = pq.read_table(snapshot, columns=["item_id", "title", "category", "brand", "description", "price",
-                                             "image_sha256"])
+def snapshot_fingerprint(texts: SnapshotTexts) -> str:
     h = hashlib.sha256()
-    for row in sorted(table.to_pylist(), key=lambda r: r["item_id"]):
-        h.update(f"{row['item_id']}\t{row['image_sha256']}\t{listing_text(template, row)}\n".encode())
+    for item_id, sha, text in sorted(zip(texts.item_ids, texts.shas, texts.texts)):
+        h.update(f"{item_id}\t{sha}\t{text}\n".encode())
     return h.hexdigest()
 
 
@@ -71,8 +68,9 @@ def run_train(cfg: Config, ds: str, progress=log.info) -> dict[str, str]:
     if not snapshot.exists():
         raise FileNotFoundError(f"no snapshot for ds={ds} at {snapshot}: run `lookalike extract --ds {ds}` first")
     tc = cfg.train
+    texts = read_texts(snapshot, tc.text_template)
     fingerprint = hashlib.sha256(json.dumps(
-        {"snapshot": snapshot_fingerprint(snapshot, tc.text_template), "init": cfg.model.init,
+        {"snapshot": snapshot_fingerprint(texts), "init": cfg.model.init,
          "train": {k: v for k, v in cfg.to_dict()["train"].items() if k != "threads"}},
         sort_keys=True).encode()).hexdigest()
     version = f"{ds.replace('-', '')}-{fingerprint[:10]}"
@@ -85,11 +83,8 @@ def run_train(cfg: Config, ds: str, progress=log.info) -> dict[str, str]:
     if tc.threads:
         torch.set_num_threads(tc.threads)
     started = time.monotonic()
-    texts_for_tokenizer = [listing_text(tc.text_template, r) for r in
-                           pq.read_table(snapshot, columns=["title", "category", "brand", "description", "price"])
-                           .to_pylist()]
-    model, tokenizer, preprocess, architecture = initial_model(cfg, texts_for_tokenizer)
-    pairs = load_pairs(snapshot, preprocess, tc.text_template)
+    model, tokenizer, preprocess, architecture = initial_model(cfg, texts.texts)
+    pairs = load_pairs(snapshot, preprocess, texts)
     val_mask = np.array([is_validation(i, tc.val_fraction) for i in pairs.item_ids])
     train_pairs, val_pairs = pairs.subset(~val_mask), pairs.subset(val_mask)
     progress(f"train: {len(train_pairs.texts)} training pairs, {len(val_pairs.texts)} held out; "
