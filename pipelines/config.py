@@ -62,7 +62,15 @@ class TrainConfig:
     max_text_length: int = 24  # tokens; SigLIP pools the last token, so texts pad to this
     vocab_size: int = 4000
     val_fraction: float = 0.1
-    bf16: bool = False  # autocast; pays on GPUs and on large models, not on the small CPU default
+    val_max_items: int = 2000  # held-out pairs scored for image→title recall (a stable subset)
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | fp32
+    grad_accum: int = 1  # micro-steps per optimizer step; batch_size is the global batch across them and all ranks
+    clip_norm: float = 1.0  # gradient clipping (0 = off)
+    freeze_text: bool = False  # train the vision tower only
+    freeze_vision_layers: int = 0  # freeze the patch embedding and this many lower vision blocks
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    checkpoint_every: int = 200  # steps between resumable checkpoints (0 = none)
+    loader_workers: int = -1  # DataLoader processes decoding photos per rank; -1 = cores per rank - 1 (min 1)
     threads: int = 0  # torch threads; 0 = all cores
 
 

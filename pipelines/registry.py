@@ -35,7 +35,8 @@ def register(store: ModelStore, version: str, metadata: dict) -> None:
     """Add a trained version as a candidate (idempotent)."""
     data = _read(store)
     entry = data["versions"].setdefault(version, {"stage": "candidate", "registered_at": _now()})
-    entry.update({k: metadata[k] for k in ("snapshot", "parent", "metrics", "architecture") if k in metadata})
+    entry.update({k: metadata[k] for k in ("snapshot", "parent", "metrics", "architecture", "config", "ds")
+                  if k in metadata})
     _write(store, data)
 
 

@@ -75,11 +75,31 @@ def train_tokenizer(texts: list[str], vocab_size: int, max_length: int):
     tk.pre_tokenizer = pre_tokenizers.Metaspace()
     tk.decoder = decoders.Metaspace()
     trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=[PAD, EOS, UNK], unk_token=UNK,
-                                      max_piece_length=12, shrinking_factor=0.75)
+                                      max_piece_length=12, shrinking_factor=0.75,
+                                      show_progress=False)
     tk.train_from_iterator([t for t in texts if t], trainer=trainer)
+    tk = _canonical_unigram(tk)
     tk.post_processor = processors.TemplateProcessing(single=f"$A {EOS}", special_tokens=[(EOS, tk.token_to_id(EOS))])
     return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token=PAD, eos_token=EOS, unk_token=UNK,
                                    model_max_length=max_length, padding_side="right", truncation_side="right")
+
+
+def _canonical_unigram(tk):
+    """The trained vocabulary in a fixed order, so the same texts always give the same token ids.
+
+    The Unigram trainer sums scores in parallel and breaks ties in hash order: two runs on the
+    same texts agree on the pieces but not on their ids (which would make training irreproducible
+    and ranks of one DDP run disagree). Scores are rounded past that noise and pieces sorted by
+    (score, piece) after the special tokens.
+    """
+    from tokenizers import Tokenizer
+
+    data = json.loads(tk.to_str())
+    vocab = data["model"]["vocab"]
+    specials, pieces = vocab[:3], vocab[3:]
+    pieces = sorted(([p, round(score, 9)] for p, score in pieces), key=lambda ps: (-ps[1], ps[0]))
+    data["model"]["vocab"] = specials + pieces
+    return Tokenizer.from_str(json.dumps(data))
 
 
 @dataclass(frozen=True)

@@ -173,3 +173,7 @@ class ModelStore:
 
     def registry_path(self) -> Path:
         return self.root / "registry.json"
+
+    def checkpoint_dir(self, version: str) -> Path:
+        """Training checkpoints of a version still being trained (removed once it is saved)."""
+        return self.root / "checkpoints" / version

@@ -1,16 +1,39 @@
-"""Training pairs from a listings snapshot: decoded pixels, texts, and false-negative groups."""
+"""Training pairs from a listings snapshot, streamed: photos, texts and false-negative groups.
+
+The snapshot is read as *fragments* (one Parquet row group each). Only its small columns (ids,
+hashes, text fields) are held in memory; the photos are read fragment by fragment and decoded in
+DataLoader workers.
+
+The order of the pairs is a pure function of (seed, epoch, rank, world size), never of timing or
+of the number of workers (:class:`StreamPlan`), so a resumed run sees exactly the batches an
+uninterrupted one would have seen:
+
+1. each epoch permutes the fragments, then shuffles rows within windows of ``window_rows``
+   consecutive rows (rows from several fragments mix; memory stays bounded);
+2. the epoch's sequence is cut into ``world_size`` contiguous, equal (±1) shares, one per rank —
+   each training row goes to exactly one rank per epoch (no overlap, nothing left out), and a
+   rank reads only the fragments its share touches;
+3. each rank's stream is its shares of epoch 0, 1, 2, … back to back; batch ``k`` is rows
+   ``[k*b, (k+1)*b)`` of it, so the number of steps never depends on how rows divide.
+
+DataLoader worker ``w`` of ``n`` builds batches ``k ≡ w (mod n)``; the loader returns them in
+order ``k = start, start+1, …``.
+"""
 from __future__ import annotations
 
 import hashlib
 import re
 import unicodedata
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
-from pipelines.siglip import Preprocess
+from pipelines.siglip import Preprocess, tokenize
 
 
 TEXT_FIELDS = ("title", "category", "brand", "description", "price")  # what a text template may use
@@ -77,13 +100,142 @@ class SnapshotTexts:
     texts: list[str]
 
 
+@dataclass(frozen=True)
+class Fragment:
+    """One row group of one Parquet file: rows ``[start, start + rows)`` of the snapshot."""
+
+    path: str
+    row_group: int
+    start: int
+    rows: int
+
+
+def snapshot_files(snapshot: Path) -> list[Path]:
+    snapshot = Path(snapshot)
+    files = sorted(snapshot.glob("*.parquet")) if snapshot.is_dir() else [snapshot]
+    if not files:
+        raise FileNotFoundError(f"no Parquet files in {snapshot}")
+    return files
+
+
+def fragments(snapshot: Path) -> list[Fragment]:
+    out, start = [], 0
+    for file in snapshot_files(snapshot):
+        meta = pq.ParquetFile(file).metadata
+        for rg in range(meta.num_row_groups):
+            n = meta.row_group(rg).num_rows
+            out.append(Fragment(str(file), rg, start, n))
+            start += n
+    return out
+
+
 def read_texts(snapshot: Path, template: str) -> SnapshotTexts:
-    rows = pq.read_table(snapshot, columns=["item_id", "image_sha256", *TEXT_FIELDS]).to_pylist()
+    """Every row's id, image hash and text, in fragment order (no image bytes are read)."""
+    columns = ["item_id", "image_sha256", *TEXT_FIELDS]
+    rows = [r for f in snapshot_files(snapshot) for r in pq.read_table(f, columns=columns).to_pylist()]
     return SnapshotTexts([r["item_id"] for r in rows], [r["image_sha256"] for r in rows],
                          [listing_text(template, r) for r in rows])
 
 
-def load_pairs(snapshot: Path, preprocess: Preprocess, texts: SnapshotTexts) -> Pairs:
-    """Decode the snapshot's images (same file order as ``texts``) into training pairs."""
-    images = pq.read_table(snapshot, columns=["image"]).column("image").to_pylist()
-    return Pairs(texts.item_ids, preprocess.decode(images), texts.texts, group_ids(texts.shas, texts.texts))
+class ImageReader:
+    """Image bytes of snapshot rows by global row index, reading whole fragments (LRU cached)."""
+
+    def __init__(self, frags: list[Fragment], cache_fragments: int = 8):
+        self.frags = frags
+        self.starts = np.array([f.start for f in frags])
+        self.cache: OrderedDict[int, list] = OrderedDict()
+        self.cache_fragments = cache_fragments
+
+    def _fragment(self, i: int) -> list:
+        if i in self.cache:
+            self.cache.move_to_end(i)
+            return self.cache[i]
+        f = self.frags[i]
+        images = pq.ParquetFile(f.path).read_row_group(f.row_group, columns=["image"]).column(0).to_pylist()
+        self.cache[i] = images
+        if len(self.cache) > self.cache_fragments:
+            self.cache.popitem(last=False)
+        return images
+
+    def images(self, rows: np.ndarray) -> list[bytes]:
+        which = np.searchsorted(self.starts, rows, side="right") - 1
+        return [self._fragment(int(f))[int(r) - self.frags[f].start] for f, r in zip(which, rows)]
+
+
+class StreamPlan:
+    """Which snapshot rows make batch ``k`` of a rank (see the module docstring)."""
+
+    def __init__(self, frags: list[Fragment], train_mask: np.ndarray, *, seed: int, rank: int = 0,
+                 world_size: int = 1, window_rows: int = 8192):
+        self.frag_rows = [np.flatnonzero(train_mask[f.start:f.start + f.rows]) + f.start for f in frags]
+        self.n = int(sum(len(r) for r in self.frag_rows))
+        self.seed, self.rank, self.world_size, self.window = seed, rank, world_size, window_rows
+        self.lo, self.hi = rank * self.n // world_size, (rank + 1) * self.n // world_size
+        if self.n < world_size:
+            raise ValueError(f"{self.n} training pairs cannot be shared by {world_size} ranks")
+        self._epochs: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    @property
+    def rows_per_epoch(self) -> int:
+        """This rank's share of every epoch."""
+        return self.hi - self.lo
+
+    def epoch_rows(self, epoch: int) -> np.ndarray:
+        if epoch not in self._epochs:
+            rng = np.random.default_rng([self.seed, epoch])
+            order = rng.permutation(len(self.frag_rows))
+            rows = np.concatenate([self.frag_rows[i] for i in order])
+            for s in range(0, len(rows), self.window):
+                rng.shuffle(rows[s:s + self.window])
+            self._epochs[epoch] = rows[self.lo:self.hi]
+            if len(self._epochs) > 2:
+                self._epochs.popitem(last=False)
+        return self._epochs[epoch]
+
+    def batch_rows(self, k: int, batch_size: int) -> np.ndarray:
+        positions = np.arange(k * batch_size, (k + 1) * batch_size)
+        epochs, offsets = np.divmod(positions, self.rows_per_epoch)
+        return np.concatenate([self.epoch_rows(int(e))[offsets[epochs == e]] for e in np.unique(epochs)])
+
+
+class PairStream(torch.utils.data.IterableDataset):
+    """Endless, ordered training batches of one rank, from batch ``start`` on.
+
+    Yields dicts of tensors: ``pixels`` (b, S, S, 3) uint8 at the model's input size,
+    ``input_ids`` (b, L), ``groups`` (b,) int64 (equal = same photo or same normalised title).
+    """
+
+    def __init__(self, frags: list[Fragment], texts: list[str], groups: np.ndarray, plan: StreamPlan, *,
+                 batch_size: int, preprocess: Preprocess, tokenizer, max_text_length: int, start: int = 0):
+        self.frags, self.plan, self.batch_size, self.start = frags, plan, batch_size, start
+        self.texts = pa.array(texts, pa.string())  # one buffer: forked workers share it without copying
+        self.groups = groups
+        self.preprocess, self.tokenizer, self.max_text_length = preprocess, tokenizer, max_text_length
+
+    def batch(self, k: int, reader: ImageReader) -> dict[str, torch.Tensor]:
+        rows = self.plan.batch_rows(k, self.batch_size)
+        texts = self.texts.take(pa.array(rows)).to_pylist()
+        return {"pixels": torch.from_numpy(self.preprocess.decode(reader.images(rows))),
+                "input_ids": tokenize(self.tokenizer, texts, self.max_text_length),
+                "groups": torch.from_numpy(self.groups[rows])}
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        reader = ImageReader(self.frags)
+        k = self.start + worker
+        while True:
+            yield self.batch(k, reader)
+            k += workers
+
+
+def batch_loader(stream: PairStream, workers: int, pin_memory: bool):
+    """A DataLoader over ``stream``: decoding in ``workers`` processes (0 = in this one)."""
+    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                                       prefetch_factor=4 if workers else None, persistent_workers=False)
+
+
+def load_rows(frags: list[Fragment], rows: np.ndarray, preprocess: Preprocess) -> np.ndarray:
+    """Decoded pixels of a few rows (the held-out set), read fragment by fragment."""
+    return preprocess.decode(ImageReader(frags, cache_fragments=1).images(np.sort(rows))) if len(rows) else \
+        np.zeros((0, preprocess.size, preprocess.size, 3), np.uint8)

@@ -1,23 +1,34 @@
-"""The fine-tuning loop: SigLIP on image–title pairs with the sigmoid loss.
+"""The fine-tuning loop: SigLIP on image–title pairs with the sigmoid loss, one or many ranks.
 
-AdamW with weight decay on matrices only (norms, biases, embeddings' scale and the loss head
-are spared), linear warmup then cosine decay, gradient clipping, bf16 autocast, and a step
-budget capped by wall-clock minutes. Seeded: the same data, config and thread count give the
-same parameters.
+- Data parallel under ``torchrun`` (DDP; NCCL on GPUs, gloo on CPU) with negatives from the
+  whole global batch (:mod:`pipelines.train.loss`).
+- AdamW with weight decay on matrices only (norms, biases, embeddings and the loss head are
+  spared), linear warmup then cosine decay, gradient clipping, gradient accumulation.
+- bf16 autocast on CUDA (``precision: auto``), optional on CPU; optional freezing of the text
+  tower and of the lower vision blocks; optional gradient checkpointing.
+- Seeded: the batches (:class:`pipelines.train.data.StreamPlan`), the augmentation (one
+  generator per step) and the schedule are functions of the step, so a run resumed from a
+  checkpoint ends with the parameters an uninterrupted run reaches. The schedule follows
+  whichever budget binds, steps or wall-clock minutes; only the step budget is reproducible.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from pipelines.siglip import Preprocess, embed_pixels, tokenize
 from pipelines.train.data import Pairs
-from pipelines.train.loss import SigmoidLoss, positive_mask
+from pipelines.train.distributed import World, mean_over_ranks
+from pipelines.train.loss import global_sigmoid_loss
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +37,27 @@ log = logging.getLogger(__name__)
 class LoopConfig:
     max_steps: int
     minutes: float
-    batch_size: int
+    batch_size: int  # global: all ranks and all accumulation micro-steps of one optimizer step
     learning_rate: float
     weight_decay: float
     warmup_steps: int
     seed: int
-    bf16: bool
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    grad_accum: int = 1
+    clip_norm: float = 1.0
+    checkpoint_every: int = 0  # steps; 0 = no checkpoints
+    freeze_text: bool = False
+    freeze_vision_layers: int = 0
+    gradient_checkpointing: bool = False
+    progress_every: int = 100
+
+    def micro_batch(self, world_size: int) -> int:
+        """Pairs per rank per forward pass."""
+        per = self.batch_size // (world_size * self.grad_accum)
+        if per < 1 or per * world_size * self.grad_accum != self.batch_size:
+            raise ValueError(f"train.batch_size={self.batch_size} must be a multiple of world size ({world_size}) "
+                             f"x train.grad_accum ({self.grad_accum})")
+        return per
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -43,6 +69,23 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def freeze(model, *, text: bool, vision_layers: int) -> int:
+    """Freeze the text tower and/or the patch embedding plus the lowest vision blocks; returns frozen params."""
+    frozen = []
+    if text:
+        frozen += list(model.text_model.parameters())
+    if vision_layers > 0:
+        layers = model.vision_model.encoder.layers
+        if vision_layers > len(layers):
+            raise ValueError(f"train.freeze_vision_layers={vision_layers} but the vision tower has {len(layers)} blocks")
+        frozen += list(model.vision_model.embeddings.parameters())
+        for layer in layers[:vision_layers]:
+            frozen += list(layer.parameters())
+    for p in frozen:
+        p.requires_grad_(False)
+    return sum(p.numel() for p in frozen)
+
+
 def cosine_lr(step: int, *, base: float, warmup: int, progress: float) -> float:
     """Linear warmup over ``warmup`` steps, then cosine decay to 0 as ``progress`` goes 0 → 1."""
     if step < warmup:
@@ -50,10 +93,15 @@ def cosine_lr(step: int, *, base: float, warmup: int, progress: float) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def step_generator(*key: int) -> torch.Generator:
+    """A CPU generator seeded from (seed, step, micro-step, rank): augmentation needs no saved state."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> 1))
+
+
 def augment(pixels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """(B, S, S, 3) uint8 → same, randomly flipped and shifted by up to S/8 (edge-padded)."""
     b, s = pixels.shape[0], pixels.shape[1]
-    flip = torch.rand(b, generator=gen) < 0.5
+    flip = (torch.rand(b, generator=gen) < 0.5).to(pixels.device)
     pixels = torch.where(flip[:, None, None, None], pixels.flip(2), pixels)
     pad = s // 8
     padded = torch.nn.functional.pad(pixels.permute(0, 3, 1, 2).float(), (pad, pad, pad, pad), mode="replicate")
@@ -67,64 +115,145 @@ def retrieval_recall(model, pairs: Pairs, tokenizer, preprocess: Preprocess, max
     if len(pairs.texts) == 0:
         return {f"recall@{k}": float("nan") for k in ks}
     model.eval()
+    device = next(model.parameters()).device
     img = embed_pixels(model, pairs.pixels, preprocess)
+    txt = []
     with torch.inference_mode():
-        ids = tokenize(tokenizer, pairs.texts, max_len)
-        txt = torch.nn.functional.normalize(model.get_text_features(input_ids=ids).pooler_output.float(), dim=-1)
-    sims = img @ txt.numpy().T  # (N, N)
+        for s in range(0, len(pairs.texts), 512):
+            ids = tokenize(tokenizer, pairs.texts[s:s + 512], max_len).to(device)
+            feats = model.get_text_features(input_ids=ids).pooler_output.float()
+            txt.append(torch.nn.functional.normalize(feats, dim=-1).cpu().numpy())
+    sims = img @ np.concatenate(txt).T  # (N, N)
     order = np.argsort(-sims, axis=1)
     hits = pairs.groups[order] == pairs.groups[:, None]
     return {f"recall@{k}": float(hits[:, :k].any(axis=1).mean()) for k in ks}
 
 
-def train_siglip(model, tokenizer, preprocess: Preprocess, train: Pairs, max_len: int, cfg: LoopConfig,
-                 progress=None) -> dict:
-    """Train ``model`` in place; returns {"steps", "seconds", "samples_per_s", "final_loss"}."""
+class Checkpoints:
+    """``step-NNNNNNN.pt`` files in one folder, each written atomically; the newest two are kept."""
+
+    def __init__(self, folder: Path, keep: int = 2):
+        self.folder, self.keep = Path(folder), keep
+
+    def save(self, step: int, state: dict) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"step-{step:07d}.pt"
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(state, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)  # a reader sees the whole checkpoint or none
+        for old in sorted(self.folder.glob("step-*.pt"))[:-self.keep]:
+            old.unlink()
+        return path
+
+    def latest(self) -> Path | None:
+        found = sorted(self.folder.glob("step-*.pt"))
+        return found[-1] if found else None
+
+    def load(self, path: Path) -> dict:
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _autocast(device: torch.device, precision: str):
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def train_siglip(model, batches: Callable[[int], Iterator[dict]], preprocess: Preprocess, cfg: LoopConfig,
+                 world: World = World(), checkpoints: Checkpoints | None = None,
+                 progress: Callable[[str], None] | None = None, fingerprint: str = "") -> dict:
+    """Train ``model`` in place (on ``world.device``).
+
+    ``batches(k)`` yields this rank's micro-batches from index ``k`` on (see ``PairStream``).
+    Resumes from the newest checkpoint in ``checkpoints`` made with the same ``fingerprint``
+    and world size. Returns {"steps", "seconds", "samples_per_s", "final_loss", "resumed_from"}.
+    """
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    micro = cfg.micro_batch(world.size)
+    model.to(world.device)
+    frozen = freeze(model, text=cfg.freeze_text, vision_layers=cfg.freeze_vision_layers)
+    if cfg.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    loss_fn = SigmoidLoss()
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(0.9, 0.95))
-    token_ids = tokenize(tokenizer, train.texts, max_len)  # (N, L)
-    pixels = torch.from_numpy(train.pixels)
-    groups = torch.from_numpy(train.groups)
-    n = len(train.texts)
-    batch = min(cfg.batch_size, n)
-    steps_per_epoch = max(1, n // batch)
-    deadline = time.monotonic() + cfg.minutes * 60
-    started = time.monotonic()
-    step, perm, losses = 0, None, []
-    for step in range(cfg.max_steps):
-        if step % steps_per_epoch == 0:
-            perm = torch.from_numpy(rng.permutation(n))
-        idx = perm[(step % steps_per_epoch) * batch:(step % steps_per_epoch + 1) * batch]
-        # Progress through whichever budget binds first, steps or wall-clock, so the schedule
-        # still decays to zero when training is stopped by the clock.
-        done = max(step / cfg.max_steps, (time.monotonic() - started) / (cfg.minutes * 60))
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(0.9, 0.95),
+                            fused=world.device.type == "cuda")
+    start_step, elapsed_before, losses = 0, 0.0, []
+    resumed = checkpoints.latest() if checkpoints else None
+    if resumed is not None:
+        state = checkpoints.load(resumed)
+        if state["fingerprint"] == fingerprint and state["world_size"] == world.size:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            start_step, elapsed_before, losses = state["step"], state["elapsed"], list(state["losses"])
+            if progress:
+                progress(f"train: resuming from {resumed.name} (step {start_step}/{cfg.max_steps})")
+        else:
+            log.warning("train: ignoring %s (made by another configuration or world size)", resumed)
+            resumed = None
+    ddp = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[world.device.index] if world.device.type == "cuda" else None) if world.distributed else None
+    forward = ddp or model
+
+    started = time.monotonic() - elapsed_before
+    budget = cfg.minutes * 60
+    step = start_step
+    stream = iter(batches(start_step * cfg.grad_accum))
+    if progress and world.is_main and frozen:
+        progress(f"train: {frozen / 1e6:.2f}M parameters frozen")
+    for step in range(start_step, cfg.max_steps):
+        done = max(step / cfg.max_steps, (time.monotonic() - started) / budget)
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, base=cfg.learning_rate, warmup=cfg.warmup_steps, progress=done)
-        x = preprocess.normalise(augment(pixels[idx], gen))
-        with torch.autocast("cpu" if not x.is_cuda else "cuda", dtype=torch.bfloat16, enabled=cfg.bf16):
-            out = model(pixel_values=x, input_ids=token_ids[idx])
-        # The head is applied in float32: the loss sums B² log-sigmoids.
-        loss = loss_fn(out.image_embeds.float(), out.text_embeds.float(), model.logit_scale, model.logit_bias,
-                       positive_mask(groups[idx]))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        step_loss = 0.0
+        for m in range(cfg.grad_accum):
+            batch = next(stream)
+            pixels = batch["pixels"].to(world.device, non_blocking=True)
+            x = preprocess.normalise(augment(pixels, step_generator(cfg.seed, step, m, world.rank)))
+            sync = contextlib.nullcontext() if ddp is None or m == cfg.grad_accum - 1 else ddp.no_sync()
+            with sync:
+                with _autocast(world.device, cfg.precision):
+                    out = forward(pixel_values=x, input_ids=batch["input_ids"].to(world.device, non_blocking=True))
+                # The head in float32: the loss sums B x world·B log-sigmoids.
+                loss = global_sigmoid_loss(out.image_embeds.float(), out.text_embeds.float(), model.logit_scale,
+                                           model.logit_bias, batch["groups"].to(world.device)) / cfg.grad_accum
+                loss.backward()
+            step_loss += loss.item()
+        if cfg.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.clip_norm)
         opt.step()
-        losses.append(loss.item())
-        if progress and (step + 1) % 100 == 0:
-            elapsed = time.monotonic() - started
-            left = min(elapsed / (step + 1) * (cfg.max_steps - step - 1), deadline - time.monotonic())
-            progress(f"train: step {step + 1}/{cfg.max_steps} loss {np.mean(losses[-100:]):.3f} "
-                     f"({(step + 1) * batch / elapsed:.0f} pairs/s, ~{max(0, left):.0f}s left)")
-        if time.monotonic() > deadline:
-            log.warning("train: wall-clock budget of %.1f min reached at step %d/%d", cfg.minutes, step + 1,
-                        cfg.max_steps)
+        opt.zero_grad(set_to_none=True)
+        losses.append(step_loss)
+        elapsed = time.monotonic() - started
+        if progress and world.is_main and (step + 1) % cfg.progress_every == 0:
+            rate = (step + 1 - start_step) * cfg.batch_size / max(1e-9, elapsed - elapsed_before)
+            left = min((cfg.max_steps - step - 1) * cfg.batch_size / rate, budget - elapsed)
+            progress(f"train: step {step + 1}/{cfg.max_steps} loss {np.mean(losses[-cfg.progress_every:]):.3f} "
+                     f"({rate:.0f} pairs/s, ~{max(0, left):.0f}s left)")
+        if checkpoints and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
+                and step + 1 < cfg.max_steps:
+            if world.is_main:
+                checkpoints.save(step + 1, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                            "step": step + 1, "elapsed": elapsed, "losses": losses[-200:],
+                                            "fingerprint": fingerprint, "world_size": world.size})
+            world.barrier()
+        out_of_time = elapsed > budget
+        if world.distributed:  # every rank stops at the same step
+            out_of_time = mean_over_ranks(float(out_of_time), world) > 0
+        if out_of_time:
+            if world.is_main:
+                log.warning("train: wall-clock budget of %.1f min reached at step %d/%d", cfg.minutes, step + 1,
+                            cfg.max_steps)
             break
+    del stream
     seconds = time.monotonic() - started
+    if cfg.gradient_checkpointing:
+        model.activation_checkpointing_disable()
+    for p in model.parameters():
+        p.requires_grad_(True)
     model.eval()
-    return {"steps": step + 1, "seconds": round(seconds, 1), "samples_per_s": round((step + 1) * batch / seconds, 1),
-            "final_loss": float(np.mean(losses[-50:])) if losses else float("nan")}
+    trained_steps = step + 1 - start_step
+    return {"steps": step + 1, "seconds": round(seconds, 1),
+            "samples_per_s": round(trained_steps * cfg.batch_size / max(1e-9, seconds - elapsed_before), 1),
+            "final_loss": float(np.mean(losses[-50:])) if losses else float("nan"),
+            "resumed_from": resumed.name if resumed else None}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -20,8 +21,10 @@ from pipelines import registry
 from pipelines.config import Config
 from pipelines.siglip import ARCHITECTURES, Preprocess, build_config, init_siglip_head, save_model, train_tokenizer
 from pipelines.storage import ModelStore, Warehouse
-from pipelines.train.data import SnapshotTexts, is_validation, load_pairs, read_texts
-from pipelines.train.loop import LoopConfig, retrieval_recall, train_siglip
+from pipelines.train.data import (Pairs, PairStream, SnapshotTexts, StreamPlan, batch_loader, fragments, group_ids,
+                                  is_validation, load_rows, read_texts)
+from pipelines.train.distributed import World, init_from_env, shutdown
+from pipelines.train.loop import Checkpoints, LoopConfig, retrieval_recall, train_siglip
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +36,18 @@ def snapshot_fingerprint(texts: SnapshotTexts) -> str:
     return h.hexdigest()
 
 
-def initial_model(cfg: Config, texts: list[str]):
-    """(model, tokenizer, preprocess, architecture) from model.init: a named shape or a checkpoint dir."""
+def _checkpoint_parent(path: Path) -> str | None:
+    meta = path / "lookalike.json"
+    return json.loads(meta.read_text()).get("version") if meta.exists() else None
+
+
+def initial_model(cfg: Config, texts: list[str], world: World = World()):
+    """(model, tokenizer, preprocess, architecture, parent) from model.init.
+
+    A named architecture starts from scratch with a tokenizer trained offline on the texts (on
+    rank 0, then shared, so every rank tokenises alike); a checkpoint directory, local or
+    ``s3://``, brings its own weights, tokenizer and image preprocessing.
+    """
     from transformers import AutoTokenizer, SiglipModel
 
     from pipelines.siglip import quiet_transformers
@@ -42,13 +55,22 @@ def initial_model(cfg: Config, texts: list[str]):
     quiet_transformers()
     init = cfg.model.init
     if init in ARCHITECTURES:
-        tokenizer = train_tokenizer(texts, cfg.train.vocab_size, cfg.train.max_text_length)
+        tokenizer = train_tokenizer(texts, cfg.train.vocab_size, cfg.train.max_text_length) if world.is_main else None
+        tokenizer = world.broadcast_object(tokenizer)
         config = build_config(init, vocab_size=len(tokenizer), max_text_length=cfg.train.max_text_length)
         torch.manual_seed(cfg.train.seed)
         model = SiglipModel(config)
         init_siglip_head(model)
-        return model, tokenizer, Preprocess(ARCHITECTURES[init]["image_size"]), init
-    path = Path(init)
+        return model, tokenizer, Preprocess(ARCHITECTURES[init]["image_size"]), init, None
+    if init.startswith("s3://"):
+        from pipelines.objectstore import local_model_dir
+
+        if world.is_main:
+            local_model_dir(init)  # one download per host; the others wait, then find it cached
+        world.barrier()
+        path = local_model_dir(init)
+    else:
+        path = Path(init)
     if not (path / "config.json").is_file():
         raise ValueError(f"model.init={init!r} is neither a named architecture ({', '.join(ARCHITECTURES)}) "
                          f"nor a Hugging Face checkpoint directory with a config.json")
@@ -57,56 +79,118 @@ def initial_model(cfg: Config, texts: list[str]):
     pre_file = path / "preprocessor_config.json"
     preprocess = Preprocess.from_hf(json.loads(pre_file.read_text())) if pre_file.exists() \
         else Preprocess(model.config.vision_config.image_size)
-    return model, tokenizer, preprocess, f"checkpoint:{path}"
+    return model, tokenizer, preprocess, f"checkpoint:{init}", _checkpoint_parent(path)
+
+
+# Config keys that change how fast a run goes, never what it computes: not part of the version.
+_NOT_RECIPE = {"threads", "loader_workers", "checkpoint_every"}
+
+
+def model_version(cfg: Config, ds: str, snapshot_fp: str) -> str:
+    fingerprint = hashlib.sha256(json.dumps(
+        {"snapshot": snapshot_fp, "init": cfg.model.init,
+         "train": {k: v for k, v in cfg.to_dict()["train"].items() if k not in _NOT_RECIPE}},
+        sort_keys=True).encode()).hexdigest()
+    return f"{ds.replace('-', '')}-{fingerprint[:10]}"
+
+
+def loader_workers(configured: int, local_world_size: int) -> int:
+    if configured >= 0:
+        return configured
+    return max(1, min(8, (os.cpu_count() or 2) // max(1, local_world_size) - 1))
+
+
+def held_out(frags, snap: SnapshotTexts, val_mask: np.ndarray, groups: np.ndarray, preprocess: Preprocess,
+             limit: int) -> Pairs:
+    """Up to ``limit`` held-out pairs, chosen stably (by item id hash), decoded."""
+    rows = np.flatnonzero(val_mask)
+    if len(rows) > limit:
+        keys = [hashlib.sha256(snap.item_ids[i].encode()).digest() for i in rows]
+        rows = np.sort(rows[np.argsort(keys, kind="stable")[:limit]])
+    return Pairs([snap.item_ids[i] for i in rows], load_rows(frags, rows, preprocess),
+                 [snap.texts[i] for i in rows], groups[rows])
 
 
 def run_train(cfg: Config, ds: str, progress=log.info) -> dict[str, str]:
-    """Train (or reuse) the candidate for ``ds``; returns {"model_version", "model_uri"}."""
+    """Train (or reuse) the candidate for ``ds``; returns {"model_version", "model_uri"}.
+
+    Under ``torchrun`` every rank calls this; rank 0 evaluates, saves and registers.
+    """
+    world = init_from_env()
+    try:
+        return _run_train(cfg, ds, world, progress if world.is_main else (lambda *_: None))
+    finally:
+        shutdown(world)
+
+
+def _run_train(cfg: Config, ds: str, world: World, progress) -> dict[str, str]:
     wh = Warehouse.at(cfg.warehouse)
     store = ModelStore.at(cfg.models)
     snapshot = wh.work(ds, "listings_snapshot")
     if not snapshot.exists():
         raise FileNotFoundError(f"no snapshot for ds={ds} at {snapshot}: run `lookalike extract --ds {ds}` first")
     tc = cfg.train
+    if tc.precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"train.precision={tc.precision!r}: expected auto, bf16 or fp32")
     texts = read_texts(snapshot, tc.text_template)
-    fingerprint = hashlib.sha256(json.dumps(
-        {"snapshot": snapshot_fingerprint(texts), "init": cfg.model.init,
-         "train": {k: v for k, v in cfg.to_dict()["train"].items() if k != "threads"}},
-        sort_keys=True).encode()).hexdigest()
-    version = f"{ds.replace('-', '')}-{fingerprint[:10]}"
+    snapshot_fp = snapshot_fingerprint(texts)
+    version = model_version(cfg, ds, snapshot_fp)
     out = store.version_dir(version)
     if (out / "lookalike.json").exists():
         progress(f"train: model {version} already trained on this snapshot with this config; reusing it")
-        registry.register(store, version, json.loads((out / "lookalike.json").read_text()))
+        if world.is_main:
+            registry.register(store, version, json.loads((out / "lookalike.json").read_text()))
         return {"model_version": version, "model_uri": str(out)}
 
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the loader forks after tokenising
     if tc.threads:
         torch.set_num_threads(tc.threads)
     started = time.monotonic()
-    model, tokenizer, preprocess, architecture = initial_model(cfg, texts.texts)
-    pairs = load_pairs(snapshot, preprocess, texts)
-    val_mask = np.array([is_validation(i, tc.val_fraction) for i in pairs.item_ids])
-    train_pairs, val_pairs = pairs.subset(~val_mask), pairs.subset(val_mask)
-    progress(f"train: {len(train_pairs.texts)} training pairs, {len(val_pairs.texts)} held out; "
-             f"{architecture}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
-    before = retrieval_recall(model, val_pairs, tokenizer, preprocess, cfg.train.max_text_length)
-    stats = train_siglip(model, tokenizer, preprocess, train_pairs, tc.max_text_length,
-                         LoopConfig(max_steps=tc.max_steps, minutes=tc.minutes, batch_size=tc.batch_size,
-                                    learning_rate=tc.learning_rate, weight_decay=tc.weight_decay,
-                                    warmup_steps=tc.warmup_steps, seed=tc.seed, bf16=tc.bf16),
-                         progress=progress)
-    after = retrieval_recall(model, val_pairs, tokenizer, preprocess, cfg.train.max_text_length)
-    progress(f"train: held-out image→title recall@1 {before['recall@1']:.3f} → {after['recall@1']:.3f}, "
-             f"recall@5 {before['recall@5']:.3f} → {after['recall@5']:.3f}")
-    metadata = {
-        "version": version, "ds": ds, "architecture": architecture, "parent": None,
-        "snapshot": {"uri": str(snapshot), "ds": ds, "pairs": len(pairs.texts), "fingerprint": fingerprint},
-        "metrics": {"val_before": before, "val": after, **stats},
-        "config": cfg.to_dict(), "trained_seconds": round(time.monotonic() - started, 1),
-    }
-    staging = out.with_name(f".{version}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    save_model(model, tokenizer, preprocess, staging, metadata)
-    staging.rename(out)  # the version directory appears complete or not at all
-    registry.register(store, version, metadata)
-    return {"model_version": version, "model_uri": str(out)}
+    model, tokenizer, preprocess, architecture, parent = initial_model(cfg, texts.texts, world)
+    frags = fragments(snapshot)
+    groups = group_ids(texts.shas, texts.texts)
+    val_mask = np.array([is_validation(i, tc.val_fraction) for i in texts.item_ids], dtype=bool)
+    loop = LoopConfig(max_steps=tc.max_steps, minutes=tc.minutes, batch_size=tc.batch_size,
+                      learning_rate=tc.learning_rate, weight_decay=tc.weight_decay, warmup_steps=tc.warmup_steps,
+                      seed=tc.seed, precision=tc.precision, grad_accum=tc.grad_accum, clip_norm=tc.clip_norm,
+                      checkpoint_every=tc.checkpoint_every, freeze_text=tc.freeze_text,
+                      freeze_vision_layers=tc.freeze_vision_layers, gradient_checkpointing=tc.gradient_checkpointing)
+    micro = loop.micro_batch(world.size)
+    plan = StreamPlan(frags, ~val_mask, seed=tc.seed, rank=world.rank, world_size=world.size)
+    workers = loader_workers(tc.loader_workers, int(os.environ.get("LOCAL_WORLD_SIZE", world.size)))
+    progress(f"train: {int((~val_mask).sum())} training pairs in {len(frags)} fragments, {int(val_mask.sum())} "
+             f"held out; {architecture}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
+             f"{world.size} rank(s) on {world.device.type} x {micro} pairs x {tc.grad_accum} micro-steps; "
+             f"{workers} loader worker(s) per rank")
+    val = held_out(frags, texts, val_mask, groups, preprocess, tc.val_max_items) if world.is_main else None
+    before = retrieval_recall(model, val, tokenizer, preprocess, tc.max_text_length) if world.is_main else {}
+    model.train()
+
+    def batches(start: int):
+        stream = PairStream(frags, texts.texts, groups, plan, batch_size=micro, preprocess=preprocess,
+                            tokenizer=tokenizer, max_text_length=tc.max_text_length, start=start)
+        return batch_loader(stream, workers, pin_memory=world.device.type == "cuda")
+
+    checkpoints = Checkpoints(store.checkpoint_dir(version))
+    stats = train_siglip(model, batches, preprocess, loop, world, checkpoints, progress=progress, fingerprint=version)
+    result = {"model_version": version, "model_uri": str(out)}
+    if world.is_main:
+        model.cpu()
+        after = retrieval_recall(model, val, tokenizer, preprocess, tc.max_text_length)
+        progress(f"train: held-out image→title recall@1 {before['recall@1']:.3f} → {after['recall@1']:.3f}, "
+                 f"recall@5 {before['recall@5']:.3f} → {after['recall@5']:.3f} ({len(val.texts)} pairs)")
+        metadata = {
+            "version": version, "ds": ds, "architecture": architecture, "parent": parent,
+            "snapshot": {"uri": str(snapshot), "ds": ds, "pairs": len(texts.texts), "fingerprint": snapshot_fp},
+            "metrics": {"val_before": before, "val": after, "val_pairs": len(val.texts), "world_size": world.size,
+                        **stats},
+            "config": cfg.to_dict(), "trained_seconds": round(time.monotonic() - started, 1),
+        }
+        staging = out.with_name(f".{version}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        save_model(model, tokenizer, preprocess, staging, metadata)
+        staging.rename(out)  # the version directory appears complete or not at all
+        registry.register(store, version, metadata)
+        shutil.rmtree(checkpoints.folder, ignore_errors=True)  # the saved model supersedes them
+    world.barrier()
+    return result

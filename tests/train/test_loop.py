@@ -1,4 +1,10 @@
-from pipelines.train.loop import cosine_lr, param_groups
+import numpy as np
+import pytest
+import torch
+
+from pipelines.siglip import Preprocess, build_config, init_siglip_head, train_tokenizer
+from pipelines.train.data import PairStream, StreamPlan, batch_loader, fragments, group_ids, read_texts
+from pipelines.train.loop import Checkpoints, LoopConfig, cosine_lr, param_groups, train_siglip
 
 
 def test_warmup_then_cosine_to_zero():
@@ -11,8 +17,6 @@ def test_warmup_then_cosine_to_zero():
 def test_weight_decay_spares_norms_biases_and_embeddings():
     from transformers import SiglipModel
 
-    from pipelines.siglip import build_config
-
     model = SiglipModel(build_config("tiny", vocab_size=50, max_text_length=8))
     decay, no_decay = param_groups(model, 0.1)
     names = {id(p): n for n, p in model.named_parameters()}
@@ -21,31 +25,102 @@ def test_weight_decay_spares_norms_biases_and_embeddings():
     assert any("embedding" in names[id(p)] for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
 
 
-def test_training_reports_progress_and_learns(sample_dir, tmp_path):
-    """A full small loop (tiny model, 200 steps): progress lines arrive and the loss falls."""
-    import numpy as np
-    import torch
+def _setup(snapshot, workers=0):
+    """A fresh tiny model and a real batch stream over the colour snapshot (same seed every call)."""
     from transformers import SiglipModel
 
-    from pipelines.siglip import Preprocess, build_config, init_siglip_head, train_tokenizer
-    from pipelines.train.data import Pairs
-    from pipelines.train.loop import LoopConfig, train_siglip
-
-    rng = np.random.default_rng(0)
-    colours = rng.integers(0, 4, 256)
-    palette = np.array([[220, 30, 30], [30, 30, 220], [30, 200, 30], [230, 230, 40]], dtype=np.uint8)
-    pixels = np.broadcast_to(palette[colours][:, None, None, :], (256, 32, 32, 3)).copy()
-    texts = [["red", "blue", "green", "yellow"][c] + f" item {i}" for i, c in enumerate(colours)]
-    tok = train_tokenizer(texts, 80, 8)
+    texts = read_texts(snapshot, "{title}")
+    tok = train_tokenizer(texts.texts, 60, 8)
+    frags = fragments(snapshot)
+    groups = group_ids(texts.shas, texts.texts)
+    plan = StreamPlan(frags, np.ones(len(texts.texts), bool), seed=0)
     torch.manual_seed(0)
     model = SiglipModel(build_config("tiny", vocab_size=len(tok), max_text_length=8))
     init_siglip_head(model)
+
+    def batches(start, micro=32):
+        return batch_loader(PairStream(frags, texts.texts, groups, plan, batch_size=micro, preprocess=Preprocess(32),
+                                       tokenizer=tok, max_text_length=8, start=start), workers, pin_memory=False)
+
+    return model, batches
+
+
+def _cfg(**kw):
+    base = dict(max_steps=200, minutes=30, batch_size=32, learning_rate=3e-3, weight_decay=0.01, warmup_steps=10,
+                seed=0, precision="fp32")
+    return LoopConfig(**{**base, **kw})
+
+
+def test_training_reports_progress_and_learns(colour_snapshot):
+    model, batches = _setup(colour_snapshot, workers=1)
     messages = []
-    stats = train_siglip(model, tok, Preprocess(32), Pairs([str(i) for i in range(256)], pixels, texts,
-                                                            np.arange(256)), 8,
-                         LoopConfig(max_steps=200, minutes=5, batch_size=32, learning_rate=3e-3, weight_decay=0.0,
-                                    warmup_steps=10, seed=0, bf16=False), progress=messages.append)
+    stats = train_siglip(model, batches, Preprocess(32), _cfg(), progress=messages.append)
     assert [m.split()[2] for m in messages] == ["100/200", "200/200"]
     assert "pairs/s" in messages[0] and "left" in messages[0]
     first, last = (float(m.split("loss ")[1].split()[0]) for m in messages)
     assert stats["steps"] == 200 and last < first
+
+
+class Crash(Exception):
+    pass
+
+
+def test_an_interrupted_run_resumes_to_the_same_parameters(colour_snapshot, tmp_path):
+    cfg = _cfg(max_steps=60, checkpoint_every=10, progress_every=5, grad_accum=2)
+    reference, batches = _setup(colour_snapshot, workers=1)
+    train_siglip(reference, batches, Preprocess(32), cfg, fingerprint="v1")
+
+    def crash_at_25(message):
+        if "step 25/" in message:
+            raise Crash()
+
+    ckpt = Checkpoints(tmp_path / "ckpt")
+    first, batches = _setup(colour_snapshot, workers=1)
+    with pytest.raises(Crash):
+        train_siglip(first, batches, Preprocess(32), cfg, checkpoints=ckpt, progress=crash_at_25, fingerprint="v1")
+    assert [p.name for p in sorted(ckpt.folder.iterdir())] == ["step-0000010.pt", "step-0000020.pt"]
+
+    resumed, batches = _setup(colour_snapshot, workers=1)  # a new process would start from scratch like this
+    messages = []
+    stats = train_siglip(resumed, batches, Preprocess(32), cfg, checkpoints=ckpt, progress=messages.append,
+                         fingerprint="v1")
+    assert stats["resumed_from"] == "step-0000020.pt" and "resuming from step-0000020.pt" in messages[0]
+    ref = dict(reference.named_parameters())
+    for name, p in resumed.named_parameters():
+        torch.testing.assert_close(p, ref[name], rtol=1e-5, atol=1e-6, msg=name)
+    # and the run did move away from where the crash left it
+    assert not torch.allclose(dict(first.named_parameters())["logit_bias"], ref["logit_bias"])
+
+    other = _setup(colour_snapshot)[0]
+    stats = train_siglip(other, batches, Preprocess(32), cfg, checkpoints=ckpt, fingerprint="another-config")
+    assert stats["resumed_from"] is None  # a checkpoint of another recipe is never resumed
+
+
+def test_frozen_text_tower_and_lower_vision_blocks_do_not_move(colour_snapshot):
+    from transformers import SiglipModel
+
+    from pipelines.siglip import build_config as bc
+    from pipelines.siglip import ARCHITECTURES
+
+    ARCHITECTURES["tiny2"] = {**ARCHITECTURES["tiny"], "layers": 2}
+    try:
+        texts = read_texts(colour_snapshot, "{title}")
+        tok = train_tokenizer(texts.texts, 60, 8)
+        model = SiglipModel(bc("tiny2", vocab_size=len(tok), max_text_length=8))
+    finally:
+        del ARCHITECTURES["tiny2"]
+    _, batches = _setup(colour_snapshot)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_siglip(model, batches, Preprocess(32),
+                 _cfg(max_steps=5, freeze_text=True, freeze_vision_layers=1, gradient_checkpointing=True))
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert not any(n.startswith("text_model.") for n in moved)
+    assert not any(n.startswith(("vision_model.embeddings.", "vision_model.encoder.layers.0.")) for n in moved)
+    assert any(n.startswith("vision_model.encoder.layers.1.") for n in moved)
+    assert all(p.requires_grad for p in model.parameters())  # unfrozen again for whoever uses the model next
+
+
+def test_global_batch_must_divide_into_ranks_and_micro_steps():
+    with pytest.raises(ValueError, match="multiple of world size"):
+        _cfg(batch_size=30, grad_accum=4).micro_batch(2)
+    assert _cfg(batch_size=32, grad_accum=2).micro_batch(2) == 8
