@@ -117,8 +117,12 @@ def main(argv: list[str] | None = None) -> int:
             "items": len(cat_ids),
             "train_minutes": args.minutes,
             "train_steps": meta["metrics"]["steps"],
+            "samples_per_s": meta["metrics"]["samples_per_s"],
+            "val_pairs": meta["metrics"]["val_pairs"],
             "val_recall@1": meta["metrics"]["val"]["recall@1"],
             "val_recall@5": meta["metrics"]["val"]["recall@5"],
+            "untrained_val_recall@1": meta["metrics"]["val_before"]["recall@1"],
+            "untrained_val_recall@5": meta["metrics"]["val_before"]["recall@5"],
             "fine_tuned": {"article_type@5": agreement(ids, model_nbrs, labels, "article_type"),
                            "base_colour@5": agreement(ids, model_nbrs, labels, "base_colour")},
             "image_baseline": {"article_type@5": agreement(cat_ids, base_nbrs, labels, "article_type"),
@@ -127,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         }
     print()
     print(f"Fashion catalogue: {results['items']} items, {results['train_minutes']} training minutes "
-          f"({results['train_steps']} steps), held-out image→title R@1 {results['val_recall@1']:.3f}")
+          f"({results['train_steps']} steps, {results['samples_per_s']:.0f} pairs/s)")
+    print(f"held-out image→title over {results['val_pairs']} items: R@1 {results['val_recall@1']:.3f} "
+          f"R@5 {results['val_recall@5']:.3f} (untrained: R@1 {results['untrained_val_recall@1']:.3f} "
+          f"R@5 {results['untrained_val_recall@5']:.3f})")
     print(f"{'system':<16}{'article_type@5':>16}{'base_colour@5':>16}")
     for system in ("fine_tuned", "image_baseline"):
         r = results[system]

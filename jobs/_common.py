@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from datetime import date
 from typing import Callable
@@ -44,5 +45,6 @@ def run_stage(stage: str, description: str, fn: Callable, argv: list[str] | None
     except USER_ERRORS as exc:
         print(f"lookalike {stage}: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2, default=str))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one result for the whole job
+        print(json.dumps(result, indent=2, default=str))
     return 0

@@ -120,12 +120,14 @@ def cmd_models(args) -> int:
     store = ModelStore.at(load_config(args.config).models)
     if args.action == "list":
         rows = [(v["version"], v["stage"], v.get("architecture"), v.get("snapshot", {}).get("ds"),
-                 v.get("eval", {}).get("ndcg@5"), v.get("metrics", {}).get("val", {}).get("recall@1"))
+                 v.get("eval", {}).get("ndcg@5"), v.get("metrics", {}).get("val", {}).get("recall@1"),
+                 v.get("metrics", {}).get("val", {}).get("recall@5"), v.get("parent"))
                 for v in registry.list_versions(store)]
         if not rows:
             print(f"no models registered under {store.root}")
         else:
-            print(format_table(["version", "stage", "architecture", "snapshot ds", "nDCG@5", "val R@1"], rows))
+            print(format_table(["version", "stage", "architecture", "snapshot ds", "nDCG@5", "val R@1", "val R@5",
+                                "parent"], rows))
     elif args.action == "promote":
         if not args.version:
             raise LookalikeError("`lookalike models promote` needs a VERSION (see `lookalike models list`)")

@@ -70,6 +70,7 @@ class TrainConfig:
     freeze_vision_layers: int = 0  # freeze the patch embedding and this many lower vision blocks
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     checkpoint_every: int = 200  # steps between resumable checkpoints (0 = none)
+    decoded_cache_mb: int = 2048  # keep decoded photos in shared memory when the snapshot fits (decode once)
     loader_workers: int = -1  # DataLoader processes decoding photos per rank; -1 = cores per rank - 1 (min 1)
     threads: int = 0  # torch threads; 0 = all cores
 

@@ -1,19 +1,26 @@
 """Model folders on S3 (or any S3-compatible store: MinIO, moto): fetched once into a local cache.
 
 ``local_model_dir("s3://bucket/models/siglip/v1")`` downloads the folder the first time a process
-(a Spark executor, a trainer) needs it, verifies every file's size against the listing, and moves
-it into place with one rename, so concurrent workers on a host never load a half-copied model.
-The endpoint comes from boto3's usual settings (``AWS_ENDPOINT_URL``, credentials, region).
+(a Spark executor, a trainer) needs it, checks every file against the listing (its size, and its
+MD5 where the ETag is one, i.e. for objects not uploaded in parts), records size and SHA-256 of
+each file in ``.lookalike-files.json``, and moves the folder into place with one rename, so
+concurrent workers on a host never load a half-copied model. A cached copy whose files no longer
+match that record is fetched again. The endpoint comes from boto3's usual settings
+(``AWS_ENDPOINT_URL``, credentials, region).
 """
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import shutil
 import uuid
 from pathlib import Path
 
 from pipelines.errors import LookalikeError
+
+log = logging.getLogger(__name__)
 
 CACHE_ENV = "LOOKALIKE_CACHE_DIR"  # not a config key: a per-host setting of the workers
 
@@ -29,6 +36,26 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lookalike")
 
 
+MANIFEST = ".lookalike-files.json"
+
+
+def _digests(path: Path) -> tuple[str, str]:
+    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            md5.update(chunk)
+            sha.update(chunk)
+    return md5.hexdigest(), sha.hexdigest()
+
+
+def _cache_is_intact(target: Path) -> bool:
+    manifest = target / MANIFEST
+    if not manifest.exists():
+        return False
+    files = json.loads(manifest.read_text())["files"]
+    return all((target / rel).is_file() and (target / rel).stat().st_size == f["size"] for rel, f in files.items())
+
+
 def local_model_dir(uri: str) -> Path:
     """A local copy of the model folder at ``uri`` (returned as is when already local)."""
     if not uri.startswith("s3://"):
@@ -38,20 +65,33 @@ def local_model_dir(uri: str) -> Path:
     bucket, prefix = split_s3(uri)
     target = cache_root() / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
     if (target / "config.json").exists():
-        return target
+        if _cache_is_intact(target):
+            return target
+        log.warning("cached copy of %s at %s does not match its record: fetching it again", uri, target)
+        shutil.rmtree(target, ignore_errors=True)
     client = boto3.client("s3")
     objects = [o for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
                for o in page.get("Contents", [])]
     if not any(o["Key"].endswith("/config.json") for o in objects):
         raise LookalikeError(f"{uri} holds no Hugging Face model folder (no config.json)")
     staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
-    for obj in objects:
-        relative = obj["Key"][len(prefix) + 1:]
-        path = staging / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        client.download_file(bucket, obj["Key"], str(path))
-        if path.stat().st_size != obj["Size"]:
-            raise LookalikeError(f"download of s3://{bucket}/{obj['Key']} is incomplete")
+    record = {}
+    try:
+        for obj in objects:
+            relative = obj["Key"][len(prefix) + 1:]
+            path = staging / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, obj["Key"], str(path))
+            md5, sha = _digests(path)
+            etag = obj.get("ETag", "").strip('"')
+            if path.stat().st_size != obj["Size"] or ("-" not in etag and etag and etag != md5):
+                raise LookalikeError(f"download of s3://{bucket}/{obj['Key']} does not match the object "
+                                     f"(size or MD5 differs): retry, or check the bucket")
+            record[relative] = {"size": obj["Size"], "sha256": sha, "etag": etag}
+        (staging / MANIFEST).write_text(json.dumps({"uri": uri, "files": record}, indent=2, sort_keys=True))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     try:
         staging.rename(target)
     except OSError:  # another worker on this host finished first: use its copy

@@ -17,7 +17,7 @@ class RegistryError(LookalikeError):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 def _read(store: ModelStore) -> dict:
@@ -31,10 +31,15 @@ def _write(store: ModelStore, data: dict) -> None:
     atomic_write_text(store.registry_path(), json.dumps(data, indent=2, sort_keys=True))
 
 
+def _registration_order(item: tuple[str, dict]) -> tuple:
+    return item[1]["registered_at"], item[1].get("seq", 0)
+
+
 def register(store: ModelStore, version: str, metadata: dict) -> None:
     """Add a trained version as a candidate (idempotent)."""
     data = _read(store)
-    entry = data["versions"].setdefault(version, {"stage": "candidate", "registered_at": _now()})
+    entry = data["versions"].setdefault(version, {"stage": "candidate", "registered_at": _now(),
+                                                  "seq": len(data["versions"])})
     entry.update({k: metadata[k] for k in ("snapshot", "parent", "metrics", "architecture", "config", "ds")
                   if k in metadata})
     _write(store, data)
@@ -56,7 +61,7 @@ def version_info(store: ModelStore, version: str) -> dict:
 def list_versions(store: ModelStore) -> list[dict]:
     data = _read(store)
     return [{"version": v, **e, "stage": "production" if v == data["production"] else "candidate"}
-            for v, e in sorted(data["versions"].items(), key=lambda kv: kv[1]["registered_at"])]
+            for v, e in sorted(data["versions"].items(), key=_registration_order)]
 
 
 def promote(store: ModelStore, version: str, reason: str = "manual") -> None:
@@ -95,6 +100,6 @@ def resolve_serving_version(store: ModelStore) -> tuple[str, str]:
         return data["production"], "production"
     if not data["versions"]:
         raise RegistryError(f"no model in the registry at {store.root}: run `lookalike train --ds …` first")
-    newest = max(data["versions"].items(), key=lambda kv: kv[1]["registered_at"])[0]
+    newest = max(data["versions"].items(), key=_registration_order)[0]
     return newest, "newest candidate (none promoted to production yet)"
 

@@ -77,3 +77,21 @@ def _stop_spark_at_exit():
     session = SparkSession.getActiveSession()
     if session is not None:
         session.stop()
+
+
+@pytest.fixture
+def s3(monkeypatch, tmp_path):
+    """moto's real S3 server on a loopback port, with a ``models`` bucket; boto3 pointed at it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    for name, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
+                        "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+                        "LOOKALIKE_CACHE_DIR": str(tmp_path / "cache")}.items():
+        monkeypatch.setenv(name, value)
+    boto3.client("s3").create_bucket(Bucket="models")
+    yield
+    server.stop()

@@ -198,6 +198,26 @@ class StreamPlan:
         return np.concatenate([self.epoch_rows(int(e))[offsets[epochs == e]] for e in np.unique(epochs)])
 
 
+class DecodedCache:
+    """Decoded pixels and token ids of every row, in shared memory, filled by whichever worker
+    first decodes a row: later epochs cost no decoding. Used when the snapshot fits in
+    ``budget_mb`` (the CPU default's 10k items take ~90 MB); larger snapshots are decoded on every
+    visit instead. Two workers decoding the same row at once write the same bytes.
+    """
+
+    def __init__(self, rows: int, image_size: int, max_text_length: int, budget_mb: int):
+        need = rows * (image_size * image_size * 3 + max_text_length * 4 + 1)
+        self.enabled = need <= budget_mb * 2**20
+        self.need_mb = need / 2**20
+        if self.enabled:
+            try:
+                self.pixels = torch.empty((rows, image_size, image_size, 3), dtype=torch.uint8).share_memory_()
+                self.ids = torch.empty((rows, max_text_length), dtype=torch.int32).share_memory_()
+                self.filled = torch.zeros(rows, dtype=torch.bool).share_memory_()
+            except RuntimeError:  # e.g. a container with a 64 MB /dev/shm: stream instead
+                self.enabled = False
+
+
 class PairStream(torch.utils.data.IterableDataset):
     """Endless, ordered training batches of one rank, from batch ``start`` on.
 
@@ -206,18 +226,32 @@ class PairStream(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, frags: list[Fragment], texts: list[str], groups: np.ndarray, plan: StreamPlan, *,
-                 batch_size: int, preprocess: Preprocess, tokenizer, max_text_length: int, start: int = 0):
+                 batch_size: int, preprocess: Preprocess, tokenizer, max_text_length: int, start: int = 0,
+                 cache: DecodedCache | None = None):
         self.frags, self.plan, self.batch_size, self.start = frags, plan, batch_size, start
         self.texts = pa.array(texts, pa.string())  # one buffer: forked workers share it without copying
         self.groups = groups
         self.preprocess, self.tokenizer, self.max_text_length = preprocess, tokenizer, max_text_length
+        self.cache = cache if cache is not None and cache.enabled else None
+
+    def _decode(self, rows: np.ndarray, reader: ImageReader) -> tuple[torch.Tensor, torch.Tensor]:
+        texts = self.texts.take(pa.array(rows)).to_pylist()
+        return (torch.from_numpy(self.preprocess.decode(reader.images(rows))),
+                tokenize(self.tokenizer, texts, self.max_text_length))
 
     def batch(self, k: int, reader: ImageReader) -> dict[str, torch.Tensor]:
         rows = self.plan.batch_rows(k, self.batch_size)
-        texts = self.texts.take(pa.array(rows)).to_pylist()
-        return {"pixels": torch.from_numpy(self.preprocess.decode(reader.images(rows))),
-                "input_ids": tokenize(self.tokenizer, texts, self.max_text_length),
-                "groups": torch.from_numpy(self.groups[rows])}
+        if self.cache is None:
+            pixels, ids = self._decode(rows, reader)
+        else:
+            index = torch.from_numpy(rows)
+            missing = index[~self.cache.filled[index]]
+            if len(missing):
+                pixels, ids = self._decode(missing.numpy(), reader)
+                self.cache.pixels[missing], self.cache.ids[missing] = pixels, ids.to(torch.int32)
+                self.cache.filled[missing] = True
+            pixels, ids = self.cache.pixels[index], self.cache.ids[index].long()
+        return {"pixels": pixels, "input_ids": ids, "groups": torch.from_numpy(self.groups[rows])}
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()

@@ -63,9 +63,15 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from every rank along dim 0; gradients flow back to each rank's slice."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
+    import warnings
+
     import torch.distributed.nn.functional as dist_fn
 
-    return torch.cat(dist_fn.all_gather(x))
+    with warnings.catch_warnings():
+        # Deprecated in favour of the functional collectives, whose backward needs reduce_scatter,
+        # which gloo (CPU) lacks; this one sums gradients with all-to-all there.
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(dist_fn.all_gather(x))
 
 
 def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:

@@ -7,26 +7,9 @@ import torch
 from pipelines.config import load_config
 from pipelines.embed.stage import run_embed
 from pipelines.extract.stage import run_extract
-from pipelines.objectstore import local_model_dir, upload_dir
+from pipelines.objectstore import MANIFEST, local_model_dir, upload_dir
 from pipelines.siglip import Preprocess, build_config, save_model, train_tokenizer
 from tests.conftest import DS, write_config
-
-
-@pytest.fixture
-def s3(monkeypatch, tmp_path):
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    for name, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
-                        "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-                        "LOOKALIKE_CACHE_DIR": str(tmp_path / "cache")}.items():
-        monkeypatch.setenv(name, value)
-    boto3.client("s3").create_bucket(Bucket="models")
-    yield
-    server.stop()
 
 
 def test_embed_with_a_model_on_s3(s3, tmp_path, sample_dir, monkeypatch):
@@ -39,7 +22,7 @@ def test_embed_with_a_model_on_s3(s3, tmp_path, sample_dir, monkeypatch):
                {"version": "s3-v1"})
     upload_dir(local, "s3://models/siglip/s3-v1")
     cached = local_model_dir("s3://models/siglip/s3-v1")
-    assert sorted(p.name for p in cached.iterdir()) == sorted(p.name for p in local.iterdir())
+    assert sorted(p.name for p in cached.iterdir()) == sorted([MANIFEST, *(p.name for p in local.iterdir())])
     assert local_model_dir("s3://models/siglip/s3-v1") == cached  # fetched once
 
     cfg = load_config(write_config(tmp_path, sample_dir), environ={})

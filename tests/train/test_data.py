@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pipelines.siglip import Preprocess, train_tokenizer
-from pipelines.train.data import PairStream, StreamPlan, batch_loader, fragments, group_ids, read_texts
+from pipelines.train.data import DecodedCache, PairStream, StreamPlan, batch_loader, fragments, group_ids, read_texts
 
 
 def _plan(snapshot, world_size=1, rank=0, train=None, **kw):
@@ -37,16 +37,23 @@ def test_batches_cross_epochs_and_do_not_depend_on_workers(colour_snapshot):
     tok = train_tokenizer(texts.texts, 60, 8)
     groups = group_ids(texts.shas, texts.texts)
 
-    def first(workers, start=0, n=5):
+    def first(workers, start=0, n=5, cache=None):
         stream = PairStream(frags, texts.texts, groups, plan, batch_size=32, preprocess=Preprocess(16),
-                            tokenizer=tok, max_text_length=8, start=start)
+                            tokenizer=tok, max_text_length=8, start=start, cache=cache)
         it = iter(batch_loader(stream, workers, pin_memory=False))
         return [next(it) for _ in range(n)]
 
     inline, forked = first(0), first(2)
+    cache = DecodedCache(256, 16, 8, budget_mb=10)
+    cached = first(2, n=12, cache=cache)  # 12 x 32 rows: more than an epoch, so rows come back from the cache
+    assert cache.enabled and int(cache.filled.sum()) == 256  # filled by the worker processes
     resumed = first(2, start=3, n=2)
     for a, b in zip(inline, forked):
         assert all(torch.equal(a[k], b[k]) for k in a)
+    uncached = first(0, n=12)
+    for a, b in zip(uncached, cached):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not DecodedCache(256, 16, 8, budget_mb=0).enabled
     for a, b in zip(inline[3:], resumed):
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert inline[0]["pixels"].shape == (32, 16, 16, 3) and inline[0]["pixels"].dtype == torch.uint8

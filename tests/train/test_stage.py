@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import numpy as np
@@ -86,3 +87,32 @@ def test_unknown_init_is_a_clear_error(tmp_path, sample_dir):
 
     with pytest.raises(ValueError, match="neither a named architecture"):
         run_train(cfg, DS)
+
+
+def test_fine_tunes_from_a_checkpoint_on_s3(trained, tmp_path, sample_dir, s3):
+    """model.init = s3://…: downloaded once into the cache, checked, and fine-tuned like a local one."""
+    from pipelines.objectstore import MANIFEST, local_model_dir, upload_dir
+
+    cfg, out = trained
+    upload_dir(out["model_uri"], "s3://models/siglip/parent")
+    child_cfg = load_config(write_config(tmp_path, sample_dir, model={"init": "s3://models/siglip/parent"},
+                                         train={"max_steps": 3, "batch_size": 16, "learning_rate": 1e-4}),
+                            environ={})
+    run_extract(child_cfg, DS)
+    from pipelines.train.stage import run_train
+
+    child = run_train(child_cfg, DS, progress=lambda *_: None)
+    meta = json.loads((ModelStore.at(child_cfg.models).version_dir(child["model_version"]) / "lookalike.json")
+                      .read_text())
+    assert meta["architecture"] == "checkpoint:s3://models/siglip/parent"
+    assert meta["parent"] == out["model_version"]  # lineage comes from the checkpoint's own record
+    assert registry.version_info(ModelStore.at(child_cfg.models), child["model_version"])["parent"] \
+        == out["model_version"]
+
+    cached = local_model_dir("s3://models/siglip/parent")
+    record = json.loads((cached / MANIFEST).read_text())["files"]
+    assert record["model.safetensors"]["sha256"] == hashlib.sha256(
+        (ModelStore.at(cfg.models).version_dir(out["model_version"]) / "model.safetensors").read_bytes()).hexdigest()
+    (cached / "model.safetensors").write_bytes(b"truncated")  # a damaged cache is fetched again
+    assert (local_model_dir("s3://models/siglip/parent") / "model.safetensors").stat().st_size \
+        == record["model.safetensors"]["size"]
