@@ -107,7 +107,7 @@ class Bench:
         t_params = sum(p.numel() for p in self.model.text_model.parameters())
         self.flops_per_pair = 6.0 * (v_params * (vc.image_size // vc.patch_size) ** 2 + t_params * 24)
 
-    def run(self, steps: int, preloaded: bool) -> float:
+    def run(self, steps: int, preloaded: bool, **options) -> float:
         import torch
 
         from pipelines.train.loop import LoopConfig, train_siglip
@@ -117,7 +117,7 @@ class Bench:
                 yield self.first
 
         cfg = LoopConfig(max_steps=steps, minutes=60, batch_size=self.batch, learning_rate=1e-4, weight_decay=0.05,
-                         warmup_steps=1, seed=0, precision=self.precision, progress_every=10**9)
+                         warmup_steps=1, seed=0, **{"precision": self.precision, **options}, progress_every=10**9)
         if self.world.device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
@@ -145,6 +145,30 @@ def measure(bench: Bench, steps: int, repeats: int) -> dict:
             "first_epoch_samples_per_s": round(first_epoch, 1) if first_epoch else None}
 
 
+# Compute-side switches (train.* config keys), each measured alone against the fp32 baseline.
+VARIANTS = {
+    "fp32, unfused AdamW": {"precision": "fp32", "fused_optimizer": False},
+    "fp32 (default)": {"precision": "fp32"},
+    "bf16 autocast": {"precision": "bf16"},
+    "channels-last": {"precision": "fp32", "channels_last": True},
+    "torch.compile": {"precision": "fp32", "compile": True},
+    "bf16 + torch.compile": {"precision": "bf16", "compile": True},
+}
+
+
+def measure_variants(bench: Bench, steps: int, repeats: int) -> dict:
+    """Pre-loaded pairs/s of each variant: warm-up (and compile) first, then the median of repeats."""
+    out = {}
+    for name, options in VARIANTS.items():
+        started = time.perf_counter()
+        bench.run(max(3, steps // 10), preloaded=True, **options)
+        warm = time.perf_counter() - started
+        out[name] = {"options": options, "warmup_seconds": round(warm, 1),
+                     "samples_per_s": round(statistics.median(bench.run(steps, preloaded=True, **options)
+                                                              for _ in range(repeats)), 1)}
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=8000, help="rows in the synthetic snapshot")
@@ -157,6 +181,8 @@ def main() -> int:
     parser.add_argument("--gpu-steps", type=int, default=40)
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="GPU dense bf16 peak (H100 SXM: 989)")
     parser.add_argument("--decoded-cache-mb", type=int, default=2048, help="as train.decoded_cache_mb")
+    parser.add_argument("--variants", action="store_true",
+                        help="also measure compute-side switches (bf16, fused AdamW, channels-last, torch.compile)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
 
@@ -194,6 +220,15 @@ def main() -> int:
         print(f"{device:<6} {model:<28} {r['batch']:>5} {r['loader_workers']:>7} {first:>11.1f} "
               f"{r['loaded_samples_per_s']:>9.1f} {r['preloaded_samples_per_s']:>11.1f} {r['ratio']:>6.3f} "
               f"{r.get('mfu', float('nan')):>6.3f}")
+    if args.variants:
+        with tempfile.TemporaryDirectory() as tmp:
+            bench = Bench(make_snapshot(Path(tmp) / "s", 2000), args.model, args.batch, workers, "fp32", "cpu", 0)
+            variants = measure_variants(bench, args.steps, args.repeats)
+        result["variants"] = variants
+        base = variants["fp32 (default)"]["samples_per_s"]
+        print(f"\n{'variant (CPU, pre-loaded batch)':<32} {'pairs/s':>8} {'vs default':>10} {'warm-up s':>9}")
+        for name, v in variants.items():
+            print(f"{name:<32} {v['samples_per_s']:>8.1f} {v['samples_per_s'] / base:>10.2f} {v['warmup_seconds']:>9.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0

@@ -49,6 +49,9 @@ class LoopConfig:
     freeze_text: bool = False
     freeze_vision_layers: int = 0
     gradient_checkpointing: bool = False
+    fused_optimizer: bool = True  # one fused AdamW kernel (CUDA and CPU)
+    compile: bool = False  # torch.compile the model (pays back its compile time on long runs)
+    channels_last: bool = False  # NHWC pixel layout for the patch convolution
     progress_every: int = 100
 
     def micro_batch(self, world_size: int) -> int:
@@ -177,7 +180,7 @@ def train_siglip(model, batches: Callable[[int], Iterator[dict]], preprocess: Pr
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.learning_rate, betas=(0.9, 0.95),
-                            fused=world.device.type == "cuda")
+                            fused=cfg.fused_optimizer or None)
     start_step, elapsed_before, losses = 0, 0.0, []
     resumed = checkpoints.latest() if checkpoints else None
     if resumed is not None:
@@ -194,6 +197,10 @@ def train_siglip(model, batches: Callable[[int], Iterator[dict]], preprocess: Pr
     ddp = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[world.device.index] if world.device.type == "cuda" else None) if world.distributed else None
     forward = ddp or model
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        forward = torch.compile(forward)
 
     started = time.monotonic() - elapsed_before
     budget = cfg.minutes * 60
@@ -210,6 +217,8 @@ def train_siglip(model, batches: Callable[[int], Iterator[dict]], preprocess: Pr
             batch = next(stream)
             pixels = batch["pixels"].to(world.device, non_blocking=True)
             x = preprocess.normalise(augment(pixels, step_generator(cfg.seed, step, m, world.rank)))
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             sync = contextlib.nullcontext() if ddp is None or m == cfg.grad_accum - 1 else ddp.no_sync()
             with sync:
                 with _autocast(world.device, cfg.precision):
