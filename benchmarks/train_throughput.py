@@ -8,9 +8,9 @@ forward, global sigmoid loss, backward, clipping, AdamW) on the same model and b
 - preloaded:  the first of those batches, reused every step — the compute-only limit.
 
 The loaded side runs twice: as the train stage runs the CPU default (the snapshot fits in
-``train.decoded_cache_mb``, so photos are decoded in the first epoch and served from shared
-memory after it; the first epoch's rate is reported on its own), and streamed (every visit
-decodes again, as for a catalogue too large for the cache).
+``train.decoded_cache_mb``, so photos are decoded by the workers in the first epoch and served
+from shared memory in-process after it; the first epoch's rate is reported on its own), and
+streamed (every visit decodes again in the workers, as for a catalogue too large for the cache).
 
 Their ratio says whether the input pipeline keeps the model fed (1.0 = it is never waited on).
 The snapshot is synthetic but realistic: procedural sample-marketplace photos stored as 96 px
@@ -78,8 +78,8 @@ class Bench:
         from transformers import SiglipModel
 
         from pipelines.siglip import ARCHITECTURES, Preprocess, build_config, init_siglip_head, train_tokenizer
-        from pipelines.train.data import (DecodedCache, PairStream, StreamPlan, batch_loader, fragments, group_ids,
-                                          read_texts)
+        from pipelines.train.data import (DecodedCache, PairStream, StreamPlan, batch_loader, batches_from, fragments,
+                                          group_ids, read_texts)
         from pipelines.train.distributed import World
 
         texts = read_texts(snapshot, "{title} | {category}")
@@ -99,8 +99,9 @@ class Bench:
         self.stream = lambda start: PairStream(frags, texts.texts, groups, plan, batch_size=batch,
                                                preprocess=self.preprocess, tokenizer=tok, max_text_length=24,
                                                start=start, cache=cache)
-        self.loader = lambda start: batch_loader(self.stream(start), workers, pin_memory=device == "cuda")
-        self.first = next(iter(self.loader(0)))
+        # exactly what the train stage iterates (workers decode; once cached, served in-process)
+        self.loader = lambda start: batches_from(self.stream, start, workers, device == "cuda", cache)
+        self.first = next(iter(batch_loader(self.stream(0), 0, pin_memory=False)))
         self.params = sum(p.numel() for p in self.model.parameters())
         vc, tc = self.model.config.vision_config, self.model.config.text_config
         v_params = sum(p.numel() for p in self.model.vision_model.parameters())

@@ -27,6 +27,7 @@ import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -205,8 +206,10 @@ class DecodedCache:
     visit instead. Two workers decoding the same row at once write the same bytes.
     """
 
-    def __init__(self, rows: int, image_size: int, max_text_length: int, budget_mb: int):
+    def __init__(self, rows: int, image_size: int, max_text_length: int, budget_mb: int,
+                 needed: np.ndarray | None = None):
         need = rows * (image_size * image_size * 3 + max_text_length * 4 + 1)
+        self.needed = torch.from_numpy(np.flatnonzero(needed)) if needed is not None else None
         self.enabled = need <= budget_mb * 2**20
         self.need_mb = need / 2**20
         if self.enabled:
@@ -216,6 +219,12 @@ class DecodedCache:
                 self.filled = torch.zeros(rows, dtype=torch.bool).share_memory_()
             except RuntimeError:  # e.g. a container with a 64 MB /dev/shm: stream instead
                 self.enabled = False
+
+    def complete(self) -> bool:
+        """Every row training will ask for is decoded (all rows if ``needed`` was not given)."""
+        if not self.enabled:
+            return False
+        return bool(self.filled[self.needed].all() if self.needed is not None else self.filled.all())
 
 
 class PairStream(torch.utils.data.IterableDataset):
@@ -267,6 +276,29 @@ def batch_loader(stream: PairStream, workers: int, pin_memory: bool):
     """A DataLoader over ``stream``: decoding in ``workers`` processes (0 = in this one)."""
     return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                                        prefetch_factor=4 if workers else None, persistent_workers=False)
+
+
+def batches_from(stream: Callable[[int], PairStream], start: int, workers: int, pin_memory: bool,
+                 cache: DecodedCache | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches ``start, start+1, …`` of a rank: decoded by ``workers`` DataLoader processes until
+    the cache holds every row, then served from the cache in this process — indexing shared
+    memory costs less than shipping each batch between processes, and on a 2-core machine the
+    workers would compete with the model for the cores."""
+    k = start
+    if workers and not (cache is not None and cache.complete()):
+        loader = iter(batch_loader(stream(k), workers, pin_memory))
+        for batch in loader:
+            yield batch
+            k += 1
+            if cache is not None and cache.complete():
+                break
+        del loader  # stops the worker processes
+    source = stream(k)
+    reader = ImageReader(source.frags)
+    while True:
+        batch = source.batch(k, reader)
+        yield {name: t.pin_memory() for name, t in batch.items()} if pin_memory else batch
+        k += 1
 
 
 def load_rows(frags: list[Fragment], rows: np.ndarray, preprocess: Preprocess) -> np.ndarray:

@@ -21,8 +21,8 @@ from pipelines import registry
 from pipelines.config import Config
 from pipelines.siglip import ARCHITECTURES, Preprocess, build_config, init_siglip_head, save_model, train_tokenizer
 from pipelines.storage import ModelStore, Warehouse
-from pipelines.train.data import (DecodedCache, Pairs, PairStream, SnapshotTexts, StreamPlan, batch_loader, fragments, group_ids,
-                                  is_validation, load_rows, read_texts)
+from pipelines.train.data import (DecodedCache, Pairs, PairStream, SnapshotTexts, StreamPlan, batches_from, fragments,
+                                  group_ids, is_validation, load_rows, read_texts)
 from pipelines.train.distributed import World, init_from_env, shutdown
 from pipelines.train.loop import Checkpoints, LoopConfig, retrieval_recall, train_siglip
 
@@ -166,14 +166,16 @@ def _run_train(cfg: Config, ds: str, world: World, progress) -> dict[str, str]:
     before = retrieval_recall(model, val, tokenizer, preprocess, tc.max_text_length) if world.is_main else {}
     model.train()
 
-    cache = DecodedCache(len(texts.texts), preprocess.size, tc.max_text_length, tc.decoded_cache_mb)
+    cache = DecodedCache(len(texts.texts), preprocess.size, tc.max_text_length, tc.decoded_cache_mb, ~val_mask)
     progress(f"train: decoded photos {'cached in shared memory' if cache.enabled else 'not cached'} "
              f"({cache.need_mb:.0f} MB needed, train.decoded_cache_mb={tc.decoded_cache_mb})")
 
+    def stream(start: int) -> PairStream:
+        return PairStream(frags, texts.texts, groups, plan, batch_size=micro, preprocess=preprocess,
+                          tokenizer=tokenizer, max_text_length=tc.max_text_length, start=start, cache=cache)
+
     def batches(start: int):
-        stream = PairStream(frags, texts.texts, groups, plan, batch_size=micro, preprocess=preprocess,
-                            tokenizer=tokenizer, max_text_length=tc.max_text_length, start=start, cache=cache)
-        return batch_loader(stream, workers, pin_memory=world.device.type == "cuda")
+        return batches_from(stream, start, workers, world.device.type == "cuda", cache)
 
     checkpoints = Checkpoints(store.checkpoint_dir(version))
     stats = train_siglip(model, batches, preprocess, loop, world, checkpoints, progress=progress, fingerprint=version)

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from pipelines.siglip import Preprocess, train_tokenizer
-from pipelines.train.data import DecodedCache, PairStream, StreamPlan, batch_loader, fragments, group_ids, read_texts
+from pipelines.train.data import (DecodedCache, PairStream, StreamPlan, batch_loader, batches_from, fragments,
+                                  group_ids, read_texts)
 
 
 def _plan(snapshot, world_size=1, rank=0, train=None, **kw):
@@ -52,6 +53,17 @@ def test_batches_cross_epochs_and_do_not_depend_on_workers(colour_snapshot):
         assert all(torch.equal(a[k], b[k]) for k in a)
     uncached = first(0, n=12)
     for a, b in zip(uncached, cached):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+    # as the stage iterates: workers until every row is cached, then in-process; same batches
+    cache = DecodedCache(256, 16, 8, budget_mb=10, needed=np.ones(256, bool))
+    make = lambda start: PairStream(frags, texts.texts, groups, plan, batch_size=32,  # noqa: E731
+                                    preprocess=Preprocess(16), tokenizer=tok, max_text_length=8, start=start,
+                                    cache=cache)
+    it = batches_from(make, 0, 2, False, cache)
+    switched = [next(it) for _ in range(12)]
+    assert cache.complete()
+    for a, b in zip(uncached, switched):
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert not DecodedCache(256, 16, 8, budget_mb=0).enabled
     for a, b in zip(inline[3:], resumed):
