@@ -20,6 +20,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,9 +36,15 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion_produc
 DS = "2026-11-21"
 
 
-def build_source(data: Path, out: Path, items: int | None, seed: int) -> dict[str, dict]:
-    """SQLite source + image folder from the Fashion parquet; returns item_id → labels."""
+def build_source(data: Path, out: Path, items: int | None, seed: int, exclude: set[int] = frozenset()) \
+        -> dict[str, dict]:
+    """SQLite source + image folder from the Fashion parquet (less the ``exclude`` item ids);
+    returns item_id → labels."""
     table = pq.read_table(data, columns=["item_id", "title", "article_type", "base_colour", "image"])
+    if exclude:
+        import pyarrow.compute as pc
+
+        table = table.filter(pc.invert(pc.is_in(table.column("item_id"), pa.array(sorted(exclude)))))
     rng = np.random.default_rng(seed)
     order = rng.permutation(table.num_rows)[: items or table.num_rows]
     rows = table.take(order).to_pylist()

@@ -62,6 +62,9 @@ class TrainConfig:
     max_text_length: int = 24  # tokens; SigLIP pools the last token, so texts pad to this
     vocab_size: int = 4000
     val_fraction: float = 0.1
+    colour_augment: float = 0.0  # share of photos recoloured (half channel-permuted, half greyscale)
+    keep_aspect: bool = False  # resize the longest side and pad, instead of stretching to a square
+    text_positives: bool = True  # pairs whose normalised texts are identical count as positives
     val_max_items: int = 2000  # held-out pairs scored for image→title recall (a stable subset)
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | fp32
     grad_accum: int = 1  # micro-steps per optimizer step; batch_size is the global batch across them and all ranks

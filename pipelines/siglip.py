@@ -109,25 +109,38 @@ class Preprocess:
     size: int
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    # Keep the aspect ratio: resize the longest side to ``size`` and pad the rest with the photo's
+    # corner colour (a product photo's background) instead of stretching. Saved as
+    # ``lookalike_pad`` in preprocessor_config.json so embedding preprocesses as training did.
+    pad: bool = False
 
     def to_hf(self) -> dict:
         return {"image_processor_type": "SiglipImageProcessor", "do_resize": True,
                 "size": {"height": self.size, "width": self.size}, "resample": 2, "do_rescale": True,
                 "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(self.mean),
-                "image_std": list(self.std), "do_convert_rgb": True}
+                "image_std": list(self.std), "do_convert_rgb": True, "lookalike_pad": self.pad}
 
     @classmethod
     def from_hf(cls, data: dict) -> "Preprocess":
         size = data.get("size", {})
         side = size.get("height") or size.get("shortest_edge") or 224
-        return cls(int(side), tuple(data.get("image_mean", (0.5,) * 3)), tuple(data.get("image_std", (0.5,) * 3)))
+        return cls(int(side), tuple(data.get("image_mean", (0.5,) * 3)), tuple(data.get("image_std", (0.5,) * 3)),
+                   bool(data.get("lookalike_pad", False)))
+
+    def _square(self, img: Image.Image) -> Image.Image:
+        if not self.pad or img.width == img.height:
+            return img.resize((self.size, self.size), Image.Resampling.BILINEAR)
+        scale = self.size / max(img.width, img.height)
+        w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
+        canvas = Image.new("RGB", (self.size, self.size), img.getpixel((0, 0)))
+        canvas.paste(img.resize((w, h), Image.Resampling.BILINEAR), ((self.size - w) // 2, (self.size - h) // 2))
+        return canvas
 
     def decode(self, images: list[bytes]) -> np.ndarray:
         """JPEG/PNG bytes → (N, H, W, 3) uint8 at the model's input size."""
         out = np.empty((len(images), self.size, self.size, 3), dtype=np.uint8)
         for i, data in enumerate(images):
-            img = Image.open(io.BytesIO(data)).convert("RGB")
-            out[i] = np.asarray(img.resize((self.size, self.size), Image.Resampling.BILINEAR))
+            out[i] = np.asarray(self._square(Image.open(io.BytesIO(data)).convert("RGB")))
         return out
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:

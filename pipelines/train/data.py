@@ -52,8 +52,9 @@ def normalise_text(text: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text)).strip()
 
 
-def group_ids(sha: list[str], texts: list[str]) -> np.ndarray:
-    """Connected components of "same image_sha256 or same normalised text" (union-find)."""
+def group_ids(sha: list[str], texts: list[str] | None) -> np.ndarray:
+    """Connected components of "same image_sha256 or same normalised text" (union-find);
+    with ``texts`` None, of "same image_sha256" only."""
     parent = list(range(len(sha)))
 
     def find(i: int) -> int:
@@ -62,7 +63,7 @@ def group_ids(sha: list[str], texts: list[str]) -> np.ndarray:
             i = parent[i]
         return i
 
-    for keys in (sha, [normalise_text(t) for t in texts]):
+    for keys in (sha, [normalise_text(t) for t in texts] if texts is not None else []):
         first: dict[str, int] = {}
         for i, key in enumerate(keys):
             if not key:

@@ -52,6 +52,7 @@ class LoopConfig:
     fused_optimizer: bool = True  # one fused AdamW kernel (CUDA and CPU)
     compile: bool = False  # torch.compile the model (pays back its compile time on long runs)
     channels_last: bool = False  # NHWC pixel layout for the patch convolution
+    colour_augment: float = 0.0  # share of photos recoloured: half channel-permuted, half greyscale
     progress_every: int = 100
 
     def micro_batch(self, world_size: int) -> int:
@@ -101,11 +102,27 @@ def step_generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> 1))
 
 
-def augment(pixels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """(B, S, S, 3) uint8 → same, randomly flipped and shifted by up to S/8 (edge-padded)."""
+def recolour(pixels: torch.Tensor, gen: torch.Generator, share: float) -> torch.Tensor:
+    """Channel-permute ``share``/2 of the photos and turn ``share``/2 grey, so the model cannot
+    lean on colour alone (colour is what a histogram already captures)."""
+    b = pixels.shape[0]
+    u = torch.rand(b, generator=gen).to(pixels.device)
+    order = torch.rand(b, 3, generator=gen).argsort(dim=1).to(pixels.device)  # a random permutation each
+    permuted = torch.gather(pixels, 3, order[:, None, None, :].expand_as(pixels))
+    luma = pixels.float() @ torch.tensor([0.299, 0.587, 0.114], device=pixels.device)
+    grey = luma.round().clamp(0, 255).to(torch.uint8)[..., None].expand_as(pixels)
+    pick = u[:, None, None, None]
+    return torch.where(pick < share / 2, permuted, torch.where(pick < share, grey, pixels))
+
+
+def augment(pixels: torch.Tensor, gen: torch.Generator, colour: float = 0.0) -> torch.Tensor:
+    """(B, S, S, 3) uint8 → same, randomly flipped and shifted by up to S/8 (edge-padded), and
+    recoloured with probability ``colour``."""
     b, s = pixels.shape[0], pixels.shape[1]
     flip = (torch.rand(b, generator=gen) < 0.5).to(pixels.device)
     pixels = torch.where(flip[:, None, None, None], pixels.flip(2), pixels)
+    if colour > 0:
+        pixels = recolour(pixels, gen, colour)
     pad = s // 8
     padded = torch.nn.functional.pad(pixels.permute(0, 3, 1, 2).float(), (pad, pad, pad, pad), mode="replicate")
     dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()  # one shift per batch: cheap
@@ -216,7 +233,8 @@ def train_siglip(model, batches: Callable[[int], Iterator[dict]], preprocess: Pr
         for m in range(cfg.grad_accum):
             batch = next(stream)
             pixels = batch["pixels"].to(world.device, non_blocking=True)
-            x = preprocess.normalise(augment(pixels, step_generator(cfg.seed, step, m, world.rank)))
+            x = preprocess.normalise(augment(pixels, step_generator(cfg.seed, step, m, world.rank),
+                                             cfg.colour_augment))
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             sync = contextlib.nullcontext() if ddp is None or m == cfg.grad_accum - 1 else ddp.no_sync()

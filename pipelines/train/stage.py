@@ -61,7 +61,7 @@ def initial_model(cfg: Config, texts: list[str], world: World = World()):
         torch.manual_seed(cfg.train.seed)
         model = SiglipModel(config)
         init_siglip_head(model)
-        return model, tokenizer, Preprocess(ARCHITECTURES[init]["image_size"]), init, None
+        return model, tokenizer, Preprocess(ARCHITECTURES[init]["image_size"], pad=cfg.train.keep_aspect), init, None
     if init.startswith("s3://"):
         from pipelines.objectstore import local_model_dir
 
@@ -147,14 +147,16 @@ def _run_train(cfg: Config, ds: str, world: World, progress) -> dict[str, str]:
         torch.set_num_threads(tc.threads)
     started = time.monotonic()
     model, tokenizer, preprocess, architecture, parent = initial_model(cfg, texts.texts, world)
+    max_len = int(model.config.text_config.max_position_embeddings)  # a checkpoint's own text length
     frags = fragments(snapshot)
-    groups = group_ids(texts.shas, texts.texts)
+    groups = group_ids(texts.shas, texts.texts if tc.text_positives else None)
     val_mask = np.array([is_validation(i, tc.val_fraction) for i in texts.item_ids], dtype=bool)
     loop = LoopConfig(max_steps=tc.max_steps, minutes=tc.minutes, batch_size=tc.batch_size,
                       learning_rate=tc.learning_rate, weight_decay=tc.weight_decay, warmup_steps=tc.warmup_steps,
                       seed=tc.seed, precision=tc.precision, grad_accum=tc.grad_accum, clip_norm=tc.clip_norm,
                       checkpoint_every=tc.checkpoint_every, freeze_text=tc.freeze_text,
-                      freeze_vision_layers=tc.freeze_vision_layers, gradient_checkpointing=tc.gradient_checkpointing)
+                      freeze_vision_layers=tc.freeze_vision_layers, gradient_checkpointing=tc.gradient_checkpointing,
+                      colour_augment=tc.colour_augment)
     micro = loop.micro_batch(world.size)
     plan = StreamPlan(frags, ~val_mask, seed=tc.seed, rank=world.rank, world_size=world.size)
     workers = loader_workers(tc.loader_workers, int(os.environ.get("LOCAL_WORLD_SIZE", world.size)))
@@ -163,16 +165,16 @@ def _run_train(cfg: Config, ds: str, world: World, progress) -> dict[str, str]:
              f"{world.size} rank(s) on {world.device.type} x {micro} pairs x {tc.grad_accum} micro-steps; "
              f"{workers} loader worker(s) per rank")
     val = held_out(frags, texts, val_mask, groups, preprocess, tc.val_max_items) if world.is_main else None
-    before = retrieval_recall(model, val, tokenizer, preprocess, tc.max_text_length) if world.is_main else {}
+    before = retrieval_recall(model, val, tokenizer, preprocess, max_len) if world.is_main else {}
     model.train()
 
-    cache = DecodedCache(len(texts.texts), preprocess.size, tc.max_text_length, tc.decoded_cache_mb, ~val_mask)
+    cache = DecodedCache(len(texts.texts), preprocess.size, max_len, tc.decoded_cache_mb, ~val_mask)
     progress(f"train: decoded photos {'cached in shared memory' if cache.enabled else 'not cached'} "
              f"({cache.need_mb:.0f} MB needed, train.decoded_cache_mb={tc.decoded_cache_mb})")
 
     def stream(start: int) -> PairStream:
         return PairStream(frags, texts.texts, groups, plan, batch_size=micro, preprocess=preprocess,
-                          tokenizer=tokenizer, max_text_length=tc.max_text_length, start=start, cache=cache)
+                          tokenizer=tokenizer, max_text_length=max_len, start=start, cache=cache)
 
     def batches(start: int):
         return batches_from(stream, start, workers, world.device.type == "cuda", cache)
@@ -182,7 +184,7 @@ def _run_train(cfg: Config, ds: str, world: World, progress) -> dict[str, str]:
     result = {"model_version": version, "model_uri": str(out)}
     if world.is_main:
         model.cpu()
-        after = retrieval_recall(model, val, tokenizer, preprocess, tc.max_text_length)
+        after = retrieval_recall(model, val, tokenizer, preprocess, max_len)
         progress(f"train: held-out image→title recall@1 {before['recall@1']:.3f} → {after['recall@1']:.3f}, "
                  f"recall@5 {before['recall@5']:.3f} → {after['recall@5']:.3f} ({len(val.texts)} pairs)")
         metadata = {

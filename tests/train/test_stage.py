@@ -67,7 +67,8 @@ def test_loaded_model_embeds_unit_vectors_and_japanese_text(trained):
 def test_fine_tunes_from_a_saved_checkpoint(trained, tmp_path, sample_dir):
     cfg, out = trained
     child_cfg = load_config(write_config(tmp_path, sample_dir, model={"init": out["model_uri"]},
-                                         train={"max_steps": 5, "batch_size": 16, "learning_rate": 1e-4}),
+                                         train={"max_steps": 5, "batch_size": 16, "learning_rate": 1e-4,
+                                                "max_text_length": 40}),  # the checkpoint decides
                             environ={})
     run_extract(child_cfg, DS)
     from pipelines.train.stage import run_train
@@ -76,6 +77,7 @@ def test_fine_tunes_from_a_saved_checkpoint(trained, tmp_path, sample_dir):
     parent_tok = load_model(out["model_uri"]).tokenizer
     child_model = load_model(child["model_uri"])
     assert child_model.tokenizer.get_vocab() == parent_tok.get_vocab()  # the checkpoint brings its tokenizer
+    assert child_model.max_text_length == 24  # and its text length (train.max_text_length=40 is ignored)
     meta = json.loads((child_model.path / "lookalike.json").read_text())
     assert meta["architecture"] == f"checkpoint:{out['model_uri']}"
 
@@ -116,3 +118,34 @@ def test_fine_tunes_from_a_checkpoint_on_s3(trained, tmp_path, sample_dir, s3):
     (cached / "model.safetensors").write_bytes(b"truncated")  # a damaged cache is fetched again
     assert (local_model_dir("s3://models/siglip/parent") / "model.safetensors").stat().st_size \
         == record["model.safetensors"]["size"]
+
+
+@pytest.mark.slow
+def test_the_real_siglip_base_shape_trains_saves_and_fine_tunes(tmp_path, sample_dir):
+    """siglip-base-patch16-224 (~200M parameters) from scratch for 2 steps, saved in Hugging Face
+    format, then fine-tuned from that folder for 2 more: the path a real checkpoint takes."""
+    base = load_config(write_config(_mkdir(tmp_path / "a"), sample_dir, model={"init": "siglip-base-patch16-224"},
+                                    train={"max_steps": 2, "batch_size": 4, "val_max_items": 4, "warmup_steps": 1,
+                                           "checkpoint_every": 0}), environ={})
+    run_extract(base, DS)
+    from pipelines.train.stage import run_train
+
+    first = run_train(base, DS, progress=lambda *_: None)
+    loaded = load_model(first["model_uri"])
+    assert loaded.model.config.vision_config.hidden_size == 768 and loaded.preprocess.size == 224
+    assert sum(p.numel() for p in loaded.model.parameters()) > 150e6
+    child_cfg = load_config(write_config(_mkdir(tmp_path / "b"), sample_dir, model={"init": first["model_uri"]},
+                                         train={"max_steps": 2, "batch_size": 4, "val_max_items": 4,
+                                                "learning_rate": 1e-5, "warmup_steps": 1, "checkpoint_every": 0}),
+                            environ={})
+    run_extract(child_cfg, DS)
+    child = run_train(child_cfg, DS, progress=lambda *_: None)
+    meta = json.loads((ModelStore.at(child_cfg.models).version_dir(child["model_version"]) / "lookalike.json")
+                      .read_text())
+    assert meta["parent"] == first["model_version"] and meta["metrics"]["steps"] == 2
+    del loaded
+
+
+def _mkdir(path):
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,151 @@
+"""Neighbour quality on real photos held out from training: learned embedding vs colour histogram.
+
+On ``../shared/data/fashion_products_small.parquet``: a stable split by item id keeps
+``--holdout`` items (default 5,000) out of training entirely. The real extract and train stages
+run on the rest (``article_type`` as category, every item on sale) with a wall-clock budget of
+``--minutes``; then, within the held-out items only, each item's top-5 neighbours are found
+
+- with the learned image embedding (the trained model, preprocessing as saved with it),
+- with a plain colour histogram (4x4x4 RGB bins, square-rooted, cosine) — the baseline,
+- with the histogram + 8x8 thumbnail + PCA baseline the nightly evaluation uses,
+
+and the share of neighbour slots agreeing on article_type and on base_colour is reported, with
+image→title Recall@1/@5 on (up to 2,000 of) the held-out items, before and after training, and
+the training's wall and CPU minutes. Recipe switches are train.* config keys given with --set.
+
+    .venv/bin/python benchmarks/real_photo_quality.py --minutes 10 --json out.json
+    .venv/bin/python benchmarks/real_photo_quality.py --minutes 10 --set colour_augment=0.5 keep_aspect=true
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fashion_quality import DATA, DS, build_source  # noqa: E402
+
+from jobs._common import setup_logging  # noqa: E402
+
+
+def holdout_ids(ids: list[int], n: int) -> set[int]:
+    """The ``n`` items with the smallest hash of their id: the same on every run."""
+    return set(sorted(ids, key=lambda i: hashlib.sha256(f"holdout:{i}".encode()).digest())[:n])
+
+
+def colour_histogram(pixels: np.ndarray) -> np.ndarray:
+    bins = (pixels // 64).astype(np.int64)
+    codes = (bins[..., 0] * 16 + bins[..., 1] * 4 + bins[..., 2]).reshape(len(pixels), -1)
+    hist = np.stack([np.bincount(c, minlength=64) for c in codes]).astype(np.float32)
+    hist = np.sqrt(hist / codes.shape[1])
+    return hist / np.linalg.norm(hist, axis=1, keepdims=True)
+
+
+def agreement(vectors: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
+    """Share of top-k neighbour slots (self excluded) whose label equals the query's."""
+    import faiss
+
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    _, idx = index.search(np.ascontiguousarray(vectors, dtype=np.float32), k + 1)
+    rows = [[j for j in r if j != i][:k] for i, r in enumerate(idx)]
+    return float(np.mean([labels[j] == labels[i] for i, r in enumerate(rows) for j in r]))
+
+
+def cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--minutes", type=float, default=10.0, help="training wall-clock budget")
+    parser.add_argument("--holdout", type=int, default=5000, help="items never trained on, searched among")
+    parser.add_argument("--items", type=int, default=None, help="subsample the training items (smoke runs)")
+    parser.add_argument("--model", default="small", help="model.init")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="train.* overrides")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    if not args.data.exists():
+        print(f"{args.data} not found: this benchmark needs ../shared/data (see its README)", file=sys.stderr)
+        return 2
+    setup_logging()
+    from pipelines.config import load_config
+    from pipelines.evaluate.baselines import image_baseline_vectors
+    from pipelines.extract.images import prepare_image
+    from pipelines.siglip import Preprocess, embed_pixels, load_model
+    from pipelines.train.data import Pairs, group_ids, listing_text
+    from pipelines.train.loop import retrieval_recall
+
+    table = pq.read_table(args.data, columns=["item_id", "title", "article_type", "base_colour", "image"])
+    held = holdout_ids(table.column("item_id").to_pylist(), args.holdout)
+    with tempfile.TemporaryDirectory(prefix="lookalike-real-") as tmp:
+        root = Path(tmp)
+        build_source(args.data, root / "source", args.items, 0, exclude=held)
+        env = {"LOOKALIKE_SOURCE__URL": f"sqlite:///{root / 'source' / 'fashion.db'}",
+               "LOOKALIKE_SOURCE__IMAGES": str(root / "source" / "images"),
+               "LOOKALIKE_WAREHOUSE": str(root / "warehouse"), "LOOKALIKE_MODELS": str(root / "models"),
+               "LOOKALIKE_MODEL__INIT": args.model, "LOOKALIKE_TRAIN__MINUTES": str(args.minutes),
+               "LOOKALIKE_TRAIN__MAX_STEPS": "1000000", "LOOKALIKE_TRAIN__VAL_FRACTION": "0.02"}
+        for item in args.set:
+            key, _, value = item.partition("=")
+            env[f"LOOKALIKE_TRAIN__{key.upper()}"] = value
+        cfg = load_config(environ=env)
+        from pipelines.extract.stage import run_extract
+        from pipelines.train.stage import run_train
+
+        run_extract(cfg, DS)
+        cpu0, wall0 = cpu_seconds(), time.monotonic()
+        model = run_train(cfg, DS)
+        cpu_min, wall_min = (cpu_seconds() - cpu0) / 60, (time.monotonic() - wall0) / 60
+        meta = json.loads((Path(model["model_uri"]) / "lookalike.json").read_text())
+        loaded = load_model(model["model_uri"])
+
+        rows = [r for r in table.to_pylist() if r["item_id"] in held]
+        photos = [prepare_image(r["image"], size=cfg.extract.image_size, max_pixels=10**8, min_side=8) for r in rows]
+        keep = [i for i, p in enumerate(photos) if not p.reason]
+        rows, jpegs = [rows[i] for i in keep], [photos[i].jpeg for i in keep]
+        types = np.array([r["article_type"] for r in rows], dtype=object)
+        colours = np.array([r["base_colour"] for r in rows], dtype=object)
+        learned = embed_pixels(loaded.model, loaded.preprocess.decode(jpegs), loaded.preprocess)
+        square = Preprocess(64).decode(jpegs)
+        systems = {"learned": learned, "colour_histogram": colour_histogram(square),
+                   "histogram+thumbnail": image_baseline_vectors(square, 64)}
+        quality = {name: {"article_type@5": agreement(v, types), "base_colour@5": agreement(v, colours)}
+                   for name, v in systems.items()}
+        texts = [listing_text(cfg.train.text_template, {"title": r["title"], "category": r["article_type"]})
+                 for r in rows[:2000]]
+        pairs = Pairs([str(r["item_id"]) for r in rows[:2000]], loaded.preprocess.decode(jpegs[:2000]), texts,
+                      group_ids([hashlib.sha256(j).hexdigest() for j in jpegs[:2000]], texts))
+        recall = retrieval_recall(loaded.model, pairs, loaded.tokenizer, loaded.preprocess, loaded.max_text_length)
+    result = {"minutes": args.minutes, "overrides": args.set, "model": args.model, "held_out_items": len(rows),
+              "train_items": meta["snapshot"]["pairs"], "steps": meta["metrics"]["steps"],
+              "samples_per_s": meta["metrics"]["samples_per_s"], "train_wall_minutes": round(wall_min, 2),
+              "train_cpu_minutes": round(cpu_min, 2), "quality": quality,
+              "held_out_recall@1": recall["recall@1"], "held_out_recall@5": recall["recall@5"]}
+    print(f"\nReal photos: trained on {result['train_items']} items for {wall_min:.1f} min wall / {cpu_min:.1f} "
+          f"CPU-min ({result['steps']} steps, {result['samples_per_s']:.0f} pairs/s); {len(rows)} held-out items; "
+          f"overrides: {' '.join(args.set) or 'none'}")
+    print(f"held-out image→title R@1 {recall['recall@1']:.3f} R@5 {recall['recall@5']:.3f} "
+          f"({min(2000, len(rows))} items)")
+    print(f"{'system':<22}{'article_type@5':>16}{'base_colour@5':>16}")
+    for name, q in quality.items():
+        print(f"{name:<22}{q['article_type@5']:>16.3f}{q['base_colour@5']:>16.3f}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
