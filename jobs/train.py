@@ -1,4 +1,7 @@
-"""Fine-tune SigLIP on one ds's snapshot and register the result as a candidate model."""
+"""Fine-tune SigLIP on one ds's snapshot and register the result as a candidate model.
+
+Data-parallel: `torchrun --nproc_per_node N -m jobs.train --ds YYYY-MM-DD` (one rank per GPU; gloo on CPU).
+A rerun of the same ds and config resumes from its last checkpoint, or reuses the finished model."""
 from __future__ import annotations
 
 import sys
