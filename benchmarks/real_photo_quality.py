@@ -43,14 +43,6 @@ def holdout_ids(ids: list[int], n: int) -> set[int]:
     return set(sorted(ids, key=lambda i: hashlib.sha256(f"holdout:{i}".encode()).digest())[:n])
 
 
-def colour_histogram(pixels: np.ndarray) -> np.ndarray:
-    bins = (pixels // 64).astype(np.int64)
-    codes = (bins[..., 0] * 16 + bins[..., 1] * 4 + bins[..., 2]).reshape(len(pixels), -1)
-    hist = np.stack([np.bincount(c, minlength=64) for c in codes]).astype(np.float32)
-    hist = np.sqrt(hist / codes.shape[1])
-    return hist / np.linalg.norm(hist, axis=1, keepdims=True)
-
-
 def agreement(vectors: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
     """Share of top-k neighbour slots (self excluded) whose label equals the query's."""
     import faiss
@@ -82,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging()
     from pipelines.config import load_config
-    from pipelines.evaluate.baselines import image_baseline_vectors
+    from pipelines.evaluate.baselines import colour_histogram, image_baseline_vectors
     from pipelines.extract.images import prepare_image
     from pipelines.siglip import Preprocess, embed_pixels, load_model
     from pipelines.train.data import Pairs, group_ids, listing_text
@@ -120,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         colours = np.array([r["base_colour"] for r in rows], dtype=object)
         learned = embed_pixels(loaded.model, loaded.preprocess.decode(jpegs), loaded.preprocess)
         square = Preprocess(64).decode(jpegs)
-        systems = {"learned": learned, "colour_histogram": colour_histogram(square),
+        hist = colour_histogram(square)
+        systems = {"learned": learned, "colour_histogram": hist / np.linalg.norm(hist, axis=1, keepdims=True),
                    "histogram+thumbnail": image_baseline_vectors(square, 64)}
         quality = {name: {"article_type@5": agreement(v, types), "base_colour@5": agreement(v, colours)}
                    for name, v in systems.items()}

@@ -10,18 +10,23 @@ from __future__ import annotations
 import numpy as np
 
 
-def image_features(pixels: np.ndarray) -> np.ndarray:
-    """(N, S, S, 3) uint8 → (N, 64 + 192) colour histogram + 8x8 thumbnail features."""
+def colour_histogram(pixels: np.ndarray) -> np.ndarray:
+    """(N, S, S, 3) uint8 → (N, 64) square roots of the shares of pixels in 4x4x4 RGB bins."""
     n, s = pixels.shape[0], pixels.shape[1]
     bins = (pixels // 64).astype(np.int64)  # 4 levels per channel
     codes = bins[..., 0] * 16 + bins[..., 1] * 4 + bins[..., 2]
     hist = np.zeros((n, 64), dtype=np.float32)
     for i in range(n):
         hist[i] = np.bincount(codes[i].ravel(), minlength=64)
-    hist /= s * s
+    return np.sqrt(hist / (s * s))
+
+
+def image_features(pixels: np.ndarray) -> np.ndarray:
+    """(N, S, S, 3) uint8 → (N, 64 + 192) colour histogram + 8x8 thumbnail features."""
+    n, s = pixels.shape[0], pixels.shape[1]
     step = s // 8
     thumb = pixels[:, : step * 8, : step * 8].reshape(n, 8, step, 8, step, 3).mean(axis=(2, 4)) / 255.0
-    return np.concatenate([np.sqrt(hist), thumb.reshape(n, -1).astype(np.float32)], axis=1)
+    return np.concatenate([colour_histogram(pixels), thumb.reshape(n, -1).astype(np.float32)], axis=1)
 
 
 def image_baseline_vectors(pixels: np.ndarray, dim: int, seed: int = 0) -> np.ndarray:

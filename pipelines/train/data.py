@@ -75,9 +75,14 @@ def group_ids(sha: list[str], texts: list[str] | None) -> np.ndarray:
     return np.array([find(i) for i in range(len(sha))], dtype=np.int64)
 
 
+def id_hash(item_id: str) -> bytes:
+    """A stable pseudo-random key of an item id: the same on every run and every host."""
+    return hashlib.sha256(item_id.encode()).digest()
+
+
 def is_validation(item_id: str, fraction: float) -> bool:
     """Stable split by item id: the same items are held out on every run."""
-    h = int.from_bytes(hashlib.sha256(item_id.encode()).digest()[:4], "big")
+    h = int.from_bytes(id_hash(item_id)[:4], "big")
     return h / 2**32 < fraction
 
 
@@ -88,9 +93,6 @@ class Pairs:
     texts: list[str]
     groups: np.ndarray  # (N,) int64
 
-    def subset(self, mask: np.ndarray) -> "Pairs":
-        idx = np.flatnonzero(mask)
-        return Pairs([self.item_ids[i] for i in idx], self.pixels[idx], [self.texts[i] for i in idx], self.groups[idx])
 
 
 @dataclass(frozen=True)
@@ -303,6 +305,6 @@ def batches_from(stream: Callable[[int], PairStream], start: int, workers: int, 
 
 
 def load_rows(frags: list[Fragment], rows: np.ndarray, preprocess: Preprocess) -> np.ndarray:
-    """Decoded pixels of a few rows (the held-out set), read fragment by fragment."""
-    return preprocess.decode(ImageReader(frags, cache_fragments=1).images(np.sort(rows))) if len(rows) else \
+    """Decoded pixels of a few rows (the held-out set), in the order given."""
+    return preprocess.decode(ImageReader(frags).images(rows)) if len(rows) else \
         np.zeros((0, preprocess.size, preprocess.size, 3), np.uint8)

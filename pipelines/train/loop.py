@@ -190,7 +190,7 @@ def train_siglip(model, batches: Callable[[int], Iterator[dict]], preprocess: Pr
     and world size. Returns {"steps", "seconds", "samples_per_s", "final_loss", "resumed_from"}.
     """
     torch.manual_seed(cfg.seed)
-    micro = cfg.micro_batch(world.size)
+    cfg.micro_batch(world.size)  # rejects a global batch that does not divide into ranks x micro-steps
     model.to(world.device)
     frozen = freeze(model, text=cfg.freeze_text, vision_layers=cfg.freeze_vision_layers)
     if cfg.gradient_checkpointing:

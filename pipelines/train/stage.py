@@ -22,7 +22,7 @@ from pipelines.config import Config
 from pipelines.siglip import ARCHITECTURES, Preprocess, build_config, init_siglip_head, save_model, train_tokenizer
 from pipelines.storage import ModelStore, Warehouse
 from pipelines.train.data import (DecodedCache, Pairs, PairStream, SnapshotTexts, StreamPlan, batches_from, fragments,
-                                  group_ids, is_validation, load_rows, read_texts)
+                                  group_ids, id_hash, is_validation, load_rows, read_texts)
 from pipelines.train.distributed import World, init_from_env, shutdown
 from pipelines.train.loop import Checkpoints, LoopConfig, retrieval_recall, train_siglip
 
@@ -105,7 +105,7 @@ def held_out(frags, snap: SnapshotTexts, val_mask: np.ndarray, groups: np.ndarra
     """Up to ``limit`` held-out pairs, chosen stably (by item id hash), decoded."""
     rows = np.flatnonzero(val_mask)
     if len(rows) > limit:
-        keys = [hashlib.sha256(snap.item_ids[i].encode()).digest() for i in rows]
+        keys = [id_hash(snap.item_ids[i]) for i in rows]
         rows = np.sort(rows[np.argsort(keys, kind="stable")[:limit]])
     return Pairs([snap.item_ids[i] for i in rows], load_rows(frags, rows, preprocess),
                  [snap.texts[i] for i in rows], groups[rows])
