@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
-    wh = Warehouse.at(cfg.warehouse)
+    wh = Warehouse.of(cfg)
     ds = args.ds or wh.latest_ds("item_neighbors")
     if not ds or not wh.work(ds, "interactions").exists():
         print("run `make demo` (or `lookalike run`) first: this needs an extracted ds", file=sys.stderr)

@@ -92,7 +92,7 @@ def make_inputs(root: Path, items: int, model_name: str) -> None:
         img = render_product(rng, category=CATEGORIES[i % len(CATEGORIES)], colour=list(COLOURS)[i % len(COLOURS)],
                              pattern=PATTERNS[i % len(PATTERNS)], style=STYLES[i % len(STYLES)])
         images.append(prepare_image(encode(img, "JPEG"), size=96, max_pixels=10**8, min_side=8).jpeg)
-    folder = Warehouse(root / "warehouse").fresh_work(DS, "catalog")
+    folder = Warehouse.at(root / "warehouse").fresh_work(DS, "catalog")
     listing = {f.name: None for f in schemas.LISTING_FIELDS}
     with pq.ParquetWriter(folder / "part-0.parquet", schemas.ITEMS, compression="zstd") as writer:
         for start in range(0, items, 2000):  # row groups of 2,000 rows, as extract writes them
@@ -111,7 +111,7 @@ def run_bare(root: Path) -> dict:
     from pipelines.storage import Warehouse
 
     loaded, device = _device_and_model(root)
-    path = Warehouse(root / "warehouse").work(DS, "catalog") / "part-0.parquet"
+    path = Warehouse.at(root / "warehouse").work(DS, "catalog") / "part-0.parquet"
     started, n = time.perf_counter(), 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=1024, columns=["item_id", "image"]):
         pixels = loaded.preprocess.decode(batch.column("image").to_pylist())
@@ -128,7 +128,7 @@ def run_forward(root: Path) -> dict:
 
     loaded, device = _device_and_model(root)
     bf16 = device == "cuda"
-    path = Warehouse(root / "warehouse").work(DS, "catalog") / "part-0.parquet"
+    path = Warehouse.at(root / "warehouse").work(DS, "catalog") / "part-0.parquet"
     images = pq.ParquetFile(path).read_row_group(0, columns=["image"]).column(0).to_pylist()[:8192]
     pixels = loaded.preprocess.decode(images)
     embed_pixels(loaded.model, pixels[:512], loaded.preprocess, 256, bf16=bf16)  # warm-up
@@ -154,10 +154,12 @@ def publish_and_change(root: Path, share: float) -> dict:
 
     from pipelines.storage import Warehouse
 
-    wh = Warehouse(root / "warehouse")
+    wh = Warehouse.at(root / "warehouse")
     out = wh.work(DS, "item_embeddings")
     rows = sum(pq.read_metadata(f).num_rows for f in out.glob("*.parquet"))
-    wh.commit("item_embeddings", DS, out, rows=rows, retain=3, run_id="bench")
+    publication = wh.begin(DS)
+    publication.add("item_embeddings", sorted(out.glob("*.parquet")), rows=rows)
+    publication.commit(retain=3)
     table = pq.read_table(wh.work(DS, "catalog"))
     n = table.num_rows
     k = int(n * share / 2)

@@ -74,7 +74,7 @@ def cmd_summary(args) -> int:
     from pipelines.summary import run_summary
 
     cfg = load_config(args.config)
-    ds = args.ds or Warehouse.at(cfg.warehouse).latest_ds("item_neighbors")
+    ds = args.ds or Warehouse.of(cfg).latest_ds("item_neighbors")
     if not ds:
         raise LookalikeError(f"nothing published in {cfg.warehouse} yet: run `lookalike run` first")
     print(run_summary(cfg, ds))
@@ -97,7 +97,7 @@ def cmd_query(args) -> int:
             raise LookalikeError(f"--var expects NAME=VALUE, got {item!r}")
         variables[name] = value
     cfg = load_config(args.config)
-    columns, rows = run_query(Warehouse.at(cfg.warehouse), sql, variables)
+    columns, rows = run_query(Warehouse.of(cfg), sql, variables)
     if args.format == "json":
         print(json.dumps([dict(zip(columns, r)) for r in rows], default=str, indent=2))
     elif args.format == "csv":

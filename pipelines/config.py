@@ -21,6 +21,8 @@ from pipelines.errors import LookalikeError
 
 ENV_PREFIX = "LOOKALIKE_"
 CONFIG_ENV = "LOOKALIKE_CONFIG"  # path of the config file, read by DAG tasks and jobs
+# Per-process settings that are not config keys: the model cache of a host, test crash points.
+NOT_CONFIG_ENV = {CONFIG_ENV, "LOOKALIKE_CACHE_DIR", "LOOKALIKE_FAULT"}
 
 
 class ConfigError(LookalikeError):
@@ -91,6 +93,18 @@ class EmbedConfig:
 @dataclass(frozen=True)
 class NeighborsConfig:
     k: int = 20
+    index: str = "auto"  # auto | flat | ivf | ivfpq | hnsw | torch (see pipelines/neighbors/search.py)
+    recall_target: float = 0.95  # approximate indexes are tuned to this recall@k against exact search
+    recall_sample: int = 2000  # queries the recall is measured on, every run
+    exact_max_items: int = 50_000  # auto: exact search up to this many candidates
+    memory_budget_mb: int = 0  # auto: IVF-PQ when two copies of the vectors exceed this (0 = no budget)
+    block_size: int = 16_384  # queries searched and written per block
+    same_category: bool = False  # neighbours only from the item's own category
+    exclude_same_seller: bool = False  # no neighbour from the item's seller
+    drop_same_image: bool = False  # no neighbour with the identical photo (always flagged in same_image)
+    device: str = "auto"  # auto: CUDA when torch sees one | cpu | cuda
+    threads: int = 0  # FAISS threads; 0 = all cores
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -126,7 +140,8 @@ class AirflowConfig:
 @dataclass(frozen=True)
 class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
-    warehouse: str = "var/warehouse"  # published tables and the per-run work area
+    warehouse: str = "var/warehouse"  # published tables: a directory or s3://bucket/prefix
+    work_dir: str = ""  # the runs' work area (local or a shared volume); empty: <warehouse>/_work, or var/work for s3://
     models: str = "var/models"  # the model registry
     window_days: int = 90  # training snapshot window [ds - window_days, ds)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -148,7 +163,8 @@ class Config:
 
 # Keys holding locations: relative ones are resolved against the config file's folder
 # (or the working directory for the embedded default), so tasks agree wherever they run.
-_PATH_KEYS = {("source", "images"), ("source", "extract_sql"), ("warehouse",), ("models",), ("airflow", "home")}
+_PATH_KEYS = {("source", "images"), ("source", "extract_sql"), ("warehouse",), ("work_dir",), ("models",),
+              ("airflow", "home")}
 _REPO_RELATIVE = {("spark", "gpu_discovery_script")}  # shipped files: relative to the repository
 
 
@@ -196,7 +212,7 @@ def _env_overrides(environ: typing.Mapping[str, str]) -> dict:
     """``LOOKALIKE_SECTION__KEY=value`` → ``{"section": {"key": value}}`` (YAML-typed values)."""
     out: dict = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+        if not name.startswith(ENV_PREFIX) or name in NOT_CONFIG_ENV:
             continue
         parts = name[len(ENV_PREFIX):].lower().split("__")
         value = yaml.safe_load(raw) if raw != "" else ""
@@ -234,6 +250,9 @@ def _resolve_paths(data: dict, base_dir: Path) -> dict:
         value = data[section][key]
         if value and not Path(value).is_absolute():
             data[section][key] = str(Path(__file__).resolve().parents[1] / value)
+    if not data["work_dir"]:
+        warehouse = data["warehouse"]
+        data["work_dir"] = str(base_dir.resolve() / "var" / "work") if "://" in warehouse else str(Path(warehouse) / "_work")
     url = data["source"]["url"]
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         data["source"]["url"] = "sqlite:///" + str((base_dir / url[len("sqlite:///"):]).resolve())

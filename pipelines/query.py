@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
 from pipelines.errors import LookalikeError
 from pipelines.storage import PUBLISHED_TABLES, Warehouse
@@ -26,13 +27,29 @@ def _sql_literal(text: str) -> str:
 
 
 def connect(warehouse: Warehouse) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the published tables as views."""
+    """An in-memory DuckDB connection with the published tables as views.
+
+    Local files are read by DuckDB itself; on S3 each table is an Arrow dataset over the
+    manifest's files (DuckDB scans it lazily, pushing projections and filters down), since
+    DuckDB's own S3 support is an extension that downloads at run time.
+    """
+    import pyarrow.fs
+
     con = duckdb.connect(":memory:")
+    local = isinstance(warehouse.fs, pyarrow.fs.LocalFileSystem)
     for table in PUBLISHED_TABLES:
-        files = [str(f) for folder in warehouse.partitions(table).values() for f in sorted(folder.glob("*.parquet"))]
-        if files:
+        files = warehouse.partition_files(table)
+        if files and local:
             listing = "[" + ", ".join(_sql_literal(f) for f in files) + "]"
             con.execute(f"create view {table}_all as select * from read_parquet({listing}, union_by_name = true, hive_partitioning = false)")
+        elif files:
+            import pyarrow.dataset as pads
+            import pyarrow.parquet as pq
+
+            schema = pa.unify_schemas([pq.read_schema(f, filesystem=warehouse.fs) for f in files],
+                                      promote_options="permissive")
+            con.register(f"{table}_data", pads.dataset(files, schema=schema, filesystem=warehouse.fs, format="parquet"))
+            con.execute(f"create view {table}_all as select * from {table}_data")
         else:  # an empty view with no columns would break the latest-partition views
             con.execute(f"create view {table}_all as select null::varchar as ds where false")
     con.execute(VIEWS_SQL.read_text())

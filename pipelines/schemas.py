@@ -58,6 +58,7 @@ ITEM_NEIGHBORS = pa.schema([
     pa.field("rank", pa.int32(), nullable=False),
     pa.field("neighbor_id", pa.string(), nullable=False),
     pa.field("score", pa.float32(), nullable=False),
+    pa.field("same_image", pa.bool_()),  # the neighbour's photo is byte-identical (same image_sha256)
     pa.field("model_version", pa.string()),
 ])
 

@@ -1,20 +1,31 @@
 """Where everything lives: every path is built here from (table, ds, run), nowhere else.
 
-Warehouse layout::
+Warehouse layout (a local directory or ``s3://bucket/prefix``)::
 
-    <warehouse>/_work/ds=<ds>/<name>/            a run's private work area (replaced on rerun)
     <warehouse>/<table>/ds=<ds>/run=<run_id>/    an immutable published partition
-    <warehouse>/<table>/_manifest.json           which run each ds points to (the commit point)
+    <warehouse>/_manifest.json                   which run each (table, ds) points to: the commit point
+    <warehouse>/_runs/<ds>.json                  the record of the run that published ds
 
-Publishing writes the partition's files under a fresh ``run=`` folder, then switches the
-manifest with an atomic rename. Readers go through the manifest, so they see the old partition
-or the new one, never a mixture; superseded runs are removed only after the switch.
+The work area (``work_dir``; ``<warehouse>/_work`` by default for a local warehouse) is a local
+or shared-volume directory private to the runs: ``<work>/ds=<ds>/<name>/``, replaced on rerun.
+
+Publishing (:class:`Publication`) writes each table's files under a fresh ``run=`` prefix, then
+switches the manifest in one step: a rename under a lock on local disk, a conditional PUT
+(``If-Match`` on the ETag read, ``If-None-Match: *`` for the first) on S3. Readers go through the
+manifest, so they see the old partitions or the new ones, never a mixture, and every table of a
+run switches at once. If another run published the same ds in between, the commit is refused
+(two runs cannot both win); if another ds was published in between, the manifest is re-read and
+the switch retried. Superseded runs, crashed runs' leftovers of the ds and partitions beyond
+retention are removed only after the switch.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
+import functools
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -26,7 +37,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.errors import LookalikeError
+
+log = logging.getLogger(__name__)
+
 PUBLISHED_TABLES = ("listings_snapshot", "catalog", "quarantine", "item_embeddings", "item_neighbors", "eval_metrics")
+MANIFEST = "_manifest.json"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -60,23 +76,189 @@ def write_parquet(table: pa.Table, path: Path) -> Path:
 
 
 def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f") + "-" + uuid.uuid4().hex[:6]
+
+
+class ManifestConflict(LookalikeError):
+    """The manifest changed since it was read (another commit won the race)."""
+
+
+class PublishConflict(LookalikeError):
+    """Another run published the same ds while this one was writing; this run published nothing."""
+
+
+def _empty_manifest() -> dict:
+    return {"format": 2, "generation": 0, "tables": {}}
+
+
+class LocalObjects:
+    """Warehouse objects in a local directory; the manifest switch is a rename under a file lock."""
+
+    def __init__(self, root: Path):
+        import pyarrow.fs
+
+        self.root, self.fs = root, pyarrow.fs.LocalFileSystem()
+
+    def path(self, key: str) -> str:
+        return str(self.root / key)
+
+    def display(self, key: str = "") -> str:
+        return str(self.root / key) if key else str(self.root)
+
+    def put_file(self, local: Path, key: str) -> None:
+        target = self.root / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(local, target)
+
+    def put_text(self, key: str, text: str) -> None:
+        atomic_write_text(self.root / key, text)
+
+    def get_text(self, key: str) -> str | None:
+        path = self.root / key
+        return path.read_text() if path.exists() else None
+
+    def read_manifest(self) -> tuple[dict, object]:
+        text = self.get_text(MANIFEST)
+        manifest = json.loads(text) if text else _empty_manifest()
+        return manifest, manifest["generation"]
+
+    def write_manifest(self, manifest: dict, token) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "_manifest.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.read_manifest()[1] != token:
+                raise ManifestConflict("the manifest changed since it was read")
+            atomic_write_text(self.root / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
+
+    def children(self, prefix: str) -> list[str]:
+        folder = self.root / prefix
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+    def delete_prefix(self, prefix: str) -> None:
+        shutil.rmtree(self.root / prefix, ignore_errors=True)
+        parent = (self.root / prefix).parent
+        with contextlib.suppress(OSError):  # drop the ds= folder once its last run is gone
+            parent.rmdir()
+
+
+class S3Objects:
+    """Warehouse objects under ``s3://bucket/prefix``; the manifest switch is a conditional PUT.
+
+    The endpoint and credentials come from the usual AWS settings (``AWS_ENDPOINT_URL``, …), for
+    boto3 and for pyarrow's S3 filesystem (which reads the Parquet files with ranged GETs).
+    """
+
+    def __init__(self, uri: str):
+        import boto3
+        import pyarrow.fs
+
+        from pipelines.objectstore import split_s3
+
+        self.uri = uri.rstrip("/")
+        self.bucket, self.prefix = split_s3(uri)
+        self.client = boto3.client("s3")
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        kwargs = {}
+        if endpoint:
+            scheme, _, host = endpoint.partition("://")
+            kwargs = {"endpoint_override": host, "scheme": scheme}
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        self.fs = pyarrow.fs.S3FileSystem(region=region or "us-east-1", **kwargs)
+
+    def key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def path(self, key: str) -> str:
+        return f"{self.bucket}/{self.key(key)}"
+
+    def display(self, key: str = "") -> str:
+        return f"{self.uri}/{key}" if key else self.uri
+
+    def put_file(self, local: Path, key: str) -> None:
+        self.client.upload_file(str(local), self.bucket, self.key(key))
+
+    def put_text(self, key: str, text: str) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self.key(key), Body=text.encode())
+
+    def get_text(self, key: str) -> str | None:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self.key(key))["Body"].read().decode()
+        except self.client.exceptions.NoSuchKey:
+            return None
+
+    def read_manifest(self) -> tuple[dict, object]:
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=self.key(MANIFEST))
+        except self.client.exceptions.NoSuchKey:
+            return _empty_manifest(), None
+        return json.loads(obj["Body"].read()), obj["ETag"]
+
+    def write_manifest(self, manifest: dict, token) -> None:
+        from botocore.exceptions import ClientError
+
+        condition = {"IfMatch": token} if token else {"IfNoneMatch": "*"}
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self.key(MANIFEST), ContentType="application/json",
+                                   Body=json.dumps(manifest, indent=2, sort_keys=True).encode(), **condition)
+        except ClientError as exc:
+            error = exc.response.get("Error", {}).get("Code", "")
+            if error in ("PreconditionFailed", "ConditionalRequestConflict") or \
+                    exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412):
+                raise ManifestConflict("the manifest changed since it was read") from None
+            raise
+
+    def children(self, prefix: str) -> list[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self.key(prefix).rstrip("/") + "/", Delimiter="/")
+        return sorted(p["Prefix"].rstrip("/").rsplit("/", 1)[-1] for page in pages for p in page.get("CommonPrefixes", []))
+
+    def delete_prefix(self, prefix: str) -> None:
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self.key(prefix).rstrip("/") + "/")
+        keys = [{"Key": o["Key"]} for page in pages for o in page.get("Contents", [])]
+        for start in range(0, len(keys), 1000):
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys[start:start + 1000]})
+
+
+@functools.lru_cache(maxsize=8)
+def _objects(location: str, endpoint: str | None):  # endpoint: a new S3 endpoint gets a new client
+    if location.startswith("s3://"):
+        return S3Objects(location)
+    if "://" in location:
+        raise LookalikeError(f"warehouse {location}: use a local directory or an s3:// URI")
+    return LocalObjects(Path(location))
 
 
 @dataclass(frozen=True)
 class Warehouse:
-    root: Path
+    location: str  # a directory or s3://bucket/prefix: the published tables
+    work_root: Path  # the runs' work area (local or a shared volume)
 
     @classmethod
-    def at(cls, location: str | os.PathLike) -> "Warehouse":
+    def at(cls, location: str | os.PathLike, work: str | os.PathLike | None = None) -> "Warehouse":
         text = str(location)
-        if "://" in text:
-            raise NotImplementedError(f"warehouse {text}: only local directories are supported so far")
-        return cls(Path(text))
+        if work in (None, ""):
+            work = Path("var/work").resolve() if "://" in text else Path(text) / "_work"
+        return cls(text, Path(work))
+
+    @classmethod
+    def of(cls, cfg) -> "Warehouse":
+        return cls.at(cfg.warehouse, cfg.work_dir)
+
+    @property
+    def objects(self):
+        return _objects(self.location, os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+
+    @property
+    def fs(self):
+        return self.objects.fs
+
+    def display(self, key: str = "") -> str:
+        return self.objects.display(key)
 
     # ---- the work area of one ds (private to the run; tasks pass these paths as URIs) ----
     def work(self, ds: str, name: str) -> Path:
-        return self.root / "_work" / f"ds={ds}" / name
+        return self.work_root / f"ds={ds}" / name
 
     def fresh_work(self, ds: str, name: str) -> Path:
         """An empty work folder for ``name``: a rerun replaces, never appends."""
@@ -87,72 +269,110 @@ class Warehouse:
         return path
 
     # ---- published tables ----
-    def table_dir(self, table: str) -> Path:
-        return self.root / table
+    def manifest(self) -> dict:
+        return self.objects.read_manifest()[0]
 
-    def manifest_path(self, table: str) -> Path:
-        return self.table_dir(table) / "_manifest.json"
+    def entries(self, table: str) -> dict[str, dict]:
+        """Published ds → manifest entry (path, files, rows, run_id, committed_at), oldest first."""
+        return dict(sorted(self.manifest()["tables"].get(table, {}).items()))
 
-    def manifest(self, table: str) -> dict:
-        path = self.manifest_path(table)
-        if not path.exists():
-            return {"table": table, "partitions": {}}
-        return json.loads(path.read_text())
+    def partitions(self, table: str) -> dict[str, str]:
+        """Published ds → location of its run folder (for display)."""
+        return {ds: self.display(f"{table}/{e['path']}") for ds, e in self.entries(table).items()}
 
-    def partitions(self, table: str) -> dict[str, Path]:
-        """Published ds → folder of its Parquet files, oldest first."""
-        parts = self.manifest(table)["partitions"]
-        return {ds: self.table_dir(table) / entry["path"] for ds, entry in sorted(parts.items())}
+    def partition_files(self, table: str, ds: str | None = None) -> list[str]:
+        """Paths (in :attr:`fs`) of the Parquet files of every published partition, or of ``ds``'s."""
+        return [self.objects.path(f"{table}/{e['path']}/{name}") for d, e in self.entries(table).items()
+                if ds in (None, d) for name in e["files"]]
+
+    def read_partition(self, table: str, ds: str, **kwargs) -> pa.Table:
+        files = self.partition_files(table, ds)
+        if not files:
+            raise LookalikeError(f"{table} has no published partition ds={ds}")
+        return pq.read_table(files, filesystem=self.fs, partitioning=None, **kwargs)
 
     def latest_ds(self, table: str) -> str | None:
-        parts = self.partitions(table)
-        return max(parts) if parts else None
+        entries = self.entries(table)
+        return max(entries) if entries else None
 
-    @contextlib.contextmanager
-    def _lock(self, table: str):
-        self.table_dir(table).mkdir(parents=True, exist_ok=True)
-        with open(self.table_dir(table) / "_manifest.lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+    def run_record(self, ds: str) -> dict | None:
+        text = self.objects.get_text(f"_runs/{ds}.json")
+        return json.loads(text) if text else None
+
+    def begin(self, ds: str, run_id: str | None = None) -> "Publication":
+        return Publication(self, ds, run_id or new_run_id())
+
+
+class Publication:
+    """One run's publish of partition ``ds``: add tables, then commit them all in one switch."""
+
+    def __init__(self, wh: Warehouse, ds: str, run_id: str):
+        self.wh, self.ds, self.run_id = wh, ds, run_id
+        tables = wh.manifest()["tables"]
+        self.expected = {t: parts.get(ds, {}).get("run_id") for t, parts in tables.items()}
+        self.added: dict[str, dict] = {}
+
+    def prefix(self, table: str, run_id: str | None = None) -> str:
+        return f"{table}/ds={self.ds}/run={run_id or self.run_id}"
+
+    def add(self, table: str, files: list[Path], rows: int) -> None:
+        """Write ``files`` under this run's immutable prefix of ``table`` (invisible until commit)."""
+        for file in files:
+            self.wh.objects.put_file(file, f"{self.prefix(table)}/{file.name}")
+        self.added[table] = {"path": f"ds={self.ds}/run={self.run_id}", "files": sorted(f.name for f in files),
+                             "rows": rows, "run_id": self.run_id}
+
+    def abort(self) -> None:
+        for table in self.added:
+            self.wh.objects.delete_prefix(self.prefix(table))
+
+    def commit(self, *, retain: int, record: dict | None = None, attempts: int = 20) -> dict:
+        """Switch the manifest to this run's partitions; returns the tables' manifest entries."""
+        objects = self.wh.objects
+        for _ in range(attempts):
+            manifest, token = objects.read_manifest()
+            current = {t: manifest["tables"].get(t, {}).get(self.ds, {}).get("run_id") for t in self.added}
+            if any(current[t] != self.expected.get(t) for t in self.added):
+                self.abort()
+                raise PublishConflict(
+                    f"another run published ds={self.ds} while run {self.run_id} was writing "
+                    f"(now {sorted(set(current.values()) - {None})}); this run's files were removed "
+                    "and the other run's partition stands")
+            updated = copy.deepcopy(manifest)
+            updated["generation"] = manifest["generation"] + 1
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            dropped: list[tuple[str, str]] = []
+            for table, entry in self.added.items():
+                parts = updated["tables"].setdefault(table, {})
+                parts[self.ds] = {**entry, "committed_at": now}
+                if retain > 0:
+                    dropped += [(table, old) for old in sorted(parts)[:-retain]]
+            for table, old in dropped:
+                del updated["tables"][table][old]
             try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+                objects.write_manifest(updated, token)
+            except ManifestConflict:
+                continue  # another ds was committed meanwhile: merge into the newer manifest
+            break
+        else:
+            raise ManifestConflict(f"could not switch the manifest for ds={self.ds} after {attempts} attempts")
+        if record is not None:
+            objects.put_text(f"_runs/{self.ds}.json", json.dumps(record, indent=2, sort_keys=True))
+        self._clean(dropped)
+        return {t: updated["tables"][t].get(self.ds) for t in self.added}
 
-    def commit(self, table: str, ds: str, staged: Path, *, rows: int, retain: int, run_id: str) -> Path:
-        """Publish the Parquet files in ``staged`` as partition ``ds`` of ``table``.
-
-        The files are copied into an immutable ``run=`` folder, then the manifest is switched
-        atomically. Until the switch, readers keep seeing the previous partition. Partitions
-        beyond the newest ``retain`` and superseded runs are removed after the switch.
-        """
-        relative = Path(f"ds={ds}") / f"run={run_id}"
-        target = self.table_dir(table) / relative
-        target.mkdir(parents=True, exist_ok=False)
-        for file in sorted(staged.glob("*.parquet")):
-            shutil.copy2(file, target / file.name)
-        with self._lock(table):
-            manifest = self.manifest(table)
-            manifest["partitions"][ds] = {
-                "path": str(relative),
-                "rows": rows,
-                "run_id": run_id,
-                "committed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            }
-            dropped = sorted(manifest["partitions"])[:-retain] if retain > 0 else []
-            for old in dropped:
-                del manifest["partitions"][old]
-            atomic_write_text(self.manifest_path(table), json.dumps(manifest, indent=2, sort_keys=True))
-        self._remove_unreferenced(table)
-        return target
-
-    def _remove_unreferenced(self, table: str) -> None:
-        keep = {self.table_dir(table) / e["path"] for e in self.manifest(table)["partitions"].values()}
-        for ds_dir in self.table_dir(table).glob("ds=*"):
-            for run_dir in ds_dir.glob("run=*"):
-                if run_dir not in keep:
-                    shutil.rmtree(run_dir, ignore_errors=True)
-            if not any(ds_dir.iterdir()):
-                ds_dir.rmdir()
+    def _clean(self, dropped: list[tuple[str, str]]) -> None:
+        """After the switch: other runs of this ds (superseded, or leftovers of a crash: any run
+        still writing now would lose its commit) and partitions beyond retention."""
+        objects = self.wh.objects
+        for table in self.added:
+            for run in objects.children(f"{table}/ds={self.ds}"):
+                if run < f"run={self.run_id}":  # run ids sort by start time; a later run is not ours to remove
+                    objects.delete_prefix(f"{table}/ds={self.ds}/{run}")
+        for table, old in dropped:
+            for run in objects.children(f"{table}/ds={old}"):
+                objects.delete_prefix(f"{table}/ds={old}/{run}")
+            log.info("publish: %s ds=%s removed (beyond retention)", table, old)
 
 
 @dataclass(frozen=True)

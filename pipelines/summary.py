@@ -33,17 +33,16 @@ def format_table(columns: list[str], rows: list[tuple]) -> str:
 
 
 def run_summary(cfg: Config, ds: str) -> str:
-    wh = Warehouse.at(cfg.warehouse)
+    wh = Warehouse.of(cfg)
     lines = [f"Lookalike run for ds={ds}", ""]
     rows = []
     for table in PUBLISHED_TABLES:
-        entry = wh.manifest(table)["partitions"].get(ds)
-        rows.append((table, entry["rows"] if entry else None, str(wh.table_dir(table)) if entry else "not published"))
+        entry = wh.entries(table).get(ds)
+        rows.append((table, entry["rows"] if entry else None, wh.display(table) if entry else "not published"))
     lines += ["Published tables:", format_table(["table", "rows", "location"], rows), ""]
 
-    parts = wh.partitions("eval_metrics")
-    if ds in parts:
-        metrics = pq.read_table(parts[ds]).to_pylist()
+    if ds in wh.entries("eval_metrics"):
+        metrics = wh.read_partition("eval_metrics", ds).to_pylist()
         by = {(m["system"], m["metric"], m["k"]): m for m in metrics}
         version = next((m["model_version"] for m in metrics if m["system"] == "siglip"), "?")
         n = next((m["n"] for m in metrics), 0)
@@ -64,14 +63,24 @@ def run_summary(cfg: Config, ds: str) -> str:
         e = json.loads(stats.read_text())
         lines += [f"Embeddings: {e['catalogue']} catalogue items — reused {e['reused']}, computed {e['computed']} "
                   f"({e['executor']}), quarantined {e['quarantined']}", ""]
+    nstats = wh.work(ds, "neighbors_stats.json")
+    if nstats.exists():
+        n = json.loads(nstats.read_text())
+        group = n["groups"][0] if n["groups"] else {}
+        measured = "exact search" if group.get("exact") else \
+            f"recall@{n['k']} {n['recall_at_k']:.3f} vs exact on {group.get('sample')} sampled queries ({group.get('knob')}={group.get('value')})"
+        lines += [f"Neighbours: {n['rows'] // n['k']} items x {n['k']}, index {'+'.join(n['index'])} "
+                  f"({group.get('reason', '')}), {measured}, {n['seconds']:.1f} s; "
+                  f"{n['same_image_rows']} neighbour rows share the item's exact photo (same_image)", ""]
     decision = wh.work(ds, "model_decision.json")
     if decision.exists():
         lines += [f"Model registry: {json.loads(decision.read_text())['decision']}", ""]
     lines += [
-        f"Warehouse: {wh.root}   models: {cfg.models}   quarantine details: lookalike query \"select * from quarantine\"",
+        f"Warehouse: {wh.display()}   models: {cfg.models}   quarantine details: lookalike query \"select * from quarantine\"",
         "Try:",
         '  lookalike query "select count(*) from item_neighbors"',
         "  lookalike query --file sql/analytics/similar_items.sql --var item_id=<an item_id>",
         "  lookalike query --file sql/analytics/model_vs_baselines.sql",
+        f"  lookalike report --ds {ds}        # an HTML gallery of this run",
     ]
     return "\n".join(lines)

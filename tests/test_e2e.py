@@ -38,7 +38,7 @@ def nightly(tmp_path_factory, sample_dir):
     root = tmp_path_factory.mktemp("e2e")
     config = write_config(root, sample_dir, embed={"local_max_rows": 0})  # the first night embeds on Spark
     proc = _run("run", "--config", str(config), "--ds", DS)
-    return config, Warehouse.at(load_config(config, environ={}).warehouse), proc.stdout
+    return config, Warehouse.of(load_config(config, environ={})), proc.stdout
 
 
 def test_run_goes_through_airflow_and_prints_the_summary(nightly):

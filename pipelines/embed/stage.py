@@ -116,9 +116,9 @@ def reusable_embeddings(wh: Warehouse, version: str, catalog_keys: pa.Table) -> 
     (after a rollback, an older partition may hold the model that serves again).
     """
     wanted = _keys(catalog_keys)
-    for ds, folder in reversed(list(wh.partitions("item_embeddings").items())):
-        table = pq.read_table(folder, columns=["item_id", "image_sha256", "model_version", "embedding"],
-                              filters=[("model_version", "=", version)])
+    for ds in reversed(list(wh.entries("item_embeddings"))):
+        table = wh.read_partition("item_embeddings", ds, columns=["item_id", "image_sha256", "model_version", "embedding"],
+                                  filters=[("model_version", "=", version)])
         if table.num_rows:
             return table.filter(pc.is_in(_keys(table), value_set=wanted))
     return pa.Table.from_pylist([], schema=schemas.ITEM_EMBEDDINGS.remove(0))  # none: drop "ds", keep the rest
@@ -229,7 +229,7 @@ def _ensure_projection(cfg: Config, catalog, model_path: str, dim: int):
 
 def run_embed(cfg: Config, ds: str, model_uri: str | None = None) -> dict:
     """Embed the ds's catalogue; returns {"item_embeddings": URI, "model_version", "reused", "computed", …}."""
-    wh = Warehouse.at(cfg.warehouse)
+    wh = Warehouse.of(cfg)
     catalog = wh.work(ds, "catalog")
     if not catalog.exists():
         raise FileNotFoundError(f"no catalogue for ds={ds} at {catalog}: run `lookalike extract --ds {ds}` first")

@@ -82,7 +82,7 @@ def _items(wh: Warehouse, ds: str) -> dict[str, list]:
 
 
 def run_evaluate(cfg: Config, ds: str, model_uri: str) -> dict:
-    wh = Warehouse.at(cfg.warehouse)
+    wh = Warehouse.of(cfg)
     loaded = load_model(model_uri)
     items = _items(wh, ds)
     ids = np.array(items["item_id"], dtype=object)

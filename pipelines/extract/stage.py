@@ -145,7 +145,7 @@ def _write_items(frame: pd.DataFrame, ds: str, out: Path, cfg: Config, pool, qua
 
 def run_extract(cfg: Config, ds: str) -> dict[str, str]:
     """Extract the ds's partitions into the work area; returns {output name: URI}."""
-    wh = Warehouse.at(cfg.warehouse)
+    wh = Warehouse.of(cfg)
     sql_dir = Path(cfg.source.extract_sql) if cfg.source.extract_sql else SQL_DIR
     start, end = window(ds, cfg.window_days)
     listings, rejects = validate_listings(

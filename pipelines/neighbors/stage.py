@@ -1,55 +1,193 @@
-"""The neighbors stage: top-k similar on-sale items for every embedded catalogue item."""
+"""The neighbors stage: the top-k similar on-sale items of every embedded catalogue item.
+
+Reads the ds's embeddings and catalogue from the work area, plans an index for the candidates
+(``pipelines.neighbors.search``), tunes it to ``neighbors.recall_target`` on a query sample,
+then searches every item block by block and streams each block's rows into one Parquet file,
+so memory holds the vectors, the index and one block of results. Statistics (index, knob,
+measured recall, timings) go to ``neighbors_stats.json`` beside the table and into the run
+record at publish.
+"""
 from __future__ import annotations
 
+import json
 import logging
+import os
+import time
+import uuid
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import schemas
-from pipelines.config import Config
-from pipelines.neighbors.core import top_k_neighbors
-from pipelines.storage import Warehouse, write_parquet
+from pipelines.config import Config, NeighborsConfig
+from pipelines.errors import LookalikeError
+from pipelines.neighbors.search import Exclusions, build_searcher, plan_index, search_blocks, tune
+from pipelines.storage import Warehouse, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 
-def load_embeddings(path) -> tuple[np.ndarray, np.ndarray, str]:
-    """(ids (N,), vectors (N, D) float32, model_version) from an item_embeddings folder."""
+def load_embeddings(path) -> tuple[pa.Array, np.ndarray, str]:
+    """(item ids (N,) as an Arrow array, vectors (N, D) float32, model_version) of an item_embeddings folder."""
     table = pq.read_table(path, columns=["item_id", "model_version", "embedding"]).sort_by("item_id")
     if table.num_rows == 0:
-        raise ValueError(f"no embeddings in {path}")
-    ids = np.array(table.column("item_id").to_pylist(), dtype=object)
+        raise LookalikeError(f"no embeddings in {path}")
     flat = table.column("embedding").combine_chunks()
     dim = len(flat[0])
     vectors = flat.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
-    return ids, vectors, table.column("model_version")[0].as_py()
+    return table.column("item_id").combine_chunks(), vectors, table.column("model_version")[0].as_py()
+
+
+def _codes(ids: pa.Array, lookup: pa.Table, column: str) -> np.ndarray:
+    """Integer code per item of ``lookup[column]`` (aligned on item_id); -1 where null or unknown."""
+    idx = pc.index_in(ids, value_set=lookup.column("item_id")).to_numpy(zero_copy_only=False)
+    values = lookup.column(column).combine_chunks().dictionary_encode()
+    codes = values.indices.to_numpy(zero_copy_only=False)
+    codes = np.where(values.is_null().to_numpy(zero_copy_only=False), -1, codes).astype(np.int64)
+    idx = np.nan_to_num(idx.astype(float), nan=-1).astype(np.int64)
+    return np.where(idx >= 0, codes[np.clip(idx, 0, None)], -1)
+
+
+def neighbor_table(ds: str, version: str, ids: pa.Array, image_codes: np.ndarray,
+                   qpos: np.ndarray, npos: np.ndarray, scores: np.ndarray, k: int) -> pa.Table:
+    """The ``item_neighbors`` rows of one block (rows whose list is complete)."""
+    full = (npos >= 0).all(axis=1)
+    qpos, npos, scores = qpos[full], npos[full], scores[full]
+    n = len(qpos)
+    q_rep = np.repeat(qpos, k)
+    flat = npos.ravel()
+    same = (image_codes[q_rep] == image_codes[flat]) & (image_codes[q_rep] >= 0)
+    return pa.table({
+        "ds": pa.array([ds] * (n * k), pa.string()),
+        "item_id": ids.take(pa.array(q_rep)),
+        "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n),
+        "neighbor_id": ids.take(pa.array(flat)),
+        "score": scores.ravel(),
+        "same_image": same,
+        "model_version": pa.array([version] * (n * k), pa.string()),
+    }, schema=schemas.ITEM_NEIGHBORS)
+
+
+def _cuda_device(setting: str) -> str | None:
+    if setting == "cpu":
+        return None
+    try:
+        import torch
+
+        available = torch.cuda.is_available()
+    except ImportError:
+        available = False
+    if setting == "cuda" and not available:
+        raise LookalikeError("neighbors.device is cuda but no CUDA device is visible to torch")
+    return "cuda" if available else None
+
+
+def build_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfig, on_sale: np.ndarray,
+                    writer, ds: str, version: str, categories: np.ndarray | None = None,
+                    sellers: np.ndarray | None = None, images: np.ndarray | None = None) -> dict:
+    """Search every item's top-k on-sale neighbours and write them with ``writer.write_table``.
+
+    Returns the run's statistics. ``categories``/``sellers``/``images`` are integer codes per
+    item (-1 = unknown), used by the same-category, same-seller and same-image options.
+    """
+    k = ncfg.k
+    n, dim = vectors.shape
+    images = images if images is not None else np.full(n, -1, np.int64)
+    exclusions = Exclusions()
+    if ncfg.exclude_same_seller and sellers is not None:
+        exclusions.add(sellers)
+    if ncfg.drop_same_image:
+        exclusions.add(images)
+    if ncfg.threads:
+        import faiss
+
+        faiss.omp_set_num_threads(ncfg.threads)
+    device = _cuda_device(ncfg.device)
+    groups = [np.arange(n)]
+    if ncfg.same_category and categories is not None:
+        groups = [np.flatnonzero(categories == c) for c in np.unique(categories)]
+    stats = {"items": n, "dim": dim, "k": k, "candidates": int(on_sale.sum()), "groups": [], "rows": 0,
+             "short_items": 0, "same_image_rows": 0}
+    started = time.monotonic()
+    for members in groups:
+        candidates = members[on_sale[members]]
+        if len(candidates) == 0:
+            stats["short_items"] += len(members)
+            continue
+        plan = plan_index(len(candidates), dim, kind=ncfg.index, exact_max_items=ncfg.exact_max_items,
+                          memory_budget_mb=ncfg.memory_budget_mb, cuda=device is not None)
+        t0 = time.monotonic()
+        searcher = build_searcher(vectors, candidates, plan, seed=ncfg.seed, device=device or "cpu")
+        t1 = time.monotonic()
+        tuning = tune(searcher, vectors, members, candidates, k, target=ncfg.recall_target,
+                      sample=ncfg.recall_sample, seed=ncfg.seed)
+        t2 = time.monotonic()
+        for qpos, npos, scores in search_blocks(searcher, vectors, members, k, n_candidates=len(candidates),
+                                                exclusions=exclusions, block=ncfg.block_size):
+            table = neighbor_table(ds, version, ids, images, qpos, npos, scores, k)
+            stats["short_items"] += len(qpos) - table.num_rows // k
+            stats["rows"] += table.num_rows
+            stats["same_image_rows"] += int(pc.sum(table.column("same_image")).as_py() or 0)
+            writer.write_table(table)
+        stats["groups"].append({"items": len(members), "candidates": len(candidates), "index": plan.kind,
+                                "reason": plan.reason, "nlist": plan.nlist, **tuning,
+                                "build_seconds": round(t1 - t0, 2), "tune_seconds": round(t2 - t1, 2),
+                                "search_seconds": round(time.monotonic() - t2, 2)})
+        del searcher
+    stats["seconds"] = round(time.monotonic() - started, 2)
+    weights = [g["items"] for g in stats["groups"]]
+    stats["recall_at_k"] = round(float(np.average([g["recall_at_k"] for g in stats["groups"]], weights=weights)), 4) \
+        if weights else None
+    stats["index"] = sorted({g["index"] for g in stats["groups"]})
+    return stats
+
+
+class StreamingParquet:
+    """One Parquet file written block by block, moved into place only when complete."""
+
+    def __init__(self, path, schema: pa.Schema):
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+
+    def write_table(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self.writer.write_table(table)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.writer.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+        return False
 
 
 def run_neighbors(cfg: Config, ds: str) -> dict[str, str]:
-    wh = Warehouse.at(cfg.warehouse)
+    wh = Warehouse.of(cfg)
     emb = wh.work(ds, "item_embeddings")
     if not emb.exists():
-        raise FileNotFoundError(f"no embeddings for ds={ds} at {emb}: run `lookalike embed --ds {ds}` first")
+        raise LookalikeError(f"no embeddings for ds={ds} at {emb}: run `lookalike embed --ds {ds}` first")
     ids, vectors, version = load_embeddings(emb)
-    status = dict(zip(*pq.read_table(wh.work(ds, "catalog"), columns=["item_id", "status"]).to_pydict().values()))
-    on_sale = np.array([status.get(i) == "on_sale" for i in ids])
-    k = cfg.neighbors.k
-    nbr_ids, scores = top_k_neighbors(vectors, ids, k, candidate_mask=on_sale)
-    complete = np.array([row[-1] is not None for row in nbr_ids])
-    if (~complete).any():
-        log.warning("neighbors: %d items have fewer than %d candidates and are left out", (~complete).sum(), k)
-    n = int(complete.sum())
-    table = pa.Table.from_pydict({
-        "ds": [ds] * (n * k),
-        "item_id": np.repeat(ids[complete], k).tolist(),
-        "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n),
-        "neighbor_id": nbr_ids[complete].ravel().tolist(),
-        "score": scores[complete].ravel(),
-        "model_version": [version] * (n * k),
-    }, schema=schemas.ITEM_NEIGHBORS)
+    catalog = pq.read_table(wh.work(ds, "catalog"), columns=["item_id", "status", "category", "seller_id",
+                                                              "image_sha256"])
+    on_sale = _codes(ids, catalog.filter(pc.equal(catalog.column("status"), "on_sale")), "status") >= 0
     out = wh.fresh_work(ds, "item_neighbors")
-    write_parquet(table, out / "part-0.parquet")
-    log.info("neighbors %s: %d items x %d neighbours", ds, n, k)
-    return {"item_neighbors": str(out)}
+    with StreamingParquet(out / "part-0.parquet", schemas.ITEM_NEIGHBORS) as writer:
+        stats = build_neighbors(vectors, ids, ncfg=cfg.neighbors, on_sale=on_sale, writer=writer, ds=ds,
+                                version=version, categories=_codes(ids, catalog, "category"),
+                                sellers=_codes(ids, catalog, "seller_id"), images=_codes(ids, catalog, "image_sha256"))
+    atomic_write_text(wh.work(ds, "neighbors_stats.json"), json.dumps(stats, indent=2))
+    if stats["short_items"]:
+        log.warning("neighbors %s: %d items have fewer than %d candidates and are left out",
+                    ds, stats["short_items"], cfg.neighbors.k)
+    log.info("neighbors %s: %d items x %d neighbours, index %s, recall@%d %.3f on a %s-query sample, %.1f s",
+             ds, stats["rows"] // cfg.neighbors.k, cfg.neighbors.k, "+".join(stats["index"]), cfg.neighbors.k,
+             stats["recall_at_k"] or 0, stats["groups"][0].get("sample", "exact") if stats["groups"] else 0,
+             stats["seconds"])
+    return {"item_neighbors": str(out), "recall_at_k": stats["recall_at_k"]}

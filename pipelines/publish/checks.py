@@ -1,63 +1,99 @@
-"""Quality checks a partition must pass before it is published. Each returns a list of failures."""
+"""Quality checks a partition must pass before it is published. Each returns a list of failures.
+
+The neighbour checks run in DuckDB over the staged Parquet files (or Arrow tables), so checking
+a table of tens of millions of rows streams it instead of loading it as Python objects.
+"""
 from __future__ import annotations
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 SCORE_TOLERANCE = 1e-4  # float32 dot products of unit vectors can exceed 1 by rounding
 
+Source = pa.Table | list  # an Arrow table or a list of Parquet file paths
 
-def check_neighbors(table: pa.Table, *, k: int, active_ids: set[str], embedded_ids: set[str]) -> list[str]:
-    """k rows per item, ranks 1..k in order, descending scores in [-1, 1], no self or inactive neighbour."""
-    failures = []
-    if table.num_rows == 0:
+
+def _register(con: duckdb.DuckDBPyConnection, name: str, source: Source) -> None:
+    if isinstance(source, pa.Table):
+        con.register(name, source)
+    else:
+        files = ", ".join("'" + str(f).replace("'", "''") + "'" for f in source)
+        con.execute(f"create view {name} as select * from read_parquet([{files}], hive_partitioning = false)")
+
+
+def check_neighbors(neighbors: Source, *, k: int, active: Source, embedded: Source) -> list[str]:
+    """k rows per item, ranks 1..k, descending scores in [-1, 1], no self, no neighbour off sale,
+    no item without an embedding. ``active`` and ``embedded`` hold an ``item_id`` column."""
+    con = duckdb.connect(":memory:")
+    for name, source in (("n", neighbors), ("active", active), ("embedded", embedded)):
+        _register(con, name, source)
+
+    def one(sql: str):
+        return con.execute(sql).fetchone()
+
+    if one("select count(*) from n")[0] == 0:
         return ["item_neighbors is empty"]
-    if table.num_rows % k:
-        failures.append(f"{table.num_rows} rows is not a multiple of k={k}")
-    t = table.sort_by([("item_id", "ascending"), ("rank", "ascending")])
-    items = np.array(t.column("item_id").to_pylist(), dtype=object)
-    ranks = t.column("rank").to_numpy()
-    scores = t.column("score").to_numpy()
-    nbrs = np.array(t.column("neighbor_id").to_pylist(), dtype=object)
-    _, counts = np.unique(items, return_counts=True)
-    if (counts != k).any():
-        failures.append(f"{int((counts != k).sum())} items do not have exactly k={k} neighbours")
-    elif (ranks.reshape(-1, k) != np.arange(1, k + 1)).any():
-        failures.append("ranks are not 1..k for every item")
-    else:
-        if (np.diff(scores.reshape(-1, k), axis=1) > SCORE_TOLERANCE).any():
-            failures.append("scores are not descending by rank")
-    if (items == nbrs).any():
-        failures.append(f"{int((items == nbrs).sum())} items list themselves as a neighbour")
-    inactive = {n for n in set(nbrs) if n not in active_ids}
-    if inactive:
-        failures.append(f"{len(inactive)} neighbours are not on sale, e.g. {sorted(inactive)[:3]}")
-    if not np.isfinite(scores).all() or (np.abs(scores) > 1 + SCORE_TOLERANCE).any():
-        failures.append("scores outside [-1, 1] or not finite")
-    unknown = set(items) - embedded_ids
-    if unknown:
-        failures.append(f"{len(unknown)} items have neighbours but no embedding")
-    return failures
-
-
-def check_embeddings(table: pa.Table) -> list[str]:
     failures = []
-    if table.num_rows == 0:
-        return ["item_embeddings is empty"]
-    if pc.count_distinct(table.column("item_id")).as_py() != table.num_rows:
-        failures.append("duplicate item_id in item_embeddings")
-    flat = table.column("embedding").combine_chunks()
-    lengths = pc.list_value_length(flat).to_numpy()
-    if len(set(lengths.tolist())) != 1:
-        failures.append("embeddings have different dimensions")
-    else:
-        vectors = flat.values.to_numpy(zero_copy_only=False).reshape(len(lengths), -1)
-        norms = np.linalg.norm(vectors, axis=1)
-        if not np.isfinite(vectors).all() or (np.abs(norms - 1) > 1e-3).any():
-            failures.append("embeddings are not finite, L2-normalised vectors")
+    wrong_count, wrong_ranks = one(f"""
+        select count(*) filter (where c <> {k}),
+               count(*) filter (where c = {k} and (lo <> 1 or hi <> {k} or distinct_ranks <> {k}))
+        from (select item_id, count(*) c, min(rank) lo, max(rank) hi, count(distinct rank) distinct_ranks
+              from n group by item_id)""")
+    if wrong_count:
+        failures.append(f"{wrong_count} items do not have exactly k={k} neighbours")
+    if wrong_ranks:
+        failures.append(f"{wrong_ranks} items do not have ranks 1..{k}")
+    rising = one(f"""select count(*) from (select score - lag(score) over (partition by item_id order by rank) as d
+                     from n) where d > {SCORE_TOLERANCE}""")[0]
+    if rising:
+        failures.append(f"scores are not descending by rank for {rising} rows")
+    own = one("select count(*) from n where item_id = neighbor_id")[0]
+    if own:
+        failures.append(f"{own} items list themselves as a neighbour")
+    off_sale, examples = one("""select count(distinct neighbor_id), list(distinct neighbor_id order by neighbor_id)[1:3]
+                                from n where not exists (select 1 from active a where a.item_id = n.neighbor_id)""")
+    if off_sale:
+        failures.append(f"{off_sale} neighbours are not on sale, e.g. {examples}")
+    bad = one(f"select count(*) from n where score is null or not isfinite(score) or abs(score) > 1 + {SCORE_TOLERANCE}")[0]
+    if bad:
+        failures.append(f"{bad} scores outside [-1, 1] or not finite")
+    unknown = one("""select count(distinct item_id) from n
+                     where not exists (select 1 from embedded e where e.item_id = n.item_id)""")[0]
+    if unknown:
+        failures.append(f"{unknown} items have neighbours but no embedding")
     return failures
 
 
-def check_rows(table: pa.Table, name: str) -> list[str]:
-    return [] if table.num_rows else [f"{name} is empty"]
+def check_embeddings(files: list) -> list[str]:
+    """Unique item ids, one dimension, finite L2-normalised vectors — read batch by batch."""
+    failures, seen, dims, rows, bad = [], set(), set(), 0, 0
+    duplicates = 0
+    for path in files:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536, columns=["item_id", "embedding"]):
+            ids = batch.column(0).to_pylist()
+            duplicates += len(ids) - len(set(ids)) + len(seen.intersection(ids))
+            seen.update(ids)
+            rows += batch.num_rows
+            lengths = pc.list_value_length(batch.column(1)).to_numpy(zero_copy_only=False)
+            dims.update(np.unique(lengths).tolist())
+            if len(dims) == 1 and batch.num_rows:
+                vectors = batch.column(1).flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+                vectors = vectors.reshape(batch.num_rows, -1)
+                norms = np.linalg.norm(vectors, axis=1)
+                bad += int((~np.isfinite(vectors).all(axis=1) | (np.abs(norms - 1) > 1e-3)).sum())
+    if rows == 0:
+        return ["item_embeddings is empty"]
+    if duplicates:
+        failures.append(f"{duplicates} duplicate item_id in item_embeddings")
+    if len(dims) != 1:
+        failures.append(f"embeddings have different dimensions: {sorted(dims)}")
+    elif bad:
+        failures.append(f"{bad} embeddings are not finite, L2-normalised vectors")
+    return failures
+
+
+def check_rows(rows: int, name: str) -> list[str]:
+    return [] if rows else [f"{name} is empty"]

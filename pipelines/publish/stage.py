@@ -1,9 +1,11 @@
-"""The publish stage: check the ds's outputs, then commit each table atomically.
+"""The publish stage: check the ds's outputs, then commit every table in one switch.
 
-Nothing is published unless every check passes; a failing run raises with the list of
-failures and the previous partitions stay exactly as they were. Each table's commit switches
-its manifest in one rename (see ``pipelines.storage``), and a rerun of the ds replaces its
-partition instead of adding rows.
+Nothing is published unless every check passes; a failing run raises with the list of failures
+and the previous partitions stay exactly as they were. The tables are written under a fresh
+run prefix of the warehouse (local or S3) and become visible together when the manifest
+switches (see ``pipelines.storage``); a rerun of the ds replaces its partitions instead of
+adding rows. The run's record (rows per table, neighbour-index statistics, config) is written
+to ``_runs/<ds>.json`` beside the tables.
 """
 from __future__ import annotations
 
@@ -11,52 +13,78 @@ import json
 import logging
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines import schemas
+from pipelines import faults, schemas
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
 from pipelines.publish.checks import check_embeddings, check_neighbors, check_rows
-from pipelines.storage import Warehouse, atomic_write_text, new_run_id, write_parquet
+from pipelines.storage import Warehouse, write_parquet
 
 log = logging.getLogger(__name__)
+
+WORK_INPUTS = ("listings_snapshot", "catalog", "quarantine", "embed_quarantine", "item_embeddings",
+               "item_neighbors", "eval_metrics")
 
 
 class PublishCheckFailed(LookalikeError):
     """A quality check failed; nothing of this run was published."""
 
 
+def _files(folder) -> list:
+    return sorted(folder.glob("*.parquet"))
+
+
+def _rows(files) -> int:
+    return sum(pq.read_metadata(f).num_rows for f in files)
+
+
+def stage_tables(wh: Warehouse, ds: str) -> dict[str, list]:
+    """The Parquet files to publish per table: work files as they are, the snapshot and catalogue
+    without their image bytes, both quarantines in one table."""
+    missing = [name for name in WORK_INPUTS if not wh.work(ds, name).exists()]
+    if missing:
+        raise LookalikeError(f"publish {ds}: the work area {wh.work_root} lacks {', '.join(missing)}; "
+                             "run the stages before publish (`lookalike run --ds` runs them all)")
+    staging = wh.fresh_work(ds, "publish_staging")
+    files = {name: _files(wh.work(ds, name)) for name in ("item_embeddings", "item_neighbors", "eval_metrics")}
+    for name in ("listings_snapshot", "catalog"):
+        columns = [f.name for f in schemas.LISTINGS_SNAPSHOT]
+        files[name] = [write_parquet(pq.read_table(wh.work(ds, name), columns=columns),
+                                     staging / name / "part-0.parquet")]
+    quarantine = pa.concat_tables([pq.read_table(wh.work(ds, name)).cast(schemas.QUARANTINE)
+                                   for name in ("quarantine", "embed_quarantine")])
+    files["quarantine"] = [write_parquet(quarantine, staging / "quarantine" / "part-0.parquet")]
+    return files
+
+
 def run_publish(cfg: Config, ds: str) -> dict:
-    wh = Warehouse.at(cfg.warehouse)
-    staged = {
-        "listings_snapshot": pq.read_table(wh.work(ds, "listings_snapshot")).drop_columns(["image"]),
-        "catalog": pq.read_table(wh.work(ds, "catalog")).drop_columns(["image"]),
-        "quarantine": pa.concat_tables([pq.read_table(wh.work(ds, name)).cast(schemas.QUARANTINE)
-                                        for name in ("quarantine", "embed_quarantine")]),
-        "item_embeddings": pq.read_table(wh.work(ds, "item_embeddings")),
-        "item_neighbors": pq.read_table(wh.work(ds, "item_neighbors")),
-        "eval_metrics": pq.read_table(wh.work(ds, "eval_metrics")),
-    }
-    catalog = pq.read_table(wh.work(ds, "catalog"), columns=["item_id", "status"]).to_pydict()
-    active = {i for i, s in zip(catalog["item_id"], catalog["status"]) if s == "on_sale"}
-    embedded = set(staged["item_embeddings"].column("item_id").to_pylist())
-    failures = (check_neighbors(staged["item_neighbors"], k=cfg.neighbors.k, active_ids=active, embedded_ids=embedded)
-                + check_embeddings(staged["item_embeddings"])
-                + check_rows(staged["listings_snapshot"], "listings_snapshot")
-                + check_rows(staged["catalog"], "catalog")
-                + check_rows(staged["eval_metrics"], "eval_metrics"))
+    wh = Warehouse.of(cfg)
+    files = stage_tables(wh, ds)
+    rows = {table: _rows(f) for table, f in files.items()}
+    catalog = pq.read_table(wh.work(ds, "catalog"), columns=["item_id", "status"])
+    active = catalog.filter(pc.equal(catalog.column("status"), "on_sale")).select(["item_id"])
+    failures = (check_neighbors(files["item_neighbors"], k=cfg.neighbors.k, active=active,
+                                embedded=files["item_embeddings"])
+                + check_embeddings(files["item_embeddings"])
+                + [f for t in ("listings_snapshot", "catalog", "eval_metrics") for f in check_rows(rows[t], t)])
     if failures:
         raise PublishCheckFailed(f"publish {ds} refused, nothing was published: " + "; ".join(failures))
 
-    run_id = new_run_id()
-    stage_dir = wh.fresh_work(ds, "publish_staging")
-    committed = {}
-    for table, data in staged.items():
-        folder = stage_dir / table
-        write_parquet(data, folder / "part-0.parquet")
-        wh.commit(table, ds, folder, rows=data.num_rows, retain=cfg.publish.retain_partitions, run_id=run_id)
-        committed[table] = data.num_rows
-    atomic_write_text(wh.root / "_runs" / f"{ds}.json", json.dumps(
-        {"ds": ds, "run_id": run_id, "rows": committed, "config": cfg.to_dict()}, indent=2))
-    log.info("publish %s: committed %s", ds, ", ".join(f"{t} {n}" for t, n in committed.items()))
-    return {"run_id": run_id, "rows": committed}
+    publication = wh.begin(ds)
+    try:
+        for table, table_files in files.items():
+            publication.add(table, table_files, rows=rows[table])
+    except BaseException:
+        publication.abort()
+        raise
+    faults.point("publish.before_commit")
+    stats_path = wh.work(ds, "neighbors_stats.json")
+    record = {"ds": ds, "run_id": publication.run_id, "rows": rows, "warehouse": wh.display(),
+              "neighbors": json.loads(stats_path.read_text()) if stats_path.exists() else None,
+              "config": cfg.to_dict()}
+    publication.commit(retain=cfg.publish.retain_partitions, record=record)
+    log.info("publish %s: committed run %s to %s: %s", ds, publication.run_id, wh.display(),
+             ", ".join(f"{t} {n}" for t, n in rows.items()))
+    return {"run_id": publication.run_id, "rows": rows, "warehouse": wh.display()}

@@ -124,7 +124,7 @@ def run_train(cfg: Config, ds: str, progress=log.info) -> dict[str, str]:
 
 
 def _run_train(cfg: Config, ds: str, world: World, progress) -> dict[str, str]:
-    wh = Warehouse.at(cfg.warehouse)
+    wh = Warehouse.of(cfg)
     store = ModelStore.at(cfg.models)
     snapshot = wh.work(ds, "listings_snapshot")
     if not snapshot.exists():

@@ -36,12 +36,14 @@ def _vectors(path):
 def setup(tmp_path, sample_dir):
     cfg = load_config(write_config(tmp_path, sample_dir), environ={})  # default local_max_rows: in-process
     run_extract(cfg, DS)
-    return cfg, Warehouse.at(cfg.warehouse)
+    return cfg, Warehouse.of(cfg)
 
 
 def _publish_embeddings(wh, ds, out):
-    wh.commit("item_embeddings", ds, out, rows=pq.read_metadata(next(out.glob("*computed*"))).num_rows, retain=5,
-              run_id=f"run-{ds}")
+    files = sorted(out.glob("*.parquet"))
+    publication = wh.begin(ds)
+    publication.add("item_embeddings", files, rows=sum(pq.read_metadata(f).num_rows for f in files))
+    publication.commit(retain=5)
 
 
 def _next_day_catalogue(wh, changed: list[str], new_item_from: str) -> None:
@@ -115,7 +117,7 @@ def test_pca_and_float16_storage(setup, tmp_path):
     assert vectors.shape == (len(full_vectors), 8) and version == "v1+pca8"
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=2e-3)
     # The projection keeps most of the neighbourhood structure of the 32-d space.
-    full = np.stack([full_vectors[i] for i in ids])
+    full = np.stack([full_vectors[i] for i in ids.to_pylist()])
     top_full = np.argsort(-(full @ full.T), axis=1)[:, 1:6]
     top_pca = np.argsort(-(vectors @ vectors.T), axis=1)[:, 1:6]
     overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(top_full, top_pca)])

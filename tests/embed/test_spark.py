@@ -28,7 +28,7 @@ def setup(tmp_path_factory, sample_dir):
     model_dir = root / "model"
     save_model(model, tok, Preprocess(32), model_dir, {"version": "test-v1"})
     # One catalogue row whose stored image no longer decodes: it must be quarantined, not fatal.
-    catalog = Warehouse.at(cfg.warehouse).work(DS, "catalog") / "part-0.parquet"
+    catalog = Warehouse.of(cfg).work(DS, "catalog") / "part-0.parquet"
     table = pq.read_table(catalog)
     images = table.column("image").to_pylist()
     images[3] = b"\xff\xd8\xff garbage"
@@ -44,7 +44,7 @@ def test_spark_embeddings_equal_the_single_process_function(setup):
     out = run_embed(cfg, DS, model_uri=str(model_dir))
     assert out["model_version"] == "test-v1" and out["executor"] == "spark"
     got = pq.read_table(out["item_embeddings"]).to_pylist()
-    catalog = pq.read_table(Warehouse.at(cfg.warehouse).work(DS, "catalog")).to_pylist()
+    catalog = pq.read_table(Warehouse.of(cfg).work(DS, "catalog")).to_pylist()
     good = [r for r in catalog if r["item_id"] != broken]
     expected = embed_images(load_model(model_dir), [r["image"] for r in good])
     by_id = {r["item_id"]: np.array(r["embedding"]) for r in got}
@@ -53,6 +53,6 @@ def test_spark_embeddings_equal_the_single_process_function(setup):
     assert diff < 1e-5
     assert all(r["ds"] == DS and r["model_version"] == "test-v1" for r in got)
 
-    quarantine = pq.read_table(Warehouse.at(cfg.warehouse).work(DS, "embed_quarantine")).to_pylist()
+    quarantine = pq.read_table(Warehouse.of(cfg).work(DS, "embed_quarantine")).to_pylist()
     assert [(q["item_id"], q["stage"]) for q in quarantine] == [(broken, "embed")]
     assert "does not decode" in quarantine[0]["reason"]

@@ -56,7 +56,7 @@ def test_unreachable_source_names_the_url(tmp_path, sample_dir):
                                                                   "images": "x"}))
     with pytest.raises(ExtractError, match="does not exist: create the sample with"):
         run_extract(cfg, DS)
-    assert not Warehouse.at(cfg.warehouse).work(DS, "listings_snapshot").exists()
+    assert not Warehouse.of(cfg).work(DS, "listings_snapshot").exists()
 
 
 def test_contract_breaches_are_quarantined_with_their_reason():

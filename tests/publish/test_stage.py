@@ -1,4 +1,10 @@
 """Publishing: checks gate the commit; a refused or crashed publish leaves the last one readable."""
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -8,10 +14,11 @@ from pipelines.config import load_config
 from pipelines.publish.checks import check_neighbors
 from pipelines.publish.stage import PublishCheckFailed, run_publish
 from pipelines.query import run_query
-from pipelines.storage import Warehouse, write_parquet
+from pipelines.storage import PUBLISHED_TABLES, Warehouse, write_parquet
 from tests.conftest import write_config
 
 DS = "2026-11-21"
+REPO = Path(__file__).resolve().parents[2]
 K = 2
 
 
@@ -47,7 +54,7 @@ def _stage_run(wh: Warehouse, ds: str, *, score_shift: float = 0.0, self_neighbo
 @pytest.fixture
 def setup(tmp_path, sample_dir):
     cfg = load_config(write_config(tmp_path, sample_dir, neighbors={"k": K}), environ={})
-    return cfg, Warehouse.at(cfg.warehouse)
+    return cfg, Warehouse.of(cfg)
 
 
 def _scores(wh):
@@ -65,31 +72,34 @@ def test_publish_then_a_failing_check_publishes_nothing(setup):
     assert _scores(wh) == [(pytest.approx(0.5),)]  # the previous partition, intact
 
 
-def test_a_crash_between_writing_and_committing_keeps_the_previous_partition(setup, monkeypatch):
-    cfg, wh = setup
+def _publish_process(config, *, fault: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
+    if fault:
+        env["LOOKALIKE_FAULT"] = fault
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", "publish", "--config", str(config), "--ds", DS],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+
+
+def test_a_process_killed_between_writing_and_committing_keeps_the_previous_partition(tmp_path, sample_dir):
+    config = write_config(tmp_path, sample_dir, neighbors={"k": K})
+    wh = Warehouse.of(load_config(config, environ={}))
     _stage_run(wh, DS)
-    run_publish(cfg, DS)
+    assert _publish_process(config).returncode == 0
+    before = wh.entries("item_neighbors")[DS]["run_id"]
     _stage_run(wh, DS, score_shift=0.2)
 
-    import pipelines.storage as storage
+    killed = _publish_process(config, fault="publish.before_commit")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert len(wh.objects.children(f"item_neighbors/ds={DS}")) == 2  # its files were written …
+    assert wh.entries("item_neighbors")[DS]["run_id"] == before  # … but never committed
+    assert _scores(wh) == [(pytest.approx(0.5),)]  # the previous partition, intact and queryable
 
-    real = storage.atomic_write_text
-
-    def crash_on_neighbors(path, text):  # the item_neighbors manifest switch fails mid-run
-        if "item_neighbors" in str(path):
-            raise OSError("simulated crash before the commit")
-        return real(path, text)
-
-    monkeypatch.setattr(storage, "atomic_write_text", crash_on_neighbors)
-    with pytest.raises(OSError):
-        run_publish(cfg, DS)
-    assert _scores(wh) == [(pytest.approx(0.5),)]
-    monkeypatch.setattr(storage, "atomic_write_text", real)
-    run_publish(cfg, DS)  # the rerun completes and publishes once
+    rerun = _publish_process(config)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert _scores(wh) == [(pytest.approx(0.7),)]
-    assert run_query(wh, "select count(*) from item_neighbors_all")[1] == [(4 * K,)]
-    runs = list((wh.table_dir("item_neighbors") / f"ds={DS}").iterdir())
-    assert len(runs) == 1  # the crashed run's files were cleaned up by the successful one
+    assert run_query(wh, "select count(*) from item_neighbors_all")[1] == [(4 * K,)]  # published once
+    for table in PUBLISHED_TABLES:  # the killed run's leftovers were removed by the rerun
+        assert len(wh.objects.children(f"{table}/ds={DS}")) == 1, table
 
 
 def test_neighbor_checks_catch_each_breach():
@@ -98,14 +108,17 @@ def test_neighbor_checks_catch_each_breach():
                                       "model_version": "v"} for i, r, n, s in rows], schema=schemas.ITEM_NEIGHBORS)
 
     ok = [("a", 1, "b", 0.9), ("a", 2, "c", 0.8), ("b", 1, "a", 0.9), ("b", 2, "c", 0.1)]
-    active, embedded = {"a", "b", "c"}, {"a", "b"}
-    assert check_neighbors(table(ok), k=2, active_ids=active, embedded_ids=embedded) == []
+    active, embedded = pa.table({"item_id": ["a", "b", "c"]}), pa.table({"item_id": ["a", "b"]})
+    assert check_neighbors(table(ok), k=2, active=active, embedded=embedded) == []
     cases = {
         "not descending": [("a", 1, "b", 0.1), ("a", 2, "c", 0.8)] + ok[2:],
         "not on sale": ok[:3] + [("b", 2, "z", 0.1)],
         "outside [-1, 1]": ok[:3] + [("b", 2, "c", 1.5)],
         "exactly k=2": ok[:3],
+        "themselves": [("a", 1, "a", 0.9), ("a", 2, "c", 0.8)] + ok[2:],
+        "ranks 1..2": ok[:3] + [("b", 3, "c", 0.1)],
+        "no embedding": ok + [("c", 1, "a", 0.9), ("c", 2, "b", 0.8)],
     }
     for expected, rows in cases.items():
-        failures = check_neighbors(table(rows), k=2, active_ids=active, embedded_ids=embedded)
+        failures = check_neighbors(table(rows), k=2, active=active, embedded=embedded)
         assert any(expected in f for f in failures), (expected, failures)

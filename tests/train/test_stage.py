@@ -52,10 +52,10 @@ def test_loaded_model_embeds_unit_vectors_and_japanese_text(trained):
 
     from pipelines.storage import Warehouse
 
-    images = pq.read_table(Warehouse.at(cfg.warehouse).work(DS, "catalog"), columns=["image"]).column("image")
+    images = pq.read_table(Warehouse.of(cfg).work(DS, "catalog"), columns=["image"]).column("image")
     vecs = embed_images(loaded, images.to_pylist()[:10])
     assert vecs.shape == (10, 32) and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
-    titles = pq.read_table(Warehouse.at(cfg.warehouse).work(DS, "listings_snapshot"), columns=["title"]).column(0)
+    titles = pq.read_table(Warehouse.of(cfg).work(DS, "listings_snapshot"), columns=["title"]).column(0)
     japanese = next(t for t in titles.to_pylist() if any("\u3040" <= ch <= "\u9fff" for ch in t))
     ids = loaded.tokenizer(japanese)["input_ids"]
     assert loaded.tokenizer.unk_token_id not in ids  # the offline tokenizer covers CJK titles

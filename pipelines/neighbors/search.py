@@ -1,0 +1,294 @@
+"""Top-k cosine neighbours for every item, at catalogue scale.
+
+Vectors are L2-normalised, so cosine similarity is the inner product. The index is chosen by
+the number of candidates and the memory budget (:func:`plan_index`):
+
+- ``flat``   exact search (``faiss.knn`` over candidate chunks, no copy of the vectors);
+- ``ivf``    an inverted file of full vectors (memory: one more copy of the candidates);
+- ``ivfpq``  an inverted file of product-quantised codes (when two copies do not fit the budget);
+- ``hnsw``   a graph index (asked for by name: it builds slowly on few cores);
+- ``torch``  exact search with torch matrix products on a CUDA device (the GPU path).
+
+An approximate index's search knob (``nprobe`` or ``efSearch``) is raised step by step until
+recall@k against exact search on a sample of queries reaches the target; the sample's recall is
+returned and recorded with the run. Every item is then searched in blocks, and each block's
+rows are filtered (self by position, optionally the same seller or the same photo) and handed
+to the caller before the next block is searched, so memory holds the vectors, the index and
+one block of results. A row that filtering left short is searched again with a deeper list.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw", "torch")
+CANDIDATE_CHUNK = 131_072  # rows of candidates per exact-search pass (bounds the score buffers)
+
+
+@dataclass(frozen=True)
+class Plan:
+    kind: str
+    nlist: int = 0  # inverted lists (ivf, ivfpq)
+    pq_m: int = 0  # sub-quantisers (ivfpq)
+    reason: str = ""
+
+    @property
+    def exact(self) -> bool:
+        return self.kind in ("flat", "torch")
+
+
+def plan_index(n: int, dim: int, *, kind: str = "auto", exact_max_items: int = 50_000,
+               memory_budget_mb: int = 0, cuda: bool = False) -> Plan:
+    """Which index to search ``n`` candidates of ``dim`` dimensions with."""
+    if kind not in KINDS:
+        raise ValueError(f"neighbors.index must be one of {', '.join(KINDS)}; got {kind!r}")
+    raw_mb = n * dim * 4 / 2**20
+    nlist = int(min(max(16, 4 * math.sqrt(n)), max(1, n // 39)))  # FAISS wants >= 39 training rows per list
+    pq_m = next(m for m in (dim // 4, dim // 8, dim // 16, 1) if m >= 1 and dim % m == 0)
+    if kind == "auto":
+        if cuda:
+            return Plan("torch", reason="a CUDA device is present: exact search on the GPU")
+        if n <= exact_max_items:
+            return Plan("flat", reason=f"{n:,} candidates <= neighbors.exact_max_items ({exact_max_items:,})")
+        if memory_budget_mb and 2 * raw_mb > memory_budget_mb:
+            return Plan("ivfpq", nlist=nlist, pq_m=pq_m,
+                        reason=f"two copies of the vectors ({2 * raw_mb:,.0f} MB) exceed neighbors.memory_budget_mb")
+        return Plan("ivf", nlist=nlist, reason=f"{n:,} candidates > neighbors.exact_max_items ({exact_max_items:,})")
+    return Plan(kind, nlist=nlist if kind in ("ivf", "ivfpq") else 0, pq_m=pq_m if kind == "ivfpq" else 0,
+                reason="neighbors.index")
+
+
+# ---------------------------------------------------------------- searchers
+
+def _merge_top(scores: np.ndarray, pos: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best columns of each row, descending (positions -1 sort last)."""
+    scores = np.where(pos >= 0, scores, -np.inf)
+    if scores.shape[1] > k:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        scores, pos = np.take_along_axis(scores, part, 1), np.take_along_axis(pos, part, 1)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(pos, order, 1)
+
+
+class Searcher:
+    """search(queries, k) → (scores (B, k) float32 descending, positions (B, k) int64 into the full
+    vector array, -1 where there are fewer than k candidates)."""
+
+    knob: str | None = None
+    knob_values: tuple[int, ...] = ()
+
+    def set_knob(self, value: int) -> None:  # pragma: no cover - exact searchers have no knob
+        raise NotImplementedError
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+
+class FlatSearcher(Searcher):
+    """Exact search: FAISS's blocked inner-product k-NN over chunks of the candidates."""
+
+    def __init__(self, vectors: np.ndarray, candidates: np.ndarray, chunk: int = CANDIDATE_CHUNK):
+        self.vectors, self.candidates, self.chunk = vectors, candidates, chunk
+        self._contiguous = bool(len(candidates)) and candidates[0] == 0 and candidates[-1] == len(candidates) - 1 \
+            and len(candidates) == len(vectors)
+
+    def search(self, queries, k):
+        import faiss
+
+        best_s = np.full((len(queries), 0), -np.inf, np.float32)
+        best_p = np.full((len(queries), 0), -1, np.int64)
+        for start in range(0, len(self.candidates), self.chunk):
+            chunk = self.candidates[start:start + self.chunk]
+            base = self.vectors[start:start + len(chunk)] if self._contiguous else self.vectors[chunk]
+            kk = min(k, len(chunk))
+            s, p = faiss.knn(queries, base, kk, metric=faiss.METRIC_INNER_PRODUCT)
+            p = np.where(p >= 0, chunk[np.clip(p, 0, None)], -1)
+            best_s, best_p = _merge_top(np.hstack([best_s, s]), np.hstack([best_p, p]), min(k, best_s.shape[1] + kk))
+        return _pad(best_s, best_p, k)
+
+
+class TorchSearcher(Searcher):
+    """Exact search with torch matrix products: the GPU path (also runs on CPU, for tests)."""
+
+    def __init__(self, vectors: np.ndarray, candidates: np.ndarray, device: str):
+        import torch
+
+        self.torch, self.device = torch, torch.device(device)
+        self.candidates = torch.from_numpy(candidates).to(self.device)
+        self.base = torch.from_numpy(vectors[candidates]).to(self.device)
+
+    def search(self, queries, k):
+        torch = self.torch
+        q = torch.from_numpy(np.ascontiguousarray(queries)).to(self.device)
+        best_s = torch.empty((len(q), 0), device=self.device)
+        best_p = torch.empty((len(q), 0), dtype=torch.long, device=self.device)
+        for start in range(0, len(self.base), CANDIDATE_CHUNK):
+            s = q @ self.base[start:start + CANDIDATE_CHUNK].T
+            s, p = torch.topk(s, min(k, s.shape[1]), dim=1)
+            best_s, p_all = torch.cat([best_s, s], 1), torch.cat([best_p, p + start], 1)
+            best_s, top = torch.topk(best_s, min(k, best_s.shape[1]), dim=1)
+            best_p = torch.gather(p_all, 1, top)
+        pos = self.candidates[best_p]
+        return _pad(best_s.float().cpu().numpy(), pos.cpu().numpy(), k)
+
+
+class FaissIndexSearcher(Searcher):
+    """An approximate FAISS index whose ids are positions in the full vector array."""
+
+    def __init__(self, index, knob: str, values: tuple[int, ...], positions: np.ndarray | None = None):
+        self.index, self.knob, self.knob_values, self.positions = index, knob, values, positions
+
+    def set_knob(self, value: int) -> None:
+        if self.knob == "nprobe":
+            self.index.nprobe = value
+        else:
+            self.index.hnsw.efSearch = value
+
+    def search(self, queries, k):
+        if self.knob == "efSearch":
+            self.index.hnsw.efSearch = max(self.index.hnsw.efSearch, k)
+        s, p = self.index.search(queries, k)
+        if self.positions is not None:  # HNSW numbers its rows itself
+            p = np.where(p >= 0, self.positions[np.clip(p, 0, None)], -1)
+        return s, p
+
+
+def _pad(s: np.ndarray, p: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    if s.shape[1] < k:
+        s = np.hstack([s, np.full((len(s), k - s.shape[1]), -np.inf, np.float32)])
+        p = np.hstack([p, np.full((len(p), k - p.shape[1]), -1, np.int64)])
+    return s.astype(np.float32, copy=False), p.astype(np.int64, copy=False)
+
+
+def build_searcher(vectors: np.ndarray, candidates: np.ndarray, plan: Plan, *, seed: int = 0,
+                   device: str = "cpu") -> Searcher:
+    """The searcher of ``plan`` over ``vectors[candidates]`` (trained and filled)."""
+    if plan.kind == "flat":
+        return FlatSearcher(vectors, candidates)
+    if plan.kind == "torch":
+        return TorchSearcher(vectors, candidates, device)
+    import faiss
+
+    dim = vectors.shape[1]
+    rng = np.random.default_rng(seed)
+    if plan.kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 80
+        for start in range(0, len(candidates), CANDIDATE_CHUNK):
+            index.add(vectors[candidates[start:start + CANDIDATE_CHUNK]])
+        return FaissIndexSearcher(index, "efSearch", (16, 32, 64, 128, 256, 512, 1024), positions=candidates)
+    quantizer = faiss.IndexFlatIP(dim)
+    if plan.kind == "ivf":
+        index = faiss.IndexIVFFlat(quantizer, dim, plan.nlist, faiss.METRIC_INNER_PRODUCT)
+    else:
+        index = faiss.IndexIVFPQ(quantizer, dim, plan.nlist, plan.pq_m, 8, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = seed
+    train_rows = min(len(candidates), plan.nlist * 64)  # 64 rows per list: enough for k-means, bounded time
+    sample = np.sort(rng.choice(candidates, size=train_rows, replace=False))
+    index.train(vectors[sample])
+    index.quantizer_trains_alone = 0
+    for start in range(0, len(candidates), CANDIDATE_CHUNK):  # add in chunks: no full copy of the candidates
+        chunk = candidates[start:start + CANDIDATE_CHUNK]
+        index.add_with_ids(vectors[chunk], chunk.astype(np.int64))
+    values = tuple(v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096) if v < plan.nlist) + (plan.nlist,)
+    return FaissIndexSearcher(index, "nprobe", values)
+
+
+# ---------------------------------------------------------------- tuning
+
+def _top_sets(pos: np.ndarray, own: np.ndarray, k: int) -> list[set]:
+    return [set(row[(row >= 0) & (row != me)][:k].tolist()) for row, me in zip(pos, own)]
+
+
+def recall_at_k(approx: np.ndarray, exact: np.ndarray, own: np.ndarray, k: int) -> float:
+    """Mean share of each query's exact top-k (self excluded) that the approximate top-k found."""
+    hits = [len(a & e) / len(e) for a, e in zip(_top_sets(approx, own, k), _top_sets(exact, own, k)) if e]
+    return float(np.mean(hits)) if hits else 1.0
+
+
+def tune(searcher: Searcher, vectors: np.ndarray, queries: np.ndarray, candidates: np.ndarray, k: int, *,
+         target: float, sample: int, seed: int = 0) -> dict:
+    """Raise the searcher's knob until recall@k, on a sample of ``queries`` (positions), reaches ``target``."""
+    if searcher.knob is None:
+        return {"recall_at_k": 1.0, "exact": True}
+    rng = np.random.default_rng(seed + 1)
+    queries = np.sort(rng.choice(queries, size=min(sample, len(queries)), replace=False))
+    q = vectors[queries]
+    _, exact = FlatSearcher(vectors, candidates).search(q, k + 1)
+    trials = []
+    for value in searcher.knob_values:
+        searcher.set_knob(value)
+        _, approx = searcher.search(q, k + 1)
+        trials.append((value, round(recall_at_k(approx, exact, queries, k), 4)))
+        if trials[-1][1] >= target:
+            break
+    value, recall = trials[-1]
+    if recall < target:
+        log.warning("neighbors: recall@%d reached only %.3f < target %.3f at the largest %s=%d",
+                    k, recall, target, searcher.knob, value)
+    return {"knob": searcher.knob, "value": value, "recall_at_k": recall, "sample": len(queries),
+            "trials": trials, "exact": False}
+
+
+# ---------------------------------------------------------------- all-items search
+
+@dataclass
+class Exclusions:
+    """Per-item integer codes; a neighbour sharing a non-negative code with its query is dropped."""
+
+    codes: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, codes: np.ndarray) -> None:
+        self.codes.append(codes)
+
+
+def _keep(pos: np.ndarray, queries: np.ndarray, exclusions: Exclusions) -> np.ndarray:
+    valid = (pos >= 0) & (pos != queries[:, None])
+    safe = np.clip(pos, 0, None)
+    for codes in exclusions.codes:
+        own = codes[queries][:, None]
+        valid &= ~((codes[safe] == own) & (own >= 0))
+    return valid
+
+
+def search_blocks(searcher: Searcher, vectors: np.ndarray, queries: np.ndarray, k: int, *, n_candidates: int,
+                  exclusions: Exclusions | None = None, block: int = 16_384,
+                  progress_every: float = 30.0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield (query positions (B,), neighbour positions (B, k), scores (B, k)) block by block.
+
+    A row with fewer than k neighbours after filtering is padded with -1 / NaN; such a row is
+    first searched again with a doubled list length until it is full or every candidate was seen.
+    """
+    exclusions = exclusions or Exclusions()
+    depth = min(k + 1 + (8 if exclusions.codes else 0), n_candidates)
+    started = last = time.monotonic()
+    for start in range(0, len(queries), block):
+        qpos = queries[start:start + block]
+        out_p = np.full((len(qpos), k), -1, np.int64)
+        out_s = np.full((len(qpos), k), np.nan, np.float32)
+        todo, kk = np.arange(len(qpos)), depth
+        while len(todo):
+            s, p = searcher.search(vectors[qpos[todo]], kk)
+            valid = _keep(p, qpos[todo], exclusions)
+            first = np.argsort(~valid, axis=1, kind="stable")[:, :k]  # the first k kept, order preserved
+            taken = np.take_along_axis(valid, first, 1)
+            out_p[todo] = np.where(taken, np.take_along_axis(p, first, 1), -1)
+            out_s[todo] = np.where(taken, np.take_along_axis(s, first, 1), np.nan)
+            short = valid.sum(1) < k
+            if kk >= n_candidates or not short.any():
+                break
+            todo, kk = todo[short], min(kk * 2, n_candidates)
+        yield qpos, out_p, out_s
+        now = time.monotonic()
+        if now - last >= progress_every:
+            last = now
+            searched = min(start + block, len(queries))
+            log.info("neighbors: %d / %d items searched (%.0f items/s)", searched, len(queries),
+                     searched / (now - started))
