@@ -3,7 +3,7 @@
 
 The whole nightly pipeline for one partition date `ds`:
 
-`extract` → `train` → `evaluate` → `embed` → `neighbors` → `publish`
+`extract` → `train` → `evaluate` → `embed` → `neighbors` → `publish` → `report`
 
 - **extract** reads the listings created in [ds − window_days, ds), the active catalogue and
   the recent interaction log; bad images are quarantined with their reason.
@@ -14,6 +14,9 @@ The whole nightly pipeline for one partition date `ds`:
 - **embed** runs the serving model over the catalogue on Spark.
 - **neighbors** builds the top-k table with FAISS.
 - **publish** checks every table and commits them atomically; a failed check publishes nothing.
+  On success it emits an Asset event per published table (`lookalike.<table>`, extra: ds, run
+  id, rows, location), which downstream DAGs can be scheduled on.
+- **report** writes the run's HTML gallery (`lookalike report`).
 
 Every task reads and writes the partition of its `ds` only; rerunning a `ds` replaces it.
 Manual triggers carry no logical date: pass `{"ds": "YYYY-MM-DD"}` as the run's params.
@@ -22,7 +25,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import Asset, Param, dag, get_current_context, task
+
+PUBLISHED = ("listings_snapshot", "catalog", "quarantine", "item_embeddings", "item_neighbors", "eval_metrics")
+# The warehouse location is configuration, read at run time; the event's extra carries it.
+TABLE_ASSETS = [Asset(name=f"lookalike.{table}", uri=f"lookalike://warehouse/{table}") for table in PUBLISHED]
 
 DEFAULT_ARGS = {
     "owner": "lookalike",
@@ -75,11 +82,17 @@ def lookalike_nightly():
 
         return tasks.neighbors(get_current_context())
 
-    @task
+    @task(outlets=TABLE_ASSETS)
     def publish() -> dict:
         from pipelines import tasks
 
         return tasks.publish(get_current_context())
+
+    @task
+    def report() -> dict:
+        from pipelines import tasks
+
+        return tasks.report(get_current_context())
 
     snapshot = extract()
     model = train()
@@ -87,7 +100,7 @@ def lookalike_nightly():
     evaluation = evaluate(model)
     embeddings = embed()
     evaluation >> embeddings
-    embeddings >> neighbors() >> publish()
+    embeddings >> neighbors() >> publish() >> report()
 
 
 lookalike_nightly()

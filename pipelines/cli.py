@@ -81,6 +81,30 @@ def cmd_summary(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from pipelines.config import load_config
+    from pipelines.report import build_report
+    from pipelines.storage import Warehouse
+
+    cfg = load_config(args.config)
+    ds = args.ds or Warehouse.of(cfg).latest_ds("item_neighbors")
+    if not ds:
+        raise LookalikeError(f"nothing published in {cfg.warehouse} yet: run `lookalike run` first")
+    out = build_report(cfg, ds, Path(args.out) if args.out else None, samples=args.samples, shown=args.shown)
+    print(f"Report of ds={ds}: {out.resolve()}  (open it in a browser; it is one self-contained file)")
+    return 0
+
+
+def cmd_ddl(args) -> int:
+    from pipelines.config import load_config
+    from pipelines.ddl import render_ddl
+    from pipelines.storage import Warehouse
+
+    print(render_ddl(Warehouse.of(load_config(args.config)), args.engine, schema=args.schema, catalog=args.catalog),
+          end="")
+    return 0
+
+
 def cmd_query(args) -> int:
     from pipelines.config import load_config
     from pipelines.query import run_query
@@ -193,6 +217,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sql", nargs="?", help="the SQL; tables: item_neighbors, item_embeddings, listings_snapshot, "
                                           "catalog, quarantine, eval_metrics (latest ds) and <table>_all")
     p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("report", help="write an HTML gallery of a published run (neighbours, coverage, metrics)")
+    p.add_argument("--config")
+    p.add_argument("--ds", type=iso_date, help="default: the latest published ds")
+    p.add_argument("--out", help="HTML file to write (default: <work_dir>/ds=<ds>/report/index.html)")
+    p.add_argument("--samples", type=_positive, default=12, help="query items shown (one per category in turn)")
+    p.add_argument("--shown", type=_positive, default=10, help="neighbours shown per query item")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("ddl", help="print external-table DDL + partition statements for Spark SQL or Trino")
+    p.add_argument("--config")
+    p.add_argument("--engine", choices=["spark", "trino"], required=True)
+    p.add_argument("--schema", default="lookalike", help="schema (database) to create the tables in")
+    p.add_argument("--catalog", default="hive", help="Trino catalog of the Hive connector")
+    p.set_defaults(func=cmd_ddl)
 
     for stage, module in STAGES.items():
         p = sub.add_parser(stage, help=f"run the {stage} stage for one ds", add_help=False)

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 PUBLISHED_TABLES = ("listings_snapshot", "catalog", "quarantine", "item_embeddings", "item_neighbors", "eval_metrics")
 MANIFEST = "_manifest.json"
+RETIRED_KEPT = 400  # ds values removed by retention, remembered per table in the manifest
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -291,6 +292,10 @@ class Warehouse:
             raise LookalikeError(f"{table} has no published partition ds={ds}")
         return pq.read_table(files, filesystem=self.fs, partitioning=None, **kwargs)
 
+    def retired(self, table: str) -> list[str]:
+        """The ds values of ``table`` removed by retention (the newest RETIRED_KEPT)."""
+        return list(self.manifest().get("retired", {}).get(table, []))
+
     def latest_ds(self, table: str) -> str | None:
         entries = self.entries(table)
         return max(entries) if entries else None
@@ -349,6 +354,8 @@ class Publication:
                     dropped += [(table, old) for old in sorted(parts)[:-retain]]
             for table, old in dropped:
                 del updated["tables"][table][old]
+                retired = updated.setdefault("retired", {}).setdefault(table, [])
+                retired[:] = sorted(set(retired) | {old})[-RETIRED_KEPT:]  # for engines' partition drops
             try:
                 objects.write_manifest(updated, token)
             except ManifestConflict:

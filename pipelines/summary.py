@@ -75,12 +75,15 @@ def run_summary(cfg: Config, ds: str) -> str:
     decision = wh.work(ds, "model_decision.json")
     if decision.exists():
         lines += [f"Model registry: {json.loads(decision.read_text())['decision']}", ""]
+    report = wh.work(ds, "report") / "index.html"
+    if report.exists():
+        lines += [f"Report (HTML gallery of this run): {report}", ""]
     lines += [
         f"Warehouse: {wh.display()}   models: {cfg.models}   quarantine details: lookalike query \"select * from quarantine\"",
         "Try:",
         '  lookalike query "select count(*) from item_neighbors"',
         "  lookalike query --file sql/analytics/similar_items.sql --var item_id=<an item_id>",
         "  lookalike query --file sql/analytics/model_vs_baselines.sql",
-        f"  lookalike report --ds {ds}        # an HTML gallery of this run",
+        f"  lookalike report --ds {ds} --out report.html   # the HTML gallery again, anywhere",
     ]
     return "\n".join(lines)

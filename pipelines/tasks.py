@@ -84,6 +84,23 @@ def neighbors(context: dict) -> dict:
 
 @fail_fast_on_bad_input
 def publish(context: dict) -> dict:
+    """Publish the ds, then annotate the task's Asset events (one per ``lookalike.<table>`` outlet)."""
     from pipelines.publish.stage import run_publish
 
-    return run_publish(load_config(), partition_date(context))
+    ds = partition_date(context)
+    result = run_publish(load_config(), ds)
+    task = context.get("task")
+    for asset in getattr(task, "outlets", None) or []:
+        table = asset.name.removeprefix("lookalike.")
+        if table in result["rows"]:
+            context["outlet_events"][asset].extra = {
+                "ds": ds, "run_id": result["run_id"], "rows": result["rows"][table],
+                "location": f"{result['warehouse']}/{table}/ds={ds}/run={result['run_id']}"}
+    return result
+
+
+@fail_fast_on_bad_input
+def report(context: dict) -> dict:
+    from pipelines.report import build_report
+
+    return {"report": str(build_report(load_config(), partition_date(context)))}

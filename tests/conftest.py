@@ -56,6 +56,20 @@ def write_config(root: Path, sample: Path, **overrides) -> Path:
     return path
 
 
+def tiny_model(path: Path, seed: int, version: str) -> str:
+    """An untrained tiny SigLIP saved as a Hugging Face model folder (for stages that need a model)."""
+    import torch
+    from transformers import SiglipModel
+
+    from pipelines.siglip import Preprocess, build_config, save_model, train_tokenizer
+
+    tok = train_tokenizer(["red tee", "blue vase"] * 10, 30, 16)
+    torch.manual_seed(seed)
+    save_model(SiglipModel(build_config("tiny", vocab_size=len(tok), max_text_length=16)), tok, Preprocess(32),
+               path, {"version": version})
+    return str(path)
+
+
 @pytest.fixture
 def config_file(tmp_path, sample_dir) -> Path:
     return write_config(tmp_path, sample_dir)

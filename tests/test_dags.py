@@ -25,7 +25,14 @@ def test_nightly_edges_are_exactly_the_pipeline(dagbag):
     dag = dagbag.dags["lookalike_nightly"]
     edges = {(up, down) for down in dag.task_ids for up in dag.get_task(down).upstream_task_ids}
     assert edges == {("extract", "train"), ("train", "evaluate"), ("evaluate", "embed"), ("embed", "neighbors"),
-                     ("neighbors", "publish")}
+                     ("neighbors", "publish"), ("publish", "report")}
+
+
+def test_publish_emits_an_asset_event_per_published_table(dagbag):
+    from pipelines.storage import PUBLISHED_TABLES
+
+    publish = dagbag.dags["lookalike_nightly"].get_task("publish")
+    assert sorted(a.name for a in publish.outlets) == sorted(f"lookalike.{t}" for t in PUBLISHED_TABLES)
 
 
 def test_tasks_retry_with_backoff_and_runs_do_not_overlap(dagbag):

@@ -1,5 +1,6 @@
 """End to end: `lookalike run` drives the real Airflow DAG over a tiny sample marketplace."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +44,7 @@ def nightly(tmp_path_factory, sample_dir):
 
 def test_run_goes_through_airflow_and_prints_the_summary(nightly):
     config, wh, stdout = nightly
-    for task in ("extract", "train", "evaluate", "embed", "neighbors", "publish"):
+    for task in ("extract", "train", "evaluate", "embed", "neighbors", "publish", "report"):
         assert f"── task {task}" in stdout
     assert "Published tables:" in stdout and "nDCG@5" in stdout and "lookalike query" in stdout
     assert "reused 0, computed" in stdout and "(spark)" in stdout
@@ -80,6 +81,60 @@ def test_rerunning_the_same_ds_leaves_published_tables_identical(nightly):
     assert "computed 0 (none)" in proc.stdout  # every embedding reused: same items, photos and model
     _, rows = run_query(wh, (REPO / "sql" / "analytics" / "neighbor_overlap_day_over_day.sql").read_text())
     assert rows == []  # still one published day
+
+
+def test_publish_emitted_one_asset_event_per_table_with_the_run(nightly):
+    import sqlite3
+
+    config, wh, _ = nightly
+    home = load_config(config, environ={}).airflow.home
+    with sqlite3.connect(Path(home) / "airflow.db") as db:
+        events = db.execute("select a.name, e.extra from asset_event e join asset a on a.id = e.asset_id").fetchall()
+    by_table = {name.removeprefix("lookalike."): json.loads(extra) for name, extra in events}
+    assert set(by_table) == set(PUBLISHED_TABLES)
+    run_id = wh.entries("item_neighbors")[DS]["run_id"]
+    neighbours = by_table["item_neighbors"]
+    assert neighbours["ds"] == DS and neighbours["run_id"] == run_id
+    assert neighbours["rows"] == wh.entries("item_neighbors")[DS]["rows"]
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_the_run_report_renders_as_a_gallery_in_headless_chromium(nightly, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    config, wh, stdout = nightly
+    report = wh.work(DS, "report") / "index.html"
+    assert f"Report (HTML gallery of this run): {report}" in stdout  # written by the DAG's report task
+    page = report.read_text()
+    assert page.count("data:image/jpeg;base64,") >= 12 * 6  # 12 sampled items, each with its neighbours' photos
+    assert page.count("<svg") == 3  # coverage, rank-1 scores per category, score by rank
+    assert "ndcg@5" in page and "recall@5" in page  # the offline evaluation and the run's index statistics
+    # the CLI writes the same kind of page anywhere
+    out = tmp_path / "again.html"
+    assert "Report of ds=" in _run("report", "--config", str(config), "--ds", DS, "--out", str(out)).stdout
+
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; .ci/run installs it (apt-get install chromium)")
+        pytest.skip("chromium is not installed (Debian package chromium); .ci/run installs it")
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars", "--window-size=1280,1600",
+                    f"--screenshot={shot}", out.as_uri()], capture_output=True, timeout=120, check=True)
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert pixels.shape[:2] == (1600, 1280)
+    ink = (pixels < 235).any(axis=2).mean()  # share of pixels that are not (near) white
+    colourful = (pixels.max(axis=2) - pixels.min(axis=2) > 60).mean()  # product photos, coloured frames
+    distinct = len(np.unique(pixels.reshape(-1, 3) // 8, axis=0))
+    assert ink > 0.08 and colourful > 0.02 and distinct > 300, (ink, colourful, distinct)
 
 
 def test_a_failed_run_says_where_the_log_is(tmp_path, sample_dir):

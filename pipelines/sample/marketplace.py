@@ -42,6 +42,7 @@ NOISE = ("new", "used", "free shipping", "送料無料", "美品", "rare", "sale
          "#fashion", "quick ship", "nego ok")
 SIZES = ("S", "M", "L", "XL", "Free size", "26cm", "27.5cm", "350ml", "one size")
 PRICE_BASE = {c: 1500 + 700 * i for i, c in enumerate(CATEGORIES)}
+REPOST_SHARE = 0.015  # listings that reuse an earlier listing's photo, title and product (same image_sha256)
 
 # Visual similarity as a user perceives it: weights of the hidden attributes two items share.
 SIMILARITY_WEIGHTS = {"category": 1.0, "colour": 1.0, "pattern": 0.8, "style": 0.6}
@@ -149,10 +150,17 @@ def generate(out: Path, spec: SampleSpec, progress=print) -> dict:
     unusual_kinds = ["cmyk", "alpha-png", "large", "webp"]
     listings = []
     titles: list[str] = []
+    photo_keys: dict[int, str] = {}  # item → its valid photo's key (what a repost may copy)
+    # Reposts (a seller listing the same product again with the same photo) are drawn from a
+    # generator of their own, so adding them leaves every other draw of the sample unchanged.
+    reposts = np.random.default_rng([spec.seed, 7])
     created = np.sort(rng.uniform(0, spec.days - 0.01, size=n))
     for i in range(n):
         a = attrs[i]
         item_id = f"i{i:06d}"
+        repost_of = None
+        if photo_keys and reposts.random() < REPOST_SHARE:
+            repost_of = sorted(photo_keys)[int(reposts.integers(len(photo_keys)))]
         brand = str(rng.choice(BRANDS)) if rng.random() < 0.85 else None
         title = _title(rng, a, brand)
         r = rng.random()
@@ -172,7 +180,11 @@ def generate(out: Path, spec: SampleSpec, progress=print) -> dict:
         shard.mkdir(exist_ok=True)
         name = f"{item_id}{ext}"
         r = rng.random()
-        if r < 0.012:  # broken files: quarantined by extract with a reason
+        if repost_of is not None:  # the same product and photo file as an earlier listing
+            attrs[i] = a = dict(attrs[repost_of])
+            image_key, title = photo_keys[repost_of], titles[repost_of]
+            titles[-1] = title
+        elif r < 0.012:  # broken files: quarantined by extract with a reason
             kind = bad_kinds[int(rng.integers(len(bad_kinds)))]
             if kind == "no-key":
                 image_key = None
@@ -195,7 +207,7 @@ def generate(out: Path, spec: SampleSpec, progress=print) -> dict:
                     fmt, ext = "WEBP", ".webp"
                 name = f"{item_id}{ext}"
             (shard / name).write_bytes(encode(img, fmt))
-            image_key = f"{item_id[-2:]}/{name}"
+            image_key = photo_keys[i] = f"{item_id[-2:]}/{name}"
         price = round(float(PRICE_BASE[a["category"]] * rng.lognormal(0, 0.5)), -1)
         category = a["category"] if rng.random() < 0.96 else None
         description = f"{title}. Condition: {rng.choice(['good', 'fair', 'excellent'])}." if rng.random() < 0.6 else None

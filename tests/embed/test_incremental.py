@@ -5,26 +5,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from pipelines.config import load_config
 from pipelines.embed.stage import run_embed
 from pipelines.extract.stage import run_extract
-from pipelines.siglip import Preprocess, build_config, save_model, train_tokenizer
 from pipelines.storage import Warehouse
-from tests.conftest import DS, write_config
+from tests.conftest import DS, tiny_model as _model, write_config
 
 NEXT = "2026-11-22"
-
-
-def _model(path, seed, version):
-    from transformers import SiglipModel
-
-    tok = train_tokenizer(["red tee", "blue vase"] * 10, 30, 16)
-    torch.manual_seed(seed)
-    save_model(SiglipModel(build_config("tiny", vocab_size=len(tok), max_text_length=16)), tok, Preprocess(32),
-               path, {"version": version})
-    return str(path)
 
 
 def _vectors(path):

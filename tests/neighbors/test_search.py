@@ -77,7 +77,8 @@ def test_an_approximate_index_is_tuned_to_the_recall_target(kind):
     searcher = build_searcher(vectors, candidates, plan_index(len(vectors), 32, kind=kind))
     tuning = tune(searcher, vectors, candidates, candidates, 10, target=0.95, sample=300)
     assert tuning["recall_at_k"] >= 0.95 and not tuning["exact"]
-    assert [v for v, _ in tuning["trials"]] == list(searcher.knob_values[:len(tuning["trials"])])
+    assert [t[0] for t in tuning["trials"]] == list(searcher.knob_values[:len(tuning["trials"])])
+    assert tuning["recall_low"] >= 0.95 and tuning["recall_low"] <= tuning["recall_at_k"]
     # the recall measured on the sample holds for the whole run
     queries = np.arange(0, 6000, 7)
     _, approx = searcher.search(vectors[queries], 11)

@@ -1,3 +1,4 @@
+import json
 import sqlite3
 from datetime import date
 
@@ -60,3 +61,15 @@ def test_clicks_follow_hidden_visual_similarity(sample_dir):
     for src, item, event in shown:
         sim[event].append(_similarity(hidden[src], hidden[item]) / sum(SIMILARITY_WEIGHTS.values()))
     assert sum(sim["click"]) / len(sim["click"]) > 1.3 * sum(sim["impression"]) / len(sim["impression"])
+
+
+def test_reposts_share_the_photo_file_and_the_product(sample_dir):
+    con = sqlite3.connect(sample_dir / "marketplace.db")
+    shared = con.execute("""select image_key, group_concat(item_id) from listings where image_key is not null
+                            group by image_key having count(*) > 1""").fetchall()
+    hidden = json.loads((sample_dir / "hidden_attributes.json").read_text())
+    assert shared, "the sample should hold reposted photos"
+    for key, ids in shared:
+        first, *others = ids.split(",")
+        assert (sample_dir / "images" / key).is_file()
+        assert all(hidden[item] == hidden[first] for item in others)

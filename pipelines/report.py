@@ -1,0 +1,257 @@
+"""``lookalike report``: a self-contained HTML picture of one published run.
+
+The page shows sampled query items with their top neighbours as thumbnails and scores, neighbour
+coverage and score distributions per category (matplotlib, inlined as SVG), the offline
+evaluation and the neighbour index's statistics. Everything is read from the published
+partition of ``ds`` through the analysts' views; thumbnails come from the run's catalogue in the
+work area (the normalised photos extract stored) or, failing that, from the source image store.
+Images are inlined as data URIs, so the file can be mailed or attached to a ticket.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines.config import Config
+from pipelines.errors import LookalikeError
+from pipelines.query import connect
+from pipelines.storage import Warehouse, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; background: #fff; }
+h1 { margin-bottom: 4px; } .sub { color: #666; margin-top: 0; }
+table.metrics { border-collapse: collapse; margin: 8px 0 16px; font-size: 14px; }
+table.metrics td, table.metrics th { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
+table.metrics th:first-child, table.metrics td:first-child { text-align: left; }
+.plots { display: flex; flex-wrap: wrap; gap: 16px; } .plots svg { max-width: 100%; height: auto; }
+.query { display: flex; align-items: flex-start; gap: 6px; margin: 10px 0; padding-bottom: 8px;
+         border-bottom: 1px solid #eee; }
+.card { width: 92px; font-size: 11px; text-align: center; }
+.card img, .card .missing { width: 84px; height: 84px; object-fit: contain; border: 3px solid #ccc;
+                            background: #f4f4f4; display: block; margin: 0 auto; }
+.card.q img, .card.q .missing { border-color: #333; }
+.card.same img { border-color: #3a3; } .card.other img { border-color: #d84; }
+.card .t { overflow: hidden; white-space: nowrap; text-overflow: ellipsis; }
+.legend span { padding: 0 6px; border-left: 6px solid; margin-right: 12px; }
+"""
+
+
+def _svg(fig) -> str:
+    """A matplotlib figure as inline SVG (no XML header, deterministic ids)."""
+    import matplotlib.pyplot as plt
+
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _plots(per_category: list[tuple], top1: dict[str, list[float]], by_rank: list[tuple]) -> list[str]:
+    """Coverage per category, rank-1 score distribution per category, mean score by rank."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"svg.hashsalt": "lookalike", "svg.fonttype": "none", "font.size": 9})
+    names = [row[0] for row in per_category]
+    figs = []
+
+    fig, ax = plt.subplots(figsize=(6, 0.25 * len(names) + 1))
+    coverage = [row[2] / row[1] if row[1] else 0 for row in per_category]
+    ax.barh(names, coverage, color="#4a7fb5")
+    ax.set_xlim(0, 1)
+    ax.invert_yaxis()
+    ax.set_xlabel("share of on-sale items with a full neighbour list")
+    ax.set_title("Coverage per category")
+    figs.append(_svg(fig))
+
+    fig, ax = plt.subplots(figsize=(6, 0.25 * len(names) + 1))
+    data = [top1.get(name) or [np.nan] for name in names]
+    ax.boxplot(data, vert=False, tick_labels=names, showfliers=False)
+    ax.invert_yaxis()
+    ax.set_xlabel("cosine similarity of the rank-1 neighbour")
+    ax.set_title("Rank-1 score per category")
+    figs.append(_svg(fig))
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot([r[0] for r in by_rank], [r[1] for r in by_rank], marker="o", label="mean")
+    ax.fill_between([r[0] for r in by_rank], [r[2] for r in by_rank], [r[3] for r in by_rank], alpha=0.2,
+                    label="10th–90th percentile")
+    ax.set_xlabel("rank")
+    ax.set_ylabel("cosine similarity")
+    ax.set_title("Score by rank")
+    ax.legend()
+    figs.append(_svg(fig))
+    return figs
+
+
+def _thumbnails(cfg: Config, wh: Warehouse, ds: str, keys: dict[str, str | None]) -> tuple[dict[str, bytes], str]:
+    """(item_id → JPEG bytes, where they came from) for the items of ``keys`` (item_id → image_key):
+    the run's catalogue in the work area (photos as extract normalised them), else the source
+    image store when it is a local folder."""
+    work = wh.work(ds, "catalog")
+    if work.exists():
+        table = pq.read_table(work, columns=["item_id", "image"], filters=[("item_id", "in", sorted(keys))])
+        return dict(zip(table.column("item_id").to_pylist(), table.column("image").to_pylist())), \
+            "the run's catalogue (work area)"
+    store = Path(cfg.source.images)
+    if "://" in cfg.source.images or not store.is_dir():
+        return {}, "nowhere (the work area of this ds is gone and the image store is not a local folder)"
+    found = {item: (store / key).read_bytes() for item, key in keys.items() if key and (store / key).is_file()}
+    return found, f"the source image store {store}"
+
+
+def _card(item: str, title: str | None, image: bytes | None, caption: str, css: str) -> str:
+    picture = (f'<img alt="{html.escape(item)}" src="data:image/jpeg;base64,{base64.b64encode(image).decode()}">'
+               if image else '<div class="missing"></div>')
+    return (f'<div class="card {css}" title="{html.escape(title or "")}">{picture}'
+            f'<div class="t">{html.escape(title or item)}</div><div>{caption}</div></div>')
+
+
+def _metrics_table(con, ds: str) -> str:
+    rows = con.execute("""
+        select metric, k, system, value, ci_low, ci_high from eval_metrics_all where ds = ?
+        order by metric, k, system""", [ds]).fetchall()
+    if not rows:
+        return "<p>No offline evaluation for this ds.</p>"
+    systems = sorted({r[2] for r in rows}, key=lambda s: (s != "siglip", s))
+    cells: dict[tuple, dict] = {}
+    for metric, k, system, value, lo, hi in rows:
+        cells.setdefault((metric, k), {})[system] = (value, lo, hi)
+    head = "".join(f"<th>{html.escape(s)}</th>" for s in systems)
+    body = []
+    for (metric, k), by in cells.items():
+        tds = []
+        for s in systems:
+            value, lo, hi = by.get(s, (None, None, None))
+            interval = f" <small>[{lo:.3f}, {hi:.3f}]</small>" if lo is not None and hi is not None else ""
+            tds.append(f"<td>{value:.4f}{interval}</td>" if value is not None else "<td></td>")
+        body.append(f"<tr><td>{metric}{'@' + str(k) if k else ''}</td>{''.join(tds)}</tr>")
+    return f'<table class="metrics"><tr><th>metric</th>{head}</tr>{"".join(body)}</table>'
+
+
+def _run_table(record: dict | None) -> str:
+    if not record:
+        return "<p>No run record for this ds.</p>"
+    rows = [("run", record.get("run_id")), ("warehouse", record.get("warehouse"))]
+    rows += [(f"rows: {t}", f"{n:,}") for t, n in sorted((record.get("rows") or {}).items())]
+    n = record.get("neighbors") or {}
+    for group in n.get("groups", [])[:1]:
+        recall = "exact search" if group.get("exact") else \
+            f"{group.get('recall_at_k')} on {group.get('sample')} sampled queries ({group.get('knob')}={group.get('value')})"
+        rows += [("neighbour index", f"{group.get('index')}: {group.get('reason')}"), (f"recall@{n.get('k')}", recall),
+                 ("search seconds", f"build {group.get('build_seconds')}, tune {group.get('tune_seconds')}, "
+                                    f"search {group.get('search_seconds')}")]
+    if n:
+        rows += [("neighbour rows with the item's identical photo", f"{n.get('same_image_rows', 0):,}"),
+                 ("items left out (fewer than k candidates)", f"{n.get('short_items', 0):,}")]
+    body = "".join(f"<tr><td>{html.escape(str(a))}</td><td>{html.escape(str(b))}</td></tr>" for a, b in rows)
+    return f'<table class="metrics">{body}</table>'
+
+
+def build_report(cfg: Config, ds: str, out: Path | None = None, *, samples: int = 12, shown: int = 10,
+                 seed: int = 0) -> Path:
+    """Write the HTML report of the published partition ``ds``; returns its path."""
+    wh = Warehouse.of(cfg)
+    if ds not in wh.entries("item_neighbors"):
+        published = ", ".join(wh.entries("item_neighbors")) or "none"
+        raise LookalikeError(f"item_neighbors has no published partition ds={ds} (published: {published}); "
+                             f"run `lookalike run --ds {ds}` first")
+    con = connect(wh)
+    items = con.sql("""
+        select item_id, title, coalesce(category, '(none)') as category, price, image_key
+        from catalog_all where ds = ?""", params=[ds]).to_arrow_table()
+    neighbors = con.sql("""
+        select item_id, rank, neighbor_id, score, same_image, model_version
+        from item_neighbors_all where ds = ? order by item_id, rank""", params=[ds]).to_arrow_table()
+    info = {r["item_id"]: r for r in items.to_pylist()}
+
+    per_category = con.execute("""
+        with listings as (select item_id, coalesce(category, '(none)') as category from catalog_all
+                          where ds = ? and status = 'on_sale'),
+             listed as (select distinct item_id from item_neighbors_all where ds = ?)
+        select l.category, count(*) as items, count(n.item_id) as with_neighbors
+        from listings l left join listed n using (item_id) group by l.category order by l.category""",
+                               [ds, ds]).fetchall()
+    top1: dict[str, list[float]] = {}
+    for category, score in con.execute("""
+            select coalesce(c.category, '(none)'), n.score from item_neighbors_all n
+            join catalog_all c on c.item_id = n.item_id and c.ds = n.ds where n.ds = ? and n.rank = 1""",
+                                       [ds]).fetchall():
+        top1.setdefault(category, []).append(score)
+    by_rank = con.execute("""
+        select rank, avg(score), quantile_cont(score, 0.1), quantile_cont(score, 0.9)
+        from item_neighbors_all where ds = ? group by rank order by rank""", [ds]).fetchall()
+
+    # Sampled queries: one per category in turn (seeded), so every category gets a look.
+    rng = np.random.default_rng(seed)
+    listed = sorted(set(neighbors.column("item_id").to_pylist()))
+    by_category: dict[str, list[str]] = {}
+    for item in rng.permutation(listed).tolist():
+        by_category.setdefault(info.get(item, {}).get("category", "(none)"), []).append(item)
+    queries: list[str] = []
+    while len(queries) < min(samples, len(listed)):
+        for members in by_category.values():
+            if members and len(queries) < samples:
+                queries.append(members.pop())
+    chosen = neighbors.filter(pc.is_in(neighbors.column("item_id"), value_set=pa.array(queries)))
+    lists: dict[str, list[dict]] = {}
+    for row in chosen.to_pylist():
+        lists.setdefault(row["item_id"], []).append(row)
+
+    wanted = set(queries) | {r["neighbor_id"] for q in queries for r in lists[q][:shown]}
+    images, thumbs_from = _thumbnails(cfg, wh, ds, {i: info.get(i, {}).get("image_key") for i in wanted})
+
+    gallery = []
+    for q in queries:
+        meta = info.get(q, {})
+        price = f"{meta['price']:,.0f}" if meta.get("price") is not None else ""
+        cards = [_card(q, meta.get("title"), images.get(q), f"<b>{html.escape(meta.get('category', ''))}</b> {price}",
+                       "q")]
+        for row in lists[q][:shown]:
+            nb = info.get(row["neighbor_id"], {})
+            same = nb.get("category") == meta.get("category")
+            caption = f"#{row['rank']} {row['score']:.3f}" + (" ≡photo" if row["same_image"] else "")
+            cards.append(_card(row["neighbor_id"], nb.get("title"), images.get(row["neighbor_id"]), caption,
+                               "same" if same else "other"))
+        gallery.append(f'<div class="query">{"".join(cards)}</div>')
+
+    version = neighbors.column("model_version")[0].as_py() if neighbors.num_rows else "?"
+    k = int(pc.max(neighbors.column("rank")).as_py() or 0)
+    plots = _plots(per_category, top1, by_rank)
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Lookalike {html.escape(ds)}</title>
+<style>{STYLE}</style></head><body>
+<h1>Lookalike — similar items for ds={html.escape(ds)}</h1>
+<p class="sub">model {html.escape(version)} · {len(listed):,} items × {k} neighbours · thumbnails from
+{html.escape(thumbs_from)}</p>
+<h2>Sampled items and their nearest neighbours</h2>
+<p class="legend">Each row: the query item (dark frame), then its top {min(shown, k)} neighbours with rank and
+cosine similarity. <span style="border-color:#3a3">same category</span>
+<span style="border-color:#d84">other category</span> ≡photo: byte-identical photo under another id.</p>
+{"".join(gallery)}
+<h2>Coverage and scores</h2>
+<div class="plots">{"".join(plots)}</div>
+<h2>Offline evaluation</h2>
+{_metrics_table(con, ds)}
+<h2>This run</h2>
+{_run_table(wh.run_record(ds))}
+</body></html>
+"""
+    out = Path(out) if out else wh.work(ds, "report") / "index.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, page)
+    log.info("report %s: %d sampled items, %d thumbnails → %s", ds, len(queries), len(images), out)
+    return out
