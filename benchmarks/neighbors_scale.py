@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
     header = ["n", "dim", "index", "knob", "seconds", "exact s (extrapolated)", "speedup", "recall@20",
               "peak RSS MB", "bound MB"]
-    rows = [[f"{r['n']:,}", r["dim"], r["index"], f"{r['knob']}={r['knob_value']}" if r["knob"] else "-",
+    rows = [[f"{r['n']:,}", r["dim"], r["index"], f"{r['knob']}={r['knob_value']}" if r["index"] != "flat" else "-",
              r["seconds"], r["exact_seconds"], f"{r['speedup']:.1f}x", f"{r['recall_at_20']:.3f}",
              r["peak_rss_mb"], r["rss_bound_mb"]] for r in results]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]

@@ -109,8 +109,27 @@ def _thumbnails(cfg: Config, wh: Warehouse, ds: str, keys: dict[str, str | None]
     store = Path(cfg.source.images)
     if "://" in cfg.source.images or not store.is_dir():
         return {}, "nowhere (the work area of this ds is gone and the image store is not a local folder)"
-    found = {item: (store / key).read_bytes() for item, key in keys.items() if key and (store / key).is_file()}
+    found = {}
+    for item, key in keys.items():
+        if key and (thumb := _thumbnail(store / key)) is not None:
+            found[item] = thumb
     return found, f"the source image store {store}"
+
+
+def _thumbnail(path: Path, size: int = 96) -> bytes | None:
+    """A source photo (any format, any size) as a small JPEG; None when it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale
+            img = img.convert("RGB")
+            img.thumbnail((size, size))
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=85)
+            return buf.getvalue()
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 def _card(item: str, title: str | None, image: bytes | None, caption: str, css: str) -> str:

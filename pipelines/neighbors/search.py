@@ -11,7 +11,8 @@ the number of candidates and the memory budget (:func:`plan_index`):
 
 An approximate index's search knob (``nprobe`` or ``efSearch``) is raised step by step until
 recall@k against exact search on a sample of queries reaches the target; the sample's recall is
-returned and recorded with the run. Every item is then searched in blocks, and each block's
+returned and recorded with the run. Where the index cannot reach the target, or reaches it no
+faster than exact search (data without cluster structure), exact search is used instead. Every item is then searched in blocks, and each block's
 rows are filtered (self by position, optionally the same seller or the same photo) and handed
 to the caller before the next block is searched, so memory holds the vectors, the index and
 one block of results. A row that filtering left short is searched again with a deeper list.
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw", "torch")
 CANDIDATE_CHUNK = 131_072  # rows of candidates per exact-search pass (bounds the score buffers)
+MIN_SPEEDUP = 1.5  # an approximate index must beat exact search by this much on the tuning sample
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,13 @@ def _pad(s: np.ndarray, p: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return s.astype(np.float32, copy=False), p.astype(np.int64, copy=False)
 
 
+def knob_grid(low: int, high: int) -> tuple[int, ...]:
+    """Settings tried in turn, in steps of about √2 (1, 2, 3, 4, 6, 8, 11, 16, 23, 32, 45, …), ending at
+    ``high``: fine enough that the first setting reaching the target does not overshoot it by much."""
+    steps = int(np.ceil(2 * np.log2(high / low))) if high > low else 0
+    return tuple(sorted({min(high, int(round(low * 2 ** (i / 2)))) for i in range(steps + 1)} | {high}))
+
+
 def build_searcher(vectors: np.ndarray, candidates: np.ndarray, plan: Plan, *, seed: int = 0,
                    device: str = "cpu") -> Searcher:
     """The searcher of ``plan`` over ``vectors[candidates]`` (trained and filled)."""
@@ -183,7 +192,7 @@ def build_searcher(vectors: np.ndarray, candidates: np.ndarray, plan: Plan, *, s
         index.hnsw.efConstruction = 80
         for start in range(0, len(candidates), CANDIDATE_CHUNK):
             index.add(vectors[candidates[start:start + CANDIDATE_CHUNK]])
-        return FaissIndexSearcher(index, "efSearch", (16, 32, 64, 128, 256, 512, 1024), positions=candidates)
+        return FaissIndexSearcher(index, "efSearch", knob_grid(16, 1024), positions=candidates)
     quantizer = faiss.IndexFlatIP(dim)
     if plan.kind == "ivf":
         index = faiss.IndexIVFFlat(quantizer, dim, plan.nlist, faiss.METRIC_INNER_PRODUCT)
@@ -197,8 +206,7 @@ def build_searcher(vectors: np.ndarray, candidates: np.ndarray, plan: Plan, *, s
     for start in range(0, len(candidates), CANDIDATE_CHUNK):  # add in chunks: no full copy of the candidates
         chunk = candidates[start:start + CANDIDATE_CHUNK]
         index.add_with_ids(vectors[chunk], chunk.astype(np.int64))
-    values = tuple(v for v in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096) if v < plan.nlist) + (plan.nlist,)
-    return FaissIndexSearcher(index, "nprobe", values)
+    return FaissIndexSearcher(index, "nprobe", knob_grid(1, plan.nlist))
 
 
 # ---------------------------------------------------------------- tuning
@@ -218,34 +226,46 @@ def recall_at_k(approx: np.ndarray, exact: np.ndarray, own: np.ndarray, k: int) 
 
 
 def tune(searcher: Searcher, vectors: np.ndarray, queries: np.ndarray, candidates: np.ndarray, k: int, *,
-         target: float, sample: int, seed: int = 0) -> dict:
+         target: float, sample: int, seed: int = 0, min_speedup: float = MIN_SPEEDUP) -> dict:
     """Raise the searcher's knob until recall@k on a sample of ``queries`` (positions) reaches ``target``.
 
     The knob stops where the sample's mean recall minus two standard errors reaches the target,
-    so that the target holds for the whole run, not only for the sample (~97.5% one-sided).
+    so that the target holds for the whole run, not only for the sample (~97.5% one-sided). Exact
+    search of the same sample is timed too: ``use_exact`` is set when the index misses the target
+    at its largest setting, or reaches it no more than ``min_speedup`` times faster than exact
+    search (structureless data defeats every approximate index) — exact search is then the better
+    choice, and the caller switches to it.
     """
     if searcher.knob is None:
         return {"recall_at_k": 1.0, "exact": True}
     rng = np.random.default_rng(seed + 1)
     queries = np.sort(rng.choice(queries, size=min(sample, len(queries)), replace=False))
     q = vectors[queries]
+    started = time.perf_counter()
     _, exact = FlatSearcher(vectors, candidates).search(q, k + 1)
+    exact_seconds = time.perf_counter() - started
     trials = []
     for value in searcher.knob_values:
         searcher.set_knob(value)
+        started = time.perf_counter()
         _, approx = searcher.search(q, k + 1)
+        seconds = time.perf_counter() - started
         hits = recall_per_query(approx, exact, queries, k)
         mean = float(hits.mean()) if len(hits) else 1.0
         low = mean - 2 * float(hits.std(ddof=1)) / np.sqrt(len(hits)) if len(hits) > 1 else mean
-        trials.append((value, round(mean, 4), round(low, 4)))
-        if low >= target:
+        trials.append((value, round(mean, 4), round(low, 4), round(seconds, 3)))
+        if low >= target or seconds * min_speedup > exact_seconds:  # reached, or already too slow to pay
             break
-    value, recall, low = trials[-1]
-    if low < target:
-        log.warning("neighbors: recall@%d reached only %.3f (lower bound %.3f) < target %.3f at the largest %s=%d",
-                    k, recall, low, target, searcher.knob, value)
+    value, recall, low, seconds = trials[-1]
+    reached, pays = low >= target, seconds * min_speedup <= exact_seconds
+    if not (reached and pays):
+        log.warning("neighbors: %s at %s=%d gives recall@%d %.3f (lower bound %.3f, target %.3f) in %.2f s vs exact "
+                    "%.2f s on %d queries: searching exactly instead", type(searcher).__name__, searcher.knob, value,
+                    k, recall, low, target, seconds, exact_seconds, len(queries))
     return {"knob": searcher.knob, "value": value, "recall_at_k": recall, "recall_low": low,
-            "sample": len(queries), "trials": [list(t) for t in trials], "exact": False}
+            "sample": len(queries), "trials": [list(t) for t in trials], "exact": False,
+            "sample_seconds": seconds, "exact_sample_seconds": round(exact_seconds, 3),
+            "use_exact": not (reached and pays)}
 
 
 # ---------------------------------------------------------------- all-items search

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from pipelines import schemas
 from pipelines.config import Config, NeighborsConfig
 from pipelines.errors import LookalikeError
-from pipelines.neighbors.search import Exclusions, build_searcher, plan_index, search_blocks, tune
+from pipelines.neighbors.search import Exclusions, Plan, build_searcher, plan_index, search_blocks, tune
 from pipelines.storage import Warehouse, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,12 @@ def build_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfig
         t1 = time.monotonic()
         tuning = tune(searcher, vectors, members, candidates, k, target=ncfg.recall_target,
                       sample=ncfg.recall_sample, seed=ncfg.seed)
+        if tuning.get("use_exact"):  # measured: the approximate index does not pay on these vectors
+            plan = Plan("torch" if device else "flat",
+                        reason=f"{plan.kind} missed the recall target or was not faster than exact search on "
+                               f"the tuning sample ({plan.reason})")
+            searcher = build_searcher(vectors, candidates, plan, device=device or "cpu")
+            tuning = {**tuning, "recall_at_k": 1.0, "exact": True}
         t2 = time.monotonic()
         for qpos, npos, scores in search_blocks(searcher, vectors, members, k, n_candidates=len(candidates),
                                                 exclusions=exclusions, block=ncfg.block_size):
@@ -186,8 +192,9 @@ def run_neighbors(cfg: Config, ds: str) -> dict[str, str]:
     if stats["short_items"]:
         log.warning("neighbors %s: %d items have fewer than %d candidates and are left out",
                     ds, stats["short_items"], cfg.neighbors.k)
-    log.info("neighbors %s: %d items x %d neighbours, index %s, recall@%d %.3f on a %s-query sample, %.1f s",
-             ds, stats["rows"] // cfg.neighbors.k, cfg.neighbors.k, "+".join(stats["index"]), cfg.neighbors.k,
-             stats["recall_at_k"] or 0, stats["groups"][0].get("sample", "exact") if stats["groups"] else 0,
-             stats["seconds"])
+    approximate = [g for g in stats["groups"] if not g.get("exact")]
+    measured = (f"recall@{cfg.neighbors.k} {stats['recall_at_k']:.3f} against exact search on "
+                f"{approximate[0]['sample']} sampled queries" if approximate else "exact search")
+    log.info("neighbors %s: %d items x %d neighbours, index %s, %s, %.1f s", ds, stats["rows"] // cfg.neighbors.k,
+             cfg.neighbors.k, "+".join(stats["index"]), measured, stats["seconds"])
     return {"item_neighbors": str(out), "recall_at_k": stats["recall_at_k"]}

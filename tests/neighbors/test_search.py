@@ -140,3 +140,19 @@ def test_filters_same_seller_and_same_category_and_on_sale():
         allowed = allowed[allowed != item]
         best = allowed[np.argsort(-(vectors[allowed] @ vectors[item]), kind="stable")[:5]]
         assert list(nb[q == item]) == list(best)
+
+
+def test_structureless_data_falls_back_to_exact_search_with_the_reason():
+    rng = np.random.default_rng(5)
+    n = 4000
+    vectors = _unit(rng.normal(size=(n, 64)))  # no cluster structure: IVF needs most lists for 0.95
+    ids = pa.array([f"i{i:04d}" for i in range(n)])
+    writer = ListWriter()
+    stats = build_neighbors(vectors, ids, ncfg=NeighborsConfig(k=5, index="ivf", device="cpu"),
+                            on_sale=np.ones(n, bool), writer=writer, ds="d", version="v")
+    group = stats["groups"][0]
+    assert group["index"] == "flat" and "not faster than exact" in group["reason"], group
+    assert group["use_exact"] and group["recall_at_k"] == 1.0
+    got = np.array([int(i[1:]) for i in writer.table().column("neighbor_id").to_pylist()]).reshape(n, 5)
+    expected, _ = _brute(vectors, np.arange(n), 5)
+    assert (got == expected).all()

@@ -1,6 +1,7 @@
 """A warehouse on S3 (moto's real server on loopback): the stages publish there and the CLI queries it."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from pipelines.evaluate.stage import run_evaluate
 from pipelines.extract.stage import run_extract
 from pipelines.neighbors.stage import run_neighbors
 from pipelines.publish.stage import run_publish
+from pipelines.report import build_report
 from pipelines.train.stage import run_train
 from pipelines.storage import PUBLISHED_TABLES, Warehouse
 from tests.conftest import DS, write_config
@@ -66,3 +68,9 @@ def test_a_full_neighbours_publish_on_s3_then_lookalike_query_over_it(s3, tmp_pa
     again = json.loads(_cli("query", "--config", str(config), "--format", "json",
                             "select count(*) as rows from item_neighbors_all"))[0]
     assert again["rows"] == out["rows"]
+
+    # the report of a published ds whose work area is gone takes its thumbnails from the image store
+    shutil.rmtree(wh.work(DS, "catalog"))
+    page = build_report(cfg, DS, tmp_path / "report.html").read_text()
+    assert "the source image store" in page
+    assert page.count("data:image/jpeg;base64,") >= 12 * 4
