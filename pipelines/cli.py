@@ -43,18 +43,31 @@ def cmd_sample_data(args) -> int:
     last = date.fromisoformat(summary["end"]).toordinal() - 1
     print(f"Done: {summary['interactions']} interactions up to {date.fromordinal(last)}; source "
           f"{summary['database']}, images {summary['images']}. `lookalike run` will use ds={summary['end']}.")
+    if args.load_into or args.upload_images:
+        from sqlalchemy.engine import make_url
+
+        from pipelines.sample.load import load_database, upload_images
+
+        if args.load_into:
+            counts = load_database(out, args.load_into)
+            print(f"Loaded {counts['listings']} listings and {counts['interactions']} interactions into "
+                  f"{make_url(args.load_into).render_as_string(hide_password=True)} (source.url)")
+        if args.upload_images:
+            print(f"Uploaded {upload_images(out / 'images', args.upload_images)} image files to "
+                  f"{args.upload_images} (source.images)")
     return 0
 
 
 def cmd_run(args) -> int:
     from pipelines.config import load_config
-    from pipelines.orchestrate import run_dag
+    from pipelines.orchestrate import run_pipeline
     from pipelines.summary import run_summary
 
     cfg = load_config(args.config)
     ds = args.ds or _default_ds(cfg)
-    print(f"Running lookalike_nightly for ds={ds} through Airflow (log: {cfg.airflow.home}/logs/) …", flush=True)
-    run_dag(cfg, ds, config_path=args.config, echo=lambda line: print(line, flush=True))
+    print(f"Running lookalike_extract, lookalike_finetune and lookalike_nightly for ds={ds} through Airflow "
+          f"(logs: {cfg.airflow.home}/logs/) …", flush=True)
+    run_pipeline(cfg, ds, config_path=args.config, echo=lambda line: print(line, flush=True))
     print()
     print(run_summary(cfg, ds))
     return 0
@@ -195,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="days of listings and interactions")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--end", type=iso_date, help="day after the last day of data (default: today, UTC)")
+    p.add_argument("--load-into", metavar="URL", help="also load the listings and interactions into this SQLAlchemy "
+                                                      "database (e.g. postgresql+psycopg://…), replacing those tables")
+    p.add_argument("--upload-images", metavar="S3_URI", help="also upload the photos to s3://bucket/prefix "
+                                                              "(endpoint and credentials from AWS_*)")
     p.set_defaults(func=cmd_sample_data)
 
     p = sub.add_parser("run", help="run the nightly pipeline for one ds through Airflow")

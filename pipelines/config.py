@@ -112,6 +112,7 @@ class EvaluateConfig:
     log_days: int = 30  # held-out interaction window [ds - log_days, ds)
     baseline_dim: int = 64  # PCA size of the hand-made image baseline
     min_candidates: int = 2  # a source item needs this many shown items to be scored
+    promote_tolerance: float = 0.0  # promote when nDCG@5 >= production's minus this (absolute)
 
 
 @dataclass(frozen=True)

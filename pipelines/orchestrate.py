@@ -61,21 +61,44 @@ def _console_line(line: str) -> str | None:
     return None
 
 
-def run_dag(cfg: Config, ds: str, *, config_path: str | None = None, dag_id: str = "lookalike_nightly",
-            last_task: str = "publish", echo=print) -> Path:
-    """Run ``dag_id`` for ``ds`` through Airflow; returns the log file. Raises DagRunFailed."""
+# `lookalike run`: the DAGs a scheduler chains through Assets, run in that order for one ds, each
+# with the task that must have run for it to count.
+PIPELINE = (("lookalike_extract", "extract"), ("lookalike_finetune", "evaluate"), ("lookalike_nightly", "publish"))
+
+
+def prepare_airflow(cfg: Config, config_path: str | None = None) -> None:
+    """Migrate Airflow's metadata database and create the ``gpu`` pool the training task runs in."""
     env = airflow_env(cfg, config_path)
     logs = Path(cfg.airflow.home) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    log_path = logs / f"{dag_id}-{ds}.log"
     airflow = _airflow_bin()
-    migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True)
-    if migrate.returncode != 0:
-        log_path.write_text(migrate.stdout + migrate.stderr)
-        raise DagRunFailed(f"`airflow db migrate` failed; see {log_path}")
+    for step in (["db", "migrate"], ["pools", "set", "gpu", "1", "GPU trainers (one training run at a time)"]):
+        done = subprocess.run([airflow, *step], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            log_path = logs / f"airflow-{step[0]}.log"
+            log_path.write_text(done.stdout + done.stderr)
+            raise DagRunFailed(f"`airflow {' '.join(step[:2])}` failed; see {log_path}")
+
+
+def run_pipeline(cfg: Config, ds: str, *, config_path: str | None = None, echo=print) -> list[Path]:
+    """Run every DAG of :data:`PIPELINE` for ``ds``; returns their log files. Raises DagRunFailed."""
+    prepare_airflow(cfg, config_path)
+    return [run_dag(cfg, ds, config_path=config_path, dag_id=dag_id, last_task=last_task, echo=echo)
+            for dag_id, last_task in PIPELINE]
+
+
+def run_dag(cfg: Config, ds: str, *, config_path: str | None = None, dag_id: str = "lookalike_nightly",
+            last_task: str = "publish", echo=print) -> Path:
+    """Run ``dag_id`` for ``ds`` with ``airflow dags test``; returns the log file. Raises DagRunFailed.
+
+    Airflow's metadata database must exist (:func:`prepare_airflow`)."""
+    env = airflow_env(cfg, config_path)
+    log_path = Path(cfg.airflow.home) / "logs" / f"{dag_id}-{ds}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    echo(f"{dag_id}:")
     finished_ok, tasks_done, recent = False, set(), []
     with open(log_path, "w") as log_file:
-        proc = subprocess.Popen([airflow, "dags", "test", dag_id, ds], env=env, stdout=subprocess.PIPE,
+        proc = subprocess.Popen([_airflow_bin(), "dags", "test", dag_id, ds], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, bufsize=1)
         assert proc.stdout is not None
         for line in proc.stdout:

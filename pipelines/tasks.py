@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from datetime import date
 
 from pipelines.config import load_config
@@ -34,10 +35,10 @@ def fail_fast_on_bad_input(fn):
 
 
 def partition_date(context: dict) -> str:
-    """The ds a task works on: the ``ds`` param when given (manual triggers have no logical
-    date), else the run's logical date."""
+    """The ds a task works on: the ``ds`` param when given (manual triggers have no logical date),
+    else the ds of the Asset event that triggered the run, else the run's logical date."""
     params = context.get("params") or {}
-    ds = params.get("ds") or context.get("ds")
+    ds = params.get("ds") or _triggering_ds(context) or context.get("ds")
     if not ds:
         raise LookalikeError("no partition date: trigger the DAG with a logical date or the param ds=YYYY-MM-DD")
     try:
@@ -47,39 +48,74 @@ def partition_date(context: dict) -> str:
     return ds
 
 
+def _triggering_ds(context: dict) -> str | None:
+    """The newest ds named by the events that triggered an Asset-scheduled run."""
+    events = context.get("triggering_asset_events") or {}
+    found = [(event.extra or {}).get("ds") for asset_events in events.values() for event in asset_events]
+    found = sorted({ds for ds in found if ds})
+    if len(found) > 1:  # Airflow merged the events of several days into one run
+        log.warning("this run was triggered by the snapshots of %s; it processes %s only. Trigger %s with "
+                    "{\"ds\": \"<day>\"} for each of %s.", ", ".join(found), found[-1],
+                    context.get("dag").dag_id if context.get("dag") else "the DAG", ", ".join(found[:-1]))
+    return found[-1] if found else None
+
+
+def config_for(context: dict):
+    """The config, with the run's params (``window_days``, ``k``) applied as overrides."""
+    params = context.get("params") or {}
+    overrides = {"LOOKALIKE_WINDOW_DAYS": params.get("window_days"), "LOOKALIKE_NEIGHBORS__K": params.get("k")}
+    environ = {**os.environ, **{name: str(value) for name, value in overrides.items() if value is not None}}
+    return load_config(environ=environ)
+
+
+def _annotate_outlets(context: dict, extra_of) -> None:
+    """Set each outlet Asset event's extra to ``extra_of(asset name)`` (skipped when it returns None)."""
+    for asset in getattr(context.get("task"), "outlets", None) or []:
+        extra = extra_of(asset.name)
+        if extra is not None:
+            context["outlet_events"][asset].extra = extra
+
+
 @fail_fast_on_bad_input
 def extract(context: dict) -> dict:
     from pipelines.extract.stage import run_extract
 
-    return run_extract(load_config(), partition_date(context))
+    ds = partition_date(context)
+    result = run_extract(config_for(context), ds)
+    _annotate_outlets(context, lambda name: {"ds": ds})
+    return result
 
 
 @fail_fast_on_bad_input
 def train(context: dict) -> dict:
     from pipelines.train.stage import run_train
 
-    return run_train(load_config(), partition_date(context))
+    return run_train(config_for(context), partition_date(context))
 
 
 @fail_fast_on_bad_input
 def evaluate(context: dict, model_uri: str) -> dict:
     from pipelines.evaluate.stage import run_evaluate
 
-    return run_evaluate(load_config(), partition_date(context), model_uri)
+    ds = partition_date(context)
+    result = run_evaluate(config_for(context), ds, model_uri)
+    _annotate_outlets(context, lambda name: {"ds": ds, "version": result["model_version"],
+                                             "promoted": result["promoted"], "decision": result["decision"]})
+    return result
 
 
 @fail_fast_on_bad_input
 def embed(context: dict) -> dict:
     from pipelines.embed.stage import run_embed
 
-    return run_embed(load_config(), partition_date(context))
+    return run_embed(config_for(context), partition_date(context))
 
 
 @fail_fast_on_bad_input
 def neighbors(context: dict) -> dict:
     from pipelines.neighbors.stage import run_neighbors
 
-    return run_neighbors(load_config(), partition_date(context))
+    return run_neighbors(config_for(context), partition_date(context))
 
 
 @fail_fast_on_bad_input
@@ -88,14 +124,16 @@ def publish(context: dict) -> dict:
     from pipelines.publish.stage import run_publish
 
     ds = partition_date(context)
-    result = run_publish(load_config(), ds)
-    task = context.get("task")
-    for asset in getattr(task, "outlets", None) or []:
-        table = asset.name.removeprefix("lookalike.")
-        if table in result["rows"]:
-            context["outlet_events"][asset].extra = {
-                "ds": ds, "run_id": result["run_id"], "rows": result["rows"][table],
+    result = run_publish(config_for(context), ds)
+
+    def extra(name: str) -> dict | None:
+        table = name.removeprefix("lookalike.")
+        if table not in result["rows"]:
+            return None
+        return {"ds": ds, "run_id": result["run_id"], "rows": result["rows"][table],
                 "location": f"{result['warehouse']}/{table}/ds={ds}/run={result['run_id']}"}
+
+    _annotate_outlets(context, extra)
     return result
 
 
@@ -103,4 +141,4 @@ def publish(context: dict) -> dict:
 def report(context: dict) -> dict:
     from pipelines.report import build_report
 
-    return {"report": str(build_report(load_config(), partition_date(context)))}
+    return {"report": str(build_report(config_for(context), partition_date(context)))}

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import socket
+import subprocess
+import tempfile
 from datetime import date
 from pathlib import Path
 
@@ -91,6 +95,55 @@ def _stop_spark_at_exit():
     session = SparkSession.getActiveSession()
     if session is not None:
         session.stop()
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL cluster on a loopback port (the installed server binaries); its URL.
+
+    ``initdb`` refuses to run as root, so as root the cluster belongs to the ``postgres`` user.
+    The cluster and its files are removed at the end of the session.
+    """
+    bindir = _postgres_bin()
+    if bindir is None:
+        message = "PostgreSQL server binaries (initdb, pg_ctl) are not installed; .ci/run installs them"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    # Not under pytest's tmp tree: that is private to root (0700), and the server runs as postgres.
+    root = Path(tempfile.mkdtemp(prefix="lookalike-postgres-"))
+    data, sockets = root / "data", root / "sockets"
+    sockets.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        shutil.chown(sockets, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for step in ([str(bindir / "initdb"), "-D", str(data), "-U", "lookalike", "--auth=trust", "--encoding=UTF8",
+                  "--no-instructions"],
+                 [str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "server.log"),
+                  "-o", f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1", "start"]):
+        done = subprocess.run([*as_user, *step], capture_output=True, text=True)
+        if done.returncode != 0:
+            shutil.rmtree(root, ignore_errors=True)
+            pytest.fail(f"{Path(step[0]).name} failed: {done.stderr or done.stdout}")
+    try:
+        yield f"postgresql+psycopg://lookalike@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -16,32 +16,67 @@ def dagbag(tmp_path_factory):
     return DagBag(dag_folder=str(DAGS))
 
 
+DAG_IDS = {"lookalike_extract", "lookalike_finetune", "lookalike_nightly"}
+
+
+def _edges(dag):
+    return {(up, down) for down in dag.task_ids for up in dag.get_task(down).upstream_task_ids}
+
+
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == {"lookalike_nightly"}
+    assert set(dagbag.dag_ids) == DAG_IDS
 
 
-def test_nightly_edges_are_exactly_the_pipeline(dagbag):
-    dag = dagbag.dags["lookalike_nightly"]
-    edges = {(up, down) for down in dag.task_ids for up in dag.get_task(down).upstream_task_ids}
-    assert edges == {("extract", "train"), ("train", "evaluate"), ("evaluate", "embed"), ("embed", "neighbors"),
-                     ("neighbors", "publish"), ("publish", "report")}
+def test_edges_are_exactly_the_pipeline(dagbag):
+    assert dagbag.dags["lookalike_extract"].task_ids == ["extract"]
+    assert _edges(dagbag.dags["lookalike_finetune"]) == {("train", "evaluate")}
+    assert _edges(dagbag.dags["lookalike_nightly"]) == {("embed", "neighbors"), ("neighbors", "publish"),
+                                                       ("publish", "report")}
 
 
-def test_publish_emits_an_asset_event_per_published_table(dagbag):
+def test_dags_are_chained_by_assets(dagbag):
     from pipelines.storage import PUBLISHED_TABLES
 
-    publish = dagbag.dags["lookalike_nightly"].get_task("publish")
+    extract = dagbag.dags["lookalike_extract"].get_task("extract")
+    assert [a.name for a in extract.outlets] == ["lookalike.snapshot"]
+    nightly = dagbag.dags["lookalike_nightly"]
+    assert "lookalike.snapshot" in str(nightly.timetable.asset_condition)  # scheduled by each extract
+    publish = nightly.get_task("publish")
     assert sorted(a.name for a in publish.outlets) == sorted(f"lookalike.{t}" for t in PUBLISHED_TABLES)
+    assert [a.name for a in dagbag.dags["lookalike_finetune"].get_task("evaluate").outlets] == ["lookalike.model"]
 
 
-def test_tasks_retry_with_backoff_and_runs_do_not_overlap(dagbag):
-    dag = dagbag.dags["lookalike_nightly"]
-    assert dag.max_active_runs == 1
-    assert dag.doc_md and "extract" in dag.doc_md
-    for task in dag.tasks:
-        assert task.retries >= 1 and task.retry_exponential_backoff, task.task_id
-        assert task.execution_timeout is not None
+def test_training_runs_on_the_gpu_queue_and_pool(dagbag):
+    train = dagbag.dags["lookalike_finetune"].get_task("train")
+    assert (train.queue, train.pool) == ("gpu", "gpu")
+    assert all(t.queue != "gpu" for d in DAG_IDS - {"lookalike_finetune"} for t in dagbag.dags[d].tasks)
+
+
+def test_tasks_retry_with_backoff_time_out_and_say_how_to_rerun(dagbag):
+    from pipelines.dag_common import on_task_failure
+
+    for dag_id in DAG_IDS:
+        dag = dagbag.dags[dag_id]
+        assert dag.max_active_runs == 1 and dag.doc_md and dag_id in dag.doc_md
+        assert "ds" in dag.params
+        for task in dag.tasks:
+            assert task.retries >= 1 and task.retry_exponential_backoff, task.task_id
+            assert task.execution_timeout is not None
+            assert on_task_failure in (task.on_failure_callback if isinstance(task.on_failure_callback, list)
+                                       else [task.on_failure_callback])
+
+
+def test_the_failure_message_names_the_task_the_ds_and_the_rerun(caplog):
+    from types import SimpleNamespace
+
+    from pipelines.dag_common import on_task_failure
+
+    ti = SimpleNamespace(dag_id="lookalike_nightly", task_id="neighbors", try_number=3)
+    on_task_failure({"ti": ti, "params": {"ds": "2026-11-21"}, "exception": ValueError("disk full")})
+    message = caplog.records[-1].getMessage()
+    assert "neighbors of lookalike_nightly failed for ds=2026-11-21" in message and "disk full" in message
+    assert "airflow tasks clear lookalike_nightly" in message and "lookalike neighbors --ds 2026-11-21" in message
 
 
 def test_dag_files_do_no_heavy_imports_at_parse_time():

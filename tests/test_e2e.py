@@ -83,18 +83,20 @@ def test_rerunning_the_same_ds_leaves_published_tables_identical(nightly):
     assert rows == []  # still one published day
 
 
-def test_publish_emitted_one_asset_event_per_table_with_the_run(nightly):
+def test_each_dag_emits_its_asset_events_with_the_ds(nightly):
     import sqlite3
 
     config, wh, _ = nightly
     home = load_config(config, environ={}).airflow.home
     with sqlite3.connect(Path(home) / "airflow.db") as db:
-        events = db.execute("select a.name, e.extra from asset_event e join asset a on a.id = e.asset_id").fetchall()
-    by_table = {name.removeprefix("lookalike."): json.loads(extra) for name, extra in events}
-    assert set(by_table) == set(PUBLISHED_TABLES)
-    run_id = wh.entries("item_neighbors")[DS]["run_id"]
-    neighbours = by_table["item_neighbors"]
-    assert neighbours["ds"] == DS and neighbours["run_id"] == run_id
+        events = db.execute("select a.name, e.extra from asset_event e join asset a on a.id = e.asset_id "
+                            "order by e.id").fetchall()
+    latest = {name.removeprefix("lookalike."): json.loads(extra) for name, extra in events}  # newest per asset
+    assert set(latest) == set(PUBLISHED_TABLES) | {"snapshot", "model"}
+    assert latest["snapshot"] == {"ds": DS}  # extract → schedules lookalike_nightly
+    assert latest["model"]["ds"] == DS and latest["model"]["version"]
+    neighbours = latest["item_neighbors"]
+    assert neighbours["ds"] == DS and neighbours["run_id"] == wh.entries("item_neighbors")[DS]["run_id"]
     assert neighbours["rows"] == wh.entries("item_neighbors")[DS]["rows"]
 
 

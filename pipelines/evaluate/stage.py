@@ -120,7 +120,8 @@ def run_evaluate(cfg: Config, ds: str, model_uri: str) -> dict:
 
 
 def _promotion(cfg: Config, version: str, ndcg: dict[str, float]) -> dict:
-    """Promote the candidate when it beats both baselines and is not worse than production."""
+    """Promote the candidate when it beats both baselines and is not worse than production by more
+    than ``evaluate.promote_tolerance``."""
     store = ModelStore.at(cfg.models)
     best_baseline = max(ndcg["image_baseline"], ndcg["text_baseline"])
     current = registry.production(store)
@@ -128,7 +129,7 @@ def _promotion(cfg: Config, version: str, ndcg: dict[str, float]) -> dict:
     if current and current != version:
         current_ndcg = registry.version_info(store, current).get("eval", {}).get("ndcg@5")
     beats_baselines = ndcg["siglip"] > best_baseline
-    not_worse = current_ndcg is None or ndcg["siglip"] >= current_ndcg
+    not_worse = current_ndcg is None or ndcg["siglip"] >= current_ndcg - cfg.evaluate.promote_tolerance
     promoted = beats_baselines and not_worse
     registry.record_metrics(store, version, {"ndcg@5": ndcg["siglip"]})
     if promoted:

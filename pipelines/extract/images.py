@@ -6,8 +6,10 @@ so the caller can quarantine the row and carry on.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +29,11 @@ class PreparedImage:
 
 
 def read_image_bytes(store: str, key: str | None, max_bytes: int) -> tuple[bytes | None, str | None]:
-    """Bytes of ``key`` in the image store ``store`` (a directory), or (None, reason)."""
+    """Bytes of ``key`` in the image store ``store`` (a directory or ``s3://bucket/prefix``), or (None, reason)."""
     if key is None or key == "":
         return None, "no image_key"
+    if store.startswith("s3://"):
+        return _read_s3(store, key, max_bytes)
     root = Path(store)
     path = (root / key).resolve()
     if root.resolve() not in path.parents:
@@ -41,6 +45,35 @@ def read_image_bytes(store: str, key: str | None, max_bytes: int) -> tuple[bytes
     if size > max_bytes:
         return None, f"image file too large: {size} bytes > {max_bytes}"
     return path.read_bytes(), None
+
+
+@functools.lru_cache(maxsize=4)
+def _s3_client(endpoint: str | None):  # boto3 clients are thread-safe; one per endpoint
+    import boto3
+
+    return boto3.client("s3")
+
+
+def _read_s3(store: str, key: str, max_bytes: int) -> tuple[bytes | None, str | None]:
+    """One object of an S3 image store; the size limit is checked before the body is read."""
+    from botocore.exceptions import ClientError
+
+    from pipelines.objectstore import split_s3
+
+    bucket, prefix = split_s3(store)
+    if ".." in key.split("/"):
+        return None, f"image_key {key!r} escapes the image store"
+    client = _s3_client(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+    try:
+        obj = client.get_object(Bucket=bucket, Key=f"{prefix}/{key}" if prefix else key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None, f"image file not found: {key}"
+        raise  # a lost connection or bad credentials: the task fails and retries, nothing is quarantined
+    if obj["ContentLength"] > max_bytes:
+        obj["Body"].close()
+        return None, f"image file too large: {obj['ContentLength']} bytes > {max_bytes}"
+    return obj["Body"].read(), None
 
 
 def prepare_image(data: bytes, *, size: int, max_pixels: int, min_side: int, quality: int = 90) -> PreparedImage:

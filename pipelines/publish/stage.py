@@ -25,7 +25,8 @@ from pipelines.storage import Warehouse, write_parquet
 log = logging.getLogger(__name__)
 
 WORK_INPUTS = ("listings_snapshot", "catalog", "quarantine", "embed_quarantine", "item_embeddings",
-               "item_neighbors", "eval_metrics")
+               "item_neighbors")
+# eval_metrics exists for a ds only when lookalike_finetune evaluated a model on it: published then.
 
 
 class PublishCheckFailed(LookalikeError):
@@ -48,7 +49,9 @@ def stage_tables(wh: Warehouse, ds: str) -> dict[str, list]:
         raise LookalikeError(f"publish {ds}: the work area {wh.work_root} lacks {', '.join(missing)}; "
                              "run the stages before publish (`lookalike run --ds` runs them all)")
     staging = wh.fresh_work(ds, "publish_staging")
-    files = {name: _files(wh.work(ds, name)) for name in ("item_embeddings", "item_neighbors", "eval_metrics")}
+    files = {name: _files(wh.work(ds, name)) for name in ("item_embeddings", "item_neighbors")}
+    if wh.work(ds, "eval_metrics").exists():
+        files["eval_metrics"] = _files(wh.work(ds, "eval_metrics"))
     for name in ("listings_snapshot", "catalog"):
         columns = [f.name for f in schemas.LISTINGS_SNAPSHOT]
         files[name] = [write_parquet(pq.read_table(wh.work(ds, name), columns=columns),
@@ -68,7 +71,7 @@ def run_publish(cfg: Config, ds: str) -> dict:
     failures = (check_neighbors(files["item_neighbors"], k=cfg.neighbors.k, active=active,
                                 embedded=files["item_embeddings"])
                 + check_embeddings(files["item_embeddings"])
-                + [f for t in ("listings_snapshot", "catalog", "eval_metrics") for f in check_rows(rows[t], t)])
+                + [f for t in ("listings_snapshot", "catalog", "eval_metrics") if t in rows for f in check_rows(rows[t], t)])
     if failures:
         raise PublishCheckFailed(f"publish {ds} refused, nothing was published: " + "; ".join(failures))
 

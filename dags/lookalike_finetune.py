@@ -1,0 +1,48 @@
+"""
+### lookalike_finetune
+
+Weekly, and on demand: fine-tunes SigLIP on the snapshot of ds on the `gpu` queue and pool (a
+GPU worker; `torchrun` across its GPUs when `train.nproc_per_node` > 1), then scores the
+candidate offline against the production model and both baselines and promotes it only when it
+beats the baselines and is not worse than production by more than `evaluate.promote_tolerance`.
+
+Needs `lookalike_extract` to have run for ds. On success it emits the `lookalike.model` Asset
+event (extra: ds, version, decision). Manual runs: pass `{"ds": "YYYY-MM-DD"}`.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import dag, get_current_context, task
+
+from pipelines.dag_common import DEFAULT_ARGS, MODEL, run_params
+
+
+@dag(
+    dag_id="lookalike_finetune",
+    schedule="@weekly",
+    start_date=datetime(2000, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    params=run_params(),
+    doc_md=__doc__,
+    tags=["lookalike", "gpu"],
+)
+def lookalike_finetune():
+    @task(queue="gpu", pool="gpu", execution_timeout=timedelta(hours=12))
+    def train() -> dict:
+        from pipelines import tasks
+
+        return tasks.train(get_current_context())
+
+    @task(outlets=[MODEL])
+    def evaluate(model: dict) -> dict:
+        from pipelines import tasks
+
+        return tasks.evaluate(get_current_context(), model["model_uri"])
+
+    evaluate(train())
+
+
+lookalike_finetune()

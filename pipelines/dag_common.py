@@ -1,0 +1,57 @@
+"""What Lookalike's DAGs share: default task arguments, the failure message, run params, and the
+Assets that chain the DAGs (extract → nightly; finetune → the model; publish → each table).
+
+DAG files import this at parse time, so it imports nothing heavy (no pyarrow, torch or Spark).
+"""
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from airflow.sdk import Asset, Param
+
+log = logging.getLogger("lookalike")
+
+# Same names as pipelines.storage.PUBLISHED_TABLES (tests/test_dags.py checks they agree).
+PUBLISHED_TABLES = ("listings_snapshot", "catalog", "quarantine", "item_embeddings", "item_neighbors", "eval_metrics")
+# Locations are configuration, read at run time; an event's extra carries the ds and where it is.
+SNAPSHOT = Asset(name="lookalike.snapshot", uri="lookalike://work/snapshot")
+MODEL = Asset(name="lookalike.model", uri="lookalike://models/siglip")
+TABLE_ASSETS = [Asset(name=f"lookalike.{table}", uri=f"lookalike://warehouse/{table}") for table in PUBLISHED_TABLES]
+
+STAGE_VERBS = {"extract", "train", "evaluate", "embed", "neighbors", "publish"}
+
+
+def on_task_failure(context) -> None:
+    """Log what failed, for which ds, and how to rerun it (the partition is replaced, not appended)."""
+    ti = context.get("ti") or context.get("task_instance")
+    dag_id, task_id = getattr(ti, "dag_id", "?"), getattr(ti, "task_id", "?")
+    params = context.get("params") or {}
+    ds = params.get("ds") or context.get("ds") or "?"
+    rerun = f"`lookalike {task_id} --ds {ds}` runs the stage alone; " if task_id in STAGE_VERBS else ""
+    log.error("lookalike: task %s of %s failed for ds=%s after %s tries: %s. Fix the cause, then clear the task "
+              "to rerun it (Airflow UI, or `airflow tasks clear %s -t '^%s$'`); %sa rerun replaces the ds's "
+              "partition and never appends.", task_id, dag_id, ds, getattr(ti, "try_number", "?"),
+              context.get("exception"), dag_id, task_id, rerun)
+
+
+DEFAULT_ARGS = {
+    "owner": "lookalike",
+    "retries": 2,
+    "retry_delay": timedelta(minutes=1),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=30),
+    "execution_timeout": timedelta(hours=6),
+    "on_failure_callback": on_task_failure,
+}
+
+
+def run_params(*keys: str) -> dict:
+    """The params a manual run may set: the partition date and the config keys named in ``keys``."""
+    known = {
+        "ds": Param(None, type=["null", "string"], description="partition date YYYY-MM-DD (manual runs carry no "
+                                                                "logical date)"),
+        "window_days": Param(None, type=["null", "integer"], minimum=1, description="override window_days"),
+        "k": Param(None, type=["null", "integer"], minimum=1, description="override neighbors.k"),
+    }
+    return {key: known[key] for key in ("ds", *keys)}
