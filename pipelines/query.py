@@ -11,6 +11,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from pipelines import schemas
 from pipelines.errors import LookalikeError
 from pipelines.storage import PUBLISHED_TABLES, Warehouse
 
@@ -50,8 +51,9 @@ def connect(warehouse: Warehouse) -> duckdb.DuckDBPyConnection:
                                       promote_options="permissive")
             con.register(f"{table}_data", pads.dataset(files, schema=schema, filesystem=warehouse.fs, format="parquet"))
             con.execute(f"create view {table}_all as select * from {table}_data")
-        else:  # an empty view with no columns would break the latest-partition views
-            con.execute(f"create view {table}_all as select null::varchar as ds where false")
+        else:  # nothing published yet: an empty relation with the table's columns, so queries still bind
+            con.register(f"{table}_empty", schemas.PUBLISHED[table].empty_table())
+            con.execute(f"create view {table}_all as select * from {table}_empty")
     con.execute(VIEWS_SQL.read_text())
     return con
 

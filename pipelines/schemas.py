@@ -76,3 +76,14 @@ EVAL_METRICS = pa.schema([
     pa.field("ci_high", pa.float64()),
     pa.field("n", pa.int64()),
 ])
+
+
+# Published table → the schema of its Parquet files (the analysts' views, the engines' DDL).
+PUBLISHED = {
+    "listings_snapshot": LISTINGS_SNAPSHOT,
+    "catalog": LISTINGS_SNAPSHOT,
+    "quarantine": QUARANTINE,
+    "item_embeddings": ITEM_EMBEDDINGS,
+    "item_neighbors": ITEM_NEIGHBORS,
+    "eval_metrics": EVAL_METRICS,
+}

@@ -9,9 +9,6 @@ from pipelines.ddl import render_ddl, statements
 from pipelines.storage import Warehouse, write_parquet
 
 D1, D2 = "2026-11-20", "2026-11-21"
-TABLE_SCHEMAS = {"listings_snapshot": schemas.LISTINGS_SNAPSHOT, "catalog": schemas.LISTINGS_SNAPSHOT,
-                 "quarantine": schemas.QUARANTINE, "item_embeddings": schemas.ITEM_EMBEDDINGS,
-                 "item_neighbors": schemas.ITEM_NEIGHBORS, "eval_metrics": schemas.EVAL_METRICS}
 SPARK_TYPES = {pa.string(): "string", pa.float64(): "double", pa.float32(): "float", pa.int32(): "int",
                pa.int64(): "bigint", pa.bool_(): "boolean", pa.list_(pa.float32()): "array<float>"}
 
@@ -49,7 +46,7 @@ def test_spark_reads_each_published_partition_at_its_run_and_follows_reruns(spar
         assert counts == {D1: 2, D2: 3}
 
         # every table's columns and types are the published Parquet schema's (ds last, as the partition)
-        for table, arrow in TABLE_SCHEMAS.items():
+        for table, arrow in schemas.PUBLISHED.items():
             got = [(f.name, f.dataType.simpleString()) for f in spark.table(f"{schema}.{table}").schema]
             expected = [(f.name, SPARK_TYPES[f.type]) for f in arrow if f.name != "ds"] + [("ds", "string")]
             assert got == expected, table

@@ -122,3 +122,19 @@ def test_neighbor_checks_catch_each_breach():
     for expected, rows in cases.items():
         failures = check_neighbors(table(rows), k=2, active=active, embedded=embedded)
         assert any(expected in f for f in failures), (expected, failures)
+
+
+def test_a_day_without_an_evaluation_publishes_and_its_tables_and_report_still_read(setup, tmp_path):
+    import shutil
+
+    from pipelines.report import build_report
+
+    cfg, wh = setup
+    _stage_run(wh, DS)
+    shutil.rmtree(wh.work(DS, "eval_metrics"))  # lookalike_finetune did not run for this ds
+    result = run_publish(cfg, DS)
+    assert "eval_metrics" not in result["rows"] and wh.entries("eval_metrics") == {}
+    # a never-published table reads as empty, with its columns: analysts' queries still bind
+    assert run_query(wh, "select metric, k, value from eval_metrics")[1] == []
+    page = build_report(cfg, DS, tmp_path / "report.html").read_text()
+    assert "No offline evaluation for this ds." in page
