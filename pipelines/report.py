@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
+from pipelines.extract.images import read_image_bytes
 from pipelines.query import connect
 from pipelines.storage import Warehouse, atomic_write_text
 
@@ -100,28 +101,26 @@ def _plots(per_category: list[tuple], top1: dict[str, list[float]], by_rank: lis
 def _thumbnails(cfg: Config, wh: Warehouse, ds: str, keys: dict[str, str | None]) -> tuple[dict[str, bytes], str]:
     """(item_id → JPEG bytes, where they came from) for the items of ``keys`` (item_id → image_key):
     the run's catalogue in the work area (photos as extract normalised them), else the source
-    image store when it is a local folder."""
+    image store (a folder or s3://, read as extract reads it)."""
     work = wh.work(ds, "catalog")
     if work.exists():
         table = pq.read_table(work, columns=["item_id", "image"], filters=[("item_id", "in", sorted(keys))])
         return dict(zip(table.column("item_id").to_pylist(), table.column("image").to_pylist())), \
             "the run's catalogue (work area)"
-    store = Path(cfg.source.images)
-    if "://" in cfg.source.images or not store.is_dir():
-        return {}, "nowhere (the work area of this ds is gone and the image store is not a local folder)"
     found = {}
     for item, key in keys.items():
-        if key and (thumb := _thumbnail(store / key)) is not None:
+        data, _ = read_image_bytes(cfg.source.images, key, cfg.extract.max_image_bytes)
+        if data and (thumb := _thumbnail(data)) is not None:
             found[item] = thumb
-    return found, f"the source image store {store}"
+    return found, f"the source image store {cfg.source.images}"
 
 
-def _thumbnail(path: Path, size: int = 96) -> bytes | None:
-    """A source photo (any format, any size) as a small JPEG; None when it cannot be read."""
+def _thumbnail(data: bytes, size: int = 96) -> bytes | None:
+    """A source photo (any format, any size) as a small JPEG; None when it cannot be decoded."""
     from PIL import Image
 
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data)) as img:
             img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale
             img = img.convert("RGB")
             img.thumbnail((size, size))

@@ -37,11 +37,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines import schemas
 from pipelines.errors import LookalikeError
 
 log = logging.getLogger(__name__)
 
-PUBLISHED_TABLES = ("listings_snapshot", "catalog", "quarantine", "item_embeddings", "item_neighbors", "eval_metrics")
+PUBLISHED_TABLES = tuple(schemas.PUBLISHED)
 MANIFEST = "_manifest.json"
 RETIRED_KEPT = 400  # ds values removed by retention, remembered per table in the manifest
 
