@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
 from pipelines.extract.images import read_image_bytes
+from pipelines.neighbors.stage import describe_recall
 from pipelines.query import connect
 from pipelines.storage import Warehouse, atomic_write_text
 
@@ -167,9 +168,8 @@ def _run_table(record: dict | None) -> str:
     rows += [(f"rows: {t}", f"{n:,}") for t, n in sorted((record.get("rows") or {}).items())]
     n = record.get("neighbors") or {}
     for group in n.get("groups", [])[:1]:
-        recall = "exact search" if group.get("exact") else \
-            f"{group.get('recall_at_k')} on {group.get('sample')} sampled queries ({group.get('knob')}={group.get('value')})"
-        rows += [("neighbour index", f"{group.get('index')}: {group.get('reason')}"), (f"recall@{n.get('k')}", recall),
+        rows += [("neighbour index", f"{group.get('index')}: {group.get('reason')}"),
+                 (f"recall@{n.get('k')}", describe_recall(n)),
                  ("search seconds", f"build {group.get('build_seconds')}, tune {group.get('tune_seconds')}, "
                                     f"search {group.get('search_seconds')}")]
     if n:

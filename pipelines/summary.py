@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import json
 
-import pyarrow.parquet as pq
-
 from pipelines.config import Config
+from pipelines.neighbors.stage import describe_recall
 from pipelines.storage import PUBLISHED_TABLES, Warehouse
 
 METRIC_LABELS = {("ndcg", 5): "nDCG@5", ("precision", 1): "P@1", ("precision", 3): "P@3",
@@ -67,10 +66,8 @@ def run_summary(cfg: Config, ds: str) -> str:
     if nstats.exists():
         n = json.loads(nstats.read_text())
         group = n["groups"][0] if n["groups"] else {}
-        measured = "exact search" if group.get("exact") else \
-            f"recall@{n['k']} {n['recall_at_k']:.3f} vs exact on {group.get('sample')} sampled queries ({group.get('knob')}={group.get('value')})"
         lines += [f"Neighbours: {n['rows'] // n['k']} items x {n['k']}, index {'+'.join(n['index'])} "
-                  f"({group.get('reason', '')}), {measured}, {n['seconds']:.1f} s; "
+                  f"({group.get('reason', '')}), {describe_recall(n)}, {n['seconds']:.1f} s; "
                   f"{n['same_image_rows']} neighbour rows share the item's exact photo (same_image)", ""]
     decision = wh.work(ds, "model_decision.json")
     if decision.exists():

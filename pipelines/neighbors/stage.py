@@ -150,6 +150,17 @@ def build_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfig
     return stats
 
 
+def describe_recall(stats: dict) -> str:
+    """How a run's neighbours were found, in words (the log line, the summary, the report):
+    "exact search", or the recall@k measured against exact search with its sample and knob."""
+    approximate = [g for g in stats.get("groups", []) if not g.get("exact")]
+    if not approximate:
+        return "exact search"
+    group = approximate[0]
+    return (f"recall@{stats['k']} {stats['recall_at_k']:.3f} against exact search on {group['sample']} sampled "
+            f"queries ({group['knob']}={group['value']})")
+
+
 class StreamingParquet:
     """One Parquet file written block by block, moved into place only when complete."""
 
@@ -182,7 +193,8 @@ def run_neighbors(cfg: Config, ds: str) -> dict[str, str]:
     ids, vectors, version = load_embeddings(emb)
     catalog = pq.read_table(wh.work(ds, "catalog"), columns=["item_id", "status", "category", "seller_id",
                                                               "image_sha256"])
-    on_sale = _codes(ids, catalog.filter(pc.equal(catalog.column("status"), "on_sale")), "status") >= 0
+    on_sale_ids = catalog.filter(pc.equal(catalog.column("status"), "on_sale")).column("item_id")
+    on_sale = pc.is_in(ids, value_set=on_sale_ids).to_numpy(zero_copy_only=False)
     out = wh.fresh_work(ds, "item_neighbors")
     with StreamingParquet(out / "part-0.parquet", schemas.ITEM_NEIGHBORS) as writer:
         stats = build_neighbors(vectors, ids, ncfg=cfg.neighbors, on_sale=on_sale, writer=writer, ds=ds,
@@ -192,9 +204,6 @@ def run_neighbors(cfg: Config, ds: str) -> dict[str, str]:
     if stats["short_items"]:
         log.warning("neighbors %s: %d items have fewer than %d candidates and are left out",
                     ds, stats["short_items"], cfg.neighbors.k)
-    approximate = [g for g in stats["groups"] if not g.get("exact")]
-    measured = (f"recall@{cfg.neighbors.k} {stats['recall_at_k']:.3f} against exact search on "
-                f"{approximate[0]['sample']} sampled queries" if approximate else "exact search")
     log.info("neighbors %s: %d items x %d neighbours, index %s, %s, %.1f s", ds, stats["rows"] // cfg.neighbors.k,
-             cfg.neighbors.k, "+".join(stats["index"]), measured, stats["seconds"])
+             cfg.neighbors.k, "+".join(stats["index"]), describe_recall(stats), stats["seconds"])
     return {"item_neighbors": str(out), "recall_at_k": stats["recall_at_k"]}
