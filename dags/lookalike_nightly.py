@@ -1,8 +1,8 @@
 """
 ### lookalike_nightly
 
-For the ds of each `lookalike.snapshot` event (a finished `lookalike_extract`), or a manual
-`{"ds": "YYYY-MM-DD"}`:
+One run per `lookalike.snapshot` partition (a finished `lookalike_extract`, scheduled or
+backfilled: the run's partition key is its ds), or a manual `{"ds": "YYYY-MM-DD"}`:
 
 `embed` → `neighbors` → `publish` → `report`
 
@@ -21,12 +21,12 @@ from datetime import datetime
 
 from airflow.sdk import dag, get_current_context, task
 
-from pipelines.dag_common import DEFAULT_ARGS, SNAPSHOT, TABLE_ASSETS, run_params
+from pipelines.dag_common import DEFAULT_ARGS, TABLE_ASSETS, per_snapshot, run_params
 
 
 @dag(
     dag_id="lookalike_nightly",
-    schedule=[SNAPSHOT],
+    schedule=per_snapshot(),
     start_date=datetime(2000, 1, 1),
     catchup=False,
     max_active_runs=1,

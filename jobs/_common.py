@@ -11,6 +11,7 @@ from typing import Callable
 
 from pipelines.config import load_config
 from pipelines.errors import LookalikeError
+from pipelines.launch import write_result
 
 # Errors that mean "the input is wrong": reported as one clear line, exit status 2.
 USER_ERRORS = (LookalikeError, FileNotFoundError, ValueError)
@@ -47,4 +48,5 @@ def run_stage(stage: str, description: str, fn: Callable, argv: list[str] | None
         return 2
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one result for the whole job
         print(json.dumps(result, indent=2, default=str))
+        write_result(result)  # to the DAG task that launched this job, if one did
     return 0

@@ -22,7 +22,7 @@ from pipelines.errors import LookalikeError
 ENV_PREFIX = "LOOKALIKE_"
 CONFIG_ENV = "LOOKALIKE_CONFIG"  # path of the config file, read by DAG tasks and jobs
 # Per-process settings that are not config keys: the model cache of a host, test crash points.
-NOT_CONFIG_ENV = {CONFIG_ENV, "LOOKALIKE_CACHE_DIR", "LOOKALIKE_FAULT"}
+NOT_CONFIG_ENV = {CONFIG_ENV, "LOOKALIKE_CACHE_DIR", "LOOKALIKE_FAULT", "LOOKALIKE_RESULT_FILE"}
 
 
 class ConfigError(LookalikeError):
@@ -78,6 +78,9 @@ class TrainConfig:
     decoded_cache_mb: int = 2048  # keep decoded photos in shared memory when the snapshot fits (decode once)
     loader_workers: int = -1  # DataLoader processes decoding photos per rank; -1 = cores per rank - 1 (min 1)
     threads: int = 0  # torch threads; 0 = all cores
+    # How a DAG task runs training: "in-process", or "torchrun" (data-parallel, nproc_per_node ranks)
+    launcher: str = "in-process"
+    nproc_per_node: int = 0  # torchrun ranks on the worker; 0 = one per visible GPU
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class EmbedConfig:
     pca_dim: int = 0  # > 0: project to this many dimensions (PCA fitted once per model version)
     pca_sample: int = 10000  # catalogue items the PCA is fitted on
     float16: bool = False  # store embeddings as float16 (half the bytes)
+    launcher: str = "in-process"  # how a DAG task runs embedding: "in-process", or "spark-submit" to spark.master
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,32 @@ class EvaluateConfig:
     baseline_dim: int = 64  # PCA size of the hand-made image baseline
     min_candidates: int = 2  # a source item needs this many shown items to be scored
     promote_tolerance: float = 0.0  # promote when nDCG@5 >= production's minus this (absolute)
+
+
+@dataclass(frozen=True)
+class UserRecConfig:
+    """The PixRec-style user model (see pipelines/userrec/)."""
+    log_days: int = 90  # interaction history used: [ds - log_days, ds)
+    k: int = 20  # recommendations per user
+    max_len: int = 20  # L: the user tower reads the last L items
+    dim: int = 64  # the shared user/item space
+    fusion: str = "gated"  # gated (a learned gate between image and text) | concat (concatenation + MLP)
+    user_tower: str = "transformer"  # transformer (causal) | gru
+    layers: int = 2
+    heads: int = 2
+    dropout: float = 0.1
+    temperature: float = 0.5  # InfoNCE temperature τ (PixRec: 0.5)
+    weight_user_item: float = 1.0  # user → next item
+    weight_item_item: float = 0.5  # co-interacted item pairs
+    weight_image_text: float = 0.1  # image ↔ text of the same item
+    sampled_negatives: int = 512  # catalogue items drawn per batch, besides the in-batch ones
+    batch_size: int = 128  # sequences per step
+    epochs: int = 8
+    learning_rate: float = 3e-3
+    minutes: float = 2.5  # wall-clock cap per trained variant
+    variants: str = "multimodal,text,image,id,popularity"  # scored in eval_metrics; multimodal serves
+    bootstrap: int = 1000  # resamples for the 95% intervals
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -151,6 +181,7 @@ class Config:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     neighbors: NeighborsConfig = field(default_factory=NeighborsConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    userrec: UserRecConfig = field(default_factory=UserRecConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     airflow: AirflowConfig = field(default_factory=AirflowConfig)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from airflow.sdk import Asset, Param
+from airflow.sdk import Asset, CronPartitionTimetable, Param, PartitionedAssetTimetable
 
 log = logging.getLogger("lookalike")
 
@@ -19,6 +19,22 @@ SNAPSHOT = Asset(name="lookalike.snapshot", uri="lookalike://work/snapshot")
 MODEL = Asset(name="lookalike.model", uri="lookalike://models/siglip")
 TABLE_ASSETS = [Asset(name=f"lookalike.{table}", uri=f"lookalike://warehouse/{table}") for table in PUBLISHED_TABLES]
 
+
+def daily_partitions() -> CronPartitionTimetable:
+    """One run per day, just after midnight UTC, for the day that ended: partition key ``YYYY-MM-DD``.
+
+    Partitioned runs carry their day as ``partition_key``; their Asset events carry it too, so
+    ``airflow backfill create --from-date A --to-date B`` makes one run per day of [A, B], and
+    every day's event starts its own run downstream (plain Asset events would be merged into one).
+    """
+    return CronPartitionTimetable("0 0 * * *", timezone="UTC", run_offset=-1, key_format="%Y-%m-%d")
+
+
+def per_snapshot() -> PartitionedAssetTimetable:
+    """One run per partition of ``lookalike.snapshot``, with the snapshot's partition key."""
+    return PartitionedAssetTimetable(assets=SNAPSHOT)
+
+
 STAGE_VERBS = {"extract", "train", "evaluate", "embed", "neighbors", "publish"}
 
 
@@ -27,7 +43,7 @@ def on_task_failure(context) -> None:
     ti = context.get("ti") or context.get("task_instance")
     dag_id, task_id = getattr(ti, "dag_id", "?"), getattr(ti, "task_id", "?")
     params = context.get("params") or {}
-    ds = params.get("ds") or context.get("ds") or "?"
+    ds = params.get("ds") or getattr(context.get("dag_run"), "partition_key", None) or context.get("ds") or "?"
     rerun = f"`lookalike {task_id} --ds {ds}` runs the stage alone; " if task_id in STAGE_VERBS else ""
     log.error("lookalike: task %s of %s failed for ds=%s after %s tries: %s. Fix the cause, then clear the task "
               "to rerun it (Airflow UI, or `airflow tasks clear %s -t '^%s$'`); %sa rerun replaces the ds's "

@@ -36,9 +36,11 @@ def fail_fast_on_bad_input(fn):
 
 def partition_date(context: dict) -> str:
     """The ds a task works on: the ``ds`` param when given (manual triggers have no logical date),
-    else the ds of the Asset event that triggered the run, else the run's logical date."""
+    else the run's partition key (scheduled and backfilled runs of the partitioned DAGs), else the
+    ds of the Asset event that triggered the run, else the run's logical date."""
     params = context.get("params") or {}
-    ds = params.get("ds") or _triggering_ds(context) or context.get("ds")
+    partition_key = getattr(context.get("dag_run"), "partition_key", None)
+    ds = params.get("ds") or partition_key or _triggering_ds(context) or context.get("ds")
     if not ds:
         raise LookalikeError("no partition date: trigger the DAG with a logical date or the param ds=YYYY-MM-DD")
     try:
@@ -60,12 +62,16 @@ def _triggering_ds(context: dict) -> str | None:
     return found[-1] if found else None
 
 
-def config_for(context: dict):
-    """The config, with the run's params (``window_days``, ``k``) applied as overrides."""
+def environ_for(context: dict) -> dict[str, str]:
+    """The task's environment with the run's params (``window_days``, ``k``) as config overrides."""
     params = context.get("params") or {}
     overrides = {"LOOKALIKE_WINDOW_DAYS": params.get("window_days"), "LOOKALIKE_NEIGHBORS__K": params.get("k")}
-    environ = {**os.environ, **{name: str(value) for name, value in overrides.items() if value is not None}}
-    return load_config(environ=environ)
+    return {**os.environ, **{name: str(value) for name, value in overrides.items() if value is not None}}
+
+
+def config_for(context: dict):
+    """The config, with the run's params applied as overrides."""
+    return load_config(environ=environ_for(context))
 
 
 def _annotate_outlets(context: dict, extra_of) -> None:
@@ -88,9 +94,11 @@ def extract(context: dict) -> dict:
 
 @fail_fast_on_bad_input
 def train(context: dict) -> dict:
+    from pipelines.launch import run_stage
     from pipelines.train.stage import run_train
 
-    return run_train(config_for(context), partition_date(context))
+    cfg, ds = config_for(context), partition_date(context)
+    return run_stage(cfg, "train", ds, lambda: run_train(cfg, ds), environ_for(context))
 
 
 @fail_fast_on_bad_input
@@ -107,8 +115,10 @@ def evaluate(context: dict, model_uri: str) -> dict:
 @fail_fast_on_bad_input
 def embed(context: dict) -> dict:
     from pipelines.embed.stage import run_embed
+    from pipelines.launch import run_stage
 
-    return run_embed(config_for(context), partition_date(context))
+    cfg, ds = config_for(context), partition_date(context)
+    return run_stage(cfg, "embed", ds, lambda: run_embed(cfg, ds), environ_for(context))
 
 
 @fail_fast_on_bad_input

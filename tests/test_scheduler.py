@@ -1,6 +1,7 @@
 """A real Airflow (`airflow standalone`: scheduler, dag-processor, triggerer, api-server with the
-LocalExecutor, on loopback) runs lookalike_nightly for a ds triggered through the REST API; the
-server is stopped with SIGINT and no process may be left behind."""
+LocalExecutor, on loopback) runs lookalike_nightly for a ds triggered through the REST API, and
+`airflow backfill create` over three days publishes each day once (PostgreSQL as Airflow's
+metadata database); the server is stopped with SIGINT and no process may be left behind."""
 import contextlib
 import json
 import os
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import psutil
@@ -65,10 +67,11 @@ def _stage(config, stage, ds):
 
 
 @contextlib.contextmanager
-def running_airflow(cfg, config: Path, tmp_path: Path, unpause: tuple[str, ...]):
+def running_airflow(cfg, config: Path, tmp_path: Path, unpause: tuple[str, ...], metadata_url: str | None = None):
     """`airflow standalone` on a loopback port for ``config``; yields an authenticated REST client.
 
-    Every DAG is created paused but those in ``unpause``. On exit: SIGINT, then every process the
+    Every DAG is created paused but those in ``unpause``. ``metadata_url``: Airflow's metadata
+    database (SQLite in the Airflow home without it). On exit: SIGINT, then every process the
     server started must be gone."""
     port = _free_port()
     env = {**airflow_env(cfg, str(config)),
@@ -81,6 +84,9 @@ def running_airflow(cfg, config: Path, tmp_path: Path, unpause: tuple[str, ...])
            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
            # standalone starts its components as `airflow` from PATH: this environment's
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    if metadata_url:  # the CLI writes while the scheduler runs: SQLite would lock
+        env |= {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_url,
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": metadata_url}
     log_path = tmp_path / "standalone.log"
     log = open(log_path, "w")
     server = subprocess.Popen([_airflow_bin(), "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -128,6 +134,70 @@ def test_a_real_scheduler_runs_the_nightly_dag_triggered_through_the_rest_api(tm
         assert {t["task_id"]: t["state"] for t in tasks} == {
             "embed": "success", "neighbors": "success", "publish": "success", "report": "success"}
     assert DS in Warehouse.of(cfg).entries("item_neighbors")
+
+
+def _airflow(api: Api, *args: str) -> str:
+    proc = subprocess.run([_airflow_bin(), *args], env=api.env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"airflow {' '.join(args)}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def _nightly_runs(api: Api) -> list[dict]:
+    return api.call("GET", "/api/v2/dags/lookalike_nightly/dagRuns?limit=100")["dag_runs"]
+
+
+def _all_finished(api: Api, days: list[str], count: int):
+    runs = [run for run in _nightly_runs(api) if run["partition_key"] in days]
+    failed = [run for run in runs if run["state"] == "failed"]
+    assert not failed, f"nightly runs failed: {failed}\n" + api.log.read_text()[-5000:]
+    done = [run for run in runs if run["state"] == "success"]
+    return done if len(done) >= count else None
+
+
+def _new_database(server_url: str, name: str) -> str:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return server_url.rsplit("/", 1)[0] + "/" + name
+
+
+def test_a_backfill_publishes_each_day_once_and_a_rerun_replaces_only_its_day(tmp_path, sample_dir, postgres_url):
+    # The three days that end yesterday: the scheduler of an unpaused lookalike_extract adds no
+    # run of its own next to the backfill before midnight (a backfill of a paused DAG never runs).
+    today = datetime.now(timezone.utc).date()
+    days = [(today - timedelta(days=n)).isoformat() for n in (3, 2, 1)]
+    config = write_config(tmp_path, sample_dir)
+    cfg = load_config(config, environ={})
+    for stage in ("extract", "train", "evaluate"):  # a production model for the nightly runs
+        _stage(config, stage, DS)
+    wh = Warehouse.of(cfg)
+    metadata = _new_database(postgres_url, "airflow_backfill")
+
+    with running_airflow(cfg, config, tmp_path, unpause=("lookalike_extract", "lookalike_nightly"),
+                         metadata_url=metadata) as api:
+        _airflow(api, "backfill", "create", "--dag-id", "lookalike_extract", "--from-date", days[0],
+                 "--to-date", days[-1])
+        runs = api.wait_for("three nightly runs", lambda: _all_finished(api, days, 3), timeout=900, every=5)
+        assert sorted(run["partition_key"] for run in runs) == days  # one run per day
+        first = {table: dict(wh.entries(table)) for table in ("item_neighbors", "catalog")}
+        for table, entries in first.items():
+            assert set(days) <= set(entries), table
+
+        # Redo one day: its extract and its nightly run again; only its partition changes.
+        _airflow(api, "backfill", "create", "--dag-id", "lookalike_extract", "--from-date", days[1],
+                 "--to-date", days[1], "--reprocess-behavior", "completed")
+        runs = api.wait_for("the rerun", lambda: _all_finished(api, days, 4), timeout=600, every=5)
+        assert sorted(run["partition_key"] for run in runs) == sorted([*days, days[1]])
+
+    for table, entries in first.items():
+        now = wh.entries(table)
+        assert now[days[1]]["run_id"] != entries[days[1]]["run_id"], f"{table}: the rerun did not replace {days[1]}"
+        for day in (days[0], days[2]):
+            assert now[day] == entries[day], f"{table}: the rerun of {days[1]} touched {day}"
+        assert [path for path in wh.partition_files(table, days[1]) if entries[days[1]]["run_id"] in path] == []
 
 
 def _session(process) -> int | None:

@@ -1,0 +1,122 @@
+"""How a DAG task runs a stage: in the task's own process, or as a job on other machinery.
+
+- ``embed.launcher: spark-submit``: ``spark-submit --master <spark.master> … jobs/embed.py``, so
+  the driver and executors are the cluster's, not the Airflow worker's;
+- ``train.launcher: torchrun``: ``torchrun --nproc_per_node N -m jobs.train`` on the GPU worker
+  (one rank per GPU, DDP);
+- ``in-process`` (the default, and the embedded demo): the stage runs inside the task.
+
+One code path: a job is the stage's own entrypoint in ``jobs/``, the one an engineer runs by
+hand, started with the task's environment (its config file and the run's overrides). It writes
+its result, the dict the in-process call returns, to ``LOOKALIKE_RESULT_FILE``; the task reads
+it back for XCom. Exit status 2 means bad input (the task fails without retrying); any other
+failure goes through the DAG's retries.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import deque
+from pathlib import Path
+from typing import Callable, Mapping
+
+from pipelines.config import Config, ConfigError
+from pipelines.errors import LookalikeError
+
+log = logging.getLogger("lookalike")
+
+REPO = Path(__file__).resolve().parents[1]
+RESULT_ENV = "LOOKALIKE_RESULT_FILE"
+IN_PROCESS = "in-process"
+LAUNCHERS = {"embed": (IN_PROCESS, "spark-submit"), "train": (IN_PROCESS, "torchrun")}
+
+
+class JobFailed(RuntimeError):
+    """A launched job exited with an error that is not bad input (retried by the DAG)."""
+
+
+def launcher_of(cfg: Config, stage: str) -> str:
+    if stage not in LAUNCHERS:
+        return IN_PROCESS
+    launcher = getattr(cfg, stage).launcher
+    if launcher not in LAUNCHERS[stage]:
+        raise ConfigError(f"{stage}.launcher must be one of {', '.join(LAUNCHERS[stage])}, got {launcher!r}")
+    return launcher
+
+
+def spark_submit_bin() -> str:
+    """``$SPARK_HOME/bin/spark-submit``, else the one on PATH, else the one pyspark ships."""
+    candidates = [Path(os.environ["SPARK_HOME"]) / "bin" / "spark-submit"] if os.environ.get("SPARK_HOME") else []
+    on_path = shutil.which("spark-submit")
+    candidates += [Path(on_path)] if on_path else []
+    import pyspark
+
+    candidates.append(Path(pyspark.__file__).parent / "bin" / "spark-submit")
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate)
+    raise ConfigError("embed.launcher is spark-submit but no spark-submit was found (SPARK_HOME, PATH, pyspark)")
+
+
+def job_command(cfg: Config, stage: str, ds: str) -> list[str] | None:
+    """The command that runs ``stage`` for ``ds`` as a job, or None to run it in-process."""
+    launcher = launcher_of(cfg, stage)
+    if launcher == "spark-submit":
+        from pipelines.spark import spark_conf
+
+        conf = [arg for key, value in spark_conf(cfg).items() if key != "spark.master"
+                for arg in ("--conf", f"{key}={value}")]
+        return [spark_submit_bin(), "--master", cfg.spark.master, "--name", f"lookalike-embed-{ds}", *conf,
+                str(REPO / "jobs" / "embed.py"), "--ds", ds]
+    if launcher == "torchrun":
+        ranks = str(cfg.train.nproc_per_node) if cfg.train.nproc_per_node > 0 else "gpu"
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", ranks,
+                "-m", "jobs.train", "--ds", ds]
+    return None
+
+
+def run_stage(cfg: Config, stage: str, ds: str, in_process: Callable[[], dict],
+              environ: Mapping[str, str] | None = None) -> dict:
+    """Run ``stage`` the way the config says; the stage's result dict either way."""
+    command = job_command(cfg, stage, ds)
+    if command is None:
+        return in_process()
+    environ = dict(os.environ if environ is None else environ)
+    with tempfile.TemporaryDirectory(prefix=f"lookalike-{stage}-") as tmp:
+        result = Path(tmp) / "result.json"
+        env = {**environ, RESULT_ENV: str(result),
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), environ.get("PYTHONPATH")])),
+               "PYSPARK_PYTHON": environ.get("PYSPARK_PYTHON", sys.executable),
+               "PYSPARK_DRIVER_PYTHON": environ.get("PYSPARK_DRIVER_PYTHON", sys.executable)}
+        log.info("%s for ds=%s as a %s job: %s", stage, ds, launcher_of(cfg, stage), shlex.join(command))
+        tail: deque[str] = deque(maxlen=40)
+        with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, errors="replace") as job:
+            for line in job.stdout:  # relayed into the task's log as it comes
+                line = line.rstrip()
+                tail.append(line)
+                log.info("[%s] %s", stage, line)
+        if job.returncode == 2:
+            raise LookalikeError(f"the {stage} job rejected its input: {_last_error(tail)}")
+        if job.returncode != 0 or not result.is_file():
+            raise JobFailed(f"the {stage} job exited with status {job.returncode} "
+                            f"({shlex.join(command[:2])} …); its last lines:\n" + "\n".join(tail))
+        return json.loads(result.read_text())
+
+
+def write_result(result: dict) -> None:
+    """In a launched job: hand ``result`` back to the task that started it (rank 0 only)."""
+    path = os.environ.get(RESULT_ENV)
+    if path and os.environ.get("RANK", "0") == "0":
+        Path(path).write_text(json.dumps(result, default=str))
+
+
+def _last_error(lines) -> str:
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or list(lines) or ["(no output)"])[-1]

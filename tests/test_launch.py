@@ -1,0 +1,69 @@
+"""Execution modes chosen by config: the same stages run as jobs, `torchrun` for training (two
+gloo ranks on the CPU here) and `spark-submit` for embedding (a local[2] master here), and hand
+their results back to the task that launched them."""
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.config import ConfigError, load_config
+from pipelines.embed.stage import run_embed
+from pipelines.errors import LookalikeError
+from pipelines.evaluate.stage import run_evaluate
+from pipelines.extract.stage import run_extract
+from pipelines.launch import job_command, run_stage
+from tests.conftest import DS, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def _never(*_):
+    raise AssertionError("the stage ran in-process although the config names a launcher")
+
+
+def test_training_under_torchrun_and_embedding_under_spark_submit(tmp_path, sample_dir, monkeypatch, caplog):
+    config = write_config(tmp_path, sample_dir, train__launcher="torchrun", train__nproc_per_node=2,
+                          train__loader_workers=0, train__threads=1,
+                          embed__launcher="spark-submit", embed__local_max_rows=0)
+    monkeypatch.setenv("LOOKALIKE_CONFIG", str(config))  # what a DAG task has
+    cfg = load_config()
+    run_extract(cfg, DS)
+
+    caplog.set_level("INFO", logger="lookalike")
+    trained = run_stage(cfg, "train", DS, _never)
+    assert trained["model_uri"] and trained["model_version"]
+    assert "torch.distributed.run --standalone --nproc_per_node 2" in caplog.text
+    assert "2 rank(s) on cpu" in caplog.text, caplog.text[-3000:]
+    run_evaluate(cfg, DS, trained["model_uri"])  # promotes the first model
+
+    embedded = run_stage(cfg, "embed", DS, _never)
+    assert embedded["model_version"] == trained["model_version"]
+    assert embedded["executor"] == "spark", embedded
+    assert "jobs/embed.py --ds " + DS in caplog.text
+    by_job = _vectors(embedded["item_embeddings"])
+    # The same stage in-process (Spark skipped) gives the same vectors.
+    in_process = run_embed(load_config(environ={"LOOKALIKE_CONFIG": str(config),
+                                                "LOOKALIKE_EMBED__LAUNCHER": "in-process",
+                                                "LOOKALIKE_EMBED__LOCAL_MAX_ROWS": "100000"}), DS)
+    assert in_process["executor"] == "in-process"
+    here = _vectors(in_process["item_embeddings"])
+    assert by_job.keys() == here.keys() and len(here) == embedded["catalogue"]
+    assert all(np.allclose(by_job[item], here[item], atol=1e-4) for item in here)
+
+
+def _vectors(path: str) -> dict:
+    table = pq.read_table(path, columns=["item_id", "embedding"], partitioning=None).to_pydict()
+    return dict(zip(table["item_id"], (np.asarray(v) for v in table["embedding"])))
+
+
+def test_a_job_that_rejects_its_input_fails_without_retry_and_a_bad_launcher_is_a_config_error(
+        tmp_path, sample_dir, monkeypatch):
+    config = write_config(tmp_path, sample_dir, embed__launcher="spark-submit")
+    monkeypatch.setenv("LOOKALIKE_CONFIG", str(config))
+    cfg = load_config()
+    with pytest.raises(LookalikeError, match="the embed job rejected its input"):
+        run_stage(cfg, "embed", "2026-01-01", _never)  # nothing was extracted for that day
+
+    wrong = load_config(environ={"LOOKALIKE_CONFIG": str(config), "LOOKALIKE_TRAIN__LAUNCHER": "mpirun"})
+    with pytest.raises(ConfigError, match="train.launcher must be one of in-process, torchrun"):
+        job_command(wrong, "train", DS)
+    assert job_command(load_config(environ={}), "embed", DS) is None  # the embedded default: in-process
