@@ -10,7 +10,7 @@ backfilled: the run's partition key is its ds), or a manual `{"ds": "YYYY-MM-DD"
 - **neighbors** builds the top-k table with FAISS, tuned to the recall target.
 - **publish** checks every table and commits them atomically; a failed check publishes nothing.
   On success it emits an Asset event per published table (`lookalike.<table>`, extra: ds, run
-  id, rows, location) for downstream DAGs.
+  id, rows, location) for downstream DAGs; `lookalike_user_recs` follows each published day.
 - **report** writes the run's HTML gallery.
 
 Every task reads and writes the partition of its ds only; rerunning a ds replaces it.
@@ -21,7 +21,7 @@ from datetime import datetime
 
 from airflow.sdk import dag, get_current_context, task
 
-from pipelines.dag_common import DEFAULT_ARGS, TABLE_ASSETS, per_snapshot, run_params
+from pipelines.dag_common import DEFAULT_ARGS, NIGHTLY_ASSETS, per_snapshot, run_params
 
 
 @dag(
@@ -48,7 +48,7 @@ def lookalike_nightly():
 
         return tasks.neighbors(get_current_context())
 
-    @task(outlets=TABLE_ASSETS)
+    @task(outlets=NIGHTLY_ASSETS)
     def publish() -> dict:
         from pipelines import tasks
 

@@ -19,6 +19,7 @@ STAGES = {
     "embed": "jobs.embed",
     "neighbors": "jobs.neighbors",
     "publish": "jobs.publish",
+    "userrec": "jobs.userrec",
 }
 
 

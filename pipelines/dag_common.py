@@ -13,11 +13,15 @@ from airflow.sdk import Asset, CronPartitionTimetable, Param, PartitionedAssetTi
 log = logging.getLogger("lookalike")
 
 # Same names as pipelines.storage.PUBLISHED_TABLES (tests/test_dags.py checks they agree).
-PUBLISHED_TABLES = ("listings_snapshot", "catalog", "quarantine", "item_embeddings", "item_neighbors", "eval_metrics")
+PUBLISHED_TABLES = ("listings_snapshot", "catalog", "quarantine", "item_embeddings", "item_neighbors", "eval_metrics",
+                    "user_recommendations", "user_history")
+USER_TABLES = ("user_recommendations", "user_history")
 # Locations are configuration, read at run time; an event's extra carries the ds and where it is.
 SNAPSHOT = Asset(name="lookalike.snapshot", uri="lookalike://work/snapshot")
 MODEL = Asset(name="lookalike.model", uri="lookalike://models/siglip")
-TABLE_ASSETS = [Asset(name=f"lookalike.{table}", uri=f"lookalike://warehouse/{table}") for table in PUBLISHED_TABLES]
+TABLE_ASSETS = {table: Asset(name=f"lookalike.{table}", uri=f"lookalike://warehouse/{table}") for table in PUBLISHED_TABLES}
+NIGHTLY_ASSETS = [TABLE_ASSETS[t] for t in PUBLISHED_TABLES if t not in USER_TABLES]
+USER_RECS_ASSETS = [TABLE_ASSETS[t] for t in (*USER_TABLES, "eval_metrics")]
 
 
 def daily_partitions() -> CronPartitionTimetable:
@@ -35,7 +39,12 @@ def per_snapshot() -> PartitionedAssetTimetable:
     return PartitionedAssetTimetable(assets=SNAPSHOT)
 
 
-STAGE_VERBS = {"extract", "train", "evaluate", "embed", "neighbors", "publish"}
+def per_published_day() -> PartitionedAssetTimetable:
+    """One run per day lookalike_nightly publishes (its ``lookalike.item_embeddings`` partition)."""
+    return PartitionedAssetTimetable(assets=TABLE_ASSETS["item_embeddings"])
+
+
+STAGE_VERBS = {"extract", "train", "evaluate", "embed", "neighbors", "publish", "userrec"}
 
 
 def on_task_failure(context) -> None:

@@ -63,7 +63,8 @@ def _console_line(line: str) -> str | None:
 
 # `lookalike run`: the DAGs a scheduler chains through Assets, run in that order for one ds, each
 # with the task that must have run for it to count.
-PIPELINE = (("lookalike_extract", "extract"), ("lookalike_finetune", "evaluate"), ("lookalike_nightly", "publish"))
+PIPELINE = (("lookalike_extract", "extract"), ("lookalike_finetune", "evaluate"), ("lookalike_nightly", "publish"),
+            ("lookalike_user_recs", "publish"))
 
 
 def prepare_airflow(cfg: Config, config_path: str | None = None) -> None:

@@ -79,6 +79,24 @@ EVAL_METRICS = pa.schema([
 
 
 # Published table → the schema of its Parquet files (the analysts' views, the engines' DDL).
+USER_RECOMMENDATIONS = pa.schema([
+    pa.field("ds", pa.string(), nullable=False),
+    pa.field("user_id", pa.string(), nullable=False),
+    pa.field("rank", pa.int32(), nullable=False),
+    pa.field("item_id", pa.string(), nullable=False),
+    pa.field("score", pa.float32(), nullable=False),
+    pa.field("model_version", pa.string()),
+])
+
+# The steps of each user's sequence the user model read for their recommendations (newest first).
+USER_HISTORY = pa.schema([
+    pa.field("ds", pa.string(), nullable=False),
+    pa.field("user_id", pa.string(), nullable=False),
+    pa.field("step", pa.int32(), nullable=False),  # 1 = the newest
+    pa.field("item_id", pa.string(), nullable=False),
+    pa.field("event", pa.string(), nullable=False),  # the strongest of view < click < purchase on that step
+])
+
 PUBLISHED = {
     "listings_snapshot": LISTINGS_SNAPSHOT,
     "catalog": LISTINGS_SNAPSHOT,
@@ -86,4 +104,6 @@ PUBLISHED = {
     "item_embeddings": ITEM_EMBEDDINGS,
     "item_neighbors": ITEM_NEIGHBORS,
     "eval_metrics": EVAL_METRICS,
+    "user_recommendations": USER_RECOMMENDATIONS,
+    "user_history": USER_HISTORY,
 }

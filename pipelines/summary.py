@@ -31,6 +31,25 @@ def format_table(columns: list[str], rows: list[tuple]) -> str:
     return "\n".join([fmt(columns), fmt(["-" * w for w in widths])] + [fmt(r) for r in cells])
 
 
+def _user_recs(wh: Warehouse, ds: str) -> list[str]:
+    """The user model's leave-last-out comparison, from the published eval_metrics rows."""
+    stats = wh.work(ds, "userrec_stats.json")
+    if not stats.exists() or ds not in wh.entries("eval_metrics"):
+        return []
+    s = json.loads(stats.read_text())
+    metrics = [m for m in wh.read_partition("eval_metrics", ds).to_pylist() if m["system"].startswith("userrec_")]
+    columns = [("recall", 1, "Recall@1"), ("recall", 10, "Recall@10"), ("mrr", None, "MRR"), ("ndcg", 10, "NDCG@10")]
+    by = {(m["system"], m["metric"], m["k"]): m for m in metrics}
+    rows = []
+    for system in dict.fromkeys(m["system"] for m in metrics):
+        rows.append((system.removeprefix("userrec_"),
+                     *(f"{by[(system, m, k)]['value']:.4f} [{by[(system, m, k)]['ci_low']:.3f}, "
+                       f"{by[(system, m, k)]['ci_high']:.3f}]" if (system, m, k) in by else "" for m, k, _ in columns)))
+    return [f"User recommendations: {s['users']} active users (model {s['model_version']}); leave-last-out on "
+            f"{s['evaluated']} users over all {s['items']} items (95% bootstrap interval):",
+            format_table(["variant", *(label for *_, label in columns)], rows), ""]
+
+
 def run_summary(cfg: Config, ds: str) -> str:
     wh = Warehouse.of(cfg)
     lines = [f"Lookalike run for ds={ds}", ""]
@@ -69,6 +88,7 @@ def run_summary(cfg: Config, ds: str) -> str:
         lines += [f"Neighbours: {n['rows'] // n['k']} items x {n['k']}, index {'+'.join(n['index'])} "
                   f"({group.get('reason', '')}), {describe_recall(n)}, {n['seconds']:.1f} s; "
                   f"{n['same_image_rows']} neighbour rows share the item's exact photo (same_image)", ""]
+    lines += _user_recs(wh, ds)
     decision = wh.work(ds, "model_decision.json")
     if decision.exists():
         lines += [f"Model registry: {json.loads(decision.read_text())['decision']}", ""]
@@ -81,6 +101,7 @@ def run_summary(cfg: Config, ds: str) -> str:
         '  lookalike query "select count(*) from item_neighbors"',
         "  lookalike query --file sql/analytics/similar_items.sql --var item_id=<an item_id>",
         "  lookalike query --file sql/analytics/model_vs_baselines.sql",
+        "  lookalike query --file sql/analytics/user_history_and_recommendations.sql --var user_id=<a user_id>",
         f"  lookalike report --ds {ds} --out report.html   # the HTML gallery again, anywhere",
     ]
     return "\n".join(lines)

@@ -133,8 +133,14 @@ def publish(context: dict) -> dict:
     """Publish the ds, then annotate the task's Asset events (one per ``lookalike.<table>`` outlet)."""
     from pipelines.publish.stage import run_publish
 
+    return _publish_and_annotate(context, run_publish)
+
+
+def _publish_and_annotate(context: dict, publish_fn) -> dict:
+    """Run ``publish_fn(cfg, ds)``; each outlet ``lookalike.<table>`` it published gets the ds, run
+    id, rows and location as its event's extra."""
     ds = partition_date(context)
-    result = run_publish(config_for(context), ds)
+    result = publish_fn(config_for(context), ds)
 
     def extra(name: str) -> dict | None:
         table = name.removeprefix("lookalike.")
@@ -145,6 +151,22 @@ def publish(context: dict) -> dict:
 
     _annotate_outlets(context, extra)
     return result
+
+
+@fail_fast_on_bad_input
+def userrec(context: dict) -> dict:
+    from pipelines.userrec.stage import run_userrec
+
+    result = run_userrec(config_for(context), partition_date(context))
+    return {k: v for k, v in result.items() if k != "metrics"} | {"multimodal": result["metrics"].get("multimodal")}
+
+
+@fail_fast_on_bad_input
+def publish_user_recs(context: dict) -> dict:
+    """Publish the ds's user recommendations, then annotate the task's Asset events."""
+    from pipelines.publish.stage import publish_user_recs as publish
+
+    return _publish_and_annotate(context, publish)
 
 
 @fail_fast_on_bad_input

@@ -44,9 +44,10 @@ def nightly(tmp_path_factory, sample_dir):
 
 def test_run_goes_through_airflow_and_prints_the_summary(nightly):
     config, wh, stdout = nightly
-    for task in ("extract", "train", "evaluate", "embed", "neighbors", "publish", "report"):
+    for task in ("extract", "train", "evaluate", "embed", "neighbors", "publish", "report", "userrec"):
         assert f"── task {task}" in stdout
     assert "Published tables:" in stdout and "nDCG@5" in stdout and "lookalike query" in stdout
+    assert "User recommendations:" in stdout and "multimodal" in stdout
     assert "reused 0, computed" in stdout and "(spark)" in stdout
     assert all(DS in wh.partitions(t) for t in PUBLISHED_TABLES)
 

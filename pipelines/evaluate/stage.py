@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from pipelines import registry, schemas
 from pipelines.config import Config
 from pipelines.evaluate.baselines import image_baseline_vectors, text_baseline_vectors
+from pipelines.extract.stage import read_events
 from pipelines.evaluate.metrics import REPORTED, bootstrap_ci, query_metrics
 from pipelines.siglip import Preprocess, embed_pixels, load_model
 from pipelines.storage import ModelStore, Warehouse, atomic_write_text, write_parquet
@@ -87,7 +88,7 @@ def run_evaluate(cfg: Config, ds: str, model_uri: str) -> dict:
     items = _items(wh, ds)
     ids = np.array(items["item_id"], dtype=object)
     index = {item: i for i, item in enumerate(items["item_id"])}
-    events = pq.read_table(wh.work(ds, "interactions")).to_pydict()
+    events = read_events(wh, ds, cfg.evaluate.log_days).to_pydict()
     queries = build_queries(events, index, cfg.evaluate.min_candidates)
     if not queries:
         raise ValueError(f"no source item with module clicks in the {cfg.evaluate.log_days} days before {ds}: "

@@ -6,7 +6,8 @@ Outputs, all in the ds's work area (``Warehouse.work``):
   (latest update wins), with the normalised image and ``image_sha256``;
 - ``catalog``: every on_sale listing, the items embedded and offered as neighbours;
 - ``quarantine``: every rejected row with its reason (never fatal on its own);
-- ``interactions``: the event log of [ds - evaluate.log_days, ds), for evaluation.
+- ``interactions``: the event log of [ds - max(evaluate.log_days, userrec.log_days), ds), for the
+  offline evaluation and the user model (each reads its own window of it).
 """
 from __future__ import annotations
 
@@ -42,6 +43,15 @@ def window(ds: str, days: int) -> tuple[str, str]:
     end = date.fromisoformat(ds)
     start = end - timedelta(days=days)
     return f"{start.isoformat()}T00:00:00", f"{end.isoformat()}T00:00:00"
+
+
+def read_events(wh, ds: str, days: int) -> pa.Table:
+    """The ds's extracted interaction log restricted to [ds - days, ds): each reader its own window."""
+    import pyarrow.compute as pc
+
+    events = pq.read_table(wh.work(ds, "interactions"), partitioning=None)
+    start = (date.fromisoformat(ds) - timedelta(days=days)).isoformat()
+    return events.filter(pc.greater_equal(pc.utf8_slice_codeunits(events.column("ts"), 0, 10), start))
 
 
 def _iso_text(value) -> str | None:
@@ -152,7 +162,7 @@ def run_extract(cfg: Config, ds: str) -> dict[str, str]:
         read_source(cfg.source.url, "listings_window.sql", {"window_start": start, "window_end": end}, sql_dir))
     catalog, cat_rejects = validate_listings(
         read_source(cfg.source.url, "catalog.sql", {"window_start": start, "window_end": end}, sql_dir))
-    log_start, _ = window(ds, cfg.evaluate.log_days)
+    log_start, _ = window(ds, max(cfg.evaluate.log_days, cfg.userrec.log_days))
     events = read_source(cfg.source.url, "interactions.sql", {"window_start": log_start, "window_end": end}, sql_dir)
     if listings.empty:
         raise ExtractError(f"no listings created in [{start}, {end}): check source.url ({cfg.source.url}) "

@@ -24,6 +24,12 @@ def _register(con: duckdb.DuckDBPyConnection, name: str, source: Source) -> None
         con.execute(f"create view {name} as select * from read_parquet([{files}], hive_partitioning = false)")
 
 
+def _rising_scores(con: duckdb.DuckDBPyConnection, table: str, key: str) -> int:
+    """Rows whose score is above the previous rank's for the same ``key`` (beyond rounding)."""
+    return con.execute(f"""select count(*) from (select score - lag(score) over (partition by {key} order by rank)
+                           as d from {table}) where d > {SCORE_TOLERANCE}""").fetchone()[0]
+
+
 def check_neighbors(neighbors: Source, *, k: int, active: Source, embedded: Source) -> list[str]:
     """k rows per item, ranks 1..k, descending scores in [-1, 1], no self, no neighbour off sale,
     no item without an embedding. ``active`` and ``embedded`` hold an ``item_id`` column."""
@@ -46,8 +52,7 @@ def check_neighbors(neighbors: Source, *, k: int, active: Source, embedded: Sour
         failures.append(f"{wrong_count} items do not have exactly k={k} neighbours")
     if wrong_ranks:
         failures.append(f"{wrong_ranks} items do not have ranks 1..{k}")
-    rising = one(f"""select count(*) from (select score - lag(score) over (partition by item_id order by rank) as d
-                     from n) where d > {SCORE_TOLERANCE}""")[0]
+    rising = _rising_scores(con, "n", "item_id")
     if rising:
         failures.append(f"scores are not descending by rank for {rising} rows")
     own = one("select count(*) from n where item_id = neighbor_id")[0]
@@ -64,6 +69,37 @@ def check_neighbors(neighbors: Source, *, k: int, active: Source, embedded: Sour
                      where not exists (select 1 from embedded e where e.item_id = n.item_id)""")[0]
     if unknown:
         failures.append(f"{unknown} items have neighbours but no embedding")
+    return failures
+
+
+def check_recommendations(recs: Source, *, k: int, on_sale: pa.Array) -> list[str]:
+    """At most k items per user, ranks 1..n, descending scores, no item twice, every item on sale."""
+    con = duckdb.connect(":memory:")
+    _register(con, "r", recs)
+    con.register("on_sale", pa.table({"item_id": on_sale}))
+
+    def one(sql: str):
+        return con.execute(sql).fetchone()
+
+    failures = []
+    too_many, wrong_ranks, repeated = one(f"""
+        select count(*) filter (where c > {k}), count(*) filter (where lo <> 1 or hi <> c or distinct_ranks <> c),
+               count(*) filter (where distinct_items <> c)
+        from (select user_id, count(*) c, min(rank) lo, max(rank) hi, count(distinct rank) distinct_ranks,
+                     count(distinct item_id) distinct_items from r group by user_id)""")
+    if too_many:
+        failures.append(f"{too_many} users have more than k={k} recommendations")
+    if wrong_ranks:
+        failures.append(f"{wrong_ranks} users do not have ranks 1..n")
+    if repeated:
+        failures.append(f"{repeated} users are recommended an item twice")
+    rising = _rising_scores(con, "r", "user_id")
+    if rising:
+        failures.append(f"scores are not descending by rank for {rising} rows")
+    off_sale, examples = one("""select count(distinct item_id), list(distinct item_id order by item_id)[1:3] from r
+                                where not exists (select 1 from on_sale s where s.item_id = r.item_id)""")
+    if off_sale:
+        failures.append(f"{off_sale} recommended items are not on sale, e.g. {examples}")
     return failures
 
 

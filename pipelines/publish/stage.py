@@ -19,14 +19,18 @@ import pyarrow.parquet as pq
 from pipelines import faults, schemas
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
-from pipelines.publish.checks import check_embeddings, check_neighbors, check_rows
+from pipelines.publish.checks import check_embeddings, check_neighbors, check_recommendations, check_rows
 from pipelines.storage import Warehouse, write_parquet
 
 log = logging.getLogger(__name__)
 
 WORK_INPUTS = ("listings_snapshot", "catalog", "quarantine", "embed_quarantine", "item_embeddings",
                "item_neighbors")
-# eval_metrics exists for a ds only when lookalike_finetune evaluated a model on it: published then.
+# eval_metrics is published when the ds has rows for it: lookalike_finetune's evaluation of the model
+# (work eval_metrics) and the user model's (work userrec_metrics), together, whichever DAG publishes.
+EVAL_INPUTS = ("eval_metrics", "userrec_metrics")
+# What lookalike_nightly publishes; user_recommendations and user_history come from lookalike_user_recs.
+NIGHTLY_TABLES = ("listings_snapshot", "catalog", "quarantine", "item_embeddings", "item_neighbors", "eval_metrics")
 
 
 class PublishCheckFailed(LookalikeError):
@@ -50,8 +54,7 @@ def stage_tables(wh: Warehouse, ds: str) -> dict[str, list]:
                              "run the stages before publish (`lookalike run --ds` runs them all)")
     staging = wh.fresh_work(ds, "publish_staging")
     files = {name: _files(wh.work(ds, name)) for name in ("item_embeddings", "item_neighbors")}
-    if wh.work(ds, "eval_metrics").exists():
-        files["eval_metrics"] = _files(wh.work(ds, "eval_metrics"))
+    files.update(_eval_metrics(wh, ds, staging))
     for name in ("listings_snapshot", "catalog"):
         columns = [f.name for f in schemas.LISTINGS_SNAPSHOT]
         files[name] = [write_parquet(pq.read_table(wh.work(ds, name), columns=columns),
@@ -60,6 +63,32 @@ def stage_tables(wh: Warehouse, ds: str) -> dict[str, list]:
                                    for name in ("quarantine", "embed_quarantine")])
     files["quarantine"] = [write_parquet(quarantine, staging / "quarantine" / "part-0.parquet")]
     return files
+
+
+def _eval_metrics(wh: Warehouse, ds: str, staging) -> dict[str, list]:
+    """The ds's eval_metrics file: every evaluation it has, in one table (none: no entry)."""
+    parts = [pq.read_table(wh.work(ds, name), partitioning=None).cast(schemas.EVAL_METRICS)
+             for name in EVAL_INPUTS if wh.work(ds, name).exists()]
+    if not parts:
+        return {}
+    return {"eval_metrics": [write_parquet(pa.concat_tables(parts), staging / "eval_metrics" / "part-0.parquet")]}
+
+
+def publish_user_recs(cfg: Config, ds: str) -> dict:
+    """Check and commit the ds's user recommendations with its eval_metrics, in one switch."""
+    wh = Warehouse.of(cfg)
+    if not wh.work(ds, "user_recommendations").exists():
+        raise LookalikeError(f"publish {ds}: no user recommendations in {wh.work_root}; run `lookalike userrec "
+                             f"--ds {ds}` first")
+    staging = wh.fresh_work(ds, "publish_userrec_staging")
+    files = {name: _files(wh.work(ds, name)) for name in ("user_recommendations", "user_history")}
+    files.update(_eval_metrics(wh, ds, staging))
+    rows = {table: _rows(f) for table, f in files.items()}
+    catalog = pq.read_table(wh.work(ds, "catalog"), columns=["item_id", "status"], partitioning=None)
+    active = catalog.filter(pc.equal(catalog.column("status"), "on_sale")).column("item_id")
+    failures = check_recommendations(files["user_recommendations"], k=cfg.userrec.k, on_sale=active) + \
+        [f for table, n in rows.items() for f in check_rows(n, table)]
+    return _commit(cfg, wh, ds, files, rows, failures, record=None)
 
 
 def run_publish(cfg: Config, ds: str) -> dict:
@@ -72,9 +101,19 @@ def run_publish(cfg: Config, ds: str) -> dict:
                                 embedded=files["item_embeddings"])
                 + check_embeddings(files["item_embeddings"])
                 + [f for t in ("listings_snapshot", "catalog", "eval_metrics") if t in rows for f in check_rows(rows[t], t)])
+    stats_path = wh.work(ds, "neighbors_stats.json")
+    record = {"ds": ds, "rows": rows, "warehouse": wh.display(),
+              "neighbors": json.loads(stats_path.read_text()) if stats_path.exists() else None,
+              "config": cfg.to_dict()}
+    return _commit(cfg, wh, ds, files, rows, failures, record)
+
+
+def _commit(cfg: Config, wh: Warehouse, ds: str, files: dict, rows: dict, failures: list[str],
+            record: dict | None) -> dict:
+    """Refuse with every failure, or write ``files`` under a new run and switch the manifest to it
+    (``record``, when given, becomes ``_runs/<ds>.json`` with the run id)."""
     if failures:
         raise PublishCheckFailed(f"publish {ds} refused, nothing was published: " + "; ".join(failures))
-
     publication = wh.begin(ds)
     try:
         for table, table_files in files.items():
@@ -83,11 +122,8 @@ def run_publish(cfg: Config, ds: str) -> dict:
         publication.abort()
         raise
     faults.point("publish.before_commit")
-    stats_path = wh.work(ds, "neighbors_stats.json")
-    record = {"ds": ds, "run_id": publication.run_id, "rows": rows, "warehouse": wh.display(),
-              "neighbors": json.loads(stats_path.read_text()) if stats_path.exists() else None,
-              "config": cfg.to_dict()}
-    publication.commit(retain=cfg.publish.retain_partitions, record=record)
+    publication.commit(retain=cfg.publish.retain_partitions,
+                       record={**record, "run_id": publication.run_id} if record is not None else None)
     log.info("publish %s: committed run %s to %s: %s", ds, publication.run_id, wh.display(),
              ", ".join(f"{t} {n}" for t, n in rows.items()))
     return {"run_id": publication.run_id, "rows": rows, "warehouse": wh.display()}

@@ -6,7 +6,11 @@ ones (a seller writes "Kumo tee M 美品", not "red striped slim tee"). Users ha
 over categories, colours, patterns and styles. In sessions they view items; on an item's page the
 similar-items module shows impressions (``source_item_id`` set) and a user clicks one with a
 probability that rises with its hidden visual similarity to the page's item and with the user's
-taste, so the click log rewards an embedding that sees what titles leave out. A small share of
+taste, so the click log rewards an embedding that sees what titles leave out. Most sessions end
+with a "more like this" walk: from the last item viewed the user moves to another item of the
+same category, chosen mostly by how it *looks* like the current one (colour, pattern, style:
+what titles often omit) and partly by the user's own visual taste, so the next step of a user
+is predictable from the photos of their last steps and much less from titles. A small share of
 image files is broken or unusual, to exercise extract's quarantine.
 """
 from __future__ import annotations
@@ -43,6 +47,12 @@ NOISE = ("new", "used", "free shipping", "送料無料", "美品", "rare", "sale
 SIZES = ("S", "M", "L", "XL", "Free size", "26cm", "27.5cm", "350ml", "one size")
 PRICE_BASE = {c: 1500 + 700 * i for i, c in enumerate(CATEGORIES)}
 REPOST_SHARE = 0.015  # listings that reuse an earlier listing's photo, title and product (same image_sha256)
+
+# "More like this" walks at the end of sessions: how often, how long, how sharply the next item
+# follows the current one's looks (BROWSE_SHARPNESS × visual similarity in [0, 1]) and the
+# user's visual taste (BROWSE_TASTE × taste in [0, 1]).
+BROWSE_SHARE, BROWSE_MEAN_STEPS, BROWSE_SHARPNESS, BROWSE_TASTE = 0.9, 3.0, 14.0, 2.0
+BROWSE_LOOKS = {"colour": 1.0, "pattern": 0.35, "style": 0.25}  # colour first: what a glance at a photo gives
 
 # Visual similarity as a user perceives it: weights of the hidden attributes two items share.
 SIMILARITY_WEIGHTS = {"category": 1.0, "colour": 1.0, "pattern": 0.8, "style": 0.6}
@@ -105,6 +115,28 @@ def _title(rng: np.random.Generator, attrs: dict, brand: str | None) -> str:
 
 def _similarity(a: dict, b: dict) -> float:
     return sum(w for key, w in SIMILARITY_WEIGHTS.items() if a[key] == b[key])
+
+
+def _browse(rng, user_id: str, session_id: str, current: int, ts: datetime, same_category: np.ndarray,
+            available: int, attrs: list[dict], looks: dict, look_weight: float, fav_colours: set, fav_pattern: str,
+            fav_style: str) -> list[tuple]:
+    """A "more like this" walk from ``current`` through same-category items (see the module docstring)."""
+    pool = same_category[same_category < available]
+    taste = (np.isin(looks["colour"][pool], list(fav_colours)) * 0.5 + (looks["pattern"][pool] == fav_pattern) * 0.25
+             + (looks["style"][pool] == fav_style) * 0.25)
+    rows = []
+    for _ in range(1 + rng.poisson(BROWSE_MEAN_STEPS - 1)):
+        here = attrs[current]
+        similar = sum(weight * (looks[key][pool] == here[key]) for key, weight in BROWSE_LOOKS.items()) / look_weight
+        logits = BROWSE_SHARPNESS * similar + BROWSE_TASTE * taste
+        logits[pool == current] = -np.inf
+        if not np.isfinite(logits).any():
+            break
+        weights = np.exp(logits - logits[np.isfinite(logits)].max())
+        current = int(rng.choice(pool, p=weights / weights.sum()))
+        ts += timedelta(seconds=float(rng.uniform(10, 120)))
+        rows.append((user_id, session_id, "view", f"i{current:06d}", None, _iso(ts)))
+    return rows
 
 
 def _write_bad_image(path: Path, kind: str, rng: np.random.Generator, good: bytes) -> str:
@@ -220,6 +252,10 @@ def generate(out: Path, spec: SampleSpec, progress=print) -> dict:
     created_days = created
     by_cat: dict[str, np.ndarray] = {c: np.flatnonzero(cats == c) for c in CATEGORIES}
     rows = []
+    # The walks draw from their own generator: the rest of the sample is the same with or without them.
+    browse_rng = np.random.default_rng([spec.seed, 11])
+    looks = {key: np.array([a[key] for a in attrs]) for key in BROWSE_LOOKS}
+    look_weight = sum(BROWSE_LOOKS.values())
     for u in range(spec.users):
         user_id = f"u{u:05d}"
         fav_cats = set(rng.choice(CATEGORIES, size=3, replace=False))
@@ -268,6 +304,10 @@ def generate(out: Path, spec: SampleSpec, progress=print) -> dict:
                         if rng.random() < 0.05 * (1 + taste(j)):
                             rows.append((user_id, session_id, "purchase", f"i{j:06d}", None,
                                          _iso(click_ts + timedelta(seconds=90))))
+            if browse_rng.random() < BROWSE_SHARE:
+                rows += _browse(browse_rng, user_id, session_id, int(viewed[-1]), ts + timedelta(minutes=10),
+                                by_cat[attrs[int(viewed[-1])]["category"]], available, attrs, looks, look_weight,
+                                fav_colours, fav_pattern, fav_style)
         if (u + 1) % max(1, spec.users // 4) == 0:
             progress(f"  users: {u + 1}/{spec.users}")
 

@@ -99,3 +99,26 @@ create table if not exists ${schema}.eval_metrics (
 using parquet
 partitioned by (ds)
 location '${warehouse}/eval_metrics';
+
+create table if not exists ${schema}.user_recommendations (
+    user_id string,
+    rank int,
+    item_id string,
+    score float,
+    model_version string,
+    ds string
+)
+using parquet
+partitioned by (ds)
+location '${warehouse}/user_recommendations';
+
+create table if not exists ${schema}.user_history (
+    user_id string,
+    step int,
+    item_id string,
+    event string,
+    ds string
+)
+using parquet
+partitioned by (ds)
+location '${warehouse}/user_history';

@@ -89,3 +89,22 @@ create table if not exists ${catalog}.${schema}.eval_metrics (
     ds varchar
 )
 with (external_location = '${warehouse}/eval_metrics', format = 'PARQUET', partitioned_by = array['ds']);
+
+create table if not exists ${catalog}.${schema}.user_recommendations (
+    user_id varchar,
+    rank integer,
+    item_id varchar,
+    score real,
+    model_version varchar,
+    ds varchar
+)
+with (external_location = '${warehouse}/user_recommendations', format = 'PARQUET', partitioned_by = array['ds']);
+
+create table if not exists ${catalog}.${schema}.user_history (
+    user_id varchar,
+    step integer,
+    item_id varchar,
+    event varchar,
+    ds varchar
+)
+with (external_location = '${warehouse}/user_history', format = 'PARQUET', partitioned_by = array['ds']);

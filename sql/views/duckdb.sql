@@ -18,3 +18,9 @@ select * from item_neighbors_all where ds = (select max(ds) from item_neighbors_
 
 create view eval_metrics as
 select * from eval_metrics_all where ds = (select max(ds) from eval_metrics_all);
+
+create view user_recommendations as
+select * from user_recommendations_all where ds = (select max(ds) from user_recommendations_all);
+
+create view user_history as
+select * from user_history_all where ds = (select max(ds) from user_history_all);

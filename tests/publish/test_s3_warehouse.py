@@ -13,10 +13,11 @@ from pipelines.embed.stage import run_embed
 from pipelines.evaluate.stage import run_evaluate
 from pipelines.extract.stage import run_extract
 from pipelines.neighbors.stage import run_neighbors
+from pipelines.publish.stage import NIGHTLY_TABLES as PUBLISHED_TABLES  # what run_publish commits
 from pipelines.publish.stage import run_publish
 from pipelines.report import build_report
 from pipelines.train.stage import run_train
-from pipelines.storage import PUBLISHED_TABLES, Warehouse
+from pipelines.storage import Warehouse
 from tests.conftest import DS, write_config
 
 REPO = Path(__file__).resolve().parents[2]

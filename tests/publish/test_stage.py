@@ -12,9 +12,10 @@ import pytest
 from pipelines import schemas
 from pipelines.config import load_config
 from pipelines.publish.checks import check_neighbors
+from pipelines.publish.stage import NIGHTLY_TABLES as PUBLISHED_TABLES  # what run_publish commits
 from pipelines.publish.stage import PublishCheckFailed, run_publish
 from pipelines.query import run_query
-from pipelines.storage import PUBLISHED_TABLES, Warehouse, write_parquet
+from pipelines.storage import Warehouse, write_parquet
 from tests.conftest import write_config
 
 DS = "2026-11-21"

@@ -1,0 +1,1 @@
+"""The PixRec-style user model: sequences, towers and objective, the userrec stage."""
