@@ -61,12 +61,13 @@ def cmd_sample_data(args) -> int:
 
 def cmd_run(args) -> int:
     from pipelines.config import load_config
-    from pipelines.orchestrate import run_pipeline
+    from pipelines.orchestrate import PIPELINE, run_pipeline
     from pipelines.summary import run_summary
 
     cfg = load_config(args.config)
     ds = args.ds or _default_ds(cfg)
-    print(f"Running lookalike_extract, lookalike_finetune and lookalike_nightly for ds={ds} through Airflow "
+    dags = [dag_id for dag_id, _ in PIPELINE]
+    print(f"Running {', '.join(dags[:-1])} and {dags[-1]} for ds={ds} through Airflow "
           f"(logs: {cfg.airflow.home}/logs/) …", flush=True)
     run_pipeline(cfg, ds, config_path=args.config, echo=lambda line: print(line, flush=True))
     print()

@@ -169,7 +169,8 @@ def test_a_backfill_publishes_each_day_once_and_a_rerun_replaces_only_its_day(tm
     # run of its own next to the backfill before midnight (a backfill of a paused DAG never runs).
     today = datetime.now(timezone.utc).date()
     days = [(today - timedelta(days=n)).isoformat() for n in (3, 2, 1)]
-    config = write_config(tmp_path, sample_dir)
+    # The sample ends on DS; a window this long keeps its listings in any later day's snapshot.
+    config = write_config(tmp_path, sample_dir, window_days=3650)
     cfg = load_config(config, environ={})
     for stage in ("extract", "train", "evaluate"):  # a production model for the nightly runs
         _stage(config, stage, DS)
