@@ -170,6 +170,13 @@ def run_userrec(cfg: Config, ds: str) -> dict:
     ids = items.column("item_id").to_pylist()
     index = {item: i for i, item in enumerate(ids)}
     events = read_events(wh, ds, uc.log_days)
+    inputs = _inputs_key(cfg, items, events)
+    previous = _previous(wh, ds, inputs)
+    if previous is not None:
+        log.info("userrec %s: same interactions, items, model and config as the last run of this ds; reusing its "
+                 "recommendations and metrics (%s)", ds, previous["model_version"])
+        return previous
+    wh.work(ds, "userrec_stats.json").unlink(missing_ok=True)  # written last: its presence means complete outputs
     seqs = build_sequences(events, index)
     train, evaluated, targets = seqs.leave_last_out()
     if len(evaluated) < 10:
@@ -214,11 +221,37 @@ def run_userrec(cfg: Config, ds: str) -> dict:
     history = wh.fresh_work(ds, "user_history")
     write_parquet(_history_table(ds, seqs, ids, uc.max_len), history / "part-0.parquet")
     stats = {"model_version": version, "users": len(seqs.users), "evaluated": len(evaluated), "items": len(ids),
-             "metrics": summary, "seconds": round(time.monotonic() - started, 1)}
+             "metrics": summary, "seconds": round(time.monotonic() - started, 1), "inputs": inputs}
     atomic_write_text(wh.work(ds, "userrec_stats.json"), json.dumps(stats, indent=2))
     log.info("userrec %s: recommendations for %d users → %s (%.0f s in all)", ds, len(seqs.users), out,
              stats["seconds"])
-    return {"user_recommendations": str(out), "userrec_metrics": str(metrics_dir), **stats}
+    return {"user_recommendations": str(out), "userrec_metrics": str(metrics_dir), **stats, "reused": False}
+
+
+def _inputs_key(cfg: Config, items: pa.Table, events: pa.Table) -> str:
+    """What the stage's outputs depend on: the user model's config, the serving SigLIP version,
+    the items (photos by hash, texts, status) and the interaction window."""
+    digest = hashlib.sha256(json.dumps({"userrec": cfg.to_dict()["userrec"], "model": resolve_model(cfg, None)[0]},
+                                       sort_keys=True).encode())
+    for table in (items.drop_columns(["image"]), events):
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        digest.update(sink.getvalue())
+    return digest.hexdigest()
+
+
+def _previous(wh: Warehouse, ds: str, inputs: str) -> dict | None:
+    """The last run's result for ``ds`` when it was computed from the same inputs (reruns are free)."""
+    stats_path = wh.work(ds, "userrec_stats.json")
+    outputs = {name: wh.work(ds, name) for name in ("user_recommendations", "user_history", "userrec_metrics")}
+    if not stats_path.exists() or not all(path.exists() for path in outputs.values()):
+        return None
+    stats = json.loads(stats_path.read_text())
+    if stats.get("inputs") != inputs:
+        return None
+    return {"user_recommendations": str(outputs["user_recommendations"]),
+            "userrec_metrics": str(outputs["userrec_metrics"]), **stats, "reused": True}
 
 
 def recommend(model: UserModel, seqs: Sequences, items: pa.Table, counts: np.ndarray, k: int, max_len: int):

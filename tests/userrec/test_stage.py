@@ -32,6 +32,10 @@ def trained(tmp_path_factory, sample_dir):
 def test_every_active_user_gets_on_sale_items_they_did_not_buy(trained):
     cfg = trained
     result = run_userrec(cfg, DS)
+    assert result["reused"] is False
+    again = run_userrec(cfg, DS)  # same inputs: the outputs are reused, not retrained
+    assert again["reused"] is True and again["model_version"] == result["model_version"]
+    assert again["user_recommendations"] == result["user_recommendations"]
     wh = Warehouse.of(cfg)
     events = read_events(wh, DS, cfg.userrec.log_days)
     active = set(events.column("user_id").to_pylist())
@@ -78,6 +82,8 @@ def test_a_broken_recommendation_table_is_refused_and_a_thin_log_is_a_clear_erro
         publish_user_recs(cfg, DS)
     assert wh.entries("user_recommendations") == before
 
+    other_k = dataclasses.replace(cfg, userrec=dataclasses.replace(cfg.userrec, k=4))
+    assert run_userrec(other_k, DS)["reused"] is False  # another config: computed again
     thin = dataclasses.replace(cfg, userrec=dataclasses.replace(cfg.userrec, log_days=0))  # an empty window
     with pytest.raises(UserRecError, match="too few to train"):
         run_userrec(thin, DS)
