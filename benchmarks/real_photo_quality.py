@@ -22,20 +22,55 @@ import argparse
 import hashlib
 import json
 import resource
+import sqlite3
 import sys
 import tempfile
 import time
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from fashion_quality import DATA, DS, build_source  # noqa: E402
 
 from jobs._common import setup_logging  # noqa: E402
+from pipelines.sample.marketplace import SCHEMA_SQL  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion_products_small.parquet"
+DS = "2026-11-21"
+
+
+def build_source(data: Path, out: Path, items: int | None, seed: int, exclude: set[int] = frozenset()) \
+        -> dict[str, dict]:
+    """SQLite source + image folder from the Fashion parquet (less the ``exclude`` item ids);
+    returns item_id → labels."""
+    table = pq.read_table(data, columns=["item_id", "title", "article_type", "base_colour", "image"])
+    if exclude:
+        import pyarrow.compute as pc
+
+        table = table.filter(pc.invert(pc.is_in(table.column("item_id"), pa.array(sorted(exclude)))))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(table.num_rows)[: items or table.num_rows]
+    rows = table.take(order).to_pylist()
+    images = out / "images"
+    images.mkdir(parents=True)
+    end = datetime.combine(date.fromisoformat(DS), datetime.min.time())
+    listings, labels = [], {}
+    for i, r in enumerate(rows):
+        item_id = f"f{r['item_id']}"
+        (images / f"{item_id}.jpg").write_bytes(r["image"])
+        created = (end - timedelta(days=float(rng.uniform(0.01, 89.9)))).strftime("%Y-%m-%dT%H:%M:%S")
+        listings.append((item_id, r["title"] or "", None, r["article_type"], None, None, "on_sale",
+                         f"s{i % 500}", f"{item_id}.jpg", created, created))
+        labels[item_id] = {"article_type": r["article_type"], "base_colour": r["base_colour"]}
+    con = sqlite3.connect(out / "fashion.db")
+    con.executescript(SCHEMA_SQL)
+    con.executemany("insert into listings values (?,?,?,?,?,?,?,?,?,?,?)", listings)
+    con.commit()
+    con.close()
+    return labels
 
 
 def holdout_ids(ids: list[int], n: int) -> set[int]:
@@ -44,14 +79,14 @@ def holdout_ids(ids: list[int], n: int) -> set[int]:
 
 
 def agreement(vectors: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
-    """Share of top-k neighbour slots (self excluded) whose label equals the query's."""
-    import faiss
-
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-    _, idx = index.search(np.ascontiguousarray(vectors, dtype=np.float32), k + 1)
-    rows = [[j for j in r if j != i][:k] for i, r in enumerate(idx)]
-    return float(np.mean([labels[j] == labels[i] for i, r in enumerate(rows) for j in r]))
+    """Share of top-k neighbour slots (self excluded) whose label equals the query's: exact
+    cosine search (the held-out split is a few thousand items, one matrix product)."""
+    v = np.ascontiguousarray(vectors, dtype=np.float32)
+    v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    scores = v @ v.T
+    np.fill_diagonal(scores, -np.inf)
+    top = np.argpartition(-scores, k, axis=1)[:, :k]
+    return float(np.mean(labels[top] == labels[:, None]))
 
 
 def cpu_seconds() -> float:
@@ -66,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--holdout", type=int, default=5000, help="items never trained on, searched among")
     parser.add_argument("--items", type=int, default=None, help="subsample the training items (smoke runs)")
     parser.add_argument("--model", default="small", help="model.init")
+    parser.add_argument("--shape", nargs="*", default=[], metavar="KEY=INT",
+                        help="change the named architecture (hidden, layers, heads, mlp, image_size, patch, text_layers)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="train.* overrides")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -76,10 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.config import load_config
     from pipelines.evaluate.baselines import colour_histogram, image_baseline_vectors
     from pipelines.extract.images import prepare_image
-    from pipelines.siglip import Preprocess, embed_pixels, load_model
+    from pipelines.siglip import ARCHITECTURES, Preprocess, embed_pixels, load_model
     from pipelines.train.data import Pairs, group_ids, listing_text
     from pipelines.train.loop import retrieval_recall
 
+    if args.shape:  # a variant of the named shape, registered for this process only
+        variant = dict(ARCHITECTURES[args.model], **{k: int(v) for k, v in (s.split("=") for s in args.shape)})
+        args.model = f"{args.model}[{','.join(args.shape)}]"
+        ARCHITECTURES[args.model] = variant
     table = pq.read_table(args.data, columns=["item_id", "title", "article_type", "base_colour", "image"])
     held = holdout_ids(table.column("item_id").to_pylist(), args.holdout)
     with tempfile.TemporaryDirectory(prefix="lookalike-real-") as tmp:

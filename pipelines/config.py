@@ -64,7 +64,7 @@ class TrainConfig:
     max_text_length: int = 24  # tokens; SigLIP pools the last token, so texts pad to this
     vocab_size: int = 4000
     val_fraction: float = 0.1
-    colour_augment: float = 0.0  # share of photos recoloured (half channel-permuted, half greyscale)
+    colour_augment: float = 0.5  # share of photos recoloured (half channel-permuted, half greyscale)
     keep_aspect: bool = False  # resize the longest side and pad, instead of stretching to a square
     text_positives: bool = True  # pairs whose normalised texts are identical count as positives
     val_max_items: int = 2000  # held-out pairs scored for image→title recall (a stable subset)

@@ -22,9 +22,10 @@ from PIL import Image
 # Named architectures initialised from scratch. The two real shapes match Google's checkpoints.
 ARCHITECTURES: dict[str, dict] = {
     "tiny": dict(hidden=32, layers=1, heads=2, mlp=64, image_size=32, patch=8, text_layers=1),
-    # The CPU default: about 0.4M parameters, ~1,200 pairs/s on 2 cores. Width costs more than
-    # depth here (hidden 128 trains 4x slower), see benchmarks/train_throughput.py.
-    "small": dict(hidden=64, layers=2, heads=2, mlp=256, image_size=64, patch=8, text_layers=2),
+    # The CPU default: about 0.4M parameters. 48 px with 8 px patches (36 image tokens) and one
+    # text layer trained best per CPU-minute on real photos; width and depth cost more than they
+    # give at that budget (benchmarks/real_photo_quality.py, README "Models").
+    "small": dict(hidden=64, layers=2, heads=2, mlp=256, image_size=48, patch=8, text_layers=1),
     "siglip-base-patch16-224": dict(hidden=768, layers=12, heads=12, mlp=3072, image_size=224, patch=16,
                                     text_layers=12),
     "siglip-base-patch16-256-multilingual": dict(hidden=768, layers=12, heads=12, mlp=3072, image_size=256,
@@ -146,8 +147,8 @@ class Preprocess:
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, H, W, 3) uint8 → (N, 3, H, W) float32 normalised."""
         x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
-        mean = torch.tensor(self.mean, dtype=x.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype).view(1, 3, 1, 1)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std
 
 

@@ -88,7 +88,7 @@ _NOT_RECIPE = {"threads", "loader_workers", "checkpoint_every"}
 
 def model_version(cfg: Config, ds: str, snapshot_fp: str) -> str:
     fingerprint = hashlib.sha256(json.dumps(
-        {"snapshot": snapshot_fp, "init": cfg.model.init,
+        {"snapshot": snapshot_fp, "init": cfg.model.init, "shape": ARCHITECTURES.get(cfg.model.init),
          "train": {k: v for k, v in cfg.to_dict()["train"].items() if k not in _NOT_RECIPE}},
         sort_keys=True).encode()).hexdigest()
     return f"{ds.replace('-', '')}-{fingerprint[:10]}"
