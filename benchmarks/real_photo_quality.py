@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,35 +43,27 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion_produc
 DS = "2026-11-21"
 
 
-def build_source(data: Path, out: Path, items: int | None, seed: int, exclude: set[int] = frozenset()) \
-        -> dict[str, dict]:
-    """SQLite source + image folder from the Fashion parquet (less the ``exclude`` item ids);
-    returns item_id → labels."""
-    table = pq.read_table(data, columns=["item_id", "title", "article_type", "base_colour", "image"])
-    if exclude:
-        import pyarrow.compute as pc
-
-        table = table.filter(pc.invert(pc.is_in(table.column("item_id"), pa.array(sorted(exclude)))))
-    rng = np.random.default_rng(seed)
+def build_source(table: pa.Table, out: Path, items: int | None, exclude: set[int]) -> None:
+    """SQLite source + image folder from the Fashion rows, less the ``exclude`` item ids."""
+    table = table.filter(pc.invert(pc.is_in(table.column("item_id"), pa.array(sorted(exclude)))))
+    rng = np.random.default_rng(0)
     order = rng.permutation(table.num_rows)[: items or table.num_rows]
     rows = table.take(order).to_pylist()
     images = out / "images"
     images.mkdir(parents=True)
     end = datetime.combine(date.fromisoformat(DS), datetime.min.time())
-    listings, labels = [], {}
+    listings = []
     for i, r in enumerate(rows):
         item_id = f"f{r['item_id']}"
         (images / f"{item_id}.jpg").write_bytes(r["image"])
         created = (end - timedelta(days=float(rng.uniform(0.01, 89.9)))).strftime("%Y-%m-%dT%H:%M:%S")
         listings.append((item_id, r["title"] or "", None, r["article_type"], None, None, "on_sale",
                          f"s{i % 500}", f"{item_id}.jpg", created, created))
-        labels[item_id] = {"article_type": r["article_type"], "base_colour": r["base_colour"]}
     con = sqlite3.connect(out / "fashion.db")
     con.executescript(SCHEMA_SQL)
     con.executemany("insert into listings values (?,?,?,?,?,?,?,?,?,?,?)", listings)
     con.commit()
     con.close()
-    return labels
 
 
 def holdout_ids(ids: list[int], n: int) -> set[int]:
@@ -81,8 +74,8 @@ def holdout_ids(ids: list[int], n: int) -> set[int]:
 def agreement(vectors: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
     """Share of top-k neighbour slots (self excluded) whose label equals the query's: exact
     cosine search (the held-out split is a few thousand items, one matrix product)."""
-    v = np.ascontiguousarray(vectors, dtype=np.float32)
-    v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    v = np.asarray(vectors, dtype=np.float32)
+    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)  # a copy: the caller's stays
     scores = v @ v.T
     np.fill_diagonal(scores, -np.inf)
     top = np.argpartition(-scores, k, axis=1)[:, :k]
@@ -125,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     held = holdout_ids(table.column("item_id").to_pylist(), args.holdout)
     with tempfile.TemporaryDirectory(prefix="lookalike-real-") as tmp:
         root = Path(tmp)
-        build_source(args.data, root / "source", args.items, 0, exclude=held)
+        build_source(table, root / "source", args.items, exclude=held)
         env = {"LOOKALIKE_SOURCE__URL": f"sqlite:///{root / 'source' / 'fashion.db'}",
                "LOOKALIKE_SOURCE__IMAGES": str(root / "source" / "images"),
                "LOOKALIKE_WAREHOUSE": str(root / "warehouse"), "LOOKALIKE_MODELS": str(root / "models"),
@@ -151,16 +144,16 @@ def main(argv: list[str] | None = None) -> int:
         rows, jpegs = [rows[i] for i in keep], [photos[i].jpeg for i in keep]
         types = np.array([r["article_type"] for r in rows], dtype=object)
         colours = np.array([r["base_colour"] for r in rows], dtype=object)
-        learned = embed_pixels(loaded.model, loaded.preprocess.decode(jpegs), loaded.preprocess)
+        pixels = loaded.preprocess.decode(jpegs)
         square = Preprocess(64).decode(jpegs)
-        hist = colour_histogram(square)
-        systems = {"learned": learned, "colour_histogram": hist / np.linalg.norm(hist, axis=1, keepdims=True),
+        systems = {"learned": embed_pixels(loaded.model, pixels, loaded.preprocess),
+                   "colour_histogram": colour_histogram(square),  # agreement() normalises every system
                    "histogram+thumbnail": image_baseline_vectors(square, 64)}
         quality = {name: {"article_type@5": agreement(v, types), "base_colour@5": agreement(v, colours)}
                    for name, v in systems.items()}
         texts = [listing_text(cfg.train.text_template, {"title": r["title"], "category": r["article_type"]})
                  for r in rows[:2000]]
-        pairs = Pairs([str(r["item_id"]) for r in rows[:2000]], loaded.preprocess.decode(jpegs[:2000]), texts,
+        pairs = Pairs([str(r["item_id"]) for r in rows[:2000]], pixels[:2000], texts,
                       group_ids([hashlib.sha256(j).hexdigest() for j in jpegs[:2000]], texts))
         recall = retrieval_recall(loaded.model, pairs, loaded.tokenizer, loaded.preprocess, loaded.max_text_length)
     result = {"minutes": args.minutes, "overrides": args.set, "model": args.model, "held_out_items": len(rows),

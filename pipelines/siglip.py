@@ -22,7 +22,7 @@ from PIL import Image
 # Named architectures initialised from scratch. The two real shapes match Google's checkpoints.
 ARCHITECTURES: dict[str, dict] = {
     "tiny": dict(hidden=32, layers=1, heads=2, mlp=64, image_size=32, patch=8, text_layers=1),
-    # The CPU default: about 0.4M parameters. 48 px with 8 px patches (36 image tokens) and one
+    # The CPU default: about 0.5M parameters with a 4,000-token vocabulary. 48 px with 8 px patches (36 image tokens) and one
     # text layer trained best per CPU-minute on real photos; width and depth cost more than they
     # give at that budget (benchmarks/real_photo_quality.py, README "Models").
     "small": dict(hidden=64, layers=2, heads=2, mlp=256, image_size=48, patch=8, text_layers=1),
