@@ -5,7 +5,7 @@ LOOKALIKE := $(VENV)/bin/lookalike
 STAMP := $(VENV)/.installed
 SAMPLE := var/sample/marketplace.db
 
-.PHONY: demo test install clean sample
+.PHONY: demo test stack-test install clean sample
 
 $(STAMP): pyproject.toml constraints.txt scripts/bootstrap.sh
 	bash scripts/bootstrap.sh
@@ -24,6 +24,10 @@ demo: $(STAMP) $(SAMPLE)
 ## test: the whole test suite
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+## stack-test: build every image of docker-compose.yml and run the DAGs in the stack (root; see scripts/stack-test.sh)
+stack-test: $(STAMP)
+	bash scripts/stack-test.sh
 
 clean:
 	rm -rf var

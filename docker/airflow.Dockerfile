@@ -1,19 +1,26 @@
-# Airflow 3 image with Lookalike installed: api-server, scheduler, dag-processor, triggerer, the
-# Celery worker of the default queue and the seed job (CPU torch; embedding runs on Spark).
-FROM python:3.11-slim-bookworm
-RUN apt-get update && apt-get install -y --no-install-recommends openjdk-17-jre-headless curl \
+# Airflow 3 with Lookalike installed: api-server, scheduler, dag-processor, triggerer, the Celery
+# worker of the default queue and the seed job. CPU torch (docker/wheelhouse); Java for the Spark
+# driver that `embed.launcher: spark-submit` starts on the worker.
+#   BASE_IMAGE: any Debian bookworm image with python3 (3.11) and its venv module.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 DEBIAN_FRONTEND=noninteractive
+RUN apt-get update && apt-get install -y --no-install-recommends openjdk-17-jre-headless curl procps \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/lookalike
-COPY pyproject.toml constraints.txt README.md ./
-COPY pipelines ./pipelines
-COPY jobs ./jobs
+# Dependencies first, in layers that change only with the pins.
+COPY docker/wheelhouse/ /opt/wheelhouse/
+COPY pyproject.toml constraints.txt docker/install-deps.sh ./
+RUN ./install-deps.sh all,celery && rm -rf /opt/wheelhouse
+COPY README.md ./
 COPY sql ./sql
-COPY dags ./dags
 COPY docker/spark ./docker/spark
-# constraints.txt pins torch to 2.13.0; the CPU index serves its CPU build (no CUDA libraries here).
-RUN pip install --no-cache-dir -c constraints.txt --extra-index-url https://download.pytorch.org/whl/cpu \
-        -e ".[all]" "apache-airflow-providers-celery" "redis"
-ENV AIRFLOW_HOME=/data/airflow \
+COPY jobs ./jobs
+COPY pipelines ./pipelines
+COPY dags ./dags
+RUN /opt/venv/bin/pip install -q --no-deps --no-build-isolation -e . && rm install-deps.sh
+ENV PATH=/opt/venv/bin:$PATH \
+    AIRFLOW_HOME=/data/airflow \
     AIRFLOW__CORE__DAGS_FOLDER=/opt/lookalike/dags \
     AIRFLOW__CORE__LOAD_EXAMPLES=False \
-    PYSPARK_PYTHON=/usr/local/bin/python
+    PYSPARK_PYTHON=/opt/venv/bin/python

@@ -65,3 +65,40 @@ def test_airflow_services_share_one_jwt_secret_and_a_valid_lookalike_config(comp
     cfg = load_config(None, environ=env)
     assert cfg.warehouse == "s3://lookalike/warehouse" and cfg.source.url.startswith("postgresql+psycopg://")
     assert cfg.spark.master == "spark://spark-master:7077" and cfg.source.images.startswith("s3://")
+
+
+DOCKERFILES = sorted((REPO / "docker").glob("*.Dockerfile")) + sorted((REPO / "docker" / "stack-test").glob("*.Dockerfile"))
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_every_image_takes_its_base_as_a_build_argument(dockerfile):
+    lines = [line for line in dockerfile.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    assert lines[0].startswith("ARG BASE_IMAGE=") and lines[1] == "FROM ${BASE_IMAGE}", dockerfile.name
+    assert "download.pytorch.org" not in dockerfile.read_text()  # nothing from an index PyPI users may not reach
+
+
+@pytest.mark.parametrize("dockerfile", sorted((REPO / "docker").glob("*.Dockerfile")), ids=lambda p: p.name)
+def test_dependencies_are_installed_before_the_code_is_copied(dockerfile):
+    lines = dockerfile.read_text().splitlines()
+    deps = next(i for i, line in enumerate(lines) if "install-deps.sh " in line and line.startswith("RUN"))
+    code = min(i for i, line in enumerate(lines) if line.startswith("COPY pipelines"))
+    assert deps < code, dockerfile.name
+
+
+def test_the_build_context_leaves_out_the_virtual_environment_and_local_data():
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
+    assert ignore[ignore.index("*") if "*" in ignore else -1] == "*", "the context should allow-list what it sends"
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    assert not allowed & {".venv", "var", ".git"}
+    for copied in ("pipelines", "jobs", "sql", "dags", "docker/wheelhouse", "docker/install-deps.sh"):
+        assert copied in allowed, copied
+
+
+def test_the_stack_test_override_leaves_lookalikes_own_services_as_shipped(compose):
+    override = yaml.safe_load((REPO / "docker" / "stack-test" / "compose.yml").read_text())
+    third_party = {"postgres", "redis", "minio", "minio-init"}
+    for name, service in override["services"].items():
+        assert name in compose["services"], name
+        if name not in third_party:  # Lookalike's own: only a small run's config in the environment
+            assert set(service) == {"environment"}, name
+            assert all(key.startswith(("LOOKALIKE_", "AIRFLOW__SCHEDULER__")) for key in service["environment"]), name
