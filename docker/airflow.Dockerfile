@@ -18,7 +18,8 @@ COPY docker/spark ./docker/spark
 COPY jobs ./jobs
 COPY pipelines ./pipelines
 COPY dags ./dags
-RUN /opt/venv/bin/pip install -q --no-deps --no-build-isolation -e . && rm install-deps.sh
+RUN /opt/venv/bin/pip install -q --no-deps --no-build-isolation -e . && rm install-deps.sh \
+    && /opt/venv/bin/python -c "import airflow.providers.celery.executors.celery_executor"  # the workers can start
 ENV PATH=/opt/venv/bin:$PATH \
     AIRFLOW_HOME=/data/airflow \
     AIRFLOW__CORE__DAGS_FOLDER=/opt/lookalike/dags \

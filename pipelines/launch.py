@@ -4,7 +4,9 @@
   the driver and executors are the cluster's, not the Airflow worker's;
 - ``train.launcher: torchrun``: ``torchrun --nproc_per_node N -m jobs.train`` on the GPU worker
   (one rank per GPU, DDP);
-- ``in-process`` (the default, and the embedded demo): the stage runs inside the task.
+- ``in-process`` (the default, and the embedded demo): the stage runs inside the task, except
+  training inside a daemonic process (a Celery prefork worker's task): it starts DataLoader
+  processes, which a daemonic process may not have, so it runs as ``python -m jobs.train``.
 
 One code path: a job is the stage's own entrypoint in ``jobs/``, the one an engineer runs by
 hand, started with the task's environment (its config file and the run's overrides). It writes
@@ -64,9 +66,17 @@ def spark_submit_bin() -> str:
     raise ConfigError("embed.launcher is spark-submit but no spark-submit was found (SPARK_HOME, PATH, pyspark)")
 
 
+def _in_daemonic_process() -> bool:
+    import multiprocessing
+
+    return bool(multiprocessing.current_process().daemon)
+
+
 def job_command(cfg: Config, stage: str, ds: str) -> list[str] | None:
     """The command that runs ``stage`` for ``ds`` as a job, or None to run it in-process."""
     launcher = launcher_of(cfg, stage)
+    if launcher == IN_PROCESS and stage == "train" and _in_daemonic_process():
+        return [sys.executable, "-m", "jobs.train", "--ds", ds]
     if launcher == "spark-submit":
         from pipelines.spark import spark_conf
 
@@ -94,7 +104,10 @@ def run_stage(cfg: Config, stage: str, ds: str, in_process: Callable[[], dict],
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), environ.get("PYTHONPATH")])),
                "PYSPARK_PYTHON": environ.get("PYSPARK_PYTHON", sys.executable),
                "PYSPARK_DRIVER_PYTHON": environ.get("PYSPARK_DRIVER_PYTHON", sys.executable)}
-        log.info("%s for ds=%s as a %s job: %s", stage, ds, launcher_of(cfg, stage), shlex.join(command))
+        how = launcher_of(cfg, stage)
+        if how == IN_PROCESS:
+            how = "subprocess (this task's process is daemonic and may not start the loader's processes)"
+        log.info("%s for ds=%s as a %s job: %s", stage, ds, how, shlex.join(command))
         tail: deque[str] = deque(maxlen=40)
         with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, errors="replace") as job:

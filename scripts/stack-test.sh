@@ -50,7 +50,7 @@ stop_daemon() {
     rm -f "$RUN/docker.pid"
   fi
   # What the daemon mounted (overlays, shm, netns) and the bridge it made.
-  grep -E " ($CACHE/docker|$RUN/exec)" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l
+  grep -E " ($CACHE/docker|$RUN/exec)" /proc/mounts | awk '{print $2}' | sort -r | xargs -r -n1 umount -l || true
   ip link show docker0 >/dev/null 2>&1 && ip link delete docker0 || true
   rm -rf "$RUN"
 }
@@ -129,14 +129,22 @@ for service in stack["services"].values():
     reservations = service.get("deploy", {}).get("resources", {}).get("reservations", {})
     reservations.pop("devices", None)
 yaml.safe_dump(stack, open(sys.argv[2], "w"), sort_keys=False)
+# One service per image to build (several Airflow services share one image).
+builders = {}
+for name, service in stack["services"].items():
+    if "build" in service:
+        builders.setdefault(service.get("image", name), name)
+print(" ".join(builders.values()), file=open(sys.argv[2] + ".builders", "w"))
 EOF
 
 say "building the images …"
 build_started=$(date +%s)
-if ! compose build > "$CACHE/build.log" 2>&1; then
+read -r -a builders < "$RUN/stack.yml.builders"
+if ! compose build "${builders[@]}" > "$CACHE/build.log" 2>&1; then
   tail -60 "$CACHE/build.log"; say "a build failed; the whole log is $CACHE/build.log"; exit 1
 fi
 grep -E "^(Building |Successfully tagged)" "$CACHE/build.log" | sed 's/^/    /'
+docker image prune -f >/dev/null  # the layers of earlier builds: the cache keeps only what the images use
 say "images built in $(( $(date +%s) - build_started )) s"
 docker images --format '    {{.Repository}}:{{.Tag}}  {{.Size}}' | grep -v '<none>'
 

@@ -67,3 +67,24 @@ def test_a_job_that_rejects_its_input_fails_without_retry_and_a_bad_launcher_is_
     with pytest.raises(ConfigError, match="train.launcher must be one of in-process, torchrun"):
         job_command(wrong, "train", DS)
     assert job_command(load_config(environ={}), "embed", DS) is None  # the embedded default: in-process
+
+
+def _job_command_in_a_daemon(cfg, queue):
+    queue.put(job_command(cfg, "train", DS))
+
+
+def test_training_in_a_daemonic_process_runs_as_a_job_since_its_loader_needs_processes(tmp_path, sample_dir):
+    # A Celery prefork worker runs each task in a daemonic process, which may not start the
+    # DataLoader's worker processes ("daemonic processes are not allowed to have children").
+    import multiprocessing
+
+    cfg = load_config(write_config(tmp_path, sample_dir), environ={})
+    assert job_command(cfg, "train", DS) is None  # a plain process trains in-process
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    daemon = context.Process(target=_job_command_in_a_daemon, args=(cfg, queue), daemon=True)
+    daemon.start()
+    command = queue.get(timeout=60)
+    daemon.join(timeout=60)
+    assert command[1:] == ["-m", "jobs.train", "--ds", DS]
+    assert job_command(cfg, "embed", DS) is None  # embedding starts no processes of its own

@@ -106,6 +106,19 @@ def _finished(api: Api, path: str):
     return state if state in ("success", "failed") else None
 
 
+def _task_log(api: Api, run_path: str, task_id: str, instance: dict) -> str:
+    """A task's state and, unless it succeeded, the last lines of its log (from the REST API)."""
+    if instance["state"] == "success":
+        return f"{task_id}: success"
+    try:
+        log = api.call("GET", f"{run_path}/taskInstances/{task_id}/logs/{max(instance['try_number'], 1)}")
+        lines = [entry.get("event", str(entry)) if isinstance(entry, dict) else str(entry)
+                 for entry in log.get("content", [])]
+    except (OSError, urllib.error.URLError) as exc:
+        lines = [f"(its log could not be read: {exc})"]
+    return f"{task_id}: {instance['state']}\n    " + "\n    ".join(line[:500] for line in lines[-25:])
+
+
 @pytest.fixture(scope="module")
 def runs(api) -> dict[str, dict[str, dict]]:
     """Each DAG unpaused, triggered for DS and finished, in order: its task instances by task id."""
@@ -120,8 +133,8 @@ def runs(api) -> dict[str, dict[str, dict]]:
         instances = {t["task_id"]: t for t in api.call("GET", f"{path}/taskInstances")["task_instances"]}
         where = ", ".join(f"{task_id} on {instance['hostname']}" for task_id, instance in instances.items())
         print(f"{dag_id}: {state} in {time.monotonic() - started:.0f} s ({where})", file=sys.stderr)
-        assert state == "success", (f"{dag_id} {state}: " + json.dumps({t: i["state"] for t, i in instances.items()})
-                                    + "\n" + compose("logs", "--tail", "80", "airflow-worker", "airflow-gpu-worker"))
+        assert state == "success", f"{dag_id} {state}: " + "\n".join(
+            _task_log(api, path, task_id, instance) for task_id, instance in instances.items())
         assert tasks <= {t for t, i in instances.items() if i["state"] == "success"}, instances
         done[dag_id] = instances
     return done
