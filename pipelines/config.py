@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,6 +169,11 @@ class SparkConfig:
 @dataclass(frozen=True)
 class AirflowConfig:
     home: str = "var/airflow"  # AIRFLOW_HOME for `lookalike run` on the embedded default
+    # Inside a DAG run: the listings database from this Airflow connection (its SQLAlchemy URL
+    # replaces source.url) and the object store's credentials from this AWS connection, when
+    # defined; empty = never look one up (pipelines/connections.py).
+    source_conn_id: str = "lookalike_source"
+    aws_conn_id: str = "aws_default"
 
 
 @dataclass(frozen=True)
@@ -193,6 +199,22 @@ class Config:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def to_public_dict(self) -> dict:
+        """:meth:`to_dict` without credentials: what is written beside outputs (run records,
+        model folders, the registry) and shown to people."""
+        data = self.to_dict()
+        data["source"]["url"] = redact_url(data["source"]["url"])
+        return data
+
+
+# scheme://user:password@host → scheme://user:***@host (SQLAlchemy URLs, s3://, http:// …)
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^/@\s:]*:)(?P<password>[^@\s]*)@")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['head']}***@", text)
 
 
 # Keys holding locations: relative ones are resolved against the config file's folder

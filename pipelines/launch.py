@@ -16,11 +16,14 @@ failure goes through the DAG's retries.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shlex
 import shutil
+import signal
+import threading
 import subprocess
 import sys
 import tempfile
@@ -97,30 +100,99 @@ def run_stage(cfg: Config, stage: str, ds: str, in_process: Callable[[], dict],
     command = job_command(cfg, stage, ds)
     if command is None:
         return in_process()
-    environ = dict(os.environ if environ is None else environ)
+    how = launcher_of(cfg, stage)
+    if how == IN_PROCESS:
+        how = "subprocess (this task's process is daemonic and may not start the loader's processes)"
+    log.info("%s for ds=%s as a %s job: %s", stage, ds, how, shlex.join(command))
+    return run_job(stage, command, dict(os.environ if environ is None else environ))
+
+
+def run_job(stage: str, command: list[str], environ: Mapping[str, str]) -> dict:
+    """Run ``command`` as ``stage``'s job, in a process group of its own, relaying its output to
+    the log; the result it writes to ``LOOKALIKE_RESULT_FILE``.
+
+    The whole group goes with the task: when Airflow stops the task (cleared, marked failed:
+    SIGTERM to the task's process), when the task times out or fails (any exception here), and
+    when the task's process is killed outright (the group's leader gets SIGKILL through Linux's
+    parent-death signal). Nothing of the job outlives it, not even a child left behind by a job
+    that finished."""
     with tempfile.TemporaryDirectory(prefix=f"lookalike-{stage}-") as tmp:
         result = Path(tmp) / "result.json"
         env = {**environ, RESULT_ENV: str(result),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), environ.get("PYTHONPATH")])),
                "PYSPARK_PYTHON": environ.get("PYSPARK_PYTHON", sys.executable),
                "PYSPARK_DRIVER_PYTHON": environ.get("PYSPARK_DRIVER_PYTHON", sys.executable)}
-        how = launcher_of(cfg, stage)
-        if how == IN_PROCESS:
-            how = "subprocess (this task's process is daemonic and may not start the loader's processes)"
-        log.info("%s for ds=%s as a %s job: %s", stage, ds, how, shlex.join(command))
         tail: deque[str] = deque(maxlen=40)
         with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, errors="replace") as job:
-            for line in job.stdout:  # relayed into the task's log as it comes
-                line = line.rstrip()
-                tail.append(line)
-                log.info("[%s] %s", stage, line)
+                              text=True, errors="replace", start_new_session=True,
+                              preexec_fn=_die_with_parent) as job, _stopped_with_the_task(job, stage):
+            def relay():  # the job's output into the task's log as it comes
+                for line in job.stdout:
+                    line = line.rstrip()
+                    tail.append(line)
+                    log.info("[%s] %s", stage, line)
+
+            reader = threading.Thread(target=relay, name=f"{stage}-output", daemon=True)
+            reader.start()
+            job.wait()  # not the output's end: a child left behind may hold it open
+        reader.join(timeout=10)
         if job.returncode == 2:
             raise LookalikeError(f"the {stage} job rejected its input: {_last_error(tail)}")
         if job.returncode != 0 or not result.is_file():
             raise JobFailed(f"the {stage} job exited with status {job.returncode} "
                             f"({shlex.join(command[:2])} …); its last lines:\n" + "\n".join(tail))
         return json.loads(result.read_text())
+
+
+def _die_with_parent() -> None:
+    """In the job's first process: SIGKILL when the task's process dies (Linux; elsewhere a no-op)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+@contextlib.contextmanager
+def _stopped_with_the_task(job: subprocess.Popen, stage: str, grace_s: float = 10.0):
+    """Stop ``job``'s process group on SIGTERM (what Airflow sends a task it stops; its own
+    handler, which calls the operator's ``on_kill``, still runs) or on any exception, and kill
+    whatever is left of the group when the job ends."""
+    previous = None
+
+    def on_term(signum, frame):
+        log.warning("the task is being stopped: stopping its %s job (process group %d)", stage, job.pid)
+        _signal_group(job.pid, signal.SIGTERM)
+        if callable(previous):
+            previous(signum, frame)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread: exceptions below still stop the job
+        previous = None
+    try:
+        yield
+    except BaseException:
+        log.warning("stopping the %s job (process group %d)", stage, job.pid)
+        _signal_group(job.pid, signal.SIGTERM)
+        try:
+            job.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        _signal_group(job.pid, signal.SIGKILL)  # what outlived the job, or a job that ignored SIGTERM
+        job.wait()
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def write_result(result: dict) -> None:

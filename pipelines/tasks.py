@@ -63,10 +63,17 @@ def _triggering_ds(context: dict) -> str | None:
 
 
 def environ_for(context: dict) -> dict[str, str]:
-    """The task's environment with the run's params (``window_days``, ``k``) as config overrides."""
+    """The task's environment with the run's params (``window_days``, ``k``) as config overrides,
+    and the credentials of the configured Airflow Connections (pipelines/connections.py), which
+    this task's own process gets too (boto3 reads the object store's from os.environ)."""
+    from pipelines.connections import airflow_environ, apply_to_process
+
     params = context.get("params") or {}
     overrides = {"LOOKALIKE_WINDOW_DAYS": params.get("window_days"), "LOOKALIKE_NEIGHBORS__K": params.get("k")}
-    return {**os.environ, **{name: str(value) for name, value in overrides.items() if value is not None}}
+    environ = airflow_environ({**os.environ, **{name: str(value) for name, value in overrides.items()
+                                                if value is not None}})
+    apply_to_process(environ)
+    return environ
 
 
 def config_for(context: dict):
@@ -97,8 +104,9 @@ def train(context: dict) -> dict:
     from pipelines.launch import run_stage
     from pipelines.train.stage import run_train
 
-    cfg, ds = config_for(context), partition_date(context)
-    return run_stage(cfg, "train", ds, lambda: run_train(cfg, ds), environ_for(context))
+    environ, ds = environ_for(context), partition_date(context)
+    cfg = load_config(environ=environ)
+    return run_stage(cfg, "train", ds, lambda: run_train(cfg, ds), environ)
 
 
 @fail_fast_on_bad_input
@@ -117,8 +125,9 @@ def embed(context: dict) -> dict:
     from pipelines.embed.stage import run_embed
     from pipelines.launch import run_stage
 
-    cfg, ds = config_for(context), partition_date(context)
-    return run_stage(cfg, "embed", ds, lambda: run_embed(cfg, ds), environ_for(context))
+    environ, ds = environ_for(context), partition_date(context)
+    cfg = load_config(environ=environ)
+    return run_stage(cfg, "embed", ds, lambda: run_embed(cfg, ds), environ)
 
 
 @fail_fast_on_bad_input

@@ -97,6 +97,9 @@ def _stop_spark_at_exit():
         session.stop()
 
 
+POSTGRES_PASSWORD = "lookalike-test-superuser"
+
+
 def _postgres_bin() -> Path | None:
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     if found:
@@ -130,8 +133,12 @@ def postgres_url():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    for step in ([str(bindir / "initdb"), "-D", str(data), "-U", "lookalike", "--auth=trust", "--encoding=UTF8",
-                  "--no-instructions"],
+    pwfile = root / "pw"  # TCP connections must give the password, as on a real server
+    pwfile.write_text(POSTGRES_PASSWORD + "\n")
+    if as_user:
+        shutil.chown(pwfile, "postgres")
+    for step in ([str(bindir / "initdb"), "-D", str(data), "-U", "lookalike", f"--pwfile={pwfile}",
+                  "--auth-local=trust", "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-instructions"],
                  [str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "server.log"),
                   "-o", f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1", "start"]):
         done = subprocess.run([*as_user, *step], capture_output=True, text=True)
@@ -139,7 +146,7 @@ def postgres_url():
             shutil.rmtree(root, ignore_errors=True)
             pytest.fail(f"{Path(step[0]).name} failed: {done.stderr or done.stdout}")
     try:
-        yield f"postgresql+psycopg://lookalike@127.0.0.1:{port}/postgres"
+        yield f"postgresql+psycopg://lookalike:{POSTGRES_PASSWORD}@127.0.0.1:{port}/postgres"
     finally:
         subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
                        capture_output=True)

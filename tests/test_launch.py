@@ -1,6 +1,11 @@
 """Execution modes chosen by config: the same stages run as jobs, `torchrun` for training (two
 gloo ranks on the CPU here) and `spark-submit` for embedding (a local[2] master here), and hand
 their results back to the task that launched them."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -88,3 +93,74 @@ def test_training_in_a_daemonic_process_runs_as_a_job_since_its_loader_needs_pro
     daemon.join(timeout=60)
     assert command[1:] == ["-m", "jobs.train", "--ds", DS]
     assert job_command(cfg, "embed", DS) is None  # embedding starts no processes of its own
+
+
+def _processes_with(marker: str) -> list:
+    """The `sleep <seconds>` processes whose argument starts with ``marker``."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if len(cmdline) == 2 and cmdline[0] == "sleep" and cmdline[1].startswith(marker):
+            found.append(process)
+    return found
+
+
+def _gone(marker: str, timeout: float = 20.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _processes_with(marker):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_finished_job_leaves_no_process_behind():
+    from pipelines.launch import run_job
+
+    script = ("import os, subprocess; subprocess.Popen(['sleep', '300.101']); "
+              "open(os.environ['LOOKALIKE_RESULT_FILE'], 'w').write('{\"ok\": 1}')")
+    assert run_job("test", [sys.executable, "-c", script], dict(os.environ)) == {"ok": 1}
+    assert _gone("300.101")
+
+
+def test_an_exception_in_the_task_stops_its_job_and_the_jobs_children():
+    # What a task's execution_timeout does: an exception raised while the job runs.
+    import signal
+
+    from pipelines.launch import run_job
+
+    def timeout(signum, frame):
+        raise TimeoutError("execution_timeout")
+
+    previous = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(2)
+    try:
+        with pytest.raises(TimeoutError):
+            run_job("test", ["bash", "-c", "sleep 300.202 & sleep 300.203; wait"], dict(os.environ))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert _gone("300.20")
+
+
+def test_sigterm_to_the_task_stops_its_whole_job():
+    # What Airflow sends a running task that is cleared or marked failed.
+    import signal
+    import time
+
+    harness = subprocess.Popen([sys.executable, "-c",
+                                "import os; from pipelines.launch import run_job; "
+                                "run_job('test', ['bash', '-c', 'sleep 300.303 & sleep 300.304; wait'], dict(os.environ))"],
+                               cwd=Path(__file__).resolve().parents[1], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while len(_processes_with("300.30")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(_processes_with("300.30")) == 2
+    harness.send_signal(signal.SIGTERM)
+    _, stderr = harness.communicate(timeout=30)
+    assert harness.returncode != 0 and "JobFailed" in stderr  # the job was stopped, so the task fails
+    assert _gone("300.30")

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from pipelines import schemas
-from pipelines.config import Config
+from pipelines.config import Config, redact_url
 from pipelines.errors import LookalikeError
 from pipelines.extract.images import prepare_image, read_image_bytes
 from pipelines.storage import Warehouse
@@ -165,7 +165,7 @@ def run_extract(cfg: Config, ds: str) -> dict[str, str]:
     log_start, _ = window(ds, max(cfg.evaluate.log_days, cfg.userrec.log_days))
     events = read_source(cfg.source.url, "interactions.sql", {"window_start": log_start, "window_end": end}, sql_dir)
     if listings.empty:
-        raise ExtractError(f"no listings created in [{start}, {end}): check source.url ({cfg.source.url}) "
+        raise ExtractError(f"no listings created in [{start}, {end}): check source.url ({redact_url(cfg.source.url)}) "
                            f"and the ds ({ds}); window_days is {cfg.window_days}")
 
     outputs = {name: wh.fresh_work(ds, name) for name in ("listings_snapshot", "catalog", "quarantine", "interactions")}

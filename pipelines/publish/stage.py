@@ -104,7 +104,7 @@ def run_publish(cfg: Config, ds: str) -> dict:
     stats_path = wh.work(ds, "neighbors_stats.json")
     record = {"ds": ds, "rows": rows, "warehouse": wh.display(),
               "neighbors": json.loads(stats_path.read_text()) if stats_path.exists() else None,
-              "config": cfg.to_dict()}
+              "config": cfg.to_public_dict()}
     return _commit(cfg, wh, ds, files, rows, failures, record)
 
 

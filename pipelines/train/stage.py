@@ -192,7 +192,7 @@ def _run_train(cfg: Config, ds: str, world: World, progress) -> dict[str, str]:
             "snapshot": {"uri": str(snapshot), "ds": ds, "pairs": len(texts.texts), "fingerprint": snapshot_fp},
             "metrics": {"val_before": before, "val": after, "val_pairs": len(val.texts), "world_size": world.size,
                         **stats},
-            "config": cfg.to_dict(), "trained_seconds": round(time.monotonic() - started, 1),
+            "config": cfg.to_public_dict(), "trained_seconds": round(time.monotonic() - started, 1),
         }
         staging = out.with_name(f".{version}.tmp")
         shutil.rmtree(staging, ignore_errors=True)
