@@ -21,7 +21,7 @@ from datetime import datetime
 
 from airflow.sdk import dag, get_current_context, task
 
-from pipelines.dag_common import DEFAULT_ARGS, NIGHTLY_ASSETS, per_snapshot, run_params
+from pipelines.dag_common import DEFAULT_ARGS, NIGHTLY_ASSETS, PUBLISH_DEADLINE, per_snapshot, run_params
 
 
 @dag(
@@ -31,6 +31,7 @@ from pipelines.dag_common import DEFAULT_ARGS, NIGHTLY_ASSETS, per_snapshot, run
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
+    deadline=PUBLISH_DEADLINE,  # alerts.publish_deadline_minutes
     params=run_params("k"),
     doc_md=__doc__,
     tags=["lookalike"],

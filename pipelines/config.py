@@ -149,6 +149,17 @@ class UserRecConfig:
 
 
 @dataclass(frozen=True)
+class AlertsConfig:
+    """Who hears about a failed night (pipelines/alerts.py)."""
+    notifier: str = "none"  # none | smtp | slack: every failed task notifies (the log line stays)
+    to: str = ""  # smtp: recipient address(es), comma-separated
+    from_email: str = "lookalike@localhost"  # smtp: the sender
+    smtp_conn_id: str = "smtp_default"
+    slack_conn_id: str = "slack_default"  # slack: a Slack incoming-webhook connection
+    publish_deadline_minutes: float = 0  # > 0: notify when a nightly run has not published this long after it was queued
+
+
+@dataclass(frozen=True)
 class PublishConfig:
     retain_partitions: int = 14  # per table; older partitions are removed after a commit
 
@@ -191,6 +202,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     userrec: UserRecConfig = field(default_factory=UserRecConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     airflow: AirflowConfig = field(default_factory=AirflowConfig)
 

@@ -10,6 +10,9 @@ from datetime import timedelta
 
 from airflow.sdk import Asset, CronPartitionTimetable, Param, PartitionedAssetTimetable
 
+from pipelines.alerts import failure_notifiers, publish_deadline
+from pipelines.config import load_config
+
 log = logging.getLogger("lookalike")
 
 # Same names as pipelines.storage.PUBLISHED_TABLES (tests/test_dags.py checks they agree).
@@ -60,6 +63,10 @@ def on_task_failure(context) -> None:
               context.get("exception"), dag_id, task_id, rerun)
 
 
+# The config at parse time (LOOKALIKE_CONFIG and LOOKALIKE_* of the DAG processor): who is told
+# about failures and late nights (pipelines/alerts.py).
+_CONFIG = load_config()
+
 DEFAULT_ARGS = {
     "owner": "lookalike",
     "retries": 2,
@@ -67,8 +74,10 @@ DEFAULT_ARGS = {
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=30),
     "execution_timeout": timedelta(hours=6),
-    "on_failure_callback": on_task_failure,
+    "on_failure_callback": [on_task_failure, *failure_notifiers(_CONFIG)],
 }
+# lookalike_nightly's DeadlineAlert (None: no deadline configured).
+PUBLISH_DEADLINE = publish_deadline(_CONFIG)
 
 
 def run_params(*keys: str) -> dict:
