@@ -2,13 +2,9 @@
 notifier, configured by ``alerts.*``, against a real SMTP server on loopback (aiosmtpd). The
 publish deadline (a DeadlineAlert on lookalike_nightly) is tested on a real scheduler in
 tests/test_scheduler.py."""
-import json
 import os
-import socket
 import subprocess
 import sys
-import time
-from email import message_from_bytes
 from pathlib import Path
 
 import pytest
@@ -18,43 +14,6 @@ from pipelines.config import ConfigError, load_config
 from tests.conftest import write_config
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class Inbox:
-    """An aiosmtpd handler keeping every message it is sent."""
-
-    def __init__(self):
-        self.messages = []
-
-    async def handle_DATA(self, server, session, envelope):
-        self.messages.append((envelope.rcpt_tos, message_from_bytes(envelope.original_content)))
-        return "250 OK"
-
-    def wait_for(self, predicate, timeout: float):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = [message for to, message in self.messages if predicate(to, message)]
-            if found:
-                return found[0]
-            time.sleep(0.5)
-        raise AssertionError(f"no such mail within {timeout:.0f} s; got {[m['Subject'] for _, m in self.messages]}")
-
-
-@pytest.fixture
-def smtp_server():
-    """A real SMTP server on a loopback port; (the inbox, the AIRFLOW_CONN_SMTP_DEFAULT value)."""
-    from aiosmtpd.controller import Controller
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    connection = json.dumps({"conn_type": "smtp", "host": "127.0.0.1", "port": port,
-                             "extra": {"disable_ssl": True, "disable_tls": True}})
-    yield inbox, connection
-    controller.stop()
 
 
 @pytest.mark.slow

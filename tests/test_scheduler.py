@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from pipelines.config import load_config
-from pipelines.orchestrate import _airflow_bin, airflow_env
+from pipelines.orchestrate import _airflow_bin, airflow_env, prepare_airflow
 from pipelines.storage import Warehouse
 from tests.conftest import DS, write_config
 
@@ -67,14 +67,19 @@ def _stage(config, stage, ds):
 
 
 @contextlib.contextmanager
-def running_airflow(cfg, config: Path, tmp_path: Path, unpause: tuple[str, ...], metadata_url: str | None = None):
+def running_airflow(cfg, config: Path, tmp_path: Path, unpause: tuple[str, ...], metadata_url: str | None = None,
+                    extra_env: dict | None = None):
     """`airflow standalone` on a loopback port for ``config``; yields an authenticated REST client.
 
     Every DAG is created paused but those in ``unpause``. ``metadata_url``: Airflow's metadata
-    database (SQLite in the Airflow home without it). On exit: SIGINT, then every process the
-    server started must be gone."""
+    database (SQLite in the Airflow home without it). ``extra_env``: more variables (connections);
+    with it, the server gets no ``AWS_*`` variable of this process. On exit: SIGINT, then every
+    process the server started must be gone."""
     port = _free_port()
-    env = {**airflow_env(cfg, str(config)),
+    inherited = airflow_env(cfg, str(config))
+    if extra_env is not None:
+        inherited = {k: v for k, v in inherited.items() if not k.startswith("AWS_")} | extra_env
+    env = {**inherited,
            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor", "AIRFLOW__CORE__PARALLELISM": "2",
            "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
@@ -119,21 +124,91 @@ def _finished(api: Api, path: str):
     return state if state in ("success", "failed") else None
 
 
-def test_a_real_scheduler_runs_the_nightly_dag_triggered_through_the_rest_api(tmp_path, sample_dir):
-    config = write_config(tmp_path, sample_dir)
-    cfg = load_config(config, environ={})
-    for stage in ("extract", "train", "evaluate"):  # what lookalike_extract and lookalike_finetune leave for ds
-        _stage(config, stage, DS)
+def _trigger_and_wait(api: Api, dag_id: str, ds: str, timeout: float = 600) -> dict[str, str]:
+    run = api.call("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": {"ds": ds}})
+    path = f"/api/v2/dags/{dag_id}/dagRuns/{run['dag_run_id']}"
+    state = api.wait_for(f"{dag_id} to finish", lambda: _finished(api, path), timeout=timeout, every=5)
+    assert state == "success", api.log.read_text()[-5000:]
+    return {t["task_id"]: t["state"] for t in api.call("GET", f"{path}/taskInstances")["task_instances"]}
 
-    with running_airflow(cfg, config, tmp_path, unpause=("lookalike_nightly",)) as api:
-        run = api.call("POST", "/api/v2/dags/lookalike_nightly/dagRuns", {"logical_date": None, "conf": {"ds": DS}})
-        path = f"/api/v2/dags/lookalike_nightly/dagRuns/{run['dag_run_id']}"
-        state = api.wait_for("the run to finish", lambda: _finished(api, path), timeout=600, every=5)
-        assert state == "success", api.log.read_text()[-5000:]
-        tasks = api.call("GET", f"{path}/taskInstances")["task_instances"]
-        assert {t["task_id"]: t["state"] for t in tasks} == {
-            "embed": "success", "neighbors": "success", "publish": "success", "report": "success"}
-    assert DS in Warehouse.of(cfg).entries("item_neighbors")
+
+def test_a_real_scheduler_reads_source_and_store_through_connections_and_mails_a_missed_deadline(
+        tmp_path, postgres_url, smtp_server):
+    """Triggered through the REST API: lookalike_extract reads the listings through the
+    ``lookalike_source`` connection (the config's source.url names no database) and the photos
+    through ``aws_default`` (the scheduler has no AWS_* variable); lookalike_nightly publishes to
+    S3 through it, and its DeadlineAlert mails the operators when it is late."""
+    import boto3
+    import sqlalchemy as sa
+    from moto.server import ThreadedMotoServer
+
+    from pipelines.alerts import LATE_SUBJECT
+
+    inbox, smtp_connection = smtp_server
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    moto.start()
+    host, port = moto.get_host_and_port()
+    aws = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "lookalike-key",
+           "AWS_SECRET_ACCESS_KEY": "lookalike-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+    try:
+        s3 = boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"], aws_access_key_id="x", aws_secret_access_key="x",
+                          region_name="us-east-1")
+        for bucket in ("images", "lake"):
+            s3.create_bucket(Bucket=bucket)
+        database = _new_database(postgres_url, "listings_conn")
+        seeded = subprocess.run([sys.executable, "-m", "pipelines.cli", "sample-data", "--out", str(tmp_path / "sample"),
+                                 "--items", "300", "--users", "100", "--days", "100", "--seed", "3", "--end", DS,
+                                 "--load-into", database, "--upload-images", "s3://images/sample"],
+                                capture_output=True, text=True, cwd=REPO, env={**os.environ, **aws}, timeout=600)
+        assert seeded.returncode == 0, seeded.stderr[-2000:]
+        config = write_config(tmp_path, tmp_path / "sample", warehouse="s3://lake/warehouse",
+                              work_dir=str(tmp_path / "work"),
+                              source={"url": f"sqlite:///{tmp_path / 'no-such.db'}", "images": "s3://images/sample"},
+                              alerts={"notifier": "smtp", "to": "night-ops@example.com",
+                                      "publish_deadline_minutes": 0.02})
+        cfg = load_config(config, environ={})
+        url = sa.engine.make_url(database)
+        connections = {
+            "AIRFLOW_CONN_LOOKALIKE_SOURCE": f"postgres://{url.username}:{url.password}@{url.host}:{url.port}/{url.database}",
+            "AIRFLOW_CONN_AWS_DEFAULT": json.dumps({"conn_type": "aws", "login": aws["AWS_ACCESS_KEY_ID"],
+                                                    "password": aws["AWS_SECRET_ACCESS_KEY"],
+                                                    "extra": {"endpoint_url": aws["AWS_ENDPOINT_URL"],
+                                                              "region_name": "us-east-1"}}),
+            "AIRFLOW_CONN_SMTP_DEFAULT": smtp_connection,
+        }
+        with running_airflow(cfg, config, tmp_path, unpause=("lookalike_extract", "lookalike_nightly"),
+                             extra_env=connections) as api:
+            assert _trigger_and_wait(api, "lookalike_extract", DS) == {"extract": "success"}
+            for stage in ("train", "evaluate"):  # what lookalike_finetune leaves for ds (config and AWS_* here)
+                proc = subprocess.run([sys.executable, "-m", "pipelines.cli", stage, "--config", str(config), "--ds", DS],
+                                      capture_output=True, text=True, cwd=REPO, env={**os.environ, **aws}, timeout=600)
+                assert proc.returncode == 0, proc.stderr[-3000:]
+            assert _trigger_and_wait(api, "lookalike_nightly", DS) == {
+                "embed": "success", "neighbors": "success", "publish": "success", "report": "success"}
+            late = inbox.wait_for(lambda to, m: m["Subject"] == LATE_SUBJECT, timeout=180)
+            assert "night-ops@example.com" in late["To"]
+            logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "airflow" / "logs").rglob("*.log"))
+        assert "source: Airflow connection 'lookalike_source'" in logs
+        assert "object store: Airflow connection 'aws_default'" in logs
+        assert url.password not in logs and aws["AWS_SECRET_ACCESS_KEY"] not in logs
+        with _patched_environ(aws):
+            assert DS in Warehouse.of(cfg).entries("item_neighbors")
+    finally:
+        moto.stop()
+
+
+@contextlib.contextmanager
+def _patched_environ(values: dict):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _airflow(api: Api, *args: str) -> str:
@@ -206,3 +281,38 @@ def _session(process) -> int | None:
         return os.getsid(process.pid)
     except (ProcessLookupError, PermissionError):
         return None
+
+
+def _job_processes(marker: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if marker in " ".join(process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+def test_clearing_a_running_launched_task_stops_its_whole_job(tmp_path, sample_dir):
+    """train under torchrun (a launched job: torchrun and its rank), cleared while it trains: the
+    task's process is stopped by Airflow and takes every process of the job with it."""
+    config = write_config(tmp_path, sample_dir, train={"launcher": "torchrun", "nproc_per_node": 1,
+                                                       "max_steps": 1_000_000, "minutes": 20, "batch_size": 32,
+                                                       "warmup_steps": 5})
+    cfg = load_config(config, environ={})
+    _stage(config, "extract", DS)
+    prepare_airflow(cfg, str(config))  # the metadata database and the `gpu` pool the train task runs in
+    marker = f"jobs.train --ds {DS}"
+    with running_airflow(cfg, config, tmp_path, unpause=("lookalike_finetune",),
+                         extra_env={"AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"}) as api:
+        run = api.call("POST", "/api/v2/dags/lookalike_finetune/dagRuns", {"logical_date": None, "conf": {"ds": DS}})
+        # torchrun and its rank are both up
+        job = api.wait_for("the training job's processes", lambda: (lambda found: found if len(found) >= 2 else None)(
+            _job_processes(marker)), timeout=300, every=1)
+        api.call("PATCH", "/api/v2/dags/lookalike_finetune", {"is_paused": True})  # the cleared task is not rerun
+        api.call("POST", "/api/v2/dags/lookalike_finetune/clearTaskInstances",
+                 {"dry_run": False, "dag_run_id": run["dag_run_id"], "task_ids": ["train"], "only_failed": False,
+                  "only_running": False, "reset_dag_runs": True})
+        _, alive = psutil.wait_procs(job, timeout=90)
+        assert not alive, f"left running after the task was cleared: {[p.cmdline() for p in alive]}"
+        assert not _job_processes(marker)
+        assert "stopping its train job" in "".join(
+            p.read_text(errors="replace") for p in (tmp_path / "airflow" / "logs").rglob("*.log"))
