@@ -63,8 +63,17 @@ def test_airflow_services_share_one_jwt_secret_and_a_valid_lookalike_config(comp
     # every LOOKALIKE_* variable is a real config key (unknown keys are an error) with the stack's values
     env = {k: str(v) for k, v in envs[0].items()}
     cfg = load_config(None, environ=env)
-    assert cfg.warehouse == "s3://lookalike/warehouse" and cfg.source.url.startswith("postgresql+psycopg://")
-    assert cfg.spark.master == "spark://spark-master:7077" and cfg.source.images.startswith("s3://")
+    assert cfg.warehouse == "s3://lookalike/warehouse" and cfg.source.images.startswith("s3://")
+    assert cfg.spark.master == "spark://spark-master:7077" and cfg.embed.launcher == "spark-submit"
+    # credentials reach DAG runs only as Airflow Connections, never as Lookalike config
+    assert env["AIRFLOW_CONN_LOOKALIKE_SOURCE"].startswith("postgres://")
+    aws = json.loads(env["AIRFLOW_CONN_AWS_DEFAULT"].replace("${MINIO_ROOT_USER:-lookalike}", "u")
+                     .replace("${MINIO_ROOT_PASSWORD:-lookalike-secret}", "p"))
+    assert aws["conn_type"] == "aws" and aws["extra"]["endpoint_url"] == "http://minio:9000"
+    for name in AIRFLOW:
+        service_env = compose["services"][name]["environment"]
+        assert not any(k.startswith("AWS_") or k == "LOOKALIKE_SOURCE__URL" for k in service_env), name
+    assert not any(k.startswith(("AWS_", "LOOKALIKE_")) for k in compose["services"]["spark-worker"]["environment"])
 
 
 DOCKERFILES = sorted((REPO / "docker").glob("*.Dockerfile")) + sorted((REPO / "docker" / "stack-test").glob("*.Dockerfile"))
