@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pipelines.config import Config, ConfigError
+from pipelines.config import CHOICES, Config, ConfigError
 
-NOTIFIERS = ("none", "smtp", "slack")
+NOTIFIERS = CHOICES["alerts.notifier"]
 FAILED_SUBJECT = ("Lookalike: task {{ ti.task_id }} of {{ ti.dag_id }} failed for "
                   "{{ params.ds or dag_run.partition_key or ds }}")
 FAILED_BODY = ("Task {{ ti.task_id }} of {{ ti.dag_id }} failed (try {{ ti.try_number }}), run {{ run_id }}: "

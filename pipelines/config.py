@@ -327,6 +327,28 @@ def _resolve_paths(data: dict, base_dir: Path) -> dict:
     return data
 
 
+# Keys whose value is one of a few names: checked when the config loads, so a typo fails at once
+# with the key named, not hours later inside a stage. The stages take their lists from here.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "train.precision": ("auto", "bf16", "fp32"),
+    "train.launcher": ("in-process", "torchrun"),
+    "embed.launcher": ("in-process", "spark-submit"),
+    "neighbors.index": ("auto", "flat", "ivf", "ivfpq", "hnsw", "torch"),
+    "neighbors.device": ("auto", "cpu", "cuda"),
+    "userrec.fusion": ("gated", "concat"),
+    "userrec.user_tower": ("transformer", "gru"),
+    "alerts.notifier": ("none", "smtp", "slack"),
+}
+
+
+def _check_choices(config: Config) -> None:
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
 def load_config(path: str | os.PathLike | None = None, environ: typing.Mapping[str, str] | None = None) -> Config:
     """The resolved configuration: defaults, then the YAML file, then environment overrides."""
     environ = os.environ if environ is None else environ
@@ -349,4 +371,5 @@ def load_config(path: str | os.PathLike | None = None, environ: typing.Mapping[s
         base_dir = file.resolve().parent
     data = _merge(data, _env_overrides(environ))
     config = _build(Config, data)
+    _check_choices(config)
     return _build(Config, _resolve_paths(config.to_dict(), base_dir))

@@ -31,7 +31,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Mapping
 
-from pipelines.config import Config, ConfigError
+from pipelines.config import CHOICES, Config, ConfigError
 from pipelines.errors import LookalikeError
 
 log = logging.getLogger("lookalike")
@@ -39,7 +39,7 @@ log = logging.getLogger("lookalike")
 REPO = Path(__file__).resolve().parents[1]
 RESULT_ENV = "LOOKALIKE_RESULT_FILE"
 IN_PROCESS = "in-process"
-LAUNCHERS = {"embed": (IN_PROCESS, "spark-submit"), "train": (IN_PROCESS, "torchrun")}
+LAUNCHERS = {stage: CHOICES[f"{stage}.launcher"] for stage in ("embed", "train")}
 
 
 class JobFailed(RuntimeError):

@@ -1,8 +1,9 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
-from pipelines.config import ConfigError, load_config
+from pipelines.config import CHOICES, ConfigError, load_config
 
 
 def test_embedded_default_has_the_contract_keys():
@@ -51,3 +52,17 @@ def test_unknown_environment_key_is_an_error():
 def test_missing_file():
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("/nonexistent/lookalike.yaml", environ={})
+
+
+@pytest.mark.parametrize("key", sorted(CHOICES))
+def test_a_value_outside_a_keys_choices_fails_when_the_config_loads_naming_the_key(key, tmp_path):
+    section, name = key.split(".")
+    config = tmp_path / "lookalike.yaml"
+    config.write_text(yaml.safe_dump({section: {name: "no-such-choice"}}))
+    with pytest.raises(ConfigError, match=rf"^{key} must be one of {', '.join(CHOICES[key])}; got 'no-such-choice'"):
+        load_config(config, environ={})
+    with pytest.raises(ConfigError, match=rf"^{key} must be one of"):  # the same through the environment
+        load_config(None, environ={f"LOOKALIKE_{section.upper()}__{name.upper()}": "no-such-choice"})
+    for allowed in CHOICES[key]:
+        assert getattr(getattr(load_config(None, environ={f"LOOKALIKE_{section.upper()}__{name.upper()}": allowed}),
+                               section), name) == allowed

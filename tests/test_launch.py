@@ -68,9 +68,8 @@ def test_a_job_that_rejects_its_input_fails_without_retry_and_a_bad_launcher_is_
     with pytest.raises(LookalikeError, match="the embed job rejected its input"):
         run_stage(cfg, "embed", "2026-01-01", _never)  # nothing was extracted for that day
 
-    wrong = load_config(environ={"LOOKALIKE_CONFIG": str(config), "LOOKALIKE_TRAIN__LAUNCHER": "mpirun"})
-    with pytest.raises(ConfigError, match="train.launcher must be one of in-process, torchrun"):
-        job_command(wrong, "train", DS)
+    with pytest.raises(ConfigError, match="train.launcher must be one of in-process, torchrun"):  # when it loads
+        load_config(environ={"LOOKALIKE_CONFIG": str(config), "LOOKALIKE_TRAIN__LAUNCHER": "mpirun"})
     assert job_command(load_config(environ={}), "embed", DS) is None  # the embedded default: in-process
 
 

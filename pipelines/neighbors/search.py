@@ -27,9 +27,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipelines.config import CHOICES
+
 log = logging.getLogger(__name__)
 
-KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw", "torch")
+KINDS = CHOICES["neighbors.index"]
 CANDIDATE_CHUNK = 131_072  # rows of candidates per exact-search pass (bounds the score buffers)
 MIN_SPEEDUP = 1.5  # an approximate index must beat exact search by this much on the tuning sample
 

@@ -130,8 +130,6 @@ def _run_train(cfg: Config, ds: str, world: World, progress) -> dict[str, str]:
     if not snapshot.exists():
         raise FileNotFoundError(f"no snapshot for ds={ds} at {snapshot}: run `lookalike extract --ds {ds}` first")
     tc = cfg.train
-    if tc.precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"train.precision={tc.precision!r}: expected auto, bf16 or fp32")
     texts = read_texts(snapshot, tc.text_template)
     snapshot_fp = snapshot_fingerprint(texts)
     version = model_version(cfg, ds, snapshot_fp)
