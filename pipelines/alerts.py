@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pipelines.config import CHOICES, Config, ConfigError
+from pipelines.config import Config, ConfigError
 
-NOTIFIERS = CHOICES["alerts.notifier"]
 FAILED_SUBJECT = ("Lookalike: task {{ ti.task_id }} of {{ ti.dag_id }} failed for "
                   "{{ params.ds or dag_run.partition_key or ds }}")
 FAILED_BODY = ("Task {{ ti.task_id }} of {{ ti.dag_id }} failed (try {{ ti.try_number }}), run {{ run_id }}: "
@@ -25,20 +24,18 @@ LATE_SUBJECT = "Lookalike: lookalike_nightly has not published within its deadli
 
 
 def _notifier(settings: dict, subject: str, body: str):
-    kind = settings["notifier"]
-    if kind == "smtp":
+    """``alerts.notifier``'s notifier (smtp or slack; the config allows no other when it loads)."""
+    if settings["notifier"] == "smtp":
         from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
         return SmtpNotifier(to=settings["to"], from_email=settings["from_email"], subject=subject,
                             html_content=body, smtp_conn_id=settings["smtp_conn_id"])
-    if kind == "slack":
-        try:
-            from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
-        except ImportError:
-            raise ConfigError("alerts.notifier is slack but the Slack provider is not installed: "
-                              "pip install apache-airflow-providers-slack") from None
-        return SlackWebhookNotifier(slack_webhook_conn_id=settings["slack_conn_id"], text=f"{subject}\n{body}")
-    raise ConfigError(f"alerts.notifier must be one of {', '.join(NOTIFIERS)}, got {kind!r}")
+    try:
+        from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
+    except ImportError:
+        raise ConfigError("alerts.notifier is slack but the Slack provider is not installed: "
+                          "pip install apache-airflow-providers-slack") from None
+    return SlackWebhookNotifier(slack_webhook_conn_id=settings["slack_conn_id"], text=f"{subject}\n{body}")
 
 
 def _settings(cfg: Config) -> dict | None:

@@ -20,6 +20,7 @@ from pipelines.config import ConfigError, load_config, redact_url
 
 log = logging.getLogger("lookalike")
 
+AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
@@ -57,20 +58,20 @@ def aws_environ(conn) -> dict[str, str]:
     return {name: str(value) for name, value in env.items() if value}
 
 
-def mask_secrets(environ: Mapping[str, str]) -> None:
-    """Register every credential this task can see with Airflow's secret masker."""
+def mask_secrets(source_url: str, environ: Mapping[str, str]) -> None:
+    """Register every credential this task can see with Airflow's secret masker: the source
+    URL's password (and the URL) and the object store's secrets in ``environ``."""
     from airflow.sdk.log import mask_secret
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
-    cfg = load_config(environ=environ)
     try:
-        password = make_url(cfg.source.url).password
+        password = make_url(source_url).password
     except ArgumentError:
         password = None
     if password:
         mask_secret(password)
-        mask_secret(cfg.source.url)
+        mask_secret(source_url)
     for name in SECRET_ENV:
         if environ.get(name):
             mask_secret(environ[name])
@@ -80,21 +81,21 @@ def airflow_environ(environ: Mapping[str, str]) -> dict[str, str]:
     """``environ`` with the source URL and the AWS credentials of the configured Connections."""
     cfg = load_config(environ=environ)
     out = dict(environ)
+    url = cfg.source.url
     source = _connection(cfg.airflow.source_conn_id) if cfg.airflow.source_conn_id else None
     if source is not None:
-        out["LOOKALIKE_SOURCE__URL"] = source_url(source)
-        log.info("source: Airflow connection %r (%s)", source.conn_id, redact_url(out["LOOKALIKE_SOURCE__URL"]))
+        url = out["LOOKALIKE_SOURCE__URL"] = source_url(source)
+        log.info("source: Airflow connection %r (%s)", source.conn_id, redact_url(url))
     aws = _connection(cfg.airflow.aws_conn_id) if cfg.airflow.aws_conn_id else None
     if aws is not None:
         out.update(aws_environ(aws))
         log.info("object store: Airflow connection %r", aws.conn_id)
-    mask_secrets(out)
+    mask_secrets(url, out)
     return out
 
 
 def apply_to_process(environ: Mapping[str, str]) -> None:
     """Give this task's process the object store's credentials (boto3 reads them from os.environ)."""
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
-                 "AWS_DEFAULT_REGION"):
+    for name in AWS_ENV:
         if environ.get(name):
             os.environ[name] = environ[name]

@@ -209,3 +209,15 @@ def smtp_server():
                              "extra": {"disable_ssl": True, "disable_tls": True}})
     yield inbox, connection
     controller.stop()
+
+
+def rest_call(base: str, method: str, path: str, body: dict | None = None, token: str | None = None):
+    """One JSON call to Airflow's REST API at ``base`` (with a bearer token once there is one)."""
+    import urllib.request
+
+    request = urllib.request.Request(base + path, method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json",
+                                              **({"Authorization": f"Bearer {token}"} if token else {})})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read() or b"null")

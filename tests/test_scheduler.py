@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 from pipelines.config import load_config
 from pipelines.orchestrate import _airflow_bin, airflow_env, prepare_airflow
 from pipelines.storage import Warehouse
-from tests.conftest import DS, write_config
+from tests.conftest import DS, rest_call, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -37,12 +36,7 @@ class Api:
         self.base, self.server, self.log, self.token = base, server, log, None
 
     def call(self, method: str, path: str, body: dict | None = None):
-        request = urllib.request.Request(self.base + path, method=method,
-                                         data=json.dumps(body).encode() if body is not None else None,
-                                         headers={"Content-Type": "application/json",
-                                                  **({"Authorization": f"Bearer {self.token}"} if self.token else {})})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read() or b"null")
+        return rest_call(self.base, method, path, body, self.token)
 
     def wait_for(self, what: str, check, timeout: float, every: float = 2.0):
         deadline = time.monotonic() + timeout

@@ -12,10 +12,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import rest_call
 
 REPO = Path(__file__).resolve().parents[2]
 STACK = os.environ.get("LOOKALIKE_STACK_FILE")
@@ -71,12 +73,7 @@ class Api:
         self.token = None
 
     def call(self, method: str, path: str, body: dict | None = None):
-        request = urllib.request.Request(API + path, method=method,
-                                         data=json.dumps(body).encode() if body is not None else None,
-                                         headers={"Content-Type": "application/json",
-                                                  **({"Authorization": f"Bearer {self.token}"} if self.token else {})})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read() or b"null")
+        return rest_call(API, method, path, body, self.token)
 
 
 def _seeded() -> bool:
