@@ -10,11 +10,8 @@ from datetime import date
 from typing import Callable
 
 from pipelines.config import load_config
-from pipelines.errors import LookalikeError
+from pipelines.errors import report
 from pipelines.launch import write_result
-
-# Errors that mean "the input is wrong": reported as one clear line, exit status 2.
-USER_ERRORS = (LookalikeError, FileNotFoundError, ValueError)
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -43,9 +40,8 @@ def run_stage(stage: str, description: str, fn: Callable, argv: list[str] | None
     setup_logging()
     try:
         result = fn(load_config(args.config), args.ds)
-    except USER_ERRORS as exc:
-        print(f"lookalike {stage}: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # bad input (2) and transient failures (75) as one line; a bug re-raised
+        return report(f"lookalike {stage}", exc)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one result for the whole job
         print(json.dumps(result, indent=2, default=str))
         write_result(result)  # to the DAG task that launched this job, if one did

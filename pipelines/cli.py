@@ -10,7 +10,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 
 from jobs._common import iso_date
-from pipelines.errors import LookalikeError
+from pipelines.errors import LookalikeError, report
 
 STAGES = {
     "extract": "jobs.extract",
@@ -277,9 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (LookalikeError, FileNotFoundError) as exc:
-        print(f"lookalike {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # bad input (2) and transient failures (75) as one line; a bug re-raised
+        return report(f"lookalike {args.command}", exc)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

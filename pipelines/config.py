@@ -18,16 +18,12 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.errors import LookalikeError
+from pipelines.errors import ConfigError, LookalikeError  # noqa: F401  (ConfigError: imported from here too)
 
 ENV_PREFIX = "LOOKALIKE_"
 CONFIG_ENV = "LOOKALIKE_CONFIG"  # path of the config file, read by DAG tasks and jobs
 # Per-process settings that are not config keys: the model cache of a host, test crash points.
 NOT_CONFIG_ENV = {CONFIG_ENV, "LOOKALIKE_CACHE_DIR", "LOOKALIKE_FAULT", "LOOKALIKE_RESULT_FILE"}
-
-
-class ConfigError(LookalikeError):
-    """A configuration file or override that cannot be used; the message says which key."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +46,7 @@ class ExtractConfig:
     max_image_bytes: int = 20_000_000  # larger source files are quarantined unread
     max_image_pixels: int = 50_000_000  # decompression-bomb guard (width x height)
     min_image_side: int = 16  # smaller images carry no usable signal
+    max_quarantine_share: float = 0.05  # a larger share of rejected rows fails the ds before anything is published
 
 
 @dataclass(frozen=True)

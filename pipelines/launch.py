@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from pipelines.config import CHOICES, Config, ConfigError
-from pipelines.errors import LookalikeError
+from pipelines.errors import BAD_INPUT, EXIT_STATUS, TRANSIENT, LookalikeError, TransientError
 
 log = logging.getLogger("lookalike")
 
@@ -132,8 +132,10 @@ def run_job(stage: str, command: list[str], environ: Mapping[str, str]) -> dict:
             reader.start()
             job.wait()  # not the output's end: a child left behind may hold it open
         reader.join(timeout=10)
-        if job.returncode == 2:
+        if job.returncode == EXIT_STATUS[BAD_INPUT]:
             raise LookalikeError(f"the {stage} job rejected its input: {_last_error(tail)}")
+        if job.returncode == EXIT_STATUS[TRANSIENT]:
+            raise TransientError(f"the {stage} job hit a transient failure (retried): {_last_error(tail)}")
         if job.returncode != 0 or not result.is_file():
             raise JobFailed(f"the {stage} job exited with status {job.returncode} "
                             f"({shlex.join(command[:2])} …); its last lines:\n" + "\n".join(tail))

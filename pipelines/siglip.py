@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from pipelines.errors import ConfigError
 
 # Named architectures initialised from scratch. The two real shapes match Google's checkpoints.
 ARCHITECTURES: dict[str, dict] = {
@@ -39,7 +40,7 @@ def build_config(name: str, *, vocab_size: int, max_text_length: int):
     from transformers import SiglipConfig
 
     if name not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {name!r}; named ones: {', '.join(ARCHITECTURES)} "
+        raise ConfigError(f"unknown architecture {name!r}; named ones: {', '.join(ARCHITECTURES)} "
                          f"(or give a Hugging Face checkpoint directory as model.init)")
     a = ARCHITECTURES[name]
     text = dict(vocab_size=vocab_size, hidden_size=a["hidden"], intermediate_size=a["mlp"],

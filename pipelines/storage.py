@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import schemas
-from pipelines.errors import LookalikeError
+from pipelines.errors import ConfigError, LookalikeError
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +393,8 @@ class ModelStore:
     def at(cls, location: str | os.PathLike) -> "ModelStore":
         text = str(location)
         if "://" in text:
-            raise NotImplementedError(f"models location {text}: only local directories are supported so far")
+            raise ConfigError(f"models={text}: the model registry must be a local or shared-volume directory "
+                              "(model checkpoints can still be loaded from s3:// through model.init)")
         return cls(Path(text))
 
     def version_dir(self, version: str) -> Path:

@@ -11,25 +11,31 @@ import os
 from datetime import date
 
 from pipelines.config import load_config
-from pipelines.errors import LookalikeError
+from pipelines.errors import BAD_INPUT, TRANSIENT, LookalikeError, classify, describe
 
 log = logging.getLogger("lookalike")
 
 
 def fail_fast_on_bad_input(fn):
-    """A ``LookalikeError`` (bad input, failed check) fails the task at once: retrying cannot help.
+    """Bad input or a failed check (``errors.classify``) fails the task at once: retrying cannot help.
 
-    Anything else (a lost connection, a killed worker) goes through the DAG's retries.
+    A transient failure (a lost connection, S3 SlowDown) and a bug go through the DAG's retries,
+    with exponential backoff (``dag_common.DEFAULT_ARGS``).
     """
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except LookalikeError as exc:
-            from airflow.sdk.exceptions import AirflowFailException
+        except Exception as exc:
+            kind = classify(exc)
+            if kind == BAD_INPUT:
+                from airflow.sdk.exceptions import AirflowFailException
 
-            log.error("%s: %s", exc.__class__.__name__, exc)
-            raise AirflowFailException(f"{exc.__class__.__name__}: {exc}") from exc
+                log.error("%s: %s", exc.__class__.__name__, exc)
+                raise AirflowFailException(f"{exc.__class__.__name__}: {exc}") from exc
+            if kind == TRANSIENT:
+                log.warning("transient failure, the task will be retried: %s", describe(exc))
+            raise
 
     return wrapper
 

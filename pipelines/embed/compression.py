@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pipelines.errors import ConfigError, LookalikeError
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,9 @@ class Projection:
 def fit_projection(vectors: np.ndarray, dim: int) -> Projection:
     """PCA of (N, D) ``vectors`` keeping ``dim`` components (SVD of the centred sample)."""
     if dim >= vectors.shape[1]:
-        raise ValueError(f"embed.pca_dim={dim} must be smaller than the model's embedding size {vectors.shape[1]}")
+        raise ConfigError(f"embed.pca_dim={dim} must be smaller than the model's embedding size {vectors.shape[1]}")
     if len(vectors) < dim:
-        raise ValueError(f"PCA to {dim} dimensions needs at least {dim} sample vectors, got {len(vectors)}")
+        raise LookalikeError(f"PCA to {dim} dimensions needs at least {dim} sample vectors, got {len(vectors)}")
     mean = vectors.mean(axis=0)
     _, _, vt = np.linalg.svd(vectors - mean, full_matrices=False)
     return Projection(mean.astype(np.float32), vt[:dim].astype(np.float32))

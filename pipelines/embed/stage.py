@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from pipelines import registry, schemas
 from pipelines.config import Config
 from pipelines.embed.compression import fit_projection, load_projection, projection_path, save_projection
+from pipelines.errors import ConfigError
 from pipelines.storage import ModelStore, Warehouse, atomic_write_text, write_parquet
 
 log = logging.getLogger(__name__)
@@ -210,7 +211,8 @@ def _embed_on_spark(cfg: Config, todo_path, raw_path, path: str, ds: str, projec
 def _ensure_projection(cfg: Config, catalog, model_path: str, dim: int):
     """The model version's PCA to ``dim``, fitted on a seeded catalogue sample the first time."""
     if model_path.startswith("s3://"):
-        raise NotImplementedError("embed.pca_dim with a model on s3:// is not supported yet")
+        raise ConfigError("embed.pca_dim with a production model on s3:// is not supported: "
+                          "register the model in a local models directory, or set embed.pca_dim: 0")
     path = projection_path(model_path, dim)
     if path.exists():
         return path

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from pipelines import registry, schemas
 from pipelines.config import Config
+from pipelines.errors import LookalikeError
 from pipelines.evaluate.baselines import image_baseline_vectors, text_baseline_vectors
 from pipelines.extract.stage import read_events
 from pipelines.evaluate.metrics import REPORTED, bootstrap_ci, query_metrics
@@ -91,7 +92,7 @@ def run_evaluate(cfg: Config, ds: str, model_uri: str) -> dict:
     events = read_events(wh, ds, cfg.evaluate.log_days).to_pydict()
     queries = build_queries(events, index, cfg.evaluate.min_candidates)
     if not queries:
-        raise ValueError(f"no source item with module clicks in the {cfg.evaluate.log_days} days before {ds}: "
+        raise LookalikeError(f"no source item with module clicks in the {cfg.evaluate.log_days} days before {ds}: "
                          f"the offline evaluation needs interactions with source_item_id set")
 
     model_vecs = embed_pixels(loaded.model, loaded.preprocess.decode(items["image"]), loaded.preprocess)

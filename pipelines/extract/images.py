@@ -10,10 +10,12 @@ import functools
 import hashlib
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 ACCEPTED_FORMATS = {"JPEG", "PNG", "WEBP"}
@@ -28,23 +30,71 @@ class PreparedImage:
     reason: str | None = None  # why it was rejected; None when usable
 
 
-def read_image_bytes(store: str, key: str | None, max_bytes: int) -> tuple[bytes | None, str | None]:
-    """Bytes of ``key`` in the image store ``store`` (a directory or ``s3://bucket/prefix``), or (None, reason)."""
-    if key is None or key == "":
-        return None, "no image_key"
+MAX_KEY_CHARS = 1024  # S3's own limit on a key; a longer image_key is quarantined
+MAX_NAME_CHARS = 255  # one path component (a file name) on the usual file systems
+
+
+def check_key(key) -> str | None:
+    """Why ``key`` cannot name an image in the store (None when it can): missing, not text, a NUL
+    byte, too long, absolute, or climbing out with ``..``."""
+    if key is None or (isinstance(key, float) and key != key):
+        return "no image_key"
+    if not isinstance(key, str):
+        return f"image_key is not text: {type(key).__name__}"
+    if key == "":
+        return "no image_key"
+    if "\x00" in key:
+        return "image_key contains a NUL byte"
+    if len(key) > MAX_KEY_CHARS or any(len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_CHARS
+                                       for part in key.split("/")):
+        return f"image_key too long ({len(key)} characters)"
+    if key.startswith("/") or ".." in key.split("/"):
+        return f"image_key {_short(key)!r} escapes the image store"
+    return None
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def read_image_bytes(store: str, key, max_bytes: int) -> tuple[bytes | None, str | None]:
+    """Bytes of ``key`` in the image store ``store`` (a directory or ``s3://bucket/prefix``), or (None, reason).
+
+    Never raises on a bad key or file: directories, special files, symlinks leaving the store,
+    unreadable and oversized files all come back with their reason. A store that cannot be
+    reached at all (S3 down) raises, so that the task is retried rather than the rows quarantined.
+    """
+    reason = check_key(key)
+    if reason:
+        return None, reason
     if store.startswith("s3://"):
         return _read_s3(store, key, max_bytes)
-    root = Path(store)
-    path = (root / key).resolve()
-    if root.resolve() not in path.parents:
-        return None, f"image_key {key!r} escapes the image store"
+    root = Path(store).resolve()
     try:
-        size = path.stat().st_size
+        path = (root / key).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        return None, f"image_key {_short(key)!r} cannot be resolved: {exc.__class__.__name__}"
+    if root not in path.parents:
+        return None, f"image_key {_short(key)!r} escapes the image store"
+    try:
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            return None, f"image_key {_short(key)!r} names a directory, not a file"
+        if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end
+            return None, f"image_key {_short(key)!r} is not a regular file"
+        if info.st_size > max_bytes:
+            return None, f"image file too large: {info.st_size} bytes > {max_bytes}"
+        with open(path, "rb") as fh:
+            data = fh.read(max_bytes + 1)  # the file may have grown since stat
     except FileNotFoundError:
-        return None, f"image file not found: {key}"
-    if size > max_bytes:
-        return None, f"image file too large: {size} bytes > {max_bytes}"
-    return path.read_bytes(), None
+        return None, f"image file not found: {_short(key)}"
+    except PermissionError:
+        return None, f"image file not readable: {_short(key)}"
+    except OSError as exc:  # ENAMETOOLONG, ELOOP, EIO …: this row's file, not the store
+        return None, f"image file cannot be read: {_short(key)} ({exc.strerror or exc.__class__.__name__})"
+    if len(data) > max_bytes:
+        return None, f"image file too large: more than {max_bytes} bytes"
+    return data, None
 
 
 @functools.lru_cache(maxsize=4)
@@ -61,14 +111,12 @@ def _read_s3(store: str, key: str, max_bytes: int) -> tuple[bytes | None, str | 
     from pipelines.objectstore import split_s3
 
     bucket, prefix = split_s3(store)
-    if ".." in key.split("/"):
-        return None, f"image_key {key!r} escapes the image store"
     client = _s3_client(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
     try:
         obj = client.get_object(Bucket=bucket, Key=f"{prefix}/{key}" if prefix else key)
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            return None, f"image file not found: {key}"
+            return None, f"image file not found: {_short(key)}"
         raise  # a lost connection or bad credentials: the task fails and retries, nothing is quarantined
     if obj["ContentLength"] > max_bytes:
         obj["Body"].close()
@@ -77,12 +125,18 @@ def _read_s3(store: str, key: str, max_bytes: int) -> tuple[bytes | None, str | 
 
 
 def prepare_image(data: bytes, *, size: int, max_pixels: int, min_side: int, quality: int = 90) -> PreparedImage:
-    """Decode, orient, convert to RGB and downsize ``data``; quarantine-worthy input gets a reason."""
+    """Decode, orient, convert to RGB and downsize ``data``; quarantine-worthy input gets a reason.
+
+    Never raises on the bytes: hostile files make Pillow's decoders raise almost anything
+    (``OSError``, ``SyntaxError``, ``struct.error``, ``IndexError`` …), and each of those is this
+    file's fault, so it becomes the row's reason. Animated images give their first frame.
+    """
     if not data:
         return PreparedImage(None, None, reason="zero-byte file")
     sha = hashlib.sha256(data).hexdigest()
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "Corrupt EXIF data" per bad file: the reason says enough
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             if img.format not in ACCEPTED_FORMATS:
@@ -94,17 +148,30 @@ def prepare_image(data: bytes, *, size: int, max_pixels: int, min_side: int, qua
                 return PreparedImage(None, sha, reason=f"image too small: {w}x{h}")
             img.draft("RGB", (size, size))  # JPEG: decode at reduced scale, much faster for big photos
             img.load()
+            img = _to_rgb(ImageOps.exif_transpose(img))
+            img.thumbnail((size, size), Image.Resampling.LANCZOS)
+            buf = io.BytesIO()
+            img.save(buf, "JPEG", quality=quality)
     except UnidentifiedImageError:
         return PreparedImage(None, sha, reason="not an image")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        return PreparedImage(None, sha, reason=f"truncated or corrupt image: {exc}")
-    img = ImageOps.exif_transpose(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        return PreparedImage(None, sha, reason=f"decompression bomb: {_short(str(exc))}")
+    except MemoryError:
+        return PreparedImage(None, sha, reason="image too large to decode")
+    except Exception as exc:  # noqa: BLE001 - see the docstring: any decoder error is the file's
+        return PreparedImage(None, sha, reason=f"truncated or corrupt image: {_short(str(exc) or exc.__class__.__name__)}")
+    return PreparedImage(buf.getvalue(), sha, img.width, img.height)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB on a white background (transparency flattened); 16-bit and float greys scaled to 8 bits."""
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    img = img.convert("RGB")  # CMYK, L, P, I;16 … → RGB
-    img.thumbnail((size, size), Image.Resampling.LANCZOS)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=quality)
-    return PreparedImage(buf.getvalue(), sha, img.width, img.height)
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):  # 16-bit / 32-bit greys: Pillow would clip to 255
+        pixels = np.asarray(img, dtype=np.float64)
+        low, high = float(pixels.min()), float(pixels.max())
+        scaled = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
+        img = Image.fromarray(scaled.astype(np.uint8), "L")
+    return img.convert("RGB")  # CMYK, L, P … → RGB

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipelines.config import CHOICES
+from pipelines.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def plan_index(n: int, dim: int, *, kind: str = "auto", exact_max_items: int = 5
                memory_budget_mb: int = 0, cuda: bool = False) -> Plan:
     """Which index to search ``n`` candidates of ``dim`` dimensions with."""
     if kind not in KINDS:
-        raise ValueError(f"neighbors.index must be one of {', '.join(KINDS)}; got {kind!r}")
+        raise ConfigError(f"neighbors.index must be one of {', '.join(KINDS)}; got {kind!r}")
     raw_mb = n * dim * 4 / 2**20
     nlist = int(min(max(16, 4 * math.sqrt(n)), max(1, n // 39)))  # FAISS wants >= 39 training rows per list
     pq_m = next(m for m in (dim // 4, dim // 8, dim // 16, 1) if m >= 1 and dim % m == 0)

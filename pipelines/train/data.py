@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from pipelines.errors import LookalikeError
 from pipelines.siglip import Preprocess, tokenize
 
 
@@ -176,7 +177,7 @@ class StreamPlan:
         self.seed, self.rank, self.world_size, self.window = seed, rank, world_size, window_rows
         self.lo, self.hi = rank * self.n // world_size, (rank + 1) * self.n // world_size
         if self.n < world_size:
-            raise ValueError(f"{self.n} training pairs cannot be shared by {world_size} ranks")
+            raise LookalikeError(f"{self.n} training pairs cannot be shared by {world_size} ranks")
         self._epochs: OrderedDict[int, np.ndarray] = OrderedDict()
 
     @property

@@ -25,6 +25,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from pipelines.errors import ConfigError
 from pipelines.siglip import Preprocess, embed_pixels, tokenize
 from pipelines.train.data import Pairs
 from pipelines.train.distributed import World, mean_over_ranks
@@ -59,7 +60,7 @@ class LoopConfig:
         """Pairs per rank per forward pass."""
         per = self.batch_size // (world_size * self.grad_accum)
         if per < 1 or per * world_size * self.grad_accum != self.batch_size:
-            raise ValueError(f"train.batch_size={self.batch_size} must be a multiple of world size ({world_size}) "
+            raise ConfigError(f"train.batch_size={self.batch_size} must be a multiple of world size ({world_size}) "
                              f"x train.grad_accum ({self.grad_accum})")
         return per
 
@@ -81,7 +82,7 @@ def freeze(model, *, text: bool, vision_layers: int) -> int:
     if vision_layers > 0:
         layers = model.vision_model.encoder.layers
         if vision_layers > len(layers):
-            raise ValueError(f"train.freeze_vision_layers={vision_layers} but the vision tower has {len(layers)} blocks")
+            raise ConfigError(f"train.freeze_vision_layers={vision_layers} but the vision tower has {len(layers)} blocks")
         frozen += list(model.vision_model.embeddings.parameters())
         for layer in layers[:vision_layers]:
             frozen += list(layer.parameters())

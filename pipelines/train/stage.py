@@ -19,6 +19,7 @@ import torch
 
 from pipelines import registry
 from pipelines.config import Config
+from pipelines.errors import ConfigError
 from pipelines.siglip import ARCHITECTURES, Preprocess, build_config, init_siglip_head, save_model, train_tokenizer
 from pipelines.storage import ModelStore, Warehouse
 from pipelines.train.data import (DecodedCache, Pairs, PairStream, SnapshotTexts, StreamPlan, batches_from, fragments,
@@ -72,7 +73,7 @@ def initial_model(cfg: Config, texts: list[str], world: World = World()):
     else:
         path = Path(init)
     if not (path / "config.json").is_file():
-        raise ValueError(f"model.init={init!r} is neither a named architecture ({', '.join(ARCHITECTURES)}) "
+        raise ConfigError(f"model.init={init!r} is neither a named architecture ({', '.join(ARCHITECTURES)}) "
                          f"nor a Hugging Face checkpoint directory with a config.json")
     model = SiglipModel.from_pretrained(path, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from pipelines.errors import ConfigError
 
 MODALITIES = ("multimodal", "text", "image", "id")
 
@@ -60,9 +61,9 @@ class ItemTower(nn.Module):
                  dropout: float = 0.1):
         super().__init__()
         if modality not in MODALITIES:
-            raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+            raise ConfigError(f"modality must be one of {MODALITIES}, got {modality!r}")
         if fusion not in ("gated", "concat"):
-            raise ValueError(f"userrec.fusion must be gated or concat, got {fusion!r}")
+            raise ConfigError(f"userrec.fusion must be gated or concat, got {fusion!r}")
         self.modality, self.fusion = modality, fusion
         self.register_buffer("image", image.float(), persistent=False)
         self.register_buffer("text", text.float(), persistent=False)
@@ -111,7 +112,7 @@ class UserTower(nn.Module):
                  dropout: float = 0.1):
         super().__init__()
         if kind not in ("transformer", "gru"):
-            raise ValueError(f"userrec.user_tower must be transformer or gru, got {kind!r}")
+            raise ConfigError(f"userrec.user_tower must be transformer or gru, got {kind!r}")
         self.kind, self.scale = kind, dim ** 0.5  # unit item vectors scaled to the embeddings' size
         self.event = nn.Embedding(4, dim, padding_idx=0)
         self.position = nn.Embedding(max_len, dim)

@@ -47,7 +47,7 @@ def test_rerun_replaces_and_dedupes_latest_update(tmp_path, sample_dir):
 
 
 def test_empty_window_is_a_clear_error(cfg):
-    with pytest.raises(ExtractError, match="no listings created in"):
+    with pytest.raises(ExtractError, match="no usable listings created in"):
         run_extract(cfg, "2020-01-01")
 
 
@@ -64,15 +64,18 @@ def test_contract_breaches_are_quarantined_with_their_reason():
 
     from pipelines.extract.stage import validate_listings
 
-    frame = pd.DataFrame({
-        "item_id": ["a", "a", "b", "c", None],
-        "title": ["old", "new", "t", None, "t"],
-        "status": ["on_sale", "on_sale", "for_rent", "sold", "sold"],
-        "image_key": ["k"] * 5,
-        "updated_at": ["2026-01-01T00:00:00", "2026-01-02T00:00:00", "x", "x", "x"],
-    })
+    ok_row = {"description": None, "category": "tops", "brand": None, "price": 10.0, "seller_id": "s",
+              "image_key": "k", "created_at": "2026-01-01T00:00:00"}
+    frame = pd.DataFrame([
+        {**ok_row, "item_id": "a", "title": "old", "status": "on_sale", "updated_at": "2026-01-01T00:00:00"},
+        {**ok_row, "item_id": "a", "title": "new", "status": "on_sale", "updated_at": "2026-01-02T00:00:00"},
+        {**ok_row, "item_id": "b", "title": "t", "status": "for_rent", "updated_at": "2026-01-01T00:00:00"},
+        {**ok_row, "item_id": "c", "title": None, "status": "sold", "updated_at": "2026-01-01T00:00:00"},
+        {**ok_row, "item_id": None, "title": "t", "status": "sold", "updated_at": "2026-01-01T00:00:00"},
+        {**ok_row, "item_id": "d", "title": "t", "status": "sold", "updated_at": "yesterday"},
+    ])
     ok, rejects = validate_listings(frame)
     assert ok["item_id"].tolist() == ["a"] and ok["title"].tolist() == ["new"]
     assert {r["item_id"]: r["reason"] for r in rejects if r["item_id"]} == {
-        "b": "unknown status 'for_rent'", "c": "missing title"}
+        "b": "unknown status 'for_rent'", "c": "missing title", "d": "updated_at not a timestamp: 'yesterday'"}
     assert [r["reason"] for r in rejects if r["item_id"] is None] == ["missing item_id"]

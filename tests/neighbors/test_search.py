@@ -4,6 +4,7 @@ import pyarrow as pa
 import pytest
 
 from pipelines.config import NeighborsConfig
+from pipelines.errors import ConfigError
 from pipelines.neighbors.search import (Exclusions, FlatSearcher, TorchSearcher, build_searcher, plan_index,
                                         recall_at_k, search_blocks, tune)
 from pipelines.neighbors.stage import build_neighbors
@@ -66,7 +67,7 @@ def test_the_plan_follows_size_budget_and_device():
     assert plan_index(1_000_000, 128, memory_budget_mb=800).kind == "ivfpq"
     assert plan_index(1_000_000, 128, cuda=True).kind == "torch"
     assert plan_index(500, 8, kind="hnsw").kind == "hnsw"
-    with pytest.raises(ValueError, match="neighbors.index"):
+    with pytest.raises(ConfigError, match="neighbors.index"):
         plan_index(10, 8, kind="annoy")
 
 

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines.errors import LookalikeError
 from pipelines.siglip import Preprocess, train_tokenizer
 from pipelines.train.data import (DecodedCache, PairStream, StreamPlan, batch_loader, batches_from, fragments,
                                   group_ids, read_texts)
@@ -78,5 +79,5 @@ def test_batches_cross_epochs_and_do_not_depend_on_workers(colour_snapshot):
 def test_too_few_rows_for_the_ranks_is_a_clear_error(colour_snapshot):
     train = np.zeros(256, bool)
     train[0] = True
-    with pytest.raises(ValueError, match="cannot be shared by 2 ranks"):
+    with pytest.raises(LookalikeError, match="cannot be shared by 2 ranks"):
         _plan(colour_snapshot, 2, 1, train)

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines.errors import ConfigError
 from pipelines.siglip import Preprocess, build_config, init_siglip_head, train_tokenizer
 from pipelines.train.data import PairStream, StreamPlan, batch_loader, fragments, group_ids, read_texts
 from pipelines.train.loop import Checkpoints, LoopConfig, cosine_lr, param_groups, train_siglip
@@ -121,6 +122,6 @@ def test_frozen_text_tower_and_lower_vision_blocks_do_not_move(colour_snapshot):
 
 
 def test_global_batch_must_divide_into_ranks_and_micro_steps():
-    with pytest.raises(ValueError, match="multiple of world size"):
+    with pytest.raises(ConfigError, match="multiple of world size"):
         _cfg(batch_size=30, grad_accum=4).micro_batch(2)
     assert _cfg(batch_size=32, grad_accum=2).micro_batch(2) == 8

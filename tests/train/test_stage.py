@@ -6,6 +6,7 @@ import pytest
 
 from pipelines import registry
 from pipelines.config import load_config
+from pipelines.errors import ConfigError
 from pipelines.extract.stage import run_extract
 from pipelines.siglip import embed_images, embed_texts, load_model
 from pipelines.storage import ModelStore
@@ -87,7 +88,7 @@ def test_unknown_init_is_a_clear_error(tmp_path, sample_dir):
     run_extract(cfg, DS)
     from pipelines.train.stage import run_train
 
-    with pytest.raises(ValueError, match="neither a named architecture"):
+    with pytest.raises(ConfigError, match="neither a named architecture"):
         run_train(cfg, DS)
 
 
