@@ -37,7 +37,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import schemas
+from pipelines import faults, schemas
 from pipelines.errors import ConfigError, LookalikeError
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,9 @@ MANIFEST = "_manifest.json"
 RETIRED_KEPT = 400  # ds values removed by retention, remembered per table in the manifest
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: no half file on a crash."""
+def atomic_write_text(path: Path, text: str, before_rename=None) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: no half file on a crash.
+    (``before_rename``: a hook between the two, for crash points.)"""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -56,6 +57,8 @@ def atomic_write_text(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -130,7 +133,10 @@ class LocalObjects:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if self.read_manifest()[1] != token:
                 raise ManifestConflict("the manifest changed since it was read")
-            atomic_write_text(self.root / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True))
+            for stale in self.root.glob(f".{MANIFEST}.*.tmp"):  # a switch killed half-way (we hold the lock)
+                stale.unlink(missing_ok=True)
+            atomic_write_text(self.root / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True),
+                              before_rename=lambda: faults.point("publish.during_switch"))
 
     def children(self, prefix: str) -> list[str]:
         folder = self.root / prefix
@@ -199,6 +205,7 @@ class S3Objects:
         from botocore.exceptions import ClientError
 
         condition = {"IfMatch": token} if token else {"IfNoneMatch": "*"}
+        faults.point("publish.during_switch")
         try:
             self.client.put_object(Bucket=self.bucket, Key=self.key(MANIFEST), ContentType="application/json",
                                    Body=json.dumps(manifest, indent=2, sort_keys=True).encode(), **condition)
@@ -364,6 +371,7 @@ class Publication:
             break
         else:
             raise ManifestConflict(f"could not switch the manifest for ds={self.ds} after {attempts} attempts")
+        faults.point("publish.after_switch")
         if record is not None:
             objects.put_text(f"_runs/{self.ds}.json", json.dumps(record, indent=2, sort_keys=True))
         self._clean(dropped)

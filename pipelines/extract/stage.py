@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from pipelines import faults, schemas
 from pipelines.config import Config, redact_url
-from pipelines.errors import LookalikeError
+from pipelines.errors import LookalikeError, TransientError
 from pipelines.extract.images import prepare_image, read_image_bytes
 from pipelines.storage import Warehouse
 
@@ -85,6 +85,12 @@ def read_source(url: str, template: str, params: dict, sql_dir: Path = SQL_DIR) 
         with engine.connect() as con:
             result = con.execute(sa.text(path.read_text()), params)
             frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        if url.startswith("sqlite"):  # SQLite reports a missing table as an OperationalError
+            raise ExtractError(f"query {path.name} failed: {str(exc).splitlines()[0]}. Check that the tables "
+                               "follow the source contract (README, 'Source contract').") from None
+        raise TransientError(f"the source {engine.url.render_as_string(hide_password=True)} could not be reached "
+                             f"or dropped the connection: {str(exc.orig or exc).splitlines()[0]}") from None
     except sa.exc.SQLAlchemyError as exc:
         raise ExtractError(f"query {path.name} failed against {engine.url.render_as_string(hide_password=True)}: "
                            f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}. Check source.url and that the "

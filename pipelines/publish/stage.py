@@ -116,7 +116,9 @@ def _commit(cfg: Config, wh: Warehouse, ds: str, files: dict, rows: dict, failur
         raise PublishCheckFailed(f"publish {ds} refused, nothing was published: " + "; ".join(failures))
     publication = wh.begin(ds)
     try:
-        for table, table_files in files.items():
+        for i, (table, table_files) in enumerate(files.items()):
+            if i == 1:
+                faults.point("publish.between_tables")
             publication.add(table, table_files, rows=rows[table])
     except BaseException:
         publication.abort()

@@ -81,26 +81,67 @@ def _publish_process(config, *, fault: str | None = None) -> subprocess.Complete
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
 
 
-def test_a_process_killed_between_writing_and_committing_keeps_the_previous_partition(tmp_path, sample_dir):
-    config = write_config(tmp_path, sample_dir, neighbors={"k": K})
+def _published_bytes(wh: Warehouse) -> dict[str, str]:
+    """SHA-256 of the manifest and of every file it references: what readers can see."""
+    import hashlib
+
+    found = {"_manifest.json": hashlib.sha256(wh.objects.get_text("_manifest.json").encode()).hexdigest()}
+    for table in PUBLISHED_TABLES:
+        for path in wh.partition_files(table):
+            with wh.fs.open_input_stream(path) as fh:
+                found[path] = hashlib.sha256(fh.read()).hexdigest()
+    return found
+
+
+def _all_keys(wh: Warehouse) -> list[str]:
+    if wh.location.startswith("s3://"):
+        pages = wh.objects.client.get_paginator("list_objects_v2").paginate(Bucket=wh.objects.bucket)
+        return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+    root = Path(wh.location)
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "_work" not in p.parts)
+
+
+# Every crash point of a publish: after the first table's files, with every file written, with the
+# new manifest written but not yet switched in (local: the temporary file before its rename; S3:
+# before the conditional PUT), and after the switch but before the run record and the clean-up.
+PUBLISH_POINTS = ["publish.between_tables", "publish.before_commit", "publish.during_switch", "publish.after_switch"]
+
+
+@pytest.mark.parametrize("store", ["local", "s3"])
+@pytest.mark.parametrize("point", PUBLISH_POINTS)
+def test_a_publish_killed_at_any_point_keeps_what_was_published_and_a_rerun_converges(
+        point, store, request, tmp_path, sample_dir):
+    extra = {}
+    if store == "s3":
+        request.getfixturevalue("s3")
+        extra = {"warehouse": "s3://models/warehouse", "work_dir": str(tmp_path / "work")}
+    config = write_config(tmp_path, sample_dir, neighbors={"k": K}, **extra)
     wh = Warehouse.of(load_config(config, environ={}))
     _stage_run(wh, DS)
     assert _publish_process(config).returncode == 0
-    before = wh.entries("item_neighbors")[DS]["run_id"]
+    before, published = wh.entries("item_neighbors")[DS]["run_id"], _published_bytes(wh)
     _stage_run(wh, DS, score_shift=0.2)
 
-    killed = _publish_process(config, fault="publish.before_commit")
+    killed = _publish_process(config, fault=point)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert len(wh.objects.children(f"item_neighbors/ds={DS}")) == 2  # its files were written …
-    assert wh.entries("item_neighbors")[DS]["run_id"] == before  # … but never committed
-    assert _scores(wh) == [(pytest.approx(0.5),)]  # the previous partition, intact and queryable
+    if point == "publish.after_switch":  # the commit point was passed: the new run is what readers see
+        assert wh.entries("item_neighbors")[DS]["run_id"] != before
+        assert _scores(wh) == [(pytest.approx(0.7),)]
+    else:  # the previous partitions, byte for byte, and queryable
+        assert _published_bytes(wh) == published
+        assert _scores(wh) == [(pytest.approx(0.5),)]
 
     rerun = _publish_process(config)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert _scores(wh) == [(pytest.approx(0.7),)]
     assert run_query(wh, "select count(*) from item_neighbors_all")[1] == [(4 * K,)]  # published once
-    for table in PUBLISHED_TABLES:  # the killed run's leftovers were removed by the rerun
-        assert len(wh.objects.children(f"{table}/ds={DS}")) == 1, table
+    run_id = wh.entries("item_neighbors")[DS]["run_id"]
+    assert wh.run_record(DS)["run_id"] == run_id
+    # No orphans: every object is the manifest, its lock, the run record or a file of the live run.
+    live = {f"{t}/{wh.entries(t)[DS]['path']}/{name}" for t in PUBLISHED_TABLES for name in wh.entries(t)[DS]["files"]}
+    prefix = "warehouse/" if store == "s3" else ""
+    keys = {k.removeprefix(prefix) for k in _all_keys(wh)}
+    assert keys - live <= {"_manifest.json", "_manifest.lock", f"_runs/{DS}.json"}, sorted(keys - live)
 
 
 def test_neighbor_checks_catch_each_breach():
