@@ -328,7 +328,7 @@ def run_extract(cfg: Config, ds: str) -> dict[str, str]:
     catalog, cat_rejects = validate_listings(catalog_raw)
     events, event_rejects = validate_events(events_raw)
     if listings.empty:
-        raise ExtractError(f"no usable listings created in [{start}, {end}) ({len(listings_raw)} read, "
+        raise ExtractError(f"no listings created in [{start}, {end}) ({len(listings_raw)} read, "
                            f"{len(rejects)} rejected): check source.url ({redact_url(cfg.source.url)}) "
                            f"and the ds ({ds}); window_days is {cfg.window_days}")
 

@@ -47,7 +47,7 @@ def test_rerun_replaces_and_dedupes_latest_update(tmp_path, sample_dir):
 
 
 def test_empty_window_is_a_clear_error(cfg):
-    with pytest.raises(ExtractError, match="no usable listings created in"):
+    with pytest.raises(ExtractError, match="no listings created in"):
         run_extract(cfg, "2020-01-01")
 
 

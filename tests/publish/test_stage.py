@@ -95,7 +95,8 @@ def _published_bytes(wh: Warehouse) -> dict[str, str]:
 
 def _all_keys(wh: Warehouse) -> list[str]:
     if wh.location.startswith("s3://"):
-        pages = wh.objects.client.get_paginator("list_objects_v2").paginate(Bucket=wh.objects.bucket)
+        pages = wh.objects.client.get_paginator("list_objects_v2").paginate(  # moto's state is shared: our prefix
+            Bucket=wh.objects.bucket, Prefix=wh.objects.prefix + "/")
         return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
     root = Path(wh.location)
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "_work" not in p.parts)
