@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.errors import ConfigError, LookalikeError  # noqa: F401  (ConfigError: imported from here too)
+from pipelines.errors import ConfigError
 
 ENV_PREFIX = "LOOKALIKE_"
 CONFIG_ENV = "LOOKALIKE_CONFIG"  # path of the config file, read by DAG tasks and jobs

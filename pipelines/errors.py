@@ -63,7 +63,7 @@ def _classify_one(exc: BaseException) -> str | None:
         return kind
     if _is_sqlalchemy_disconnect(exc):
         return TRANSIENT
-    if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout, socket.gaierror)):
+    if isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror)):
         return TRANSIENT
     if isinstance(exc, OSError) and "AWS Error" in str(exc):  # pyarrow's S3 filesystem, after its own retries
         return TRANSIENT if any(mark in str(exc) for mark in _ARROW_TRANSIENT_MARKS) else None
@@ -101,7 +101,7 @@ def _is_sqlalchemy_disconnect(exc: BaseException) -> bool:
 
 
 def describe(exc: BaseException) -> str:
-    """One line for the operator: the kind, the error's class and its message."""
+    """One line for the operator: the error's class and the first line of its message."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
 

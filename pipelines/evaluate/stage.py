@@ -93,7 +93,7 @@ def run_evaluate(cfg: Config, ds: str, model_uri: str) -> dict:
     queries = build_queries(events, index, cfg.evaluate.min_candidates)
     if not queries:
         raise LookalikeError(f"no source item with module clicks in the {cfg.evaluate.log_days} days before {ds}: "
-                         f"the offline evaluation needs interactions with source_item_id set")
+                             f"the offline evaluation needs interactions with source_item_id set")
 
     model_vecs = embed_pixels(loaded.model, loaded.preprocess.decode(items["image"]), loaded.preprocess)
     image_vecs = image_baseline_vectors(Preprocess(BASELINE_SIZE).decode(items["image"]), cfg.evaluate.baseline_dim)

@@ -37,12 +37,10 @@ MAX_NAME_CHARS = 255  # one path component (a file name) on the usual file syste
 def check_key(key) -> str | None:
     """Why ``key`` cannot name an image in the store (None when it can): missing, not text, a NUL
     byte, too long, absolute, or climbing out with ``..``."""
-    if key is None or (isinstance(key, float) and key != key):
+    if key is None or key == "" or (isinstance(key, float) and key != key):
         return "no image_key"
     if not isinstance(key, str):
         return f"image_key is not text: {type(key).__name__}"
-    if key == "":
-        return "no image_key"
     if "\x00" in key:
         return "image_key contains a NUL byte"
     if len(key) > MAX_KEY_CHARS or any(len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_CHARS

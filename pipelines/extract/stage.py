@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from pipelines import faults, schemas
 from pipelines.config import Config, redact_url
 from pipelines.errors import LookalikeError, TransientError
-from pipelines.extract.images import prepare_image, read_image_bytes
+from pipelines.extract.images import MAX_KEY_CHARS, prepare_image, read_image_bytes
 from pipelines.storage import Warehouse
 
 log = logging.getLogger(__name__)
@@ -87,20 +87,24 @@ def read_source(url: str, template: str, params: dict, sql_dir: Path = SQL_DIR) 
             frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
         if url.startswith("sqlite"):  # SQLite reports a missing table as an OperationalError
-            raise ExtractError(f"query {path.name} failed: {str(exc).splitlines()[0]}. Check that the tables "
-                               "follow the source contract (README, 'Source contract').") from None
+            raise _contract_error(path, engine, exc) from None
         raise TransientError(f"the source {engine.url.render_as_string(hide_password=True)} could not be reached "
                              f"or dropped the connection: {str(exc.orig or exc).splitlines()[0]}") from None
     except sa.exc.SQLAlchemyError as exc:
-        raise ExtractError(f"query {path.name} failed against {engine.url.render_as_string(hide_password=True)}: "
-                           f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}. Check source.url and that the "
-                           f"tables follow the source contract (README, 'Source contract').") from None
+        raise _contract_error(path, engine, exc) from None
     finally:
         engine.dispose()
     for col in ("created_at", "updated_at", "ts"):
         if col in frame:
             frame[col] = frame[col].map(_iso_text)
     return frame
+
+
+def _contract_error(path: Path, engine, exc: Exception) -> ExtractError:
+    """The query ran but the source does not look like the contract (or the URL is wrong)."""
+    return ExtractError(f"query {path.name} failed against {engine.url.render_as_string(hide_password=True)}: "
+                        f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}. Check source.url and that the "
+                        f"tables follow the source contract (README, 'Source contract').")
 
 
 # ---- validation: every row the source can hand us is kept (normalised) or rejected with a reason ----
@@ -196,7 +200,7 @@ def validate_listings(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
     frame = frame.sort_values(["item_id", "updated_at"], kind="stable", na_position="first")
     frame = frame[frame["item_id"].isna() | ~frame.duplicated("item_id", keep="last")]
     ids = frame["item_id"]
-    problems = [
+    return _reject_first(frame, [
         (ids.isna() | (ids == ""), lambda row: "missing item_id"),
         (ids.str.len() > MAX_ID_CHARS, lambda row: f"item_id longer than {MAX_ID_CHARS} characters"),
         (ids.str.contains(_CONTROL, na=False), lambda row: "item_id contains control characters"),
@@ -205,20 +209,23 @@ def validate_listings(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
         (frame["reject_price"].notna(), lambda row: row.reject_price),
         (frame["reject_created_at"].notna(), lambda row: f"created_at {row.reject_created_at}"),
         (frame["reject_updated_at"].notna(), lambda row: f"updated_at {row.reject_updated_at}"),
-    ]
+    ])
+
+
+def _reject_first(frame: pd.DataFrame, problems: list) -> tuple[pd.DataFrame, list[dict]]:
+    """Apply ``problems`` ((mask, reason of a row) pairs) in order, one reason per row: the first that
+    applies; returns the rows none applies to (without the ``reject_`` helper columns) and the rejects."""
     rejects: list[dict] = []
     rejected = pd.Series(False, index=frame.index)
     for mask, reason in problems:
-        for row in frame[mask & ~rejected].itertuples():  # one reason per row: the first that applies
+        for row in frame[mask & ~rejected].itertuples():
+            key = getattr(row, "image_key", None)
             rejects.append({"item_id": None if row.item_id is None else row.item_id[:MAX_ID_CHARS],
-                            "reason": reason(row), "image_key": _short_key(row.image_key)})
+                            "reason": reason(row),
+                            "image_key": None if key is None else key.replace("\x00", "\\0")[:MAX_KEY_CHARS]})
         rejected |= mask
     kept = frame[~rejected].drop(columns=[c for c in frame.columns if c.startswith("reject_")])
     return kept.reset_index(drop=True), rejects
-
-
-def _short_key(key: str | None) -> str | None:
-    return None if key is None else key.replace("\x00", "\\0")[:1024]
 
 
 def validate_events(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
@@ -228,22 +235,13 @@ def validate_events(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
         frame[name] = frame[name].map(as_text).astype(object)
     parsed = frame["ts"].map(parse_timestamp)
     frame["ts"] = [t for t, _ in parsed]
-    ts_problem = pd.Series([r for _, r in parsed], index=frame.index, dtype=object)
-    problems = [
-        (frame["user_id"].isna() | (frame["user_id"] == ""), lambda i: "event without user_id"),
-        (frame["item_id"].isna() | (frame["item_id"] == ""), lambda i: "event without item_id"),
-        (~frame["event"].isin(EVENTS), lambda i: f"unknown event type {frame.at[i, 'event']!r}"),
-        (ts_problem.notna(), lambda i: f"event ts {ts_problem.at[i]}"),
-    ]
-    rejects: list[dict] = []
-    rejected = pd.Series(False, index=frame.index)
-    for mask, reason in problems:
-        for i in frame.index[mask & ~rejected]:
-            item = frame.at[i, "item_id"]
-            rejects.append({"item_id": None if item is None else item[:MAX_ID_CHARS], "reason": reason(i),
-                            "image_key": None})
-        rejected |= mask
-    return frame[~rejected].reset_index(drop=True), rejects
+    frame["reject_ts"] = pd.Series([r for _, r in parsed], index=frame.index, dtype=object)
+    return _reject_first(frame, [
+        (frame["user_id"].isna() | (frame["user_id"] == ""), lambda row: "event without user_id"),
+        (frame["item_id"].isna() | (frame["item_id"] == ""), lambda row: "event without item_id"),
+        (~frame["event"].isin(EVENTS), lambda row: f"unknown event type {row.event!r}"),
+        (frame["reject_ts"].notna(), lambda row: f"event ts {row.reject_ts}"),
+    ])
 
 
 def check_quarantine_share(ds: str, counts: dict[str, tuple[int, list[dict]]], limit: float) -> None:
