@@ -32,7 +32,7 @@ from pipelines.dag_common import DEFAULT_ARGS, NIGHTLY_ASSETS, PUBLISH_DEADLINE,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
     deadline=PUBLISH_DEADLINE,  # alerts.publish_deadline_minutes
-    params=run_params("k"),
+    params=run_params("k", "accept_drift"),
     doc_md=__doc__,
     tags=["lookalike"],
 )

@@ -159,6 +159,12 @@ class AlertsConfig:
 @dataclass(frozen=True)
 class PublishConfig:
     retain_partitions: int = 14  # per table; older partitions are removed after a commit
+    # The gate against the previous published day (pipelines/publish/drift.py): a ds beyond a bound is refused.
+    max_rows_change: float = 0.5  # relative change of catalog, item_embeddings or item_neighbors rows
+    max_coverage_drop: float = 0.05  # absolute drop of the share of on-sale items with neighbours
+    max_score_shift: float = 0.15  # largest move of the 10th/50th/90th percentile neighbour score
+    min_neighbor_overlap: float = 0.25  # mean share of neighbours kept by items whose photo did not change
+    accept_drift: bool = False  # publish a ds beyond the bounds anyway (said in the run record)
 
 
 @dataclass(frozen=True)

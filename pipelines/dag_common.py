@@ -87,5 +87,7 @@ def run_params(*keys: str) -> dict:
                                                                 "logical date)"),
         "window_days": Param(None, type=["null", "integer"], minimum=1, description="override window_days"),
         "k": Param(None, type=["null", "integer"], minimum=1, description="override neighbors.k"),
+        "accept_drift": Param(False, type="boolean", description="publish even if the ds differs from the previous "
+                                                                 "published day beyond the publish.* bounds"),
     }
     return {key: known[key] for key in ("ds", *keys)}

@@ -69,13 +69,14 @@ def _triggering_ds(context: dict) -> str | None:
 
 
 def environ_for(context: dict) -> dict[str, str]:
-    """The task's environment with the run's params (``window_days``, ``k``) as config overrides,
+    """The task's environment with the run's params (``window_days``, ``k``, ``accept_drift``) as config overrides,
     and the credentials of the configured Airflow Connections (pipelines/connections.py), which
     this task's own process gets too (boto3 reads the object store's from os.environ)."""
     from pipelines.connections import airflow_environ, apply_to_process
 
     params = context.get("params") or {}
-    overrides = {"LOOKALIKE_WINDOW_DAYS": params.get("window_days"), "LOOKALIKE_NEIGHBORS__K": params.get("k")}
+    overrides = {"LOOKALIKE_WINDOW_DAYS": params.get("window_days"), "LOOKALIKE_NEIGHBORS__K": params.get("k"),
+                 "LOOKALIKE_PUBLISH__ACCEPT_DRIFT": "true" if params.get("accept_drift") else None}
     environ = airflow_environ({**os.environ, **{name: str(value) for name, value in overrides.items()
                                                 if value is not None}})
     apply_to_process(environ)

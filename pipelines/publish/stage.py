@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import faults, schemas
+from pipelines.publish import drift
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
 from pipelines.publish.checks import check_embeddings, check_neighbors, check_recommendations, check_rows
@@ -35,6 +36,10 @@ NIGHTLY_TABLES = ("listings_snapshot", "catalog", "quarantine", "item_embeddings
 
 class PublishCheckFailed(LookalikeError):
     """A quality check failed; nothing of this run was published."""
+
+
+class DriftRefused(PublishCheckFailed):
+    """The ds differs from the previous published day beyond ``publish.*`` bounds; nothing was published."""
 
 
 def _files(folder) -> list:
@@ -105,7 +110,31 @@ def run_publish(cfg: Config, ds: str) -> dict:
     record = {"ds": ds, "rows": rows, "warehouse": wh.display(),
               "neighbors": json.loads(stats_path.read_text()) if stats_path.exists() else None,
               "config": cfg.to_public_dict()}
+    if not failures:
+        record["drift"] = _gate(cfg, wh, ds, files, rows, on_sale=active.num_rows)
     return _commit(cfg, wh, ds, files, rows, failures, record)
+
+
+def _gate(cfg: Config, wh: Warehouse, ds: str, files: dict, rows: dict, *, on_sale: int) -> dict:
+    """Compare the ds with the previous published day; refuse it beyond the bounds unless accepted."""
+    today = drift.profile(files, rows, on_sale)
+    earlier = [d for d in wh.entries("item_neighbors") if d < ds]
+    previous = earlier[-1] if earlier else None
+    before = ((wh.run_record(previous) or {}).get("drift") or {}).get("profile") if previous else None
+    lists = drift.overlap(wh, previous, files) if previous else None
+    breaches = drift.compare(today, before, lists, cfg.publish)
+    decision = "refused" if breaches and not cfg.publish.accept_drift else \
+        "published beyond the bounds (publish.accept_drift)" if breaches else "published"
+    gate = {"previous_ds": previous, "profile": today, "previous_profile": before, "overlap": lists,
+            "breaches": breaches, "accept_drift": cfg.publish.accept_drift, "decision": decision}
+    if breaches:
+        log.warning("publish %s: differs from %s beyond the bounds: %s", ds, previous, "; ".join(breaches))
+    if decision == "refused":
+        raise DriftRefused(f"publish {ds} refused, nothing was published: it differs from the published {previous} "
+                           f"beyond the publish.* bounds: {'; '.join(breaches)}. If the change is expected (a new "
+                           f"catalogue, a retrained model), rerun with publish.accept_drift "
+                           f"(`lookalike publish --accept-drift`, or the DAG param accept_drift)")
+    return gate
 
 
 def _commit(cfg: Config, wh: Warehouse, ds: str, files: dict, rows: dict, failures: list[str],
