@@ -1,28 +1,59 @@
 """Crash points for failure-injection tests.
 
-``LOOKALIKE_FAULT=<point>`` kills the process with SIGKILL when it reaches ``point`` — no
+``LOOKALIKE_FAULT=<point>`` (or ``<point>@<n>``: its n-th time) kills the process with SIGKILL when it reaches ``point`` — no
 cleanup, no ``finally``, exactly like a lost worker. Tests use it to prove that a crash at the
 worst moment (e.g. ``publish.before_commit``: every file written, the manifest not yet switched)
 leaves what was published intact. Unset in production: :func:`point` is then a no-op.
 
-The points: ``extract.mid_write`` (snapshot written, catalogue not), ``publish.between_tables``,
-``publish.before_commit``, ``publish.during_switch`` (local: the new manifest written but not
-renamed in; S3: before the conditional PUT) and ``publish.after_switch`` (before the run record and
-the clean-up), the publish points in both publish tasks.
+The points: ``extract.mid_write`` (snapshot written, catalogue not), ``train.mid_checkpoint`` (a
+checkpoint written but not renamed in), ``embed.mid_spark`` (the driver, while a Spark job of the
+embedding runs), ``neighbors.mid_stream`` (the first block of lists written, the file not closed),
+``publish.between_tables``, ``publish.before_commit``, ``publish.during_switch`` (local: the new
+manifest written but not renamed in; S3: before the conditional PUT) and ``publish.after_switch``
+(before the run record and the clean-up), the publish points in both publish tasks.
 """
 from __future__ import annotations
 
 import logging
 import os
 import signal
+import threading
+import time
+from typing import Callable
 
 FAULT_ENV = "LOOKALIKE_FAULT"
 
 log = logging.getLogger(__name__)
 
 
+_reached: dict[str, int] = {}
+
+
+def _armed(name: str) -> bool:
+    """Whether ``LOOKALIKE_FAULT`` names this point (``name``, or ``name@n``: its n-th time in this process)."""
+    target, _, nth = os.environ.get(FAULT_ENV, "").partition("@")
+    if target != name:
+        return False
+    _reached[name] = _reached.get(name, 0) + 1
+    return _reached[name] == int(nth or 1)
+
+
 def point(name: str) -> None:
-    if os.environ.get(FAULT_ENV) == name:
-        log.error("%s=%s: killing this process", FAULT_ENV, name)
+    if _armed(name):
+        log.error("%s=%s: killing this process", FAULT_ENV, os.environ[FAULT_ENV])
         logging.shutdown()
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def point_when(name: str, ready: Callable[[], bool], every: float = 0.1) -> None:
+    """Reach ``name`` from a watcher thread as soon as ``ready()`` is true (a crash in the middle of
+    work this thread waits on, such as a Spark job)."""
+    if os.environ.get(FAULT_ENV, "").partition("@")[0] != name:
+        return
+
+    def watch() -> None:
+        while not ready():
+            time.sleep(every)
+        point(name)
+
+    threading.Thread(target=watch, name=f"fault-{name}", daemon=True).start()

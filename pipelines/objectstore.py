@@ -7,6 +7,11 @@ each file in ``.lookalike-files.json``, and moves the folder into place with one
 concurrent workers on a host never load a half-copied model. A cached copy whose files no longer
 match that record is fetched again. The endpoint comes from boto3's usual settings
 (``AWS_ENDPOINT_URL``, credentials, region).
+
+Every S3 client of Lookalike — boto3's and pyarrow's — comes from :func:`s3_client` and
+:func:`s3_filesystem`: the SDKs' *standard* retry mode (500, 503 SlowDown, throttling, lost and
+reset connections retried with exponential backoff and jitter), ``AWS_MAX_ATTEMPTS`` attempts per
+request (default 10), and timeouts, so a flaky store costs a few retries, not the night.
 """
 from __future__ import annotations
 
@@ -23,6 +28,38 @@ from pipelines.errors import LookalikeError
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "LOOKALIKE_CACHE_DIR"  # not a config key: a per-host setting of the workers
+MAX_ATTEMPTS = 10  # per S3 request, retries included; AWS_MAX_ATTEMPTS overrides it
+
+
+def _max_attempts() -> int:
+    return int(os.environ.get("AWS_MAX_ATTEMPTS") or MAX_ATTEMPTS)
+
+
+def endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def s3_client():
+    """A boto3 S3 client with standard retries and timeouts (endpoint and credentials: the usual AWS settings)."""
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    return boto3.client("s3", config=BotoConfig(retries={"mode": "standard", "max_attempts": _max_attempts()},
+                                                connect_timeout=10, read_timeout=60))
+
+
+def s3_filesystem():
+    """pyarrow's S3 filesystem (ranged GETs of Parquet files) with the same endpoint and retries."""
+    import pyarrow.fs
+
+    kwargs = {}
+    if endpoint():
+        scheme, _, host = endpoint().partition("://")
+        kwargs = {"endpoint_override": host, "scheme": scheme}
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return pyarrow.fs.S3FileSystem(region=region, connect_timeout=10, request_timeout=60,
+                                   retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=_max_attempts()),
+                                   **kwargs)
 
 
 def split_s3(uri: str) -> tuple[str, str]:
@@ -60,8 +97,6 @@ def local_model_dir(uri: str) -> Path:
     """A local copy of the model folder at ``uri`` (returned as is when already local)."""
     if not uri.startswith("s3://"):
         return Path(uri)
-    import boto3
-
     bucket, prefix = split_s3(uri)
     target = cache_root() / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
     if (target / "config.json").exists():
@@ -69,7 +104,7 @@ def local_model_dir(uri: str) -> Path:
             return target
         log.warning("cached copy of %s at %s does not match its record: fetching it again", uri, target)
         shutil.rmtree(target, ignore_errors=True)
-    client = boto3.client("s3")
+    client = s3_client()
     objects = [o for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
                for o in page.get("Contents", [])]
     if not any(o["Key"].endswith("/config.json") for o in objects):
@@ -101,9 +136,7 @@ def local_model_dir(uri: str) -> Path:
 
 def upload_dir(folder: Path, uri: str) -> None:
     """Upload a local folder to ``uri`` (used to publish a model; files keep relative paths)."""
-    import boto3
-
     bucket, prefix = split_s3(uri)
-    client = boto3.client("s3")
+    client = s3_client()
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
         client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")

@@ -157,21 +157,12 @@ class S3Objects:
     """
 
     def __init__(self, uri: str):
-        import boto3
-        import pyarrow.fs
-
-        from pipelines.objectstore import split_s3
+        from pipelines.objectstore import s3_client, s3_filesystem, split_s3
 
         self.uri = uri.rstrip("/")
         self.bucket, self.prefix = split_s3(uri)
-        self.client = boto3.client("s3")
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        kwargs = {}
-        if endpoint:
-            scheme, _, host = endpoint.partition("://")
-            kwargs = {"endpoint_override": host, "scheme": scheme}
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        self.fs = pyarrow.fs.S3FileSystem(region=region or "us-east-1", **kwargs)
+        self.client = s3_client()
+        self.fs = s3_filesystem()
 
     def key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -256,7 +247,9 @@ class Warehouse:
 
     @property
     def objects(self):
-        return _objects(self.location, os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+        from pipelines.objectstore import endpoint
+
+        return _objects(self.location, endpoint())
 
     @property
     def fs(self):
@@ -345,6 +338,11 @@ class Publication:
         for _ in range(attempts):
             manifest, token = objects.read_manifest()
             current = {t: manifest["tables"].get(t, {}).get(self.ds, {}).get("run_id") for t in self.added}
+            if all(run == self.run_id for run in current.values()):
+                # Our conditional PUT landed but its response was lost (a reset connection), so the
+                # SDK's retry of it was refused: the switch is done.
+                updated, dropped = manifest, []
+                break
             if any(current[t] != self.expected.get(t) for t in self.added):
                 self.abort()
                 raise PublishConflict(
@@ -381,10 +379,15 @@ class Publication:
         """After the switch: other runs of this ds (superseded, or leftovers of a crash: any run
         still writing now would lose its commit) and partitions beyond retention."""
         objects = self.wh.objects
+        manifest = objects.read_manifest()[0]
         for table in self.added:
             for run in objects.children(f"{table}/ds={self.ds}"):
                 if run < f"run={self.run_id}":  # run ids sort by start time; a later run is not ours to remove
                     objects.delete_prefix(f"{table}/ds={self.ds}/{run}")
+            live = manifest["tables"].get(table, {})  # partitions retired by a commit whose clean-up was lost
+            retired = {f"ds={old}" for old in manifest.get("retired", {}).get(table, []) if old not in live}
+            dropped = dropped + [(table, folder[3:]) for folder in objects.children(table)
+                                 if folder in retired and (table, folder[3:]) not in dropped]
         for table, old in dropped:
             for run in objects.children(f"{table}/ds={old}"):
                 objects.delete_prefix(f"{table}/ds={old}/{run}")

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines import registry, schemas
+from pipelines import faults, registry, schemas
 from pipelines.config import Config
 from pipelines.embed.compression import fit_projection, load_projection, projection_path, save_projection
 from pipelines.errors import ConfigError
@@ -205,6 +205,7 @@ def _embed_on_spark(cfg: Config, todo_path, raw_path, path: str, ds: str, projec
     frame = spark.read.parquet(str(todo_path)).select("item_id", "image_sha256", "image")
     if frame.rdd.getNumPartitions() < slots:  # a small catalogue in one row group: spread it
         frame = frame.repartition(slots)
+    faults.point_when("embed.mid_spark", lambda: bool(spark.sparkContext.statusTracker().getActiveStageIds()))
     frame.mapInPandas(lambda it: embed_frames(it, path, batch_size, projection), schema).write.mode("overwrite").parquet(str(raw_path))
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-import os
 import stat
 import warnings
 from dataclasses import dataclass
@@ -97,19 +96,19 @@ def read_image_bytes(store: str, key, max_bytes: int) -> tuple[bytes | None, str
 
 @functools.lru_cache(maxsize=4)
 def _s3_client(endpoint: str | None):  # boto3 clients are thread-safe; one per endpoint
-    import boto3
+    from pipelines.objectstore import s3_client
 
-    return boto3.client("s3")
+    return s3_client()
 
 
 def _read_s3(store: str, key: str, max_bytes: int) -> tuple[bytes | None, str | None]:
     """One object of an S3 image store; the size limit is checked before the body is read."""
     from botocore.exceptions import ClientError
 
-    from pipelines.objectstore import split_s3
+    from pipelines.objectstore import endpoint, split_s3
 
     bucket, prefix = split_s3(store)
-    client = _s3_client(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+    client = _s3_client(endpoint())
     try:
         obj = client.get_object(Bucket=bucket, Key=f"{prefix}/{key}" if prefix else key)
     except ClientError as exc:

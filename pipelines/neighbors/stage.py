@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines import schemas
+from pipelines import faults, schemas
 from pipelines.config import Config, NeighborsConfig
 from pipelines.errors import LookalikeError
 from pipelines.neighbors.search import Exclusions, Plan, build_searcher, plan_index, search_blocks, tune
@@ -172,6 +172,7 @@ class StreamingParquet:
     def write_table(self, table: pa.Table) -> None:
         if table.num_rows:
             self.writer.write_table(table)
+            faults.point("neighbors.mid_stream")
 
     def __enter__(self):
         return self

@@ -38,7 +38,7 @@ def profile(files: dict[str, list], rows: dict[str, int], on_sale: int) -> dict:
     scan = f"read_parquet({_files_sql(files['item_neighbors'])}, hive_partitioning = false)"
     items, *quantiles = con.execute(
         f"select count(distinct item_id), {', '.join(f'quantile_cont(score, {q})' for q in QUANTILES)} from {scan}"
-    ).fetchone()
+    ).fetchall()[0]
     versions = [v for (v,) in con.execute(f"select distinct model_version from {scan} order by 1").fetchall()]
     return {"rows": {t: rows[t] for t in COUNTED_TABLES if t in rows},
             "on_sale": on_sale, "items_with_neighbors": items,
@@ -51,10 +51,10 @@ def _sample_lists(files: list, sample: int) -> pa.Table:
     """Today's neighbour lists of a deterministic sample of items (by a hash of the id)."""
     con = duckdb.connect(":memory:")
     scan = f"read_parquet({_files_sql(files)}, hive_partitioning = false)"
-    total = con.execute(f"select count(distinct item_id) from {scan}").fetchone()[0]
+    total = con.execute(f"select count(distinct item_id) from {scan}").fetchall()[0][0]
     modulus = max(1, total // sample)
-    return con.execute(f"""select item_id, list(neighbor_id) neighbors from {scan}
-                           where hash(item_id) % {modulus} = 0 group by item_id""").to_arrow_table()
+    return con.sql(f"""select item_id, list(neighbor_id) neighbors from {scan}
+                       where hash(item_id) % {modulus} = 0 group by item_id""").to_arrow_table()
 
 
 def _published(wh: Warehouse, table: str, ds: str, columns: list[str], ids: pa.Array) -> pa.Table:

@@ -53,12 +53,10 @@ def load_database(sample_dir: Path, url: str, *, batch: int = 5000) -> dict[str,
 
 def upload_images(images_dir: Path, uri: str, *, threads: int = 16) -> int:
     """Upload every file under ``images_dir`` to ``s3://bucket/prefix`` with the same relative keys."""
-    import boto3
-
-    from pipelines.objectstore import split_s3
+    from pipelines.objectstore import s3_client, split_s3
 
     bucket, prefix = split_s3(uri)
-    client = boto3.client("s3")
+    client = s3_client()
     files = [p for p in sorted(Path(images_dir).rglob("*")) if p.is_file()]
 
     def put(path: Path) -> None:

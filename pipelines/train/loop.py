@@ -25,6 +25,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from pipelines import faults
 from pipelines.errors import ConfigError
 from pipelines.siglip import Preprocess, embed_pixels, tokenize
 from pipelines.train.data import Pairs
@@ -160,9 +161,12 @@ class Checkpoints:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"step-{step:07d}.pt"
         tmp = path.with_name(f".{path.name}.tmp")
+        for stale in self.folder.glob(".step-*.pt.tmp"):  # a save killed before its rename
+            stale.unlink(missing_ok=True)
         torch.save(state, tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        faults.point("train.mid_checkpoint")
         os.replace(tmp, path)  # a reader sees the whole checkpoint or none
         for old in sorted(self.folder.glob("step-*.pt"))[:-self.keep]:
             old.unlink()
