@@ -23,7 +23,7 @@ from pipelines.errors import ConfigError
 ENV_PREFIX = "LOOKALIKE_"
 CONFIG_ENV = "LOOKALIKE_CONFIG"  # path of the config file, read by DAG tasks and jobs
 # Per-process settings that are not config keys: the model cache of a host, test crash points.
-NOT_CONFIG_ENV = {CONFIG_ENV, "LOOKALIKE_CACHE_DIR", "LOOKALIKE_FAULT", "LOOKALIKE_RESULT_FILE"}
+NOT_CONFIG_ENV = {CONFIG_ENV, "LOOKALIKE_CACHE_DIR", "LOOKALIKE_FAULT", "LOOKALIKE_FAULT_ONCE", "LOOKALIKE_RESULT_FILE"}
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import time
 from typing import Callable
 
 FAULT_ENV = "LOOKALIKE_FAULT"
+ONCE_ENV = "LOOKALIKE_FAULT_ONCE"  # a marker file: the point fires in the first process to reach it, then never
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,15 @@ def _armed(name: str) -> bool:
     if target != name:
         return False
     _reached[name] = _reached.get(name, 0) + 1
-    return _reached[name] == int(nth or 1)
+    if _reached[name] != int(nth or 1):
+        return False
+    once = os.environ.get(ONCE_ENV)
+    if once:  # across processes: only the first to create the marker file is killed
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+    return True
 
 
 def point(name: str) -> None:

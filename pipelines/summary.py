@@ -50,6 +50,20 @@ def _user_recs(wh: Warehouse, ds: str) -> list[str]:
             format_table(["variant", *(label for *_, label in columns)], rows), ""]
 
 
+def _drift(record: dict | None) -> list[str]:
+    """The publish gate's decision against the previous published day (pipelines/publish/drift.py)."""
+    gate = (record or {}).get("drift")
+    if not gate:
+        return []
+    if gate["previous_ds"] is None:
+        return ["Publish gate: first published day, nothing to compare with", ""]
+    overlap = (gate.get("overlap") or {}).get("mean")
+    figures = f"coverage {gate['profile']['coverage']:.1%}" + (
+        f", {overlap:.1%} of neighbours kept where the photo did not change" if overlap is not None else "")
+    lines = [f"Publish gate: {gate['decision']} against {gate['previous_ds']} ({figures})"]
+    return lines + [f"  beyond a bound: {b}" for b in gate["breaches"]] + [""]
+
+
 def run_summary(cfg: Config, ds: str) -> str:
     wh = Warehouse.of(cfg)
     lines = [f"Lookalike run for ds={ds}", ""]
@@ -88,6 +102,7 @@ def run_summary(cfg: Config, ds: str) -> str:
         lines += [f"Neighbours: {n['rows'] // n['k']} items x {n['k']}, index {'+'.join(n['index'])} "
                   f"({group.get('reason', '')}), {describe_recall(n)}, {n['seconds']:.1f} s; "
                   f"{n['same_image_rows']} neighbour rows share the item's exact photo (same_image)", ""]
+    lines += _drift(wh.run_record(ds))
     lines += _user_recs(wh, ds)
     decision = wh.work(ds, "model_decision.json")
     if decision.exists():

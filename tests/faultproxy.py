@@ -1,6 +1,7 @@
-"""A fault-injecting HTTP proxy on loopback, in front of an S3 server (moto's) for flaky-store tests.
+"""Fault injection on loopback: an HTTP proxy in front of an S3 server (moto's) for flaky-store tests,
+and a TCP gate in front of a database that can refuse connections for a while.
 
-On a seeded share of requests it answers ``500 InternalError`` or ``503 SlowDown`` without
+The proxy: on a seeded share of requests it answers ``500 InternalError`` or ``503 SlowDown`` without
 forwarding, resets the connection before forwarding, or forwards the request and then resets
 the connection instead of answering (the request took effect, its response was lost: the case
 that makes a retried conditional PUT see its own write). Every other request is forwarded as is.
@@ -12,6 +13,7 @@ import random
 import socket
 import struct
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -123,3 +125,55 @@ class FaultProxy:
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
         return Handler
+
+
+class TcpGate:
+    """A TCP forwarder on loopback in front of a server (a database) that can refuse every
+    connection for a while: the source "briefly unreachable". Counts what it refused."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.closed_until = 0.0
+        self.refused = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> "TcpGate":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.listener.close()
+
+    def close_for(self, seconds: float) -> None:
+        self.closed_until = time.monotonic() + seconds
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if time.monotonic() < self.closed_until:
+                self.refused += 1
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.close()
+                continue
+            upstream = socket.create_connection(self.upstream)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass

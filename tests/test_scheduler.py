@@ -1,7 +1,7 @@
 """A real Airflow (`airflow standalone`: scheduler, dag-processor, triggerer, api-server with the
 LocalExecutor, on loopback) runs lookalike_nightly for a ds triggered through the REST API, and
-`airflow backfill create` over three days publishes each day once (PostgreSQL as Airflow's
-metadata database); the server is stopped with SIGINT and no process may be left behind."""
+a week of nights backfilled with a killed extract and an unreachable source publishes each day
+once (PostgreSQL as Airflow's metadata database); the server is stopped with SIGINT and no process may be left behind."""
 import contextlib
 import json
 import os
@@ -18,8 +18,13 @@ import pytest
 
 from pipelines.config import load_config
 from pipelines.orchestrate import _airflow_bin, airflow_env, prepare_airflow
+from pipelines.query import run_query
+from pipelines.report import build_report
+from pipelines.sample.load import load_database
 from pipelines.storage import Warehouse
+from pipelines.summary import run_summary
 from tests.conftest import DS, rest_call, write_config
+from tests.faultproxy import TcpGate
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -233,41 +238,72 @@ def _new_database(server_url: str, name: str) -> str:
     return server_url.rsplit("/", 1)[0] + "/" + name
 
 
-def test_a_backfill_publishes_each_day_once_and_a_rerun_replaces_only_its_day(tmp_path, sample_dir, postgres_url):
-    # The three days that end yesterday: the scheduler of an unpaused lookalike_extract adds no
-    # run of its own next to the backfill before midnight (a backfill of a paused DAG never runs).
+def test_a_week_of_nights_with_a_killed_extract_and_an_unreachable_source_publishes_each_day_once(
+        tmp_path, sample_dir, postgres_url):
+    """Seven days backfilled on a real scheduler, fine-tuned on the first day only; one extract is
+    SIGKILLed mid-write and the listings database refuses every connection for a while; Airflow
+    retries both. Every day publishes once, and every day's summary, report and the analytics
+    queries work; then one day is redone and only its partition changes."""
+    # The days that end yesterday: the scheduler of an unpaused lookalike_extract adds no run of
+    # its own next to the backfill before midnight (a backfill of a paused DAG never runs).
     today = datetime.now(timezone.utc).date()
-    days = [(today - timedelta(days=n)).isoformat() for n in (3, 2, 1)]
-    # The sample ends on DS; a window this long keeps its listings in any later day's snapshot.
-    config = write_config(tmp_path, sample_dir, window_days=3650)
-    cfg = load_config(config, environ={})
-    for stage in ("extract", "train", "evaluate"):  # a production model for the nightly runs
-        _stage(config, stage, DS)
-    wh = Warehouse.of(cfg)
-    metadata = _new_database(postgres_url, "airflow_backfill")
+    days = [(today - timedelta(days=n)).isoformat() for n in range(7, 0, -1)]
+    source = _new_database(postgres_url, "week_source")
+    load_database(sample_dir, source)
+    port = int(source.rsplit(":", 1)[1].split("/")[0])
+    with TcpGate(port) as gate:
+        through_gate = source.replace(f":{port}/", f":{gate.port}/")
+        # The sample ends on DS; a window this long keeps its listings in any later day's snapshot.
+        config = write_config(tmp_path, sample_dir, window_days=3650,
+                              source={"url": through_gate, "images": str(sample_dir / "images")})
+        cfg = load_config(config, environ={})
+        for stage in ("extract", "train", "evaluate"):  # the week's only fine-tune: on its first day
+            _stage(config, stage, days[0])
+        wh = Warehouse.of(cfg)
+        metadata = _new_database(postgres_url, "airflow_backfill")
+        marker = tmp_path / "extract-killed"
+        faults = {"LOOKALIKE_FAULT": "extract.mid_write", "LOOKALIKE_FAULT_ONCE": str(marker)}
 
-    with running_airflow(cfg, config, tmp_path, unpause=("lookalike_extract", "lookalike_nightly"),
-                         metadata_url=metadata) as api:
-        _airflow(api, "backfill", "create", "--dag-id", "lookalike_extract", "--from-date", days[0],
-                 "--to-date", days[-1])
-        runs = api.wait_for("three nightly runs", lambda: _all_finished(api, days, 3), timeout=900, every=5)
-        assert sorted(run["partition_key"] for run in runs) == days  # one run per day
-        first = {table: dict(wh.entries(table)) for table in ("item_neighbors", "catalog")}
-        for table, entries in first.items():
-            assert set(days) <= set(entries), table
+        with running_airflow(cfg, config, tmp_path, unpause=("lookalike_extract", "lookalike_nightly"),
+                             metadata_url=metadata, extra_env=faults) as api:
+            gate.close_for(20)  # the first extracts find the database unreachable: transient, retried
+            _airflow(api, "backfill", "create", "--dag-id", "lookalike_extract", "--from-date", days[0],
+                     "--to-date", days[-1])
+            runs = api.wait_for("seven nightly runs", lambda: _all_finished(api, days, 7), timeout=1800, every=5)
+            assert sorted(run["partition_key"] for run in runs) == days  # one run per day
+            tries = [t["try_number"] for t in api.call(
+                "GET", "/api/v2/dags/lookalike_extract/dagRuns/~/taskInstances?limit=100")["task_instances"]]
+            assert max(tries) >= 2, tries  # Airflow retried what was killed or refused
+            assert marker.exists() and gate.refused > 0, (marker.exists(), gate.refused)
+            first = {table: dict(wh.entries(table)) for table in ("item_neighbors", "catalog")}
+            for table, entries in first.items():
+                assert set(days) <= set(entries), table
+            for day in days:  # published once: one run record, one partition per table
+                assert wh.run_record(day)["run_id"] == first["item_neighbors"][day]["run_id"]
+                assert len(wh.partition_files("item_neighbors", day)) == len(first["item_neighbors"][day]["files"])
 
-        # Redo one day: its extract and its nightly run again; only its partition changes.
-        _airflow(api, "backfill", "create", "--dag-id", "lookalike_extract", "--from-date", days[1],
-                 "--to-date", days[1], "--reprocess-behavior", "completed")
-        runs = api.wait_for("the rerun", lambda: _all_finished(api, days, 4), timeout=600, every=5)
-        assert sorted(run["partition_key"] for run in runs) == sorted([*days, days[1]])
+            # Redo one day: its extract and its nightly run again; only its partition changes.
+            _airflow(api, "backfill", "create", "--dag-id", "lookalike_extract", "--from-date", days[1],
+                     "--to-date", days[1], "--reprocess-behavior", "completed")
+            runs = api.wait_for("the rerun", lambda: _all_finished(api, days, 8), timeout=600, every=5)
+            assert sorted(run["partition_key"] for run in runs) == sorted([*days, days[1]])
 
     for table, entries in first.items():
         now = wh.entries(table)
         assert now[days[1]]["run_id"] != entries[days[1]]["run_id"], f"{table}: the rerun did not replace {days[1]}"
-        for day in (days[0], days[2]):
+        for day in (days[0], *days[2:]):
             assert now[day] == entries[day], f"{table}: the rerun of {days[1]} touched {day}"
         assert [path for path in wh.partition_files(table, days[1]) if entries[days[1]]["run_id"] in path] == []
+
+    for day in days:  # six of them without a fine-tune of their own
+        assert day in run_summary(cfg, day)
+        assert build_report(cfg, day, tmp_path / f"report-{day}.html").exists()
+    item = run_query(wh, "select max(item_id) from item_neighbors")[1][0][0]
+    for path in sorted((REPO / "sql" / "analytics").glob("*.sql")):
+        columns, _ = run_query(wh, path.read_text(), {"item_id": item})
+        assert columns, path.name
+    overlap = run_query(wh, (REPO / "sql" / "analytics" / "neighbor_overlap_day_over_day.sql").read_text())[1]
+    assert overlap, "two published days: the day-over-day overlap has rows"
 
 
 def _session(process) -> int | None:
