@@ -73,8 +73,9 @@ def run_summary(cfg: Config, ds: str) -> str:
         rows.append((table, entry["rows"] if entry else None, wh.display(table) if entry else "not published"))
     lines += ["Published tables:", format_table(["table", "rows", "location"], rows), ""]
 
-    if ds in wh.entries("eval_metrics"):
-        metrics = wh.read_partition("eval_metrics", ds).to_pylist()
+    metrics = wh.read_partition("eval_metrics", ds).to_pylist() if ds in wh.entries("eval_metrics") else []
+    metrics = [m for m in metrics if m["system"] in SYSTEMS]  # the user model's rows: _user_recs
+    if metrics:
         by = {(m["system"], m["metric"], m["k"]): m for m in metrics}
         version = next((m["model_version"] for m in metrics if m["system"] == "siglip"), "?")
         n = next((m["n"] for m in metrics), 0)
@@ -82,8 +83,8 @@ def run_summary(cfg: Config, ds: str) -> str:
         for (metric, k), label in METRIC_LABELS.items():
             values = [by.get((s, metric, k), {}).get("value") for s in SYSTEMS]
             ci = by.get(("siglip", metric, k), {})
-            best_base = max(v for v in values[1:] if v is not None)
-            lift = f"{(values[0] / best_base - 1) * 100:+.1f}%" if best_base else "n/a"
+            best_base = max((v for v in values[1:] if v is not None), default=None)
+            lift = f"{(values[0] / best_base - 1) * 100:+.1f}%" if best_base and values[0] is not None else "n/a"
             table_rows.append((label, values[0], f"[{ci.get('ci_low', 0):.3f}, {ci.get('ci_high', 0):.3f}]",
                                values[1], values[2], lift))
         lines += [f"Offline evaluation on {n} source items with similar-items clicks "

@@ -181,3 +181,17 @@ def test_a_day_without_an_evaluation_publishes_and_its_tables_and_report_still_r
     assert run_query(wh, "select metric, k, value from eval_metrics")[1] == []
     page = build_report(cfg, DS, tmp_path / "report.html").read_text()
     assert "No offline evaluation for this ds." in page
+
+
+def test_a_day_with_only_the_user_models_metrics_still_summarises(setup):
+    from pipelines.summary import run_summary
+
+    cfg, wh = setup
+    _stage_run(wh, DS)
+    metric = {"ds": DS, "system": "userrec_pixrec", "model_version": "u1", "metric": "recall", "k": 10,
+              "value": 0.2, "ci_low": 0.1, "ci_high": 0.3, "n": 10}
+    write_parquet(pa.Table.from_pylist([metric], schema=schemas.EVAL_METRICS),
+                  wh.fresh_work(DS, "eval_metrics") / "part-0.parquet")
+    run_publish(cfg, DS)
+    summary = run_summary(cfg, DS)
+    assert "Offline evaluation" not in summary and "Publish gate: first published day" in summary
