@@ -145,10 +145,18 @@ def _publish_user_recs(config, fault=None):
                           timeout=300)
 
 
+@pytest.mark.parametrize("store", ["local", "s3"])
 @pytest.mark.parametrize("point", ["publish.between_tables", "publish.before_commit", "publish.during_switch",
                                    "publish.after_switch"])
-def test_a_user_recommendation_publish_killed_at_any_point_keeps_the_published_one(night, point):
+def test_a_user_recommendation_publish_killed_at_any_point_keeps_the_published_one(night, point, store, request,
+                                                                                 tmp_path, sample_dir):
     config, cfg, wh, _ = night
+    if store == "s3":  # the same work area, the tables on moto's S3 server
+        request.getfixturevalue("s3")
+        config = write_config(tmp_path, sample_dir, neighbors={"k": 5}, warehouse=f"s3://models/userrec-{point}",
+                              work_dir=str(wh.work_root))
+        cfg = load_config(config, environ={})
+        wh = Warehouse.of(cfg)
     _user_recs(wh, cfg, shift=0.0)
     assert _publish_user_recs(config).returncode == 0
     top = "select score from user_recommendations where user_id = 'u0' and rank = 1"
@@ -162,5 +170,6 @@ def test_a_user_recommendation_publish_killed_at_any_point_keeps_the_published_o
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert run_query(wh, top)[1] == [(pytest.approx(0.95),)]
     assert run_query(wh, "select count(*) from user_recommendations_all")[1] == [(12,)]  # published once
-    folders = {p.name for p in (Path(cfg.warehouse) / "user_recommendations" / f"ds={DS}").iterdir()}
-    assert folders == {f"run={wh.entries('user_recommendations')[DS]['run_id']}"}  # no orphan run
+    for table in ("user_recommendations", "user_history"):  # no orphan run
+        runs = wh.objects.children(f"{table}/ds={DS}")
+        assert runs == [f"run={wh.entries(table)[DS]['run_id']}"], (table, runs)
