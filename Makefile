@@ -5,7 +5,7 @@ LOOKALIKE := $(VENV)/bin/lookalike
 STAMP := $(VENV)/.installed
 SAMPLE := var/sample/marketplace.db
 
-.PHONY: demo test stack-test install clean sample
+.PHONY: demo test week-test stack-test install clean sample
 
 $(STAMP): pyproject.toml constraints.txt scripts/bootstrap.sh
 	bash scripts/bootstrap.sh
@@ -24,6 +24,10 @@ demo: $(STAMP) $(SAMPLE)
 ## test: the whole test suite
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+## week-test: a week of nights backfilled on a real Airflow scheduler, with a killed extract and an unreachable source
+week-test: $(STAMP)
+	$(PY) -m pytest -q -m week
 
 ## stack-test: build every image of docker-compose.yml and run the DAGs in the stack (root; see scripts/stack-test.sh)
 stack-test: $(STAMP)

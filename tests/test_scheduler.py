@@ -238,6 +238,7 @@ def _new_database(server_url: str, name: str) -> str:
     return server_url.rsplit("/", 1)[0] + "/" + name
 
 
+@pytest.mark.week  # `make week-test`: about 6 minutes, run by .ci/run after `make test`
 def test_a_week_of_nights_with_a_killed_extract_and_an_unreachable_source_publishes_each_day_once(
         tmp_path, sample_dir, postgres_url):
     """Seven days backfilled on a real scheduler, fine-tuned on the first day only; one extract is
