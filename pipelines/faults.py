@@ -30,13 +30,19 @@ log = logging.getLogger(__name__)
 _reached: dict[str, int] = {}
 
 
-def _armed(name: str) -> bool:
-    """Whether ``LOOKALIKE_FAULT`` names this point (``name``, or ``name@n``: its n-th time in this process)."""
+def _target() -> tuple[str, int]:
+    """The point ``LOOKALIKE_FAULT`` names and the time it fires at (``name`` or ``name@n``)."""
     target, _, nth = os.environ.get(FAULT_ENV, "").partition("@")
+    return target, int(nth or 1)
+
+
+def _armed(name: str) -> bool:
+    """Whether this is the time ``LOOKALIKE_FAULT`` names for this point in this process."""
+    target, nth = _target()
     if target != name:
         return False
     _reached[name] = _reached.get(name, 0) + 1
-    if _reached[name] != int(nth or 1):
+    if _reached[name] != nth:
         return False
     once = os.environ.get(ONCE_ENV)
     if once:  # across processes: only the first to create the marker file is killed
@@ -57,7 +63,7 @@ def point(name: str) -> None:
 def point_when(name: str, ready: Callable[[], bool], every: float = 0.1) -> None:
     """Reach ``name`` from a watcher thread as soon as ``ready()`` is true (a crash in the middle of
     work this thread waits on, such as a Spark job)."""
-    if os.environ.get(FAULT_ENV, "").partition("@")[0] != name:
+    if _target()[0] != name:
         return
 
     def watch() -> None:

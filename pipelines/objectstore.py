@@ -52,9 +52,9 @@ def s3_filesystem():
     """pyarrow's S3 filesystem (ranged GETs of Parquet files) with the same endpoint and retries."""
     import pyarrow.fs
 
-    kwargs = {}
-    if endpoint():
-        scheme, _, host = endpoint().partition("://")
+    kwargs, url = {}, endpoint()
+    if url:
+        scheme, _, host = url.partition("://")
         kwargs = {"endpoint_override": host, "scheme": scheme}
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     return pyarrow.fs.S3FileSystem(region=region, connect_timeout=10, request_timeout=60,

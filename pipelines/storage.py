@@ -385,9 +385,9 @@ class Publication:
                 if run < f"run={self.run_id}":  # run ids sort by start time; a later run is not ours to remove
                     objects.delete_prefix(f"{table}/ds={self.ds}/{run}")
             live = manifest["tables"].get(table, {})  # partitions retired by a commit whose clean-up was lost
-            retired = {f"ds={old}" for old in manifest.get("retired", {}).get(table, []) if old not in live}
-            dropped = dropped + [(table, folder[3:]) for folder in objects.children(table)
-                                 if folder in retired and (table, folder[3:]) not in dropped]
+            retired = {old for old in manifest.get("retired", {}).get(table, []) if old not in live}
+            left = {(table, folder.removeprefix("ds=")) for folder in objects.children(table)}
+            dropped = [*dropped, *sorted(({(table, old) for old in retired} & left) - set(dropped))]
         for table, old in dropped:
             for run in objects.children(f"{table}/ds={old}"):
                 objects.delete_prefix(f"{table}/ds={old}/{run}")

@@ -16,7 +16,8 @@ SCORE_TOLERANCE = 1e-4  # float32 dot products of unit vectors can exceed 1 by r
 Source = pa.Table | list  # an Arrow table or a list of Parquet file paths
 
 
-def _register(con: duckdb.DuckDBPyConnection, name: str, source: Source) -> None:
+def register(con: duckdb.DuckDBPyConnection, name: str, source: Source) -> None:
+    """``source`` as the view or table ``name`` of ``con``."""
     if isinstance(source, pa.Table):
         con.register(name, source)
     else:
@@ -35,7 +36,7 @@ def check_neighbors(neighbors: Source, *, k: int, active: Source, embedded: Sour
     no item without an embedding. ``active`` and ``embedded`` hold an ``item_id`` column."""
     con = duckdb.connect(":memory:")
     for name, source in (("n", neighbors), ("active", active), ("embedded", embedded)):
-        _register(con, name, source)
+        register(con, name, source)
 
     def one(sql: str):
         return con.execute(sql).fetchone()
@@ -75,7 +76,7 @@ def check_neighbors(neighbors: Source, *, k: int, active: Source, embedded: Sour
 def check_recommendations(recs: Source, *, k: int, on_sale: pa.Array) -> list[str]:
     """At most k items per user, ranks 1..n, descending scores, no item twice, every item on sale."""
     con = duckdb.connect(":memory:")
-    _register(con, "r", recs)
+    register(con, "r", recs)
     con.register("on_sale", pa.table({"item_id": on_sale}))
 
     def one(sql: str):

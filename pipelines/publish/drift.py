@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
+from pipelines.publish.checks import register
 from pipelines.storage import Warehouse
 
 QUANTILES = (0.1, 0.5, 0.9)
@@ -28,18 +29,14 @@ OVERLAP_SAMPLE = 5_000  # items whose lists are compared with the previous day
 COUNTED_TABLES = ("catalog", "item_embeddings", "item_neighbors")
 
 
-def _files_sql(files: list) -> str:
-    return "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
-
-
 def profile(files: dict[str, list], rows: dict[str, int], on_sale: int) -> dict:
     """Today's figures from the staged files: rows, coverage of the on-sale items, score quantiles."""
     con = duckdb.connect(":memory:")
-    scan = f"read_parquet({_files_sql(files['item_neighbors'])}, hive_partitioning = false)"
+    register(con, "n", files["item_neighbors"])
     items, *quantiles = con.execute(
-        f"select count(distinct item_id), {', '.join(f'quantile_cont(score, {q})' for q in QUANTILES)} from {scan}"
+        f"select count(distinct item_id), {', '.join(f'quantile_cont(score, {q})' for q in QUANTILES)} from n"
     ).fetchall()[0]
-    versions = [v for (v,) in con.execute(f"select distinct model_version from {scan} order by 1").fetchall()]
+    versions = [v for (v,) in con.execute("select distinct model_version from n order by 1").fetchall()]
     return {"rows": {t: rows[t] for t in COUNTED_TABLES if t in rows},
             "on_sale": on_sale, "items_with_neighbors": items,
             "coverage": round(items / on_sale, 6) if on_sale else 0.0,
@@ -47,14 +44,13 @@ def profile(files: dict[str, list], rows: dict[str, int], on_sale: int) -> dict:
             "model_versions": versions}
 
 
-def _sample_lists(files: list, sample: int) -> pa.Table:
-    """Today's neighbour lists of a deterministic sample of items (by a hash of the id)."""
+def _sample_lists(files: list, items: int, sample: int) -> pa.Table:
+    """Today's neighbour lists of a deterministic sample of the ``items`` items (by a hash of the id)."""
     con = duckdb.connect(":memory:")
-    scan = f"read_parquet({_files_sql(files)}, hive_partitioning = false)"
-    total = con.execute(f"select count(distinct item_id) from {scan}").fetchall()[0][0]
-    modulus = max(1, total // sample)
-    return con.sql(f"""select item_id, list(neighbor_id) neighbors from {scan}
-                       where hash(item_id) % {modulus} = 0 group by item_id""").to_arrow_table()
+    register(con, "n", files)
+    modulus = max(1, items // sample)
+    return con.sql(f"select item_id, list(neighbor_id) neighbors from n where hash(item_id) % {modulus} = 0 "
+                   "group by item_id").to_arrow_table()
 
 
 def _published(wh: Warehouse, table: str, ds: str, columns: list[str], ids: pa.Array) -> pa.Table:
@@ -62,9 +58,11 @@ def _published(wh: Warehouse, table: str, ds: str, columns: list[str], ids: pa.A
     return dataset.to_table(columns=columns, filter=pc.field("item_id").isin(ids))
 
 
-def overlap(wh: Warehouse, previous_ds: str, files: dict[str, list], sample: int = OVERLAP_SAMPLE) -> dict:
-    """Mean share of yesterday's neighbours kept today, over sampled items whose photo is unchanged."""
-    today = _sample_lists(files["item_neighbors"], sample)
+def overlap(wh: Warehouse, previous_ds: str, files: dict[str, list], items: int,
+            sample: int = OVERLAP_SAMPLE) -> dict:
+    """Mean share of yesterday's neighbours kept today, over sampled items whose photo is unchanged
+    (``items``: how many items have neighbours today, from :func:`profile`)."""
+    today = _sample_lists(files["item_neighbors"], items, sample)
     ids = today.column("item_id")
     con = duckdb.connect(":memory:")
     con.register("today", today)

@@ -121,7 +121,7 @@ def _gate(cfg: Config, wh: Warehouse, ds: str, files: dict, rows: dict, *, on_sa
     earlier = [d for d in wh.entries("item_neighbors") if d < ds]
     previous = earlier[-1] if earlier else None
     before = ((wh.run_record(previous) or {}).get("drift") or {}).get("profile") if previous else None
-    lists = drift.overlap(wh, previous, files) if previous else None
+    lists = drift.overlap(wh, previous, files, items=today["items_with_neighbors"]) if previous else None
     breaches = drift.compare(today, before, lists, cfg.publish)
     decision = "refused" if breaches and not cfg.publish.accept_drift else \
         "published beyond the bounds (publish.accept_drift)" if breaches else "published"
