@@ -19,7 +19,7 @@ sample: $(SAMPLE)
 
 ## demo: sample marketplace (if missing) + the nightly pipeline through Airflow + a summary
 demo: $(STAMP) $(SAMPLE)
-	$(LOOKALIKE) run
+	$(LOOKALIKE) run --config config/demo.yaml
 
 ## test: the whole test suite
 test: $(STAMP)

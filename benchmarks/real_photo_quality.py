@@ -12,7 +12,12 @@ run on the rest (``article_type`` as category, every item on sale) with a wall-c
 and the share of neighbour slots agreeing on article_type and on base_colour is reported, with
 image→title Recall@1/@5 on (up to 2,000 of) the held-out items, before and after training, and
 the training's wall and CPU minutes. Recipe switches are train.* config keys given with --set.
+With ``--defaults`` the shipped config trains (its own budget, early stopping, learning curve),
+and the night goes on: evaluate, embed with what the serving rule picks, neighbours, publish;
+then the learned model, the image baseline as fitted for serving and the served system are
+scored on the held-out photos.
 
+    .venv/bin/python benchmarks/real_photo_quality.py --defaults --json defaults.json
     .venv/bin/python benchmarks/real_photo_quality.py --minutes 10 --json out.json
     .venv/bin/python benchmarks/real_photo_quality.py --minutes 10 --set colour_augment=0.5 keep_aspect=true
 """
@@ -82,9 +87,36 @@ def agreement(vectors: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
     return float(np.mean(labels[top] == labels[:, None]))
 
 
+def _unit(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32)
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
 def cpu_seconds() -> float:
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def registry_baseline(cfg) -> str:
+    from pipelines import registry
+    from pipelines.storage import ModelStore
+
+    return registry.baseline(ModelStore.at(cfg.models))
+
+
+def night(cfg, model_uri: str) -> dict:
+    """The rest of the week's first night as the DAGs run it: evaluate the candidate (no clicks on
+    these photos: by shared category), then embed what the serving rule picks, search, publish."""
+    from pipelines.embed.stage import run_embed
+    from pipelines.evaluate.stage import run_evaluate
+    from pipelines.neighbors.stage import run_neighbors
+    from pipelines.publish.stage import run_publish
+
+    decision = run_evaluate(cfg, DS, model_uri)
+    embedded = run_embed(cfg, DS)
+    run_neighbors(cfg, DS)
+    run_publish(cfg, DS)
+    return {**embedded["served"], "path": embedded["model_uri"], "decision": decision["decision"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", nargs="*", default=[], metavar="KEY=INT",
                         help="change the named architecture (hidden, layers, heads, mlp, image_size, patch, text_layers)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="train.* overrides")
+    parser.add_argument("--hybrid", nargs="*", type=float, default=[], metavar="W",
+                        help="also score learned+baseline hybrids with these weights on the learned part")
+    parser.add_argument("--defaults", action="store_true",
+                        help="the shipped config as `lookalike train` applies it, then evaluate, embed, neighbors and "
+                             "publish; scores the learned, baseline and served systems (--minutes/--model ignored)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if not args.data.exists():
@@ -122,8 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         env = {"LOOKALIKE_SOURCE__URL": f"sqlite:///{root / 'source' / 'fashion.db'}",
                "LOOKALIKE_SOURCE__IMAGES": str(root / "source" / "images"),
                "LOOKALIKE_WAREHOUSE": str(root / "warehouse"), "LOOKALIKE_MODELS": str(root / "models"),
-               "LOOKALIKE_MODEL__INIT": args.model, "LOOKALIKE_TRAIN__MINUTES": str(args.minutes),
-               "LOOKALIKE_TRAIN__MAX_STEPS": "1000000", "LOOKALIKE_TRAIN__VAL_FRACTION": "0.02"}
+               "LOOKALIKE_AIRFLOW__HOME": str(root / "airflow")}
+        if not args.defaults:  # a recipe experiment: its own model, a fixed wall-clock budget
+            env.update({"LOOKALIKE_MODEL__INIT": args.model, "LOOKALIKE_TRAIN__MINUTES": str(args.minutes),
+                        "LOOKALIKE_TRAIN__MAX_STEPS": "1000000", "LOOKALIKE_TRAIN__VAL_FRACTION": "0.02",
+                        "LOOKALIKE_TRAIN__PATIENCE": "0"})
         for item in args.set:
             key, _, value = item.partition("=")
             env[f"LOOKALIKE_TRAIN__{key.upper()}"] = value
@@ -137,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu_min, wall_min = (cpu_seconds() - cpu0) / 60, (time.monotonic() - wall0) / 60
         meta = json.loads((Path(model["model_uri"]) / "lookalike.json").read_text())
         loaded = load_model(model["model_uri"])
+        served = night(cfg, model["model_uri"]) if args.defaults else None
 
         rows = [r for r in table.to_pylist() if r["item_id"] in held]
         photos = [prepare_image(r["image"], size=cfg.extract.image_size, max_pixels=10**8, min_side=8) for r in rows]
@@ -149,6 +190,18 @@ def main(argv: list[str] | None = None) -> int:
         systems = {"learned": embed_pixels(loaded.model, pixels, loaded.preprocess),
                    "colour_histogram": colour_histogram(square),  # agreement() normalises every system
                    "histogram+thumbnail": image_baseline_vectors(square, 64)}
+        if served is not None:  # what the night fitted and served, not refitted here
+            from pipelines import serving
+            from pipelines.storage import ModelStore
+
+            store = ModelStore.at(cfg.models)
+            for name, folder in (("image baseline (as served)", store.baseline_dir(registry_baseline(cfg))),
+                                 (f"served: {served['version']}", Path(served["path"]))):
+                embedder = serving.load_embedder(str(folder))
+                systems[name] = embedder.embed([embedder.decode(j) for j in jpegs], 256)
+        for w in args.hybrid:  # cosine = w·learned + (1 − w)·baseline
+            systems[f"hybrid w={w:g}"] = np.concatenate(
+                [np.sqrt(w) * _unit(systems["learned"]), np.sqrt(1 - w) * _unit(systems["histogram+thumbnail"])], axis=1)
         quality = {name: {"article_type@5": agreement(v, types), "base_colour@5": agreement(v, colours)}
                    for name, v in systems.items()}
         texts = [listing_text(cfg.train.text_template, {"title": r["title"], "category": r["article_type"]})
@@ -156,19 +209,30 @@ def main(argv: list[str] | None = None) -> int:
         pairs = Pairs([str(r["item_id"]) for r in rows[:2000]], pixels[:2000], texts,
                       group_ids([hashlib.sha256(j).hexdigest() for j in jpegs[:2000]], texts))
         recall = retrieval_recall(loaded.model, pairs, loaded.tokenizer, loaded.preprocess, loaded.max_text_length)
-    result = {"minutes": args.minutes, "overrides": args.set, "model": args.model, "held_out_items": len(rows),
+    result = {"defaults": args.defaults, "served": served, "stopped": meta["metrics"].get("stopped"),
+              "curve": meta["metrics"].get("curve"),
+              "minutes": cfg.train.minutes, "overrides": args.set, "model": cfg.model.init, "held_out_items": len(rows),
               "train_items": meta["snapshot"]["pairs"], "steps": meta["metrics"]["steps"],
               "samples_per_s": meta["metrics"]["samples_per_s"], "train_wall_minutes": round(wall_min, 2),
               "train_cpu_minutes": round(cpu_min, 2), "quality": quality,
               "held_out_recall@1": recall["recall@1"], "held_out_recall@5": recall["recall@5"]}
     print(f"\nReal photos: trained on {result['train_items']} items for {wall_min:.1f} min wall / {cpu_min:.1f} "
-          f"CPU-min ({result['steps']} steps, {result['samples_per_s']:.0f} pairs/s); {len(rows)} held-out items; "
-          f"overrides: {' '.join(args.set) or 'none'}")
+          f"CPU-min ({result['steps']} steps, {result['samples_per_s']:.0f} pairs/s, stopped by "
+          f"{result['stopped']}); {len(rows)} held-out items; "
+          f"{'the shipped defaults' if args.defaults else 'overrides: ' + (' '.join(args.set) or 'none')}")
+    for point in result["curve"] or []:
+        print(f"  learning curve: step {point['step']:>6} at {point['minutes']:5.1f} min: held-out image→title "
+              f"R@1 {point['recall@1']:.3f} R@5 {point['recall@5']:.3f}")
+    if served:
+        print(f"served system: {served['version']} ({served['why']})")
     print(f"held-out image→title R@1 {recall['recall@1']:.3f} R@5 {recall['recall@5']:.3f} "
           f"({min(2000, len(rows))} items)")
-    print(f"{'system':<22}{'article_type@5':>16}{'base_colour@5':>16}")
+    width = max(22, *(len(name) + 2 for name in quality))
+    base = quality.get("image baseline (as served)", quality["histogram+thumbnail"])
+    print(f"{'system':<{width}}{'article_type@5':>16}{'base_colour@5':>16}{'type vs baseline':>18}{'colour vs baseline':>20}")
     for name, q in quality.items():
-        print(f"{name:<22}{q['article_type@5']:>16.3f}{q['base_colour@5']:>16.3f}")
+        print(f"{name:<{width}}{q['article_type@5']:>16.3f}{q['base_colour@5']:>16.3f}"
+              f"{q['article_type@5'] / base['article_type@5']:>17.3f}x{q['base_colour@5'] - base['base_colour@5']:>+20.3f}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0

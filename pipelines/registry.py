@@ -1,8 +1,9 @@
 """The model registry: versions under ``<models>/siglip/<version>/`` and ``registry.json``.
 
-``registry.json`` lists every version with its stage (``candidate`` or ``production``) and the
-history of promotions, so ``rollback`` can return to the previous production model. It is
-rewritten atomically; a crash never leaves it half-written.
+``registry.json`` lists every version with its stage (``candidate`` or ``production``), the
+history of promotions, so ``rollback`` can return to the previous production model, and the
+fitted image baseline. It is rewritten atomically; a crash never leaves it half-written. What the
+nightly run serves is decided in ``pipelines/serving.py``.
 """
 from __future__ import annotations
 
@@ -93,8 +94,24 @@ def production(store: ModelStore) -> str | None:
     return _read(store)["production"]
 
 
-def resolve_serving_version(store: ModelStore) -> tuple[str, str]:
-    """(version, why): production if promoted, else the newest candidate."""
+def history(store: ModelStore) -> list[dict]:
+    return _read(store)["history"]
+
+
+def baseline(store: ModelStore) -> str | None:
+    """The fitted image baseline's version (pipelines/serving.py), once one has been fitted."""
+    return _read(store).get("baseline")
+
+
+def set_baseline(store: ModelStore, version: str) -> None:
+    data = _read(store)
+    data["baseline"] = version
+    _write(store, data)
+
+
+def feature_model(store: ModelStore) -> tuple[str, str]:
+    """(version, why) of the SigLIP whose features the user model reads: production if promoted,
+    else the newest candidate. (Similar items never serve an un-promoted candidate: serving.resolve.)"""
     data = _read(store)
     if data["production"]:
         return data["production"], "production"
@@ -102,4 +119,3 @@ def resolve_serving_version(store: ModelStore) -> tuple[str, str]:
         raise RegistryError(f"no model in the registry at {store.root}: run `lookalike train --ds …` first")
     newest = max(data["versions"].items(), key=_registration_order)[0]
     return newest, "newest candidate (none promoted to production yet)"
-

@@ -247,13 +247,15 @@ def build_report(cfg: Config, ds: str, out: Path | None = None, *, samples: int 
         gallery.append(f'<div class="query">{"".join(cards)}</div>')
 
     version = neighbors.column("model_version")[0].as_py() if neighbors.num_rows else "?"
+    served = (wh.run_record(ds) or {}).get("served")
+    why = f" ({html.escape(served['why'])})" if served else ""
     k = int(pc.max(neighbors.column("rank")).as_py() or 0)
     plots = _plots(per_category, top1, by_rank)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Lookalike {html.escape(ds)}</title>
 <style>{STYLE}</style></head><body>
 <h1>Lookalike — similar items for ds={html.escape(ds)}</h1>
-<p class="sub">model {html.escape(version)} · {len(listed):,} items × {k} neighbours · thumbnails from
+<p class="sub">serving {html.escape(version)}{why} · {len(listed):,} items × {k} neighbours · thumbnails from
 {html.escape(thumbs_from)}</p>
 <h2>Sampled items and their nearest neighbours</h2>
 <p class="legend">Each row: the query item (dark frame), then its top {min(shown, k)} neighbours with rank and

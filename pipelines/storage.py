@@ -396,7 +396,8 @@ class Publication:
 
 @dataclass(frozen=True)
 class ModelStore:
-    """Folders of the model registry: ``<models>/siglip/<version>/`` plus ``registry.json``."""
+    """Folders of the model registry: ``<models>/siglip/<version>/``, the image baseline and hybrids
+    (``pipelines/serving.py``), plus ``registry.json``."""
 
     root: Path
 
@@ -410,6 +411,12 @@ class ModelStore:
 
     def version_dir(self, version: str) -> Path:
         return self.root / "siglip" / version
+
+    def baseline_dir(self, version: str) -> Path:
+        return self.root / "image-baseline" / version
+
+    def hybrid_dir(self, version: str) -> Path:
+        return self.root / "hybrid" / version
 
     def registry_path(self) -> Path:
         return self.root / "registry.json"

@@ -9,7 +9,8 @@ from pipelines.storage import PUBLISHED_TABLES, Warehouse
 
 METRIC_LABELS = {("ndcg", 5): "nDCG@5", ("precision", 1): "P@1", ("precision", 3): "P@3",
                  ("recall", 10): "Recall@10", ("mrr", None): "MRR"}
-SYSTEMS = ("siglip", "image_baseline", "text_baseline")
+SYSTEMS = ("siglip", "hybrid", "image_baseline", "text_baseline")
+BASELINES = ("image_baseline", "text_baseline")
 
 
 def format_table(columns: list[str], rows: list[tuple]) -> str:
@@ -61,6 +62,7 @@ def _drift(record: dict | None) -> list[str]:
     figures = f"coverage {gate['profile']['coverage']:.1%}" + (
         f", {overlap:.1%} of neighbours kept where the photo did not change" if overlap is not None else "")
     lines = [f"Publish gate: {gate['decision']} against {gate['previous_ds']} ({figures})"]
+    lines += [f"  {gate['switch']}"] if gate.get("switch") else []
     return lines + [f"  beyond a bound: {b}" for b in gate["breaches"]] + [""]
 
 
@@ -75,27 +77,36 @@ def run_summary(cfg: Config, ds: str) -> str:
 
     metrics = wh.read_partition("eval_metrics", ds).to_pylist() if ds in wh.entries("eval_metrics") else []
     metrics = [m for m in metrics if m["system"] in SYSTEMS]  # the user model's rows: _user_recs
+    decision_file = wh.work(ds, "model_decision.json")
+    protocol = json.loads(decision_file.read_text()).get("protocol", "clicks") if decision_file.exists() else "clicks"
     if metrics:
         by = {(m["system"], m["metric"], m["k"]): m for m in metrics}
         version = next((m["model_version"] for m in metrics if m["system"] == "siglip"), "?")
         n = next((m["n"] for m in metrics), 0)
+        hybrid = any(m["system"] == "hybrid" for m in metrics)
         table_rows = []
         for (metric, k), label in METRIC_LABELS.items():
-            values = [by.get((s, metric, k), {}).get("value") for s in SYSTEMS]
+            value = {s: by.get((s, metric, k), {}).get("value") for s in SYSTEMS}
             ci = by.get(("siglip", metric, k), {})
-            best_base = max((v for v in values[1:] if v is not None), default=None)
-            lift = f"{(values[0] / best_base - 1) * 100:+.1f}%" if best_base and values[0] is not None else "n/a"
-            table_rows.append((label, values[0], f"[{ci.get('ci_low', 0):.3f}, {ci.get('ci_high', 0):.3f}]",
-                               values[1], values[2], lift))
-        lines += [f"Offline evaluation on {n} source items with similar-items clicks "
-                  f"(model {version}; 95% bootstrap interval):",
-                  format_table(["metric", "fine-tuned", "95% CI", "image baseline", "text baseline",
-                                "vs best baseline"], table_rows), ""]
+            best_base = max((value[s] for s in BASELINES if value[s] is not None), default=None)
+            lift = f"{(value['siglip'] / best_base - 1) * 100:+.1f}%" if best_base and value["siglip"] is not None \
+                else "n/a"
+            table_rows.append((label, value["siglip"], f"[{ci.get('ci_low', 0):.3f}, {ci.get('ci_high', 0):.3f}]",
+                               *([value["hybrid"]] if hybrid else []), value["image_baseline"], value["text_baseline"],
+                               lift))
+        on = (f"{n} source items with similar-items clicks" if protocol == "clicks" else
+              f"{n} held-out listings by shared category (no similar-items clicks yet)")
+        lines += [f"Offline evaluation on {on} (model {version}; 95% bootstrap interval):",
+                  format_table(["metric", "fine-tuned", "95% CI", *(["hybrid"] if hybrid else []), "image baseline",
+                                "text baseline", "fine-tuned vs best baseline"], table_rows), ""]
     stats = wh.work(ds, "embed_stats.json")
     if stats.exists():
         e = json.loads(stats.read_text())
         lines += [f"Embeddings: {e['catalogue']} catalogue items — reused {e['reused']}, computed {e['computed']} "
-                  f"({e['executor']}), quarantined {e['quarantined']}", ""]
+                  f"({e['executor']}), quarantined {e['quarantined']}"]
+        if e.get("served"):
+            lines += [f"Serving {e['served']['version']}: {e['served']['why']}"]
+        lines += [""]
     nstats = wh.work(ds, "neighbors_stats.json")
     if nstats.exists():
         n = json.loads(nstats.read_text())

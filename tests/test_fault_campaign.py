@@ -18,13 +18,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipelines import schemas
+from pipelines import registry, schemas
 from pipelines.config import load_config
 from pipelines.embed.stage import run_embed
 from pipelines.extract.stage import run_extract
 from pipelines.neighbors.stage import run_neighbors
 from pipelines.query import run_query
-from pipelines.storage import Warehouse, write_parquet
+from pipelines.storage import ModelStore, Warehouse, write_parquet
 from pipelines.train.stage import run_train
 from tests.conftest import DS, write_config
 
@@ -40,10 +40,11 @@ def night(tmp_path_factory, sample_dir):
                           neighbors={"k": 5, "block_size": 64})
     cfg = load_config(config, environ={})
     run_extract(cfg, DS)
-    model = run_train(cfg, DS)["model_uri"]
-    run_embed(cfg, DS, model_uri=model)
+    trained = run_train(cfg, DS)
+    registry.promote(ModelStore.at(cfg.models), trained["model_version"], reason="the campaign serves it")
+    run_embed(cfg, DS)
     run_neighbors(cfg, DS)
-    return config, cfg, Warehouse.of(cfg), Path(model)
+    return config, cfg, Warehouse.of(cfg), Path(trained["model_uri"])
 
 
 def _job(config, *args, fault=None, env=None) -> subprocess.CompletedProcess:

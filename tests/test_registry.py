@@ -17,19 +17,19 @@ def _version(store: ModelStore, name: str, parent=None) -> None:
                                     "metrics": {"val": {"recall@1": 0.5, "recall@5": 0.9}}, "architecture": "tiny"})
 
 
-def test_promote_rollback_and_what_the_nightly_run_serves(tmp_path, capsys, monkeypatch):
+def test_promote_rollback_and_which_siglip_the_user_model_reads(tmp_path, capsys, monkeypatch):
     store = ModelStore(tmp_path / "models")
     with pytest.raises(registry.RegistryError, match="no model in the registry"):
-        registry.resolve_serving_version(store)
+        registry.feature_model(store)
     _version(store, "v1")
     _version(store, "v2", parent="v1")
-    assert registry.resolve_serving_version(store) == ("v2", "newest candidate (none promoted to production yet)")
+    assert registry.feature_model(store) == ("v2", "newest candidate (none promoted to production yet)")
     entry = registry.version_info(store, "v2")
     assert entry["parent"] == "v1" and entry["config"] == {"k": 1} and entry["snapshot"]["ds"] == "2026-11-21"
 
     monkeypatch.setenv("LOOKALIKE_MODELS", str(store.root))
     assert main(["models", "promote", "v1"]) == 0
-    assert registry.resolve_serving_version(store) == ("v1", "production")
+    assert registry.feature_model(store) == ("v1", "production")
     assert main(["models", "promote", "v2"]) == 0
     capsys.readouterr()
     assert main(["models", "list"]) == 0

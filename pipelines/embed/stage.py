@@ -21,11 +21,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines import faults, registry, schemas
+from pipelines import faults, schemas, serving
 from pipelines.config import Config
 from pipelines.embed.compression import fit_projection, load_projection, projection_path, save_projection
 from pipelines.errors import ConfigError
-from pipelines.storage import ModelStore, Warehouse, atomic_write_text, write_parquet
+from pipelines.serving import Served
+from pipelines.storage import Warehouse, atomic_write_text, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +49,12 @@ def _cached_model(path: str, device: str):
     if key not in _MODEL_CACHE:
         import torch
 
-        from pipelines.objectstore import local_model_dir
-        from pipelines.siglip import load_model
+        from pipelines.serving import load_embedder
 
         if device == "cpu":
             torch.set_num_threads(1)  # Spark's task slots, not torch's thread pool, use the cores
         _MODEL_CACHE.clear()
-        loaded = load_model(local_model_dir(path))  # an s3:// model is fetched once per host
-        loaded.model.to(device)
-        _MODEL_CACHE[key] = loaded
+        _MODEL_CACHE[key] = load_embedder(path, device)
     return _MODEL_CACHE[key]
 
 
@@ -64,24 +62,21 @@ def embed_frames(frames: Iterator[pd.DataFrame], model_path: str, batch_size: in
                  projection: str | None = None) -> Iterator[pd.DataFrame]:
     """mapInPandas body: (item_id, image_sha256, image) batches → (item_id, image_sha256, embedding, error).
 
-    With ``projection`` (a ``pca-<dim>.npz``) the vectors are projected and re-normalised.
+    ``model_path`` is any served system's folder (pipelines/serving.py). With ``projection`` (a
+    ``pca-<dim>.npz``) the vectors are projected and re-normalised.
     """
-    from pipelines.siglip import embed_pixels
-
-    device = task_device()
-    loaded = _cached_model(model_path, device)
+    embedder = _cached_model(model_path, task_device())
     if projection and projection not in _PROJECTION_CACHE:
         _PROJECTION_CACHE[projection] = load_projection(projection)
-    pre = loaded.preprocess
     for frame in frames:
-        pixels, ok, errors = [], [], [None] * len(frame)
+        decoded, ok, errors = [], [], [None] * len(frame)
         for i, data in enumerate(frame["image"].tolist()):
             try:
-                pixels.append(pre.decode([data])[0])
+                decoded.append(embedder.decode(data))
                 ok.append(i)
             except Exception as exc:  # any decode error is quarantined, never fatal
                 errors[i] = f"image does not decode at embed time: {exc.__class__.__name__}: {exc}"
-        vectors = embed_pixels(loaded.model, np.stack(pixels), pre, batch_size, bf16=device != "cpu") if ok else []
+        vectors = embedder.embed(decoded, batch_size) if ok else []
         if ok and projection:
             vectors = _PROJECTION_CACHE[projection].apply(vectors)
         embeddings = [None] * len(frame)
@@ -91,18 +86,18 @@ def embed_frames(frames: Iterator[pd.DataFrame], model_path: str, batch_size: in
                             "embedding": embeddings, "error": errors})
 
 
-def resolve_model(cfg: Config, model_uri: str | None) -> tuple[str, str]:
-    """(version, path) of the model to embed with: the one given, else the registry's serving one."""
+def resolve_model(cfg: Config, ds: str, model_uri: str | None) -> Served:
+    """The system to embed with: the SigLIP model given, else the one the nightly run serves."""
     if model_uri:
         from pipelines.objectstore import local_model_dir
 
         meta = local_model_dir(model_uri) / "lookalike.json"
         version = json.loads(meta.read_text()).get("version") if meta.exists() else None
-        return version or model_uri.rstrip("/").rsplit("/", 1)[-1], model_uri
-    store = ModelStore.at(cfg.models)
-    version, why = registry.resolve_serving_version(store)
-    log.info("embed: using model %s (%s)", version, why)
-    return version, str(store.version_dir(version))
+        return Served("given", version or model_uri.rstrip("/").rsplit("/", 1)[-1], model_uri,
+                      "a SigLIP model given by hand (--model)")
+    served = serving.resolve(cfg, ds)
+    log.info("embed: serving %s (%s)", served.version, served.why)
+    return served
 
 
 def _keys(table: pa.Table) -> pa.Array:
@@ -209,14 +204,15 @@ def _embed_on_spark(cfg: Config, todo_path, raw_path, path: str, ds: str, projec
     frame.mapInPandas(lambda it: embed_frames(it, path, batch_size, projection), schema).write.mode("overwrite").parquet(str(raw_path))
 
 
-def _ensure_projection(cfg: Config, catalog, model_path: str, dim: int):
-    """The model version's PCA to ``dim``, fitted on a seeded catalogue sample the first time."""
+def _ensure_projection(cfg: Config, catalog, model_path: str, dim: int) -> str | None:
+    """The served system's PCA to ``dim``, fitted on a seeded catalogue sample the first time;
+    None for a system whose vectors are no wider than ``dim`` (the image baseline)."""
     if model_path.startswith("s3://"):
         raise ConfigError("embed.pca_dim with a production model on s3:// is not supported: "
                           "register the model in a local models directory, or set embed.pca_dim: 0")
     path = projection_path(model_path, dim)
     if path.exists():
-        return path
+        return str(path)
     import pyarrow.dataset as pads
 
     dataset = pads.dataset(catalog)
@@ -224,10 +220,14 @@ def _ensure_projection(cfg: Config, catalog, model_path: str, dim: int):
     picked = np.sort(np.random.default_rng(0).permutation(rows)[: cfg.embed.pca_sample])
     sample = dataset.take(pa.array(picked), columns=["item_id", "image_sha256", "image"])  # only those rows
     frames = (b.to_pandas() for b in sample.to_batches(max_chunksize=cfg.embed.arrow_batch_rows))
-    vectors = [v for f in embed_frames(frames, model_path, cfg.embed.batch_size) for v in f["embedding"] if v is not None]
-    save_projection(fit_projection(np.stack(vectors), dim), path)
+    vectors = np.stack([v for f in embed_frames(frames, model_path, cfg.embed.batch_size)
+                        for v in f["embedding"] if v is not None])
+    if vectors.shape[1] <= dim:
+        log.info("embed: embed.pca_dim=%d left out: the served vectors have %d dimensions", dim, vectors.shape[1])
+        return None
+    save_projection(fit_projection(vectors, dim), path)
     log.info("embed: fitted PCA to %d dimensions on %d catalogue items → %s", dim, len(vectors), path)
-    return path
+    return str(path)
 
 
 def run_embed(cfg: Config, ds: str, model_uri: str | None = None) -> dict:
@@ -236,11 +236,12 @@ def run_embed(cfg: Config, ds: str, model_uri: str | None = None) -> dict:
     catalog = wh.work(ds, "catalog")
     if not catalog.exists():
         raise FileNotFoundError(f"no catalogue for ds={ds} at {catalog}: run `lookalike extract --ds {ds}` first")
-    model_version, path = resolve_model(cfg, model_uri)
-    projection, version = None, model_version
+    served = resolve_model(cfg, ds, model_uri)
+    path, projection, version = served.path, None, served.version
     if cfg.embed.pca_dim:
-        projection = str(_ensure_projection(cfg, catalog, path, cfg.embed.pca_dim))
-        version = f"{model_version}+pca{cfg.embed.pca_dim}"  # another vector space, another version
+        projection = _ensure_projection(cfg, catalog, path, cfg.embed.pca_dim)
+        if projection:
+            version = f"{served.version}+pca{cfg.embed.pca_dim}"  # another vector space, another version
     f16 = cfg.embed.float16
     out = wh.fresh_work(ds, "item_embeddings")
     quarantine = wh.fresh_work(ds, "embed_quarantine")
@@ -274,9 +275,9 @@ def run_embed(cfg: Config, ds: str, model_uri: str | None = None) -> dict:
                       for b in pq.ParquetFile(f).iter_batches(batch_size=4096))  # memory: one batch
         computed, q_ids, q_reasons = _store_results(tables, out, ds, version, f16)
     write_parquet(_quarantine_rows(ds, q_ids, q_reasons), quarantine / "part-0.parquet")
-    stats = {"model_version": version, "catalogue": keys.num_rows, "reused": reused.num_rows,
+    stats = {"model_version": version, "served": served.to_dict(), "catalogue": keys.num_rows, "reused": reused.num_rows,
              "computed": computed, "quarantined": len(q_ids), "executor": executor}
     atomic_write_text(wh.work(ds, "embed_stats.json"), json.dumps(stats, indent=2))
-    log.info("embed %s: %d items — %d reused, %d computed (%s), %d quarantined; model %s", ds, keys.num_rows,
+    log.info("embed %s: %d items — %d reused, %d computed (%s), %d quarantined; serving %s", ds, keys.num_rows,
              stats["reused"], stats["computed"], executor, stats["quarantined"], version)
     return {"item_embeddings": str(out), "model_uri": path, **stats}

@@ -2,12 +2,15 @@
 
 - ``image_baseline``: hand-made image features with no learning — an RGB colour histogram
   (4x4x4 bins) and the image downsampled to 8x8 pixels, standardised and reduced by PCA, as the
-  Similar Looks paper's baseline reduces its MobileNet embedding to 128-d.
+  Similar Looks paper's baseline reduces its MobileNet embedding to 128-d. Fitted once, it is
+  also a system the nightly run can serve (pipelines/serving.py).
 - ``text_baseline``: TF-IDF over titles (word unigrams and bigrams), cosine similarity.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from pipelines.embed.compression import Projection
 
 
 def colour_histogram(pixels: np.ndarray) -> np.ndarray:
@@ -29,14 +32,24 @@ def image_features(pixels: np.ndarray) -> np.ndarray:
     return np.concatenate([colour_histogram(pixels), thumb.reshape(n, -1).astype(np.float32)], axis=1)
 
 
-def image_baseline_vectors(pixels: np.ndarray, dim: int, seed: int = 0) -> np.ndarray:
-    from sklearn.decomposition import PCA
-    from sklearn.preprocessing import StandardScaler
+def fit_baseline(pixels: np.ndarray, dim: int) -> Projection:
+    """Standardise the hand-made features of (N, S, S, 3) photos and keep ``dim`` principal
+    components, folded into one linear map: ((x − μ) / σ) · Vᵀ = (x − μ) · (V / σ)ᵀ."""
+    feats = image_features(pixels).astype(np.float64)
+    mean, scale = feats.mean(axis=0), feats.std(axis=0)
+    scale[scale < 1e-6] = 1.0  # a constant feature: left as it is, not blown up
+    _, _, vt = np.linalg.svd((feats - mean) / scale, full_matrices=False)
+    dim = min(dim, vt.shape[0])
+    return Projection(mean.astype(np.float32), (vt[:dim] / scale).astype(np.float32))
 
-    feats = StandardScaler().fit_transform(image_features(pixels))
-    dim = min(dim, feats.shape[0], feats.shape[1])
-    reduced = PCA(n_components=dim, random_state=seed).fit_transform(feats)
-    return reduced / np.maximum(np.linalg.norm(reduced, axis=1, keepdims=True), 1e-12)
+
+def baseline_vectors(projection: Projection, pixels: np.ndarray) -> np.ndarray:
+    return projection.apply(image_features(pixels))
+
+
+def image_baseline_vectors(pixels: np.ndarray, dim: int) -> np.ndarray:
+    """Fitted on ``pixels`` and applied to them: the baseline of a one-off comparison."""
+    return baseline_vectors(fit_baseline(pixels, dim), pixels)
 
 
 def text_baseline_vectors(titles: list[str]) -> np.ndarray:

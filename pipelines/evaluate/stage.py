@@ -3,9 +3,14 @@
 For every source item whose similar-items module got clicks in [ds - evaluate.log_days, ds),
 rank the items shown there by each system's similarity to the source and score the ranking
 against the clicks (nDCG@5, P@1, P@3, Recall@10, MRR), with bootstrap 95% intervals over
-source items. Systems: the candidate SigLIP model, the hand-made image baseline and the TF-IDF
-text baseline. The candidate is promoted to production when it beats both baselines on nDCG@5
-and is not worse than the current production model.
+source items. A catalogue with no such clicks yet (a first install) is scored by category
+instead: each held-out listing ranks the other held-out listings, its own category relevant. Systems: the candidate SigLIP model, the hand-made image baseline (as fitted for
+serving, pipelines/serving.py), the TF-IDF text baseline and, with ``evaluate.hybrid_weights``,
+the model blended with the image baseline at the weight that ranks best. The candidate is
+promoted to production, alone or as that blend, when it beats the baselines on nDCG@5 (the 95%
+paired-bootstrap interval of the gain above zero) and is not worse than the current production
+model; until a model is promoted the night serves the
+image baseline.
 """
 from __future__ import annotations
 
@@ -17,17 +22,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import registry, schemas
+from pipelines import registry, schemas, serving
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
-from pipelines.evaluate.baselines import image_baseline_vectors, text_baseline_vectors
+from pipelines.embed.compression import load_projection
+from pipelines.evaluate.baselines import baseline_vectors, text_baseline_vectors
 from pipelines.extract.stage import read_events
 from pipelines.evaluate.metrics import REPORTED, bootstrap_ci, query_metrics
 from pipelines.siglip import Preprocess, embed_pixels, load_model
 from pipelines.storage import ModelStore, Warehouse, atomic_write_text, write_parquet
 
 log = logging.getLogger(__name__)
-BASELINE_SIZE = 64  # px at which the hand-made features are computed
 
 
 @dataclass
@@ -60,6 +65,26 @@ def build_queries(events: dict[str, list], index: dict[str, int], min_candidates
     return queries
 
 
+def category_queries(items: dict[str, list], val_fraction: float, limit: int) -> list[Query]:
+    """The protocol of a catalogue without module clicks yet: every held-out item (the training
+    split's validation items, never trained on) is a query over the other held-out items, and
+    those of its own category are the relevant ones. Up to ``limit`` items, chosen by id hash."""
+    from pipelines.train.data import id_hash, is_validation
+
+    pool = [i for i, (item, category) in enumerate(zip(items["item_id"], items["category"]))
+            if category and is_validation(item, val_fraction)]
+    pool = sorted(sorted(pool, key=lambda i: id_hash(items["item_id"][i]))[:limit])
+    categories = np.array([items["category"][i] for i in pool], dtype=object)
+    rows = np.array(pool)
+    queries = []
+    for j, row in enumerate(rows):
+        others = np.delete(np.arange(len(rows)), j)
+        relevant = categories[others] == categories[j]
+        if relevant.any():
+            queries.append(Query(int(row), rows[others], relevant))
+    return queries
+
+
 def score_system(similarity, queries: list[Query], ids: np.ndarray) -> dict[tuple, np.ndarray]:
     """Per-query metric values of one system; ``similarity(source, candidates)`` → (C,) scores."""
     per_query: dict[tuple, list[float]] = {key: [] for key in REPORTED}
@@ -71,10 +96,10 @@ def score_system(similarity, queries: list[Query], ids: np.ndarray) -> dict[tupl
 
 
 def _items(wh: Warehouse, ds: str) -> dict[str, list]:
-    """Snapshot ∪ catalogue rows (item_id, title, image), one per item."""
-    seen, cols = set(), {"item_id": [], "title": [], "image": []}
+    """Snapshot ∪ catalogue rows (item_id, title, category, image), one per item."""
+    seen, cols = set(), {"item_id": [], "title": [], "category": [], "image": []}
     for name in ("listings_snapshot", "catalog"):
-        table = pq.read_table(wh.work(ds, name), columns=["item_id", "title", "image"])
+        table = pq.read_table(wh.work(ds, name), columns=list(cols))
         for row in table.to_pylist():
             if row["item_id"] not in seen:
                 seen.add(row["item_id"])
@@ -90,19 +115,31 @@ def run_evaluate(cfg: Config, ds: str, model_uri: str) -> dict:
     ids = np.array(items["item_id"], dtype=object)
     index = {item: i for i, item in enumerate(items["item_id"])}
     events = read_events(wh, ds, cfg.evaluate.log_days).to_pydict()
-    queries = build_queries(events, index, cfg.evaluate.min_candidates)
+    queries, protocol = build_queries(events, index, cfg.evaluate.min_candidates), "clicks"
     if not queries:
-        raise LookalikeError(f"no source item with module clicks in the {cfg.evaluate.log_days} days before {ds}: "
-                             f"the offline evaluation needs interactions with source_item_id set")
+        queries, protocol = category_queries(items, cfg.train.val_fraction, cfg.evaluate.category_items), "category"
+        log.info("evaluate %s: no similar-items clicks in the %d days before; scoring %d held-out items by shared "
+                 "category instead", ds, cfg.evaluate.log_days, len(queries))
+    if not queries:
+        raise LookalikeError(f"nothing to evaluate on for {ds}: no source item with module clicks in the "
+                             f"{cfg.evaluate.log_days} days before (interactions with source_item_id set), and no "
+                             f"held-out listing shares a category with another")
 
     model_vecs = embed_pixels(loaded.model, loaded.preprocess.decode(items["image"]), loaded.preprocess)
-    image_vecs = image_baseline_vectors(Preprocess(BASELINE_SIZE).decode(items["image"]), cfg.evaluate.baseline_dim)
+    baseline_version, baseline_dir = serving.ensure_baseline(cfg, ds)
+    image_vecs = baseline_vectors(load_projection(baseline_dir / "projection.npz"),
+                                  Preprocess(serving.BASELINE_SIZE).decode(items["image"]))
     text_vecs = text_baseline_vectors(items["title"])
     systems = {
         "siglip": (loaded.version, lambda s, c: model_vecs[c] @ model_vecs[s]),
-        "image_baseline": (None, lambda s, c: image_vecs[c] @ image_vecs[s]),
+        "image_baseline": (baseline_version, lambda s, c: image_vecs[c] @ image_vecs[s]),
         "text_baseline": (None, lambda s, c: np.asarray((text_vecs[c] @ text_vecs[s].T).todense()).ravel()),
     }
+    weight = _hybrid_weight(cfg, queries, ids, model_vecs, image_vecs)
+    if weight is not None:
+        hybrid = serving.combine(model_vecs, image_vecs, weight)
+        systems["hybrid"] = (serving.hybrid_version(loaded.version, baseline_version, weight),
+                             lambda s, c: hybrid[c] @ hybrid[s])
     rows, summary = [], {}
     for system, (version, sim) in systems.items():
         per_query = score_system(sim, queries, ids)
@@ -110,34 +147,63 @@ def run_evaluate(cfg: Config, ds: str, model_uri: str) -> dict:
             lo, hi = bootstrap_ci(values)
             rows.append({"ds": ds, "system": system, "model_version": version, "metric": metric, "k": k,
                          "value": float(values.mean()), "ci_low": lo, "ci_high": hi, "n": len(values)})
-        summary[system] = float(per_query[("ndcg", 5)].mean())
+        summary[system] = per_query[("ndcg", 5)]
     out = wh.fresh_work(ds, "eval_metrics")
     write_parquet(pa.Table.from_pylist(rows, schema=schemas.EVAL_METRICS), out / "part-0.parquet")
-    log.info("evaluate %s: %d queries; nDCG@5 %s", ds, len(queries),
-             ", ".join(f"{s} {v:.3f}" for s, v in summary.items()))
+    log.info("evaluate %s: %d queries (%s); nDCG@5 %s", ds, len(queries), protocol,
+             ", ".join(f"{s} {v.mean():.3f}" for s, v in summary.items()))
 
-    decision = _promotion(cfg, loaded.version, summary)
+    decision = {"protocol": protocol, **_promotion(cfg, loaded.version, summary, weight, protocol)}
     atomic_write_text(wh.work(ds, "model_decision.json"), json.dumps(decision, indent=2))
     return {"eval_metrics": str(out), "queries": len(queries), **decision}
 
 
-def _promotion(cfg: Config, version: str, ndcg: dict[str, float]) -> dict:
-    """Promote the candidate when it beats both baselines and is not worse than production by more
-    than ``evaluate.promote_tolerance``."""
+def _hybrid_weight(cfg: Config, queries: list[Query], ids: np.ndarray, model_vecs: np.ndarray,
+                   image_vecs: np.ndarray) -> float | None:
+    """The weight of ``evaluate.hybrid_weights`` whose model + baseline blend ranks the log best (nDCG@5)."""
+    weights = [float(w) for w in cfg.evaluate.hybrid_weights.split(",") if w.strip()]
+    scored = {}
+    for w in weights:
+        blend = serving.combine(model_vecs, image_vecs, w)
+        scored[w] = float(score_system(lambda s, c: blend[c] @ blend[s], queries, ids)[("ndcg", 5)].mean())
+    if not scored:
+        return None
+    log.info("evaluate: hybrid nDCG@5 by weight on the model: %s", ", ".join(f"{w:g} {v:.4f}" for w, v in scored.items()))
+    return max(scored, key=lambda w: (scored[w], w))
+
+
+def _promotion(cfg: Config, version: str, per_query: dict[str, np.ndarray], weight: float | None,
+               protocol: str) -> dict:
+    """Promote the candidate when it (alone, or as the hybrid, whichever ranks better) beats the
+    best baseline on nDCG@5 with the 95% paired-bootstrap interval of the difference above zero,
+    and is not worse than production by more than ``evaluate.promote_tolerance``. On clicks the
+    baselines are both; by category the image baseline only, as titles name their category (the
+    text baseline is reported, not a bar)."""
     store = ModelStore.at(cfg.models)
-    best_baseline = max(ndcg["image_baseline"], ndcg["text_baseline"])
+    ndcg = {system: float(values.mean()) for system, values in per_query.items()}
+    bars = ("image_baseline", "text_baseline") if protocol == "clicks" else ("image_baseline",)
+    best = max(bars, key=lambda b: ndcg[b])
+    as_hybrid = "hybrid" in ndcg and ndcg["hybrid"] > ndcg["siglip"]
+    chosen = "hybrid" if as_hybrid else "siglip"
+    score = ndcg[chosen]
+    gain_low, gain_high = bootstrap_ci(per_query[chosen] - per_query[best])
+    system = f"the model blended with the image baseline at weight {weight:g}" if as_hybrid else "the model"
     current = registry.production(store)
     current_ndcg = None
     if current and current != version:
         current_ndcg = registry.version_info(store, current).get("eval", {}).get("ndcg@5")
-    beats_baselines = ndcg["siglip"] > best_baseline
-    not_worse = current_ndcg is None or ndcg["siglip"] >= current_ndcg - cfg.evaluate.promote_tolerance
+    beats_baselines = gain_low > 0
+    not_worse = current_ndcg is None or score >= current_ndcg - cfg.evaluate.promote_tolerance
     promoted = beats_baselines and not_worse
-    registry.record_metrics(store, version, {"ndcg@5": ndcg["siglip"]})
+    registry.record_metrics(store, version, {"ndcg@5": score, "ndcg@5_model": ndcg["siglip"], "protocol": protocol,
+                                             "serve_weight": weight if as_hybrid else 1.0})
+    against = f"{best} {ndcg[best]:.4f}, gain 95% interval [{gain_low:+.4f}, {gain_high:+.4f}]"
     if promoted:
-        registry.promote(store, version, reason=f"nDCG@5 {ndcg['siglip']:.4f} beats baselines ({best_baseline:.4f})")
-    reason = ("promoted" if promoted else
-              f"kept as candidate: nDCG@5 {ndcg['siglip']:.4f} vs best baseline {best_baseline:.4f}"
-              + (f", production {current_ndcg:.4f}" if current_ndcg is not None else ""))
+        registry.promote(store, version, reason=f"{system}: nDCG@5 {score:.4f} beats {against}")
+    reason = (f"promoted, served as {system}: nDCG@5 {score:.4f} beats {against}" if promoted else
+              f"kept as candidate, not served: {system} nDCG@5 {score:.4f} vs {against}"
+              + ("" if beats_baselines else " (not above zero)")
+              + (f"; production {current_ndcg:.4f}" if current_ndcg is not None else ""))
     log.info("evaluate: model %s %s", version, reason)
-    return {"model_version": version, "promoted": promoted, "decision": reason}
+    return {"model_version": version, "promoted": promoted, "decision": reason,
+            "serve_weight": weight if as_hybrid else 1.0}

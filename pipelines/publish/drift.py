@@ -13,6 +13,9 @@ Bounds (``publish.*``): a row count may move by ``max_rows_change`` (relative), 
 items whose photo is unchanged must keep on average ``min_neighbor_overlap`` of their neighbours.
 A ds outside a bound is refused with the figures; ``publish.accept_drift`` (or ``lookalike
 publish --accept-drift``, or the DAG param) publishes it anyway and says so in the run record.
+The night the serving rule moves to another system (the first promoted model replacing the image
+baseline, a newly promoted model) is held to the row and coverage bounds only: its neighbours
+and scores are meant to differ.
 """
 from __future__ import annotations
 
@@ -80,8 +83,20 @@ def overlap(wh: Warehouse, previous_ds: str, files: dict[str, list], items: int,
     return {"unchanged_items_compared": compared, "mean": round(float(mean), 6) if compared else None}
 
 
-def compare(today: dict, before: dict | None, lists: dict | None, bounds) -> list[str]:
-    """The bounds ``today`` breaks against the previous day's profile ``before`` (none: nothing to compare)."""
+def switched(today: dict, before: dict | None, served: dict | None) -> str | None:
+    """Why the score and overlap bounds do not apply today, if they do not: the registry's serving
+    rule (pipelines/serving.py) moved to another system, a change the offline evaluation vetted.
+    A model given by hand (``lookalike embed --model``) is held to every bound."""
+    if not before or not served or served.get("system") == "given" or \
+            today.get("model_versions") == before.get("model_versions"):
+        return None
+    return (f"the served system changed from {', '.join(before.get('model_versions') or ['?'])} to "
+            f"{served['version']} ({served['why']}): score and overlap bounds not applied")
+
+
+def compare(today: dict, before: dict | None, lists: dict | None, bounds, switch: str | None = None) -> list[str]:
+    """The bounds ``today`` breaks against the previous day's profile ``before`` (none: nothing to
+    compare); with ``switch`` (see :func:`switched`) only the row and coverage bounds."""
     if before is None:
         return []
     breaches = []
@@ -94,6 +109,8 @@ def compare(today: dict, before: dict | None, lists: dict | None, bounds) -> lis
     if drop > bounds.max_coverage_drop:
         breaches.append(f"coverage {before['coverage']:.1%} → {today['coverage']:.1%} (drop bound "
                         f"{bounds.max_coverage_drop:.0%})")
+    if switch:
+        return breaches
     shift = max(abs(today["score_quantiles"][q] - before["score_quantiles"][q]) for q in today["score_quantiles"])
     if shift > bounds.max_score_shift:
         breaches.append(f"score quantiles {before['score_quantiles']} → {today['score_quantiles']} (moved "

@@ -110,23 +110,28 @@ def run_publish(cfg: Config, ds: str) -> dict:
     record = {"ds": ds, "rows": rows, "warehouse": wh.display(),
               "neighbors": json.loads(stats_path.read_text()) if stats_path.exists() else None,
               "config": cfg.to_public_dict()}
+    embed_stats = wh.work(ds, "embed_stats.json")
+    record["served"] = json.loads(embed_stats.read_text()).get("served") if embed_stats.exists() else None
     if not failures:
-        record["drift"] = _gate(cfg, wh, ds, files, rows, on_sale=active.num_rows)
+        record["drift"] = _gate(cfg, wh, ds, files, rows, on_sale=active.num_rows, served=record["served"])
     return _commit(cfg, wh, ds, files, rows, failures, record)
 
 
-def _gate(cfg: Config, wh: Warehouse, ds: str, files: dict, rows: dict, *, on_sale: int) -> dict:
+def _gate(cfg: Config, wh: Warehouse, ds: str, files: dict, rows: dict, *, on_sale: int,
+          served: dict | None) -> dict:
     """Compare the ds with the previous published day; refuse it beyond the bounds unless accepted."""
     today = drift.profile(files, rows, on_sale)
     earlier = [d for d in wh.entries("item_neighbors") if d < ds]
     previous = earlier[-1] if earlier else None
     before = ((wh.run_record(previous) or {}).get("drift") or {}).get("profile") if previous else None
     lists = drift.overlap(wh, previous, files, items=today["items_with_neighbors"]) if previous else None
-    breaches = drift.compare(today, before, lists, cfg.publish)
+    switch = drift.switched(today, before, served)
+    breaches = drift.compare(today, before, lists, cfg.publish, switch)
     decision = "refused" if breaches and not cfg.publish.accept_drift else \
         "published beyond the bounds (publish.accept_drift)" if breaches else "published"
     gate = {"previous_ds": previous, "profile": today, "previous_profile": before, "overlap": lists,
-            "breaches": breaches, "accept_drift": cfg.publish.accept_drift, "decision": decision}
+            "breaches": breaches, "accept_drift": cfg.publish.accept_drift, "decision": decision,
+            "switch": switch}
     if breaches:
         log.warning("publish %s: differs from %s beyond the bounds: %s", ds, previous, "; ".join(breaches))
     if decision == "refused":

@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -55,6 +55,7 @@ class LoopConfig:
     compile: bool = False  # torch.compile the model (pays back its compile time on long runs)
     channels_last: bool = False  # NHWC pixel layout for the patch convolution
     colour_augment: float = 0.0  # share of photos recoloured: half channel-permuted, half greyscale
+    validate_every: int = 0  # steps between held-out recall checks (EarlyStopping); 0 = none
     progress_every: int = 100
 
     def micro_batch(self, world_size: int) -> int:
@@ -64,6 +65,58 @@ class LoopConfig:
             raise ConfigError(f"train.batch_size={self.batch_size} must be a multiple of world size ({world_size}) "
                              f"x train.grad_accum ({self.grad_accum})")
         return per
+
+
+@dataclass
+class EarlyStopping:
+    """Held-out image→title recall every ``every`` steps (``validate()`` → {"recall@1", "recall@5"},
+    on the main rank): training stops after ``patience`` checks in a row without a gain in Recall@5
+    above ``min_delta``, and ends with the best weights seen. The checks, with their wall and
+    step counts, are the run's learning curve. ``patience`` 0: checks and curve only."""
+    validate: Callable[[], dict]
+    every: int
+    patience: int = 0
+    min_delta: float = 0.002
+    best: float = float("-inf")
+    best_step: int = 0
+    since: int = 0
+    curve: list = field(default_factory=list)
+    best_state: dict | None = None
+
+    def due(self, step: int, max_steps: int) -> bool:
+        return self.every > 0 and step % self.every == 0 and step < max_steps
+
+    def check(self, model, step: int, minutes: float) -> bool:
+        """Score the model after ``step`` steps; True when patience has run out."""
+        scores = self.validate()
+        model.train()
+        self.curve.append({"step": step, "minutes": round(minutes, 2), **{k: round(v, 4) for k, v in scores.items()}})
+        if scores["recall@5"] > self.best + self.min_delta:
+            self.best, self.best_step, self.since = scores["recall@5"], step, 0
+            if self.patience > 0:
+                self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            self.since += 1
+        return self.patience > 0 and self.since >= self.patience
+
+    def finish(self, model, step: int, minutes: float) -> None:
+        """Score the last weights too; keep the best of all checks."""
+        if self.curve and self.curve[-1]["step"] == step:
+            last = self.curve[-1]["recall@5"]
+        else:
+            self.check(model, step, minutes)
+            last = self.curve[-1]["recall@5"]
+        if self.patience > 0 and self.best_state is not None and last < self.best:
+            model.load_state_dict(self.best_state)
+        self.best_state = None
+
+    def state(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step, "since": self.since, "curve": list(self.curve),
+                "best_state": self.best_state}
+
+    def restore(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -187,12 +240,15 @@ def _autocast(device: torch.device, precision: str):
 
 def train_siglip(model, batches: Callable[[int], Iterator[dict]], preprocess: Preprocess, cfg: LoopConfig,
                  world: World = World(), checkpoints: Checkpoints | None = None,
-                 progress: Callable[[str], None] | None = None, fingerprint: str = "") -> dict:
+                 progress: Callable[[str], None] | None = None, fingerprint: str = "",
+                 early: EarlyStopping | None = None) -> dict:
     """Train ``model`` in place (on ``world.device``).
 
     ``batches(k)`` yields this rank's micro-batches from index ``k`` on (see ``PairStream``).
     Resumes from the newest checkpoint in ``checkpoints`` made with the same ``fingerprint``
-    and world size. Returns {"steps", "seconds", "samples_per_s", "final_loss", "resumed_from"}.
+    and world size. ``early`` (on the main rank; None on the others) checks held-out recall and
+    may stop before the budget. Returns {"steps", "seconds", "samples_per_s", "final_loss",
+    "resumed_from", "stopped", "curve", "best_step"}.
     """
     torch.manual_seed(cfg.seed)
     cfg.micro_batch(world.size)  # rejects a global batch that does not divide into ranks x micro-steps
@@ -211,6 +267,8 @@ def train_siglip(model, batches: Callable[[int], Iterator[dict]], preprocess: Pr
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             start_step, elapsed_before, losses = state["step"], state["elapsed"], list(state["losses"])
+            if early is not None and state.get("early"):
+                early.restore(state["early"])
             if progress:
                 progress(f"train: resuming from {resumed.name} (step {start_step}/{cfg.max_steps})")
         else:
@@ -226,7 +284,7 @@ def train_siglip(model, batches: Callable[[int], Iterator[dict]], preprocess: Pr
 
     started = time.monotonic() - elapsed_before
     budget = cfg.minutes * 60
-    step = start_step
+    step, stopped = start_step, "steps"
     stream = iter(batches(start_step * cfg.grad_accum))
     if progress and world.is_main and frozen:
         progress(f"train: {frozen / 1e6:.2f}M parameters frozen")
@@ -262,20 +320,36 @@ def train_siglip(model, batches: Callable[[int], Iterator[dict]], preprocess: Pr
             left = min((cfg.max_steps - step - 1) * cfg.batch_size / rate, budget - elapsed)
             progress(f"train: step {step + 1}/{cfg.max_steps} loss {np.mean(losses[-cfg.progress_every:]):.3f} "
                      f"({rate:.0f} pairs/s, ~{max(0, left):.0f}s left)")
+        patience_out = False
+        if cfg.validate_every and (step + 1) % cfg.validate_every == 0 and step + 1 < cfg.max_steps:
+            if early is not None:
+                patience_out = early.check(model, step + 1, elapsed / 60)
+                if progress:
+                    c = early.curve[-1]
+                    progress(f"train: step {step + 1} held-out image→title recall@1 {c['recall@1']:.3f} "
+                             f"recall@5 {c['recall@5']:.3f} (best {early.best:.3f} at step {early.best_step})")
+            if world.distributed:
+                patience_out = mean_over_ranks(float(patience_out), world) > 0
         if checkpoints and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
                 and step + 1 < cfg.max_steps:
             if world.is_main:
                 checkpoints.save(step + 1, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                             "step": step + 1, "elapsed": elapsed, "losses": losses[-200:],
-                                            "fingerprint": fingerprint, "world_size": world.size})
+                                            "fingerprint": fingerprint, "world_size": world.size,
+                                            "early": early.state() if early is not None else None})
             world.barrier()
         out_of_time = elapsed > budget
         if world.distributed:  # every rank stops at the same step
             out_of_time = mean_over_ranks(float(out_of_time), world) > 0
-        if out_of_time:
+        if out_of_time or patience_out:
+            stopped = "minutes" if out_of_time else "patience"
             if world.is_main:
-                log.warning("train: wall-clock budget of %.1f min reached at step %d/%d", cfg.minutes, step + 1,
-                            cfg.max_steps)
+                if out_of_time:
+                    log.warning("train: wall-clock budget of %.1f min reached at step %d/%d", cfg.minutes, step + 1,
+                                cfg.max_steps)
+                else:
+                    log.info("train: held-out recall@5 has not improved for %d checks: stopping at step %d/%d, "
+                             "best at step %d", early.patience, step + 1, cfg.max_steps, early.best_step)
             break
     del stream
     seconds = time.monotonic() - started
@@ -283,9 +357,12 @@ def train_siglip(model, batches: Callable[[int], Iterator[dict]], preprocess: Pr
         model.activation_checkpointing_disable()
     for p in model.parameters():
         p.requires_grad_(True)
+    if early is not None:
+        early.finish(model, step + 1, seconds / 60)
     model.eval()
     trained_steps = step + 1 - start_step
     return {"steps": step + 1, "seconds": round(seconds, 1),
             "samples_per_s": round(trained_steps * cfg.batch_size / max(1e-9, seconds - elapsed_before), 1),
             "final_loss": float(np.mean(losses[-50:])) if losses else float("nan"),
-            "resumed_from": resumed.name if resumed else None}
+            "resumed_from": resumed.name if resumed else None, "stopped": stopped,
+            "curve": early.curve if early is not None else [], "best_step": early.best_step if early else None}

@@ -25,7 +25,7 @@ from pipelines.storage import ModelStore, Warehouse
 from pipelines.train.data import (DecodedCache, Pairs, PairStream, SnapshotTexts, StreamPlan, batches_from, fragments,
                                   group_ids, id_hash, is_validation, load_rows, read_texts)
 from pipelines.train.distributed import World, init_from_env, shutdown
-from pipelines.train.loop import Checkpoints, LoopConfig, retrieval_recall, train_siglip
+from pipelines.train.loop import Checkpoints, EarlyStopping, LoopConfig, retrieval_recall, train_siglip
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,8 @@ def initial_model(cfg: Config, texts: list[str], world: World = World()):
         else Preprocess(model.config.vision_config.image_size)
     return model, tokenizer, preprocess, f"checkpoint:{init}", _checkpoint_parent(path)
 
+
+EARLY_STOP_MIN_PAIRS = 200  # held-out pairs needed before train.patience may stop a run
 
 # Config keys that change how fast a run goes, never what it computes: not part of the version.
 _NOT_RECIPE = {"threads", "loader_workers", "checkpoint_every"}
@@ -150,7 +152,12 @@ def _run_train(cfg: Config, ds: str, world: World, progress) -> dict[str, str]:
     frags = fragments(snapshot)
     groups = group_ids(texts.shas, texts.texts if tc.text_positives else None)
     val_mask = np.array([is_validation(i, tc.val_fraction) for i in texts.item_ids], dtype=bool)
-    loop = LoopConfig(max_steps=tc.max_steps, minutes=tc.minutes, batch_size=tc.batch_size,
+    train_pairs = int((~val_mask).sum())
+    steps_per_epoch = max(1, -(-train_pairs // tc.batch_size))
+    max_steps = tc.max_steps or max(1, round(tc.epochs * steps_per_epoch))
+    loop = LoopConfig(max_steps=max_steps, minutes=tc.minutes, batch_size=tc.batch_size,
+                      validate_every=max(1, round(tc.validate_every_epochs * steps_per_epoch))
+                      if tc.validate_every_epochs > 0 else 0,
                       learning_rate=tc.learning_rate, weight_decay=tc.weight_decay, warmup_steps=tc.warmup_steps,
                       seed=tc.seed, precision=tc.precision, grad_accum=tc.grad_accum, clip_norm=tc.clip_norm,
                       checkpoint_every=tc.checkpoint_every, freeze_text=tc.freeze_text,
@@ -159,8 +166,9 @@ def _run_train(cfg: Config, ds: str, world: World, progress) -> dict[str, str]:
     micro = loop.micro_batch(world.size)
     plan = StreamPlan(frags, ~val_mask, seed=tc.seed, rank=world.rank, world_size=world.size)
     workers = loader_workers(tc.loader_workers, int(os.environ.get("LOCAL_WORLD_SIZE", world.size)))
-    progress(f"train: {int((~val_mask).sum())} training pairs in {len(frags)} fragments, {int(val_mask.sum())} "
-             f"held out; {architecture}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
+    progress(f"train: {train_pairs} training pairs in {len(frags)} fragments, {int(val_mask.sum())} "
+             f"held out; budget {max_steps} steps ({max_steps / steps_per_epoch:.1f} epochs) or {tc.minutes:g} min, "
+             f"held-out recall checked every {loop.validate_every} steps; {architecture}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
              f"{world.size} rank(s) on {world.device.type} x {micro} pairs x {tc.grad_accum} micro-steps; "
              f"{workers} loader worker(s) per rank")
     val = held_out(frags, texts, val_mask, groups, preprocess, tc.val_max_items) if world.is_main else None
@@ -179,7 +187,12 @@ def _run_train(cfg: Config, ds: str, world: World, progress) -> dict[str, str]:
         return batches_from(stream, start, workers, world.device.type == "cuda", cache)
 
     checkpoints = Checkpoints(store.checkpoint_dir(version))
-    stats = train_siglip(model, batches, preprocess, loop, world, checkpoints, progress=progress, fingerprint=version)
+    # Recall on a few dozen pairs is noise: below EARLY_STOP_MIN_PAIRS the checks draw the curve, the budget decides.
+    patience = tc.patience if world.is_main and len(val.texts) >= EARLY_STOP_MIN_PAIRS else 0
+    early = EarlyStopping(lambda: retrieval_recall(model, val, tokenizer, preprocess, max_len), loop.validate_every,
+                          patience) if world.is_main and loop.validate_every and len(val.texts) else None
+    stats = train_siglip(model, batches, preprocess, loop, world, checkpoints, progress=progress, fingerprint=version,
+                         early=early)
     result = {"model_version": version, "model_uri": str(out)}
     if world.is_main:
         model.cpu()

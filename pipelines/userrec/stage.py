@@ -20,14 +20,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from pipelines import schemas
+from pipelines import registry, schemas
 from pipelines.config import Config
-from pipelines.embed.stage import resolve_model
 from pipelines.errors import LookalikeError
 from pipelines.evaluate.metrics import bootstrap_ci
 from pipelines.extract.stage import read_events
 from pipelines.siglip import embed_images, embed_texts, load_model
-from pipelines.storage import Warehouse, atomic_write_text, write_parquet
+from pipelines.storage import ModelStore, Warehouse, atomic_write_text, write_parquet
 from pipelines.userrec.data import (EVENT_TYPES, Sequences, build_sequences, co_interacted_pairs, history_batch, item_prompt,
                                     training_windows)
 from pipelines.userrec.model import ItemTower, UserModel, UserTower, mixed_loss
@@ -50,10 +49,18 @@ def _items(wh: Warehouse, ds: str) -> pa.Table:
     return pa.concat_tables([catalog, extra]).combine_chunks()
 
 
+def feature_model(cfg: Config) -> tuple[str, str]:
+    """(version, folder) of the SigLIP the item features come from: production, else the newest candidate."""
+    store = ModelStore.at(cfg.models)
+    version, why = registry.feature_model(store)
+    log.info("userrec: item features from SigLIP %s (%s)", version, why)
+    return version, str(store.version_dir(version))
+
+
 def item_features(cfg: Config, wh: Warehouse, ds: str, items: pa.Table) -> tuple[np.ndarray, np.ndarray, str]:
     """SigLIP image embeddings (reused from the ds's embed output where it used this model) and
     embeddings of each item's prompt text, from the production model."""
-    version, path = resolve_model(cfg, None)
+    version, path = feature_model(cfg)
     loaded = load_model(path, version=version)
     ids = items.column("item_id").to_pylist()
     known: dict[str, np.ndarray] = {}
@@ -231,7 +238,7 @@ def run_userrec(cfg: Config, ds: str) -> dict:
 def _inputs_key(cfg: Config, items: pa.Table, events: pa.Table) -> str:
     """What the stage's outputs depend on: the user model's config, the serving SigLIP version,
     the items (photos by hash, texts, status) and the interaction window."""
-    digest = hashlib.sha256(json.dumps({"userrec": cfg.to_dict()["userrec"], "model": resolve_model(cfg, None)[0]},
+    digest = hashlib.sha256(json.dumps({"userrec": cfg.to_dict()["userrec"], "model": feature_model(cfg)[0]},
                                        sort_keys=True).encode())
     for table in (items.drop_columns(["image"]), events):
         sink = pa.BufferOutputStream()

@@ -5,7 +5,7 @@ import torch
 from pipelines.errors import ConfigError
 from pipelines.siglip import Preprocess, build_config, init_siglip_head, train_tokenizer
 from pipelines.train.data import PairStream, StreamPlan, batch_loader, fragments, group_ids, read_texts
-from pipelines.train.loop import Checkpoints, LoopConfig, cosine_lr, param_groups, train_siglip
+from pipelines.train.loop import Checkpoints, EarlyStopping, LoopConfig, cosine_lr, param_groups, train_siglip
 
 
 def test_warmup_then_cosine_to_zero():
@@ -125,3 +125,24 @@ def test_global_batch_must_divide_into_ranks_and_micro_steps():
     with pytest.raises(ConfigError, match="multiple of world size"):
         _cfg(batch_size=30, grad_accum=4).micro_batch(2)
     assert _cfg(batch_size=32, grad_accum=2).micro_batch(2) == 8
+
+
+def test_early_stopping_stops_on_a_flat_curve_and_keeps_the_best_weights(colour_snapshot):
+    """The loop checks held-out recall every 10 steps; scores given here rise, then stall: after
+    ``patience`` checks without a gain it stops, and the model ends with the weights of the best check."""
+    model, batches = _setup(colour_snapshot)
+    scores = iter([0.10, 0.30, 0.29, 0.30, 0.25, 0.20, 0.90])
+    seen = {}
+
+    def validate():
+        step = 10 * (len(seen) + 1)
+        seen[step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        value = next(scores)
+        return {"recall@1": value / 2, "recall@5": value}
+
+    early = EarlyStopping(validate, every=10, patience=3)
+    stats = train_siglip(model, batches, Preprocess(32), _cfg(validate_every=10), early=early)
+    assert stats["stopped"] == "patience" and stats["steps"] == 50  # checks at 20 (best), then 30, 40, 50 flat
+    assert [c["step"] for c in stats["curve"]] == [10, 20, 30, 40, 50] and stats["best_step"] == 20
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, seen[20][name], msg=name)
