@@ -19,7 +19,7 @@ sample: $(SAMPLE)
 
 ## demo: sample marketplace (if missing) + the nightly pipeline through Airflow + a summary
 demo: $(STAMP) $(SAMPLE)
-	$(LOOKALIKE) run --config config/demo.yaml
+	$(LOOKALIKE) run --config lookalike.demo.yaml
 
 ## test: the whole test suite
 test: $(STAMP)

@@ -156,6 +156,14 @@ def postgres_url():
         shutil.rmtree(root, ignore_errors=True)
 
 
+def reset_moto(host: str, port: int) -> None:
+    """Empty moto's store: its backends live in the test process, so every server started in it
+    sees the buckets an earlier test left (a ``lake`` with another test's later ds, say)."""
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST"), timeout=30)
+
+
 @pytest.fixture
 def s3(monkeypatch, tmp_path):
     """moto's real S3 server on a loopback port, with a ``models`` bucket; boto3 pointed at it."""
@@ -165,6 +173,7 @@ def s3(monkeypatch, tmp_path):
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     host, port = server.get_host_and_port()
+    reset_moto(host, port)
     for name, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
                         "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
                         "LOOKALIKE_CACHE_DIR": str(tmp_path / "cache")}.items():

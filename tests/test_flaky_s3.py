@@ -15,7 +15,7 @@ from pipelines.publish.stage import NIGHTLY_TABLES, run_publish
 from pipelines.query import run_query
 from pipelines.sample.load import upload_images
 from pipelines.storage import PublishConflict, Warehouse
-from tests.conftest import tiny_model, write_config
+from tests.conftest import reset_moto, tiny_model, write_config
 from tests.faultproxy import FAULTS, FaultProxy
 from tests.publish.test_stage import K, _stage_run
 
@@ -30,6 +30,7 @@ def flaky(monkeypatch, tmp_path):
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     host, port = server.get_host_and_port()
+    reset_moto(host, port)
     direct = boto3.client("s3", endpoint_url=f"http://{host}:{port}", aws_access_key_id="test",
                           aws_secret_access_key="test", region_name="us-east-1")
     direct.create_bucket(Bucket="flaky")  # moto's state is per process: each test gets an empty bucket

@@ -23,7 +23,7 @@ from pipelines.report import build_report
 from pipelines.sample.load import load_database
 from pipelines.storage import Warehouse
 from pipelines.summary import run_summary
-from tests.conftest import DS, rest_call, write_config
+from tests.conftest import DS, reset_moto, rest_call, write_config
 from tests.faultproxy import TcpGate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,6 +147,7 @@ def test_a_real_scheduler_reads_source_and_store_through_connections_and_mails_a
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     moto.start()
     host, port = moto.get_host_and_port()
+    reset_moto(host, port)
     aws = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "lookalike-key",
            "AWS_SECRET_ACCESS_KEY": "lookalike-secret", "AWS_DEFAULT_REGION": "us-east-1"}
     try:
