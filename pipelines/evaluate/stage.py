@@ -4,13 +4,14 @@ For every source item whose similar-items module got clicks in [ds - evaluate.lo
 rank the items shown there by each system's similarity to the source and score the ranking
 against the clicks (nDCG@5, P@1, P@3, Recall@10, MRR), with bootstrap 95% intervals over
 source items. A catalogue with no such clicks yet (a first install) is scored by category
-instead: each held-out listing ranks the other held-out listings, its own category relevant. Systems: the candidate SigLIP model, the hand-made image baseline (as fitted for
-serving, pipelines/serving.py), the TF-IDF text baseline and, with ``evaluate.hybrid_weights``,
-the model blended with the image baseline at the weight that ranks best. The candidate is
-promoted to production, alone or as that blend, when it beats the baselines on nDCG@5 (the 95%
-paired-bootstrap interval of the gain above zero) and is not worse than the current production
-model; until a model is promoted the night serves the
-image baseline.
+instead: each held-out listing ranks the other held-out listings, its own category relevant.
+
+Systems: the candidate SigLIP model, the hand-made image baseline (as fitted for serving,
+pipelines/serving.py), the TF-IDF text baseline and, with ``evaluate.hybrid_weights``, the model
+blended with the image baseline at the weight that ranks best. The candidate is promoted to
+production, alone or as that blend, when it beats the baselines on nDCG@5 (the 95% paired-
+bootstrap interval of the gain above zero) and is not worse than the current production model;
+until a model is promoted the night serves the image baseline.
 """
 from __future__ import annotations
 
@@ -135,14 +136,10 @@ def run_evaluate(cfg: Config, ds: str, model_uri: str) -> dict:
         "image_baseline": (baseline_version, lambda s, c: image_vecs[c] @ image_vecs[s]),
         "text_baseline": (None, lambda s, c: np.asarray((text_vecs[c] @ text_vecs[s].T).todense()).ravel()),
     }
-    weight = _hybrid_weight(cfg, queries, ids, model_vecs, image_vecs)
-    if weight is not None:
-        hybrid = serving.combine(model_vecs, image_vecs, weight)
-        systems["hybrid"] = (serving.hybrid_version(loaded.version, baseline_version, weight),
-                             lambda s, c: hybrid[c] @ hybrid[s])
+    scored = {system: (version, score_system(sim, queries, ids)) for system, (version, sim) in systems.items()}
+    weight = _hybrid_weight(cfg, queries, ids, model_vecs, image_vecs, baseline_version, loaded.version, scored)
     rows, summary = [], {}
-    for system, (version, sim) in systems.items():
-        per_query = score_system(sim, queries, ids)
+    for system, (version, per_query) in scored.items():
         for (metric, k), values in per_query.items():
             lo, hi = bootstrap_ci(values)
             rows.append({"ds": ds, "system": system, "model_version": version, "metric": metric, "k": k,
@@ -159,17 +156,20 @@ def run_evaluate(cfg: Config, ds: str, model_uri: str) -> dict:
 
 
 def _hybrid_weight(cfg: Config, queries: list[Query], ids: np.ndarray, model_vecs: np.ndarray,
-                   image_vecs: np.ndarray) -> float | None:
-    """The weight of ``evaluate.hybrid_weights`` whose model + baseline blend ranks the log best (nDCG@5)."""
-    weights = [float(w) for w in cfg.evaluate.hybrid_weights.split(",") if w.strip()]
-    scored = {}
-    for w in weights:
+                   image_vecs: np.ndarray, baseline_version: str, model_version: str, scored: dict) -> float | None:
+    """The weight of ``evaluate.hybrid_weights`` whose model + baseline blend ranks the log best
+    (nDCG@5); its per-query scores join ``scored`` as the system ``hybrid``."""
+    blends = {}
+    for w in (float(w) for w in cfg.evaluate.hybrid_weights.split(",") if w.strip()):
         blend = serving.combine(model_vecs, image_vecs, w)
-        scored[w] = float(score_system(lambda s, c: blend[c] @ blend[s], queries, ids)[("ndcg", 5)].mean())
-    if not scored:
+        blends[w] = score_system(lambda s, c: blend[c] @ blend[s], queries, ids)
+    if not blends:
         return None
-    log.info("evaluate: hybrid nDCG@5 by weight on the model: %s", ", ".join(f"{w:g} {v:.4f}" for w, v in scored.items()))
-    return max(scored, key=lambda w: (scored[w], w))
+    log.info("evaluate: hybrid nDCG@5 by weight on the model: %s",
+             ", ".join(f"{w:g} {v[('ndcg', 5)].mean():.4f}" for w, v in blends.items()))
+    weight = max(blends, key=lambda w: (float(blends[w][("ndcg", 5)].mean()), w))
+    scored["hybrid"] = (serving.hybrid_version(model_version, baseline_version, weight), blends[weight])
+    return weight
 
 
 def _promotion(cfg: Config, version: str, per_query: dict[str, np.ndarray], weight: float | None,
