@@ -20,6 +20,11 @@ scored on the held-out photos.
     .venv/bin/python benchmarks/real_photo_quality.py --defaults --json defaults.json
     .venv/bin/python benchmarks/real_photo_quality.py --minutes 10 --json out.json
     .venv/bin/python benchmarks/real_photo_quality.py --minutes 10 --set colour_augment=0.5 keep_aspect=true
+    .venv/bin/python benchmarks/real_photo_quality.py --minutes 8 --recipe shipped: crops:crop_scale=0.4 \
+        flip:patch_dropout=0.5
+
+``--recipe`` trains each named recipe in turn on the same extract, with the same wall-clock
+budget, and prints them side by side with their CPU-minutes (run it on an otherwise idle machine).
 """
 from __future__ import annotations
 
@@ -119,6 +124,15 @@ def night(cfg, model_uri: str) -> dict:
     return {**embedded["served"], "path": embedded["model_uri"], "decision": decision["decision"]}
 
 
+def parse_recipe(text: str) -> tuple[str, list[str]]:
+    """``name:key=value,key=value`` (``name:`` alone: no overrides) → (name, ["key=value", …])."""
+    name, _, rest = text.partition(":")
+    overrides = [item for item in rest.split(",") if item]
+    if not name or any("=" not in item for item in overrides):
+        raise argparse.ArgumentTypeError(f"expected NAME:KEY=VALUE[,KEY=VALUE…], got {text!r}")
+    return name, overrides
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -129,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", nargs="*", default=[], metavar="KEY=INT",
                         help="change the named architecture (hidden, layers, heads, mlp, image_size, patch, text_layers)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="train.* overrides")
+    parser.add_argument("--recipe", nargs="*", type=parse_recipe, default=[], metavar="NAME:KEY=VALUE,…",
+                        help="train several recipes one after another, each with the same budget on the same "
+                             "extract (on top of --set), and print them side by side")
     parser.add_argument("--hybrid", nargs="*", type=float, default=[], metavar="W",
                         help="also score learned+baseline hybrids with these weights on the learned part")
     parser.add_argument("--defaults", action="store_true",
@@ -139,13 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data.exists():
         print(f"{args.data} not found: this benchmark needs ../shared/data (see its README)", file=sys.stderr)
         return 2
+    if args.defaults and args.recipe:
+        parser.error("--recipe compares recipes at a fixed budget; --defaults runs the shipped config alone")
     setup_logging()
-    from pipelines.config import load_config
-    from pipelines.evaluate.baselines import colour_histogram, image_baseline_vectors
-    from pipelines.extract.images import prepare_image
-    from pipelines.siglip import ARCHITECTURES, Preprocess, embed_pixels, load_model
-    from pipelines.train.data import Pairs, group_ids, listing_text
-    from pipelines.train.loop import retrieval_recall
+    from pipelines.siglip import ARCHITECTURES
 
     if args.shape:  # a variant of the named shape, registered for this process only
         variant = dict(ARCHITECTURES[args.model], **{k: int(v) for k, v in (s.split("=") for s in args.shape)})
@@ -153,89 +167,131 @@ def main(argv: list[str] | None = None) -> int:
         ARCHITECTURES[args.model] = variant
     table = pq.read_table(args.data, columns=["item_id", "title", "article_type", "base_colour", "image"])
     held = holdout_ids(table.column("item_id").to_pylist(), args.holdout)
+    recipes = args.recipe or [("as set", [])]
+    results = []
     with tempfile.TemporaryDirectory(prefix="lookalike-real-") as tmp:
         root = Path(tmp)
         build_source(table, root / "source", args.items, exclude=held)
-        env = {"LOOKALIKE_SOURCE__URL": f"sqlite:///{root / 'source' / 'fashion.db'}",
-               "LOOKALIKE_SOURCE__IMAGES": str(root / "source" / "images"),
-               "LOOKALIKE_WAREHOUSE": str(root / "warehouse"), "LOOKALIKE_MODELS": str(root / "models"),
-               "LOOKALIKE_AIRFLOW__HOME": str(root / "airflow")}
-        if not args.defaults:  # a recipe experiment: its own model, a fixed wall-clock budget
-            env.update({"LOOKALIKE_MODEL__INIT": args.model, "LOOKALIKE_TRAIN__MINUTES": str(args.minutes),
-                        "LOOKALIKE_TRAIN__MAX_STEPS": "1000000", "LOOKALIKE_TRAIN__VAL_FRACTION": "0.02",
-                        "LOOKALIKE_TRAIN__PATIENCE": "0"})
-        for item in args.set:
-            key, _, value = item.partition("=")
-            env[f"LOOKALIKE_TRAIN__{key.upper()}"] = value
-        cfg = load_config(environ=env)
-        from pipelines.extract.stage import run_extract
-        from pipelines.train.stage import run_train
+        held_rows = [r for r in table.to_pylist() if r["item_id"] in held]
+        for i, (name, overrides) in enumerate(recipes):
+            result = train_and_score(args, root, held_rows, [*args.set, *overrides], models=f"models-{i}",
+                                     extract=i == 0)
+            results.append({"recipe": name, **result})
+            report(result, args)
+    if len(results) > 1:
+        compare(results)
+    if args.json:
+        args.json.write_text(json.dumps(results if args.recipe else results[0], indent=2))
+    return 0
 
+
+def train_and_score(args, root: Path, rows: list[dict], overrides: list[str], models: str, extract: bool) -> dict:
+    """Train one recipe on the source under ``root`` (extracting it first when ``extract``) and
+    score it, with the baselines, on the held-out ``rows``."""
+    from pipelines.config import load_config
+    from pipelines.evaluate.baselines import colour_histogram, image_baseline_vectors
+    from pipelines.extract.images import prepare_image
+    from pipelines.extract.stage import run_extract
+    from pipelines.siglip import Preprocess, embed_pixels, load_model
+    from pipelines.train.data import Pairs, group_ids, listing_text
+    from pipelines.train.loop import retrieval_recall
+    from pipelines.train.stage import run_train
+
+    env = {"LOOKALIKE_SOURCE__URL": f"sqlite:///{root / 'source' / 'fashion.db'}",
+           "LOOKALIKE_SOURCE__IMAGES": str(root / "source" / "images"),
+           "LOOKALIKE_WAREHOUSE": str(root / "warehouse"), "LOOKALIKE_MODELS": str(root / models),
+           "LOOKALIKE_AIRFLOW__HOME": str(root / "airflow")}
+    if not args.defaults:  # a recipe experiment: its own model, a fixed wall-clock budget
+        env.update({"LOOKALIKE_MODEL__INIT": args.model, "LOOKALIKE_TRAIN__MINUTES": str(args.minutes),
+                    "LOOKALIKE_TRAIN__MAX_STEPS": "1000000", "LOOKALIKE_TRAIN__VAL_FRACTION": "0.02",
+                    "LOOKALIKE_TRAIN__PATIENCE": "0"})
+    for item in overrides:
+        key, _, value = item.partition("=")
+        env[f"LOOKALIKE_TRAIN__{key.upper()}"] = value
+    cfg = load_config(environ=env)
+    if extract:
         run_extract(cfg, DS)
-        cpu0, wall0 = cpu_seconds(), time.monotonic()
-        model = run_train(cfg, DS)
-        cpu_min, wall_min = (cpu_seconds() - cpu0) / 60, (time.monotonic() - wall0) / 60
-        meta = json.loads((Path(model["model_uri"]) / "lookalike.json").read_text())
-        loaded = load_model(model["model_uri"])
-        served = night(cfg, model["model_uri"]) if args.defaults else None
+    cpu0, wall0 = cpu_seconds(), time.monotonic()
+    model = run_train(cfg, DS)
+    cpu_min, wall_min = (cpu_seconds() - cpu0) / 60, (time.monotonic() - wall0) / 60
+    meta = json.loads((Path(model["model_uri"]) / "lookalike.json").read_text())
+    loaded = load_model(model["model_uri"])
+    served = night(cfg, model["model_uri"]) if args.defaults else None
 
-        rows = [r for r in table.to_pylist() if r["item_id"] in held]
-        photos = [prepare_image(r["image"], size=cfg.extract.image_size, max_pixels=10**8, min_side=8) for r in rows]
-        keep = [i for i, p in enumerate(photos) if not p.reason]
-        rows, jpegs = [rows[i] for i in keep], [photos[i].jpeg for i in keep]
-        types = np.array([r["article_type"] for r in rows], dtype=object)
-        colours = np.array([r["base_colour"] for r in rows], dtype=object)
-        pixels = loaded.preprocess.decode(jpegs)
-        square = Preprocess(64).decode(jpegs)
-        systems = {"learned": embed_pixels(loaded.model, pixels, loaded.preprocess),
-                   "colour_histogram": colour_histogram(square),  # agreement() normalises every system
-                   "histogram+thumbnail": image_baseline_vectors(square, 64)}
-        if served is not None:  # what the night fitted and served, not refitted here
-            from pipelines import serving
-            from pipelines.storage import ModelStore
+    photos = [prepare_image(r["image"], size=cfg.extract.image_size, max_pixels=10**8, min_side=8) for r in rows]
+    keep = [i for i, p in enumerate(photos) if not p.reason]
+    rows, jpegs = [rows[i] for i in keep], [photos[i].jpeg for i in keep]
+    types = np.array([r["article_type"] for r in rows], dtype=object)
+    colours = np.array([r["base_colour"] for r in rows], dtype=object)
+    pixels = loaded.preprocess.decode(jpegs)
+    square = Preprocess(64).decode(jpegs)
+    systems = {"learned": embed_pixels(loaded.model, pixels, loaded.preprocess),
+               "colour_histogram": colour_histogram(square),  # agreement() normalises every system
+               "histogram+thumbnail": image_baseline_vectors(square, 64)}
+    if served is not None:  # what the night fitted and served, not refitted here
+        from pipelines import serving
+        from pipelines.storage import ModelStore
 
-            store = ModelStore.at(cfg.models)
-            for name, folder in (("image baseline (as served)", store.baseline_dir(registry_baseline(cfg))),
-                                 (f"served: {served['version']}", Path(served["path"]))):
-                embedder = serving.load_embedder(str(folder))
-                systems[name] = embedder.embed([embedder.decode(j) for j in jpegs], 256)
-        for w in args.hybrid:  # cosine = w·learned + (1 − w)·baseline
-            systems[f"hybrid w={w:g}"] = np.concatenate(
-                [np.sqrt(w) * _unit(systems["learned"]), np.sqrt(1 - w) * _unit(systems["histogram+thumbnail"])], axis=1)
-        quality = {name: {"article_type@5": agreement(v, types), "base_colour@5": agreement(v, colours)}
-                   for name, v in systems.items()}
-        texts = [listing_text(cfg.train.text_template, {"title": r["title"], "category": r["article_type"]})
-                 for r in rows[:2000]]
-        pairs = Pairs([str(r["item_id"]) for r in rows[:2000]], pixels[:2000], texts,
-                      group_ids([hashlib.sha256(j).hexdigest() for j in jpegs[:2000]], texts))
-        recall = retrieval_recall(loaded.model, pairs, loaded.tokenizer, loaded.preprocess, loaded.max_text_length)
-    result = {"defaults": args.defaults, "served": served, "stopped": meta["metrics"].get("stopped"),
-              "curve": meta["metrics"].get("curve"),
-              "minutes": cfg.train.minutes, "overrides": args.set, "model": cfg.model.init, "held_out_items": len(rows),
-              "train_items": meta["snapshot"]["pairs"], "steps": meta["metrics"]["steps"],
-              "samples_per_s": meta["metrics"]["samples_per_s"], "train_wall_minutes": round(wall_min, 2),
-              "train_cpu_minutes": round(cpu_min, 2), "quality": quality,
-              "held_out_recall@1": recall["recall@1"], "held_out_recall@5": recall["recall@5"]}
-    print(f"\nReal photos: trained on {result['train_items']} items for {wall_min:.1f} min wall / {cpu_min:.1f} "
-          f"CPU-min ({result['steps']} steps, {result['samples_per_s']:.0f} pairs/s, stopped by "
-          f"{result['stopped']}); {len(rows)} held-out items; "
-          f"{'the shipped defaults' if args.defaults else 'overrides: ' + (' '.join(args.set) or 'none')}")
+        store = ModelStore.at(cfg.models)
+        for name, folder in (("image baseline (as served)", store.baseline_dir(registry_baseline(cfg))),
+                             (f"served: {served['version']}", Path(served["path"]))):
+            embedder = serving.load_embedder(str(folder))
+            systems[name] = embedder.embed([embedder.decode(j) for j in jpegs], 256)
+    for w in args.hybrid:  # cosine = w·learned + (1 − w)·baseline
+        systems[f"hybrid w={w:g}"] = np.concatenate(
+            [np.sqrt(w) * _unit(systems["learned"]), np.sqrt(1 - w) * _unit(systems["histogram+thumbnail"])], axis=1)
+    quality = {name: {"article_type@5": agreement(v, types), "base_colour@5": agreement(v, colours)}
+               for name, v in systems.items()}
+    texts = [listing_text(cfg.train.text_template, {"title": r["title"], "category": r["article_type"]})
+             for r in rows[:2000]]
+    pairs = Pairs([str(r["item_id"]) for r in rows[:2000]], pixels[:2000], texts,
+                  group_ids([hashlib.sha256(j).hexdigest() for j in jpegs[:2000]], texts))
+    recall = retrieval_recall(loaded.model, pairs, loaded.tokenizer, loaded.preprocess, loaded.max_text_length)
+    return {"defaults": args.defaults, "served": served, "stopped": meta["metrics"].get("stopped"),
+            "curve": meta["metrics"].get("curve"),
+            "minutes": cfg.train.minutes, "overrides": overrides, "model": cfg.model.init, "held_out_items": len(rows),
+            "train_items": meta["snapshot"]["pairs"], "steps": meta["metrics"]["steps"],
+            "samples_per_s": meta["metrics"]["samples_per_s"], "train_wall_minutes": round(wall_min, 2),
+            "train_cpu_minutes": round(cpu_min, 2), "quality": quality,
+            "held_out_recall@1": recall["recall@1"], "held_out_recall@5": recall["recall@5"]}
+
+
+def report(result: dict, args) -> None:
+    """One run: its budget, learning curve, held-out recall and every system's agreement."""
+    quality, n = result["quality"], result["held_out_items"]
+    print(f"\nReal photos: trained on {result['train_items']} items for {result['train_wall_minutes']:.1f} min wall / "
+          f"{result['train_cpu_minutes']:.1f} CPU-min ({result['steps']} steps, {result['samples_per_s']:.0f} pairs/s, "
+          f"stopped by {result['stopped']}); {n} held-out items; "
+          f"{'the shipped defaults' if args.defaults else 'overrides: ' + (' '.join(result['overrides']) or 'none')}")
     for point in result["curve"] or []:
         print(f"  learning curve: step {point['step']:>6} at {point['minutes']:5.1f} min: held-out image→title "
               f"R@1 {point['recall@1']:.3f} R@5 {point['recall@5']:.3f}")
-    if served:
-        print(f"served system: {served['version']} ({served['why']})")
-    print(f"held-out image→title R@1 {recall['recall@1']:.3f} R@5 {recall['recall@5']:.3f} "
-          f"({min(2000, len(rows))} items)")
+    if result["served"]:
+        print(f"served system: {result['served']['version']} ({result['served']['why']})")
+    print(f"held-out image→title R@1 {result['held_out_recall@1']:.3f} R@5 {result['held_out_recall@5']:.3f} "
+          f"({min(2000, n)} items)")
     width = max(22, *(len(name) + 2 for name in quality))
     base = quality.get("image baseline (as served)", quality["histogram+thumbnail"])
     print(f"{'system':<{width}}{'article_type@5':>16}{'base_colour@5':>16}{'type vs baseline':>18}{'colour vs baseline':>20}")
     for name, q in quality.items():
         print(f"{name:<{width}}{q['article_type@5']:>16.3f}{q['base_colour@5']:>16.3f}"
               f"{q['article_type@5'] / base['article_type@5']:>17.3f}x{q['base_colour@5'] - base['base_colour@5']:>+20.3f}")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    return 0
+
+
+def compare(results: list[dict]) -> None:
+    """The recipes side by side at their (equal) budget, each against the first and the baseline."""
+    first, base = results[0]["quality"]["learned"], results[0]["quality"]["histogram+thumbnail"]
+    width = max(10, *(len(r["recipe"]) + 2 for r in results))
+    print(f"\nRecipes at {results[0]['minutes']:g} training minutes each (learned embedding, held-out photos; "
+          f"the image baseline: type {base['article_type@5']:.3f}, colour {base['base_colour@5']:.3f})")
+    print(f"{'recipe':<{width}}{'CPU-min':>8}{'steps':>7}{'pairs/s':>8}{'R@5':>7}{'type@5':>8}{'colour@5':>9}"
+          f"{'type vs 1st':>12}{'colour vs 1st':>14}  overrides")
+    for r in results:
+        q = r["quality"]["learned"]
+        print(f"{r['recipe']:<{width}}{r['train_cpu_minutes']:>8.1f}{r['steps']:>7}{r['samples_per_s']:>8.0f}"
+              f"{r['held_out_recall@5']:>7.3f}{q['article_type@5']:>8.3f}{q['base_colour@5']:>9.3f}"
+              f"{q['article_type@5'] / first['article_type@5']:>11.3f}x{q['base_colour@5'] - first['base_colour@5']:>+14.3f}"
+              f"  {' '.join(r['overrides']) or '-'}")
 
 
 if __name__ == "__main__":

@@ -70,6 +70,9 @@ class TrainConfig:
     val_fraction: float = 0.1
     colour_augment: float = 0.5  # share of photos recoloured (half channel-permuted, half greyscale)
     keep_aspect: bool = False  # resize the longest side and pad, instead of stretching to a square
+    crop_scale: float = 1.0  # < 1: random resized crops of at least this share of the photo's area (1: shifts only)
+    image_positive: float = 0.0  # > 0: weight of an image–image term, two views of a photo as positives (SLIP)
+    patch_dropout: float = 0.0  # share of image tokens dropped per photo while training (FLIP)
     text_positives: bool = True  # pairs whose normalised texts are identical count as positives
     val_max_items: int = 2000  # held-out pairs scored for image→title recall (a stable subset)
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | fp32
@@ -354,12 +357,28 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _check_choices(config: Config) -> None:
+# Shares that must lie in an interval: (low, high, low inclusive, high inclusive).
+INTERVALS: dict[str, tuple[float, float, bool, bool]] = {
+    "train.colour_augment": (0.0, 1.0, True, True),
+    "train.crop_scale": (0.0, 1.0, False, True),
+    "train.patch_dropout": (0.0, 1.0, True, False),
+}
+
+
+def _check_values(config: Config) -> None:
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+    for key, (low, high, low_in, high_in) in INTERVALS.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if not ((low <= value if low_in else low < value) and (value <= high if high_in else value < high)):
+            raise ConfigError(f"{key} must lie in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}; "
+                             f"got {value!r}")
+    if config.train.image_positive < 0:
+        raise ConfigError(f"train.image_positive must be >= 0; got {config.train.image_positive!r}")
 
 
 def load_config(path: str | os.PathLike | None = None, environ: typing.Mapping[str, str] | None = None) -> Config:
@@ -384,5 +403,5 @@ def load_config(path: str | os.PathLike | None = None, environ: typing.Mapping[s
         base_dir = file.resolve().parent
     data = _merge(data, _env_overrides(environ))
     config = _build(Config, data)
-    _check_choices(config)
+    _check_values(config)
     return _build(Config, _resolve_paths(config.to_dict(), base_dir))

@@ -28,3 +28,17 @@ def test_agreement_is_the_share_of_top_k_slots_with_the_query_label():
     # a-items 0 and 1 each see one "a" and one "b" neighbour: 1/2 each; item 2 ("b") sees two "a": 0;
     # the b-cluster items see only b: 1 each → (0.5 + 0.5 + 0 + 1 + 1 + 1) / 6.
     assert module.agreement(vectors, labels, k=2) == pytest.approx(4 / 6)
+
+
+def test_a_recipe_is_a_name_and_its_train_overrides():
+    import argparse
+
+    spec = importlib.util.spec_from_file_location("real_photo_quality", BENCHMARKS[0].parent / "real_photo_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.parse_recipe("crops:crop_scale=0.4,image_positive=0.5") == (
+        "crops", ["crop_scale=0.4", "image_positive=0.5"])
+    assert module.parse_recipe("shipped:") == ("shipped", [])
+    for bad in ("crops:crop_scale", ":crop_scale=0.4"):
+        with pytest.raises(argparse.ArgumentTypeError, match="NAME:KEY=VALUE"):
+            module.parse_recipe(bad)

@@ -6,6 +6,9 @@
   spared), linear warmup then cosine decay, gradient clipping, gradient accumulation.
 - bf16 autocast on CUDA (``precision: auto``), optional on CPU; optional freezing of the text
   tower and of the lower vision blocks; optional gradient checkpointing.
+- Recipe switches, each measured on real photos (README "Models"): recolouring, random resized
+  crops, an image–image positive term (two views of one photo, as in SLIP), and FLIP's patch
+  dropout (:class:`PatchDropout`).
 - Seeded: the batches (:class:`pipelines.train.data.StreamPlan`), the augmentation (one
   generator per step) and the schedule are functions of the step, so a run resumed from a
   checkpoint ends with the parameters an uninterrupted run reaches. The schedule follows
@@ -55,6 +58,9 @@ class LoopConfig:
     compile: bool = False  # torch.compile the model (pays back its compile time on long runs)
     channels_last: bool = False  # NHWC pixel layout for the patch convolution
     colour_augment: float = 0.0  # share of photos recoloured: half channel-permuted, half greyscale
+    crop_scale: float = 1.0  # < 1: random resized crops of this much of the photo's area at least (1: shifts only)
+    image_positive: float = 0.0  # > 0: weight of the image–image term (two views of one photo are positives)
+    patch_dropout: float = 0.0  # share of image tokens dropped per photo while training (FLIP)
     validate_every: int = 0  # steps between held-out recall checks (EarlyStopping); 0 = none
     progress_every: int = 100
 
@@ -170,18 +176,70 @@ def recolour(pixels: torch.Tensor, gen: torch.Generator, share: float) -> torch.
     return torch.where(pick < share / 2, permuted, torch.where(pick < share, grey, pixels))
 
 
-def augment(pixels: torch.Tensor, gen: torch.Generator, colour: float = 0.0) -> torch.Tensor:
-    """(B, S, S, 3) uint8 → same, randomly flipped and shifted by up to S/8 (edge-padded), and
-    recoloured with probability ``colour``."""
+def augment(pixels: torch.Tensor, gen: torch.Generator, colour: float = 0.0, crop_scale: float = 1.0) -> torch.Tensor:
+    """(B, S, S, 3) uint8 → same, randomly flipped, recoloured with probability ``colour``, and
+    either shifted by up to S/8 (edge-padded; ``crop_scale`` 1) or cut to a random resized crop."""
     b, s = pixels.shape[0], pixels.shape[1]
     flip = (torch.rand(b, generator=gen) < 0.5).to(pixels.device)
     pixels = torch.where(flip[:, None, None, None], pixels.flip(2), pixels)
     if colour > 0:
         pixels = recolour(pixels, gen, colour)
+    if crop_scale < 1:
+        return resized_crop(pixels, gen, crop_scale)
     pad = s // 8
     padded = torch.nn.functional.pad(pixels.permute(0, 3, 1, 2).float(), (pad, pad, pad, pad), mode="replicate")
     dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=gen).tolist()  # one shift per batch: cheap
     return padded[:, :, dy:dy + s, dx:dx + s].permute(0, 2, 3, 1).to(torch.uint8)
+
+
+def resized_crop(pixels: torch.Tensor, gen: torch.Generator, min_scale: float,
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """Inception-style random resized crops, one per photo: an area of ``min_scale``..1 of the
+    photo and an aspect ratio in ``ratio`` (log-uniform), clipped to the photo, resampled
+    bilinearly to the same size (one batched ``grid_sample``)."""
+    b = pixels.shape[0]
+    area = min_scale + (1 - min_scale) * torch.rand(b, generator=gen)
+    aspect = torch.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * torch.rand(b, generator=gen))
+    w = torch.sqrt(area * aspect).clamp(max=1.0)  # as fractions of the side
+    h = torch.sqrt(area / aspect).clamp(max=1.0)
+    cx = (torch.rand(b, generator=gen) * 2 - 1) * (1 - w)  # centres in [-1, 1], crop inside the photo
+    cy = (torch.rand(b, generator=gen) * 2 - 1) * (1 - h)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w, cx, h, cy
+    x = pixels.permute(0, 3, 1, 2).float()
+    grid = torch.nn.functional.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+    out = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.round().clamp(0, 255).permute(0, 2, 3, 1).to(torch.uint8)
+
+
+class PatchDropout:
+    """FLIP (Li et al., "Scaling Language-Image Pre-training via Masking", CVPR 2023): while training,
+    keep a random ``1 - share`` of each photo's patch tokens after the position embedding, so a
+    step costs fewer FLOPs per pair; evaluation and serving see every token. A forward hook on the
+    vision embeddings of a Hugging Face SigLIP (its attention-pooling head takes any token count);
+    ``gen`` is set per micro-step so the masks are functions of the step like the rest of the
+    augmentation."""
+
+    def __init__(self, model, share: float):
+        self.share, self.gen = share, None
+        embeddings = model.vision_model.embeddings
+        self.handle = embeddings.register_forward_hook(self._drop)
+
+    def _drop(self, module, inputs, tokens: torch.Tensor) -> torch.Tensor:
+        if not module.training or self.share <= 0 or self.gen is None:
+            return tokens
+        b, n, d = tokens.shape
+        keep = max(1, round(n * (1 - self.share)))
+        order = torch.rand(b, n, generator=self.gen).argsort(dim=1)[:, :keep].to(tokens.device)
+        return torch.gather(tokens, 1, order[..., None].expand(b, keep, d))
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+# The image–image term's fixed head: the SigLIP initialisation (t = 10, b = -10), i.e. SimCLR's
+# temperature 0.1 with the sigmoid's prior that most pairs are negative.
+IMAGE_PAIR_SCALE, IMAGE_PAIR_BIAS = math.log(10.0), -10.0
 
 
 def retrieval_recall(model, pairs: Pairs, tokenizer, preprocess: Preprocess, max_len: int,
@@ -282,6 +340,9 @@ def train_siglip(model, batches: Callable[[int], Iterator[dict]], preprocess: Pr
     if cfg.compile:
         forward = torch.compile(forward)
 
+    dropout = PatchDropout(model, cfg.patch_dropout) if cfg.patch_dropout > 0 else None
+    pair_scale = torch.tensor(IMAGE_PAIR_SCALE, device=world.device)
+    pair_bias = torch.tensor(IMAGE_PAIR_BIAS, device=world.device)
     started = time.monotonic() - elapsed_before
     budget = cfg.minutes * 60
     step, stopped = start_step, "steps"
@@ -296,17 +357,27 @@ def train_siglip(model, batches: Callable[[int], Iterator[dict]], preprocess: Pr
         for m in range(cfg.grad_accum):
             batch = next(stream)
             pixels = batch["pixels"].to(world.device, non_blocking=True)
-            x = preprocess.normalise(augment(pixels, step_generator(cfg.seed, step, m, world.rank),
-                                             cfg.colour_augment))
+            gen = step_generator(cfg.seed, step, m, world.rank)
+            x = preprocess.normalise(augment(pixels, gen, cfg.colour_augment, cfg.crop_scale))
+            if cfg.image_positive > 0:  # a second view of every photo, in the same forward pass
+                x = torch.cat([x, preprocess.normalise(augment(pixels, gen, cfg.colour_augment, cfg.crop_scale))])
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            if dropout is not None:
+                dropout.gen = gen
+            groups = batch["groups"].to(world.device)
             sync = contextlib.nullcontext() if ddp is None or m == cfg.grad_accum - 1 else ddp.no_sync()
             with sync:
                 with _autocast(world.device, cfg.precision):
                     out = forward(pixel_values=x, input_ids=batch["input_ids"].to(world.device, non_blocking=True))
                 # The head in float32: the loss sums B x world·B log-sigmoids.
-                loss = global_sigmoid_loss(out.image_embeds.float(), out.text_embeds.float(), model.logit_scale,
-                                           model.logit_bias, batch["groups"].to(world.device)) / cfg.grad_accum
+                images = out.image_embeds.float()
+                loss = global_sigmoid_loss(images[:len(groups)], out.text_embeds.float(), model.logit_scale,
+                                           model.logit_bias, groups)
+                if cfg.image_positive > 0:
+                    loss = loss + cfg.image_positive * global_sigmoid_loss(
+                        images[:len(groups)], images[len(groups):], pair_scale, pair_bias, groups)
+                loss = loss / cfg.grad_accum
                 loss.backward()
             step_loss += loss.item()
         if cfg.clip_norm > 0:
@@ -352,6 +423,8 @@ def train_siglip(model, batches: Callable[[int], Iterator[dict]], preprocess: Pr
                              "best at step %d", early.patience, step + 1, cfg.max_steps, early.best_step)
             break
     del stream
+    if dropout is not None:
+        dropout.remove()
     seconds = time.monotonic() - started
     if cfg.gradient_checkpointing:
         model.activation_checkpointing_disable()

@@ -162,7 +162,8 @@ def _run_train(cfg: Config, ds: str, world: World, progress) -> dict[str, str]:
                       seed=tc.seed, precision=tc.precision, grad_accum=tc.grad_accum, clip_norm=tc.clip_norm,
                       checkpoint_every=tc.checkpoint_every, freeze_text=tc.freeze_text,
                       freeze_vision_layers=tc.freeze_vision_layers, gradient_checkpointing=tc.gradient_checkpointing,
-                      colour_augment=tc.colour_augment)
+                      colour_augment=tc.colour_augment, crop_scale=tc.crop_scale,
+                      image_positive=tc.image_positive, patch_dropout=tc.patch_dropout)
     micro = loop.micro_batch(world.size)
     plan = StreamPlan(frags, ~val_mask, seed=tc.seed, rank=world.rank, world_size=world.size)
     workers = loader_workers(tc.loader_workers, int(os.environ.get("LOCAL_WORLD_SIZE", world.size)))

@@ -146,3 +146,68 @@ def test_early_stopping_stops_on_a_flat_curve_and_keeps_the_best_weights(colour_
     assert [c["step"] for c in stats["curve"]] == [10, 20, 30, 40, 50] and stats["best_step"] == 20
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value, seen[20][name], msg=name)
+
+
+def test_random_resized_crops_cut_each_photo_differently_and_keep_its_size():
+    from pipelines.train.loop import augment, resized_crop, step_generator
+
+    # A photo whose top half is black and bottom half white: a crop's mean tells where it was cut.
+    photo = torch.zeros(1, 32, 32, 3, dtype=torch.uint8)
+    photo[:, 16:] = 255
+    batch = photo.repeat(64, 1, 1, 1)
+    crops = resized_crop(batch, step_generator(0, 1), 0.3)
+    assert crops.shape == batch.shape and crops.dtype == torch.uint8
+    means = crops.float().mean(dim=(1, 2, 3))
+    assert means.std() > 20  # every photo gets its own crop
+    assert means.min() < 127 < means.max()
+    same = resized_crop(batch, step_generator(0, 1), 0.3)
+    assert torch.equal(crops, same)  # a function of the step, like the other augmentations
+    whole = resized_crop(batch, step_generator(0, 1), 1.0 - 1e-6)  # scale ≈ 1 keeps ≈ the whole photo
+    assert (whole.float().mean(dim=(1, 2, 3)) - 127.5).abs().max() < 25
+    shifted = augment(batch, step_generator(0, 2), crop_scale=1.0)  # crop_scale 1: one shift for the batch
+    assert shifted.float().mean(dim=(1, 2, 3)).std() < 1e-3
+
+
+def test_patch_dropout_trains_on_fewer_tokens_and_serves_on_all(colour_snapshot):
+    from pipelines.train.loop import PatchDropout, step_generator
+
+    model, batches = _setup(colour_snapshot)
+    seen = []
+    probe = model.vision_model.encoder.register_forward_pre_hook(lambda m, args, kw: seen.append(kw.get(
+        "inputs_embeds", args[0] if args else None).shape[1]), with_kwargs=True)
+    pixels = torch.randn(4, 3, 32, 32)
+    dropout = PatchDropout(model, 0.5)
+    dropout.gen = step_generator(0, 0)
+    model.train()
+    model.get_image_features(pixel_values=pixels)
+    model.eval()
+    with torch.no_grad():
+        model.get_image_features(pixel_values=pixels)
+    dropout.remove()
+    probe.remove()
+    assert seen == [8, 16]  # 16 patches of 8 px in a 32 px photo; half kept while training
+
+    stats = train_siglip(model, batches, Preprocess(32), _cfg(max_steps=30, patch_dropout=0.5))
+    assert stats["steps"] == 30 and np.isfinite(stats["final_loss"])
+    assert not model.vision_model.embeddings._forward_hooks  # the hook goes when training ends
+
+
+def test_image_positive_term_adds_a_second_view_to_the_loss(colour_snapshot):
+    plain, batches = _setup(colour_snapshot)
+    base = train_siglip(plain, batches, Preprocess(32), _cfg(max_steps=3, learning_rate=0.0))
+    both, batches = _setup(colour_snapshot)
+    with_views = train_siglip(both, batches, Preprocess(32), _cfg(max_steps=3, learning_rate=0.0, image_positive=1.0,
+                                                                  crop_scale=0.5))
+    assert with_views["final_loss"] > base["final_loss"] + 0.1  # the image–image term is counted
+    trained, batches = _setup(colour_snapshot)
+    stats = train_siglip(trained, batches, Preprocess(32), _cfg(max_steps=60, image_positive=0.5, crop_scale=0.5))
+    assert np.isfinite(stats["final_loss"]) and stats["final_loss"] < with_views["final_loss"]
+
+
+def test_recipe_shares_out_of_range_are_config_errors():
+    from pipelines.config import load_config
+
+    for key, value in (("CROP_SCALE", "0"), ("PATCH_DROPOUT", "1"), ("COLOUR_AUGMENT", "1.5"), ("IMAGE_POSITIVE", "-1")):
+        with pytest.raises(ConfigError, match=f"train.{key.lower()}"):
+            load_config(environ={f"LOOKALIKE_TRAIN__{key}": value})
+    assert load_config(environ={"LOOKALIKE_TRAIN__CROP_SCALE": "0.4"}).train.crop_scale == 0.4
