@@ -21,11 +21,12 @@ LISTING_FIELDS = [
 ITEMS = pa.schema(
     [pa.field("ds", pa.string(), nullable=False), *LISTING_FIELDS,
      pa.field("image", pa.binary()), pa.field("image_width", pa.int32()), pa.field("image_height", pa.int32()),
-     pa.field("image_sha256", pa.string())]
+     pa.field("image_sha256", pa.string()),
+     pa.field("image_source", pa.string())]  # how the photo was normalised and from which object (extract.photos)
 )
 
 # Published snapshot: what analysts query (the image bytes stay in the work area).
-LISTINGS_SNAPSHOT = pa.schema([f for f in ITEMS if f.name != "image"])
+LISTINGS_SNAPSHOT = pa.schema([f for f in ITEMS if f.name not in ("image", "image_source")])
 
 QUARANTINE = pa.schema([
     pa.field("ds", pa.string(), nullable=False),

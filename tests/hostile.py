@@ -24,7 +24,7 @@ from PIL import Image
 
 from pipelines import schemas
 from pipelines.extract.images import prepare_image, read_image_bytes
-from pipelines.extract.stage import EVENTS, MAX_ID_CHARS, STATUSES, validate_events, validate_listings
+from pipelines.extract.validate import EVENTS, MAX_ID_CHARS, STATUSES, validate_events, validate_listings
 
 SIZE, MAX_PIXELS, MIN_SIDE, MAX_BYTES = 32, 1_000_000, 4, 200_000
 
@@ -216,7 +216,7 @@ def listing_rows(draw) -> pd.DataFrame:
 
 
 def _as_id(value) -> str | None:
-    from pipelines.extract.stage import as_text
+    from pipelines.extract.validate import as_text
 
     return as_text(value)
 

@@ -10,7 +10,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 
 from pipelines.config import load_config
 from pipelines.errors import BAD_INPUT, BUG, TRANSIENT, ConfigError, TransientError, classify
-from pipelines.extract.stage import ExtractError, read_source
+from pipelines.extract.source import ExtractError, read_source
 from tests.conftest import DS, write_config
 
 REPO = Path(__file__).resolve().parents[1]

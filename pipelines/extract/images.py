@@ -54,8 +54,26 @@ def _short(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+@dataclass(frozen=True)
+class Fetched:
+    """One image store object as ``fetch_image`` found it."""
+    data: bytes | None
+    reason: str | None = None  # why the row is quarantined; None when usable
+    identity: str | None = None  # what the store says about the object: file size and times, or the S3 ETag
+    unchanged: bool = False  # the object is still the one known as ``known``: nothing was read
+
+
 def read_image_bytes(store: str, key, max_bytes: int) -> tuple[bytes | None, str | None]:
-    """Bytes of ``key`` in the image store ``store`` (a directory or ``s3://bucket/prefix``), or (None, reason).
+    """Bytes of ``key`` in the image store ``store`` (a directory or ``s3://bucket/prefix``), or (None, reason)."""
+    fetched = fetch_image(store, key, max_bytes)
+    return fetched.data, fetched.reason
+
+
+def fetch_image(store: str, key, max_bytes: int, known: str | None = None) -> Fetched:
+    """``key`` in the image store ``store``, read unless the store still holds the object whose
+    identity was ``known`` (an earlier ``Fetched.identity``): on disk the file's size, mtime and
+    ctime (a rewrite changes them; ``touch -d`` cannot set ctime back), on S3 the ETag, asked
+    with a conditional GET (``If-None-Match``), so an unchanged photo costs one request and no body.
 
     Never raises on a bad key or file: directories, special files, symlinks leaving the store,
     unreadable and oversized files all come back with their reason. A store that cannot be
@@ -63,35 +81,38 @@ def read_image_bytes(store: str, key, max_bytes: int) -> tuple[bytes | None, str
     """
     reason = check_key(key)
     if reason:
-        return None, reason
+        return Fetched(None, reason)
     if store.startswith("s3://"):
-        return _read_s3(store, key, max_bytes)
+        return _fetch_s3(store, key, max_bytes, known)
     root = Path(store).resolve()
     try:
         path = (root / key).resolve()
     except (OSError, RuntimeError) as exc:  # a symlink loop
-        return None, f"image_key {_short(key)!r} cannot be resolved: {exc.__class__.__name__}"
+        return Fetched(None, f"image_key {_short(key)!r} cannot be resolved: {exc.__class__.__name__}")
     if root not in path.parents:
-        return None, f"image_key {_short(key)!r} escapes the image store"
+        return Fetched(None, f"image_key {_short(key)!r} escapes the image store")
     try:
         info = path.stat()
         if stat.S_ISDIR(info.st_mode):
-            return None, f"image_key {_short(key)!r} names a directory, not a file"
+            return Fetched(None, f"image_key {_short(key)!r} names a directory, not a file")
         if not stat.S_ISREG(info.st_mode):  # a FIFO or a device would block or never end
-            return None, f"image_key {_short(key)!r} is not a regular file"
+            return Fetched(None, f"image_key {_short(key)!r} is not a regular file")
+        identity = f"file:{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}"
+        if known is not None and identity == known:
+            return Fetched(None, None, identity, unchanged=True)
         if info.st_size > max_bytes:
-            return None, f"image file too large: {info.st_size} bytes > {max_bytes}"
+            return Fetched(None, f"image file too large: {info.st_size} bytes > {max_bytes}")
         with open(path, "rb") as fh:
             data = fh.read(max_bytes + 1)  # the file may have grown since stat
     except FileNotFoundError:
-        return None, f"image file not found: {_short(key)}"
+        return Fetched(None, f"image file not found: {_short(key)}")
     except PermissionError:
-        return None, f"image file not readable: {_short(key)}"
+        return Fetched(None, f"image file not readable: {_short(key)}")
     except OSError as exc:  # ENAMETOOLONG, ELOOP, EIO …: this row's file, not the store
-        return None, f"image file cannot be read: {_short(key)} ({exc.strerror or exc.__class__.__name__})"
+        return Fetched(None, f"image file cannot be read: {_short(key)} ({exc.strerror or exc.__class__.__name__})")
     if len(data) > max_bytes:
-        return None, f"image file too large: more than {max_bytes} bytes"
-    return data, None
+        return Fetched(None, f"image file too large: more than {max_bytes} bytes")
+    return Fetched(data, None, identity)  # stat before the read: a file rewritten in between is read again next time
 
 
 @functools.lru_cache(maxsize=4)
@@ -101,7 +122,7 @@ def _s3_client(endpoint: str | None):  # boto3 clients are thread-safe; one per 
     return s3_client()
 
 
-def _read_s3(store: str, key: str, max_bytes: int) -> tuple[bytes | None, str | None]:
+def _fetch_s3(store: str, key: str, max_bytes: int, known: str | None) -> Fetched:
     """One object of an S3 image store; the size limit is checked before the body is read."""
     from botocore.exceptions import ClientError
 
@@ -109,16 +130,20 @@ def _read_s3(store: str, key: str, max_bytes: int) -> tuple[bytes | None, str | 
 
     bucket, prefix = split_s3(store)
     client = _s3_client(endpoint())
+    conditional = {"IfNoneMatch": known[len("etag:"):]} if known and known.startswith("etag:") else {}
     try:
-        obj = client.get_object(Bucket=bucket, Key=f"{prefix}/{key}" if prefix else key)
+        obj = client.get_object(Bucket=bucket, Key=f"{prefix}/{key}" if prefix else key, **conditional)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            return None, f"image file not found: {_short(key)}"
+        code = str(exc.response.get("Error", {}).get("Code"))
+        if code in ("304", "NotModified"):
+            return Fetched(None, None, known, unchanged=True)
+        if code in ("NoSuchKey", "404"):
+            return Fetched(None, f"image file not found: {_short(key)}")
         raise  # a lost connection or bad credentials: the task fails and retries, nothing is quarantined
     if obj["ContentLength"] > max_bytes:
         obj["Body"].close()
-        return None, f"image file too large: {obj['ContentLength']} bytes > {max_bytes}"
-    return obj["Body"].read(), None
+        return Fetched(None, f"image file too large: {obj['ContentLength']} bytes > {max_bytes}")
+    return Fetched(obj["Body"].read(), None, f"etag:{obj['ETag']}")
 
 
 def prepare_image(data: bytes, *, size: int, max_pixels: int, min_side: int, quality: int = 90) -> PreparedImage:

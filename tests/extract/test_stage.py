@@ -62,7 +62,7 @@ def test_unreachable_source_names_the_url(tmp_path, sample_dir):
 def test_contract_breaches_are_quarantined_with_their_reason():
     import pandas as pd
 
-    from pipelines.extract.stage import validate_listings
+    from pipelines.extract.validate import validate_listings
 
     ok_row = {"description": None, "category": "tops", "brand": None, "price": 10.0, "seller_id": "s",
               "image_key": "k", "created_at": "2026-01-01T00:00:00"}

@@ -29,7 +29,8 @@ def _stage_run(wh: Warehouse, ds: str, *, score_shift: float = 0.0, self_neighbo
     listing = {f.name: [None] * 4 for f in schemas.LISTING_FIELDS}
     listing.update(item_id=ids, title=["t1", "t2", "t3", "t4"], status=["on_sale"] * 4)
     items = pa.Table.from_pydict({**listing, "ds": [ds] * 4, "image": [b"x"] * 4, "image_width": [1] * 4,
-                                  "image_height": [1] * 4, "image_sha256": ["h1", "h2", "h3", "h4"]},
+                                  "image_height": [1] * 4, "image_sha256": ["h1", "h2", "h3", "h4"],
+                                  "image_source": [None] * 4},
                                  schema=schemas.ITEMS)
     for name in ("listings_snapshot", "catalog"):
         write_parquet(items, wh.fresh_work(ds, name) / "part-0.parquet")
