@@ -70,9 +70,9 @@ class TrainConfig:
     val_fraction: float = 0.1
     colour_augment: float = 0.5  # share of photos recoloured (half channel-permuted, half greyscale)
     keep_aspect: bool = False  # resize the longest side and pad, instead of stretching to a square
-    crop_scale: float = 1.0  # < 1: random resized crops of at least this share of the photo's area (1: shifts only)
+    crop_scale: float = 0.4  # random resized crops of at least this share of the photo's area (1: shifts only)
     image_positive: float = 0.0  # > 0: weight of an image–image term, two views of a photo as positives (SLIP)
-    patch_dropout: float = 0.0  # share of image tokens dropped per photo while training (FLIP)
+    patch_dropout: float = 0.5  # share of image tokens dropped per photo while training (FLIP; 0: every token)
     text_positives: bool = True  # pairs whose normalised texts are identical count as positives
     val_max_items: int = 2000  # held-out pairs scored for image→title recall (a stable subset)
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | fp32

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from pipelines.config import Config
+from pipelines.extract import photos
 from pipelines.neighbors.stage import describe_recall
 from pipelines.storage import PUBLISHED_TABLES, Warehouse
 
@@ -99,6 +100,13 @@ def run_summary(cfg: Config, ds: str) -> str:
         lines += [f"Offline evaluation on {on} (model {version}; 95% bootstrap interval):",
                   format_table(["metric", "fine-tuned", "95% CI", *(["hybrid"] if hybrid else []), "image baseline",
                                 "text baseline", "fine-tuned vs best baseline"], table_rows), ""]
+    extracted = photos.read_marker(wh, ds)
+    if extracted:
+        p = extracted["photos"]
+        lines += [f"Extract: snapshot {extracted['snapshot_rows']} listings, catalogue {extracted['catalog_rows']}, "
+                  f"{extracted['events']} events — photos reused {p['reused']}"
+                  + (f" (from ds={extracted['photos_reused_from']})" if extracted["photos_reused_from"] else "")
+                  + f", fetched {p['fetched']}, quarantined {p['quarantined']}", ""]
     stats = wh.work(ds, "embed_stats.json")
     if stats.exists():
         e = json.loads(stats.read_text())

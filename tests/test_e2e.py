@@ -49,6 +49,7 @@ def test_run_goes_through_airflow_and_prints_the_summary(nightly):
     assert "Published tables:" in stdout and "nDCG@5" in stdout and "lookalike query" in stdout
     assert "User recommendations:" in stdout and "multimodal" in stdout
     assert "reused 0, computed" in stdout and "(spark)" in stdout
+    assert "Extract: snapshot" in stdout and "photos reused" in stdout and "fetched" in stdout
     assert all(DS in wh.partitions(t) for t in PUBLISHED_TABLES)
 
 

@@ -20,6 +20,7 @@ from pipelines import faults, schemas
 from pipelines.publish import drift
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
+from pipelines.extract import photos
 from pipelines.publish.checks import check_embeddings, check_neighbors, check_recommendations, check_rows
 from pipelines.storage import Warehouse, write_parquet
 
@@ -112,6 +113,7 @@ def run_publish(cfg: Config, ds: str) -> dict:
               "config": cfg.to_public_dict()}
     embed_stats = wh.work(ds, "embed_stats.json")
     record["served"] = json.loads(embed_stats.read_text()).get("served") if embed_stats.exists() else None
+    record["extract"] = photos.read_marker(wh, ds)
     if not failures:
         record["drift"] = _gate(cfg, wh, ds, files, rows, on_sale=active.num_rows, served=record["served"])
     return _commit(cfg, wh, ds, files, rows, failures, record)
