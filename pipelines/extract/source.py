@@ -52,7 +52,7 @@ def stream_source(url: str, template: str, params: dict, sql_dir: Path = SQL_DIR
             columns = list(result.keys())
             _check_columns(columns, template, expected)
             empty = True
-            for rows in result.partitions():
+            for rows in result.partitions(chunk_rows):
                 empty = False
                 yield _frame(rows, columns)
             if empty:

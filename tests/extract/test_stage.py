@@ -101,3 +101,17 @@ def test_an_extract_killed_mid_write_leaves_nothing_half_read_and_a_rerun_conver
     rerun = {name: pq.read_table(wh.work(DS, name)).to_pylist() for name in ("listings_snapshot", "catalog")}
     uninterrupted = run_extract(load_config(config, environ={}), DS)
     assert rerun == {name: pq.read_table(uninterrupted[name]).to_pylist() for name in rerun}
+
+
+def test_the_source_is_read_in_chunks_of_the_asked_size(sample_dir):
+    from pipelines import schemas
+    from pipelines.extract.source import stream_source
+
+    url = f"sqlite:///{sample_dir / 'marketplace.db'}"
+    chunks = [len(c) for c in stream_source(url, "interactions.sql", {"window_start": "2026-01-01T00:00:00",
+                                                                      "window_end": "2026-11-21T00:00:00"},
+                                            expected=[f.name for f in schemas.INTERACTIONS], chunk_rows=500)]
+    (total,) = sqlite3.connect(sample_dir / "marketplace.db").execute(
+        "select count(*) from interactions where ts < '2026-11-21'").fetchone()
+    assert sum(chunks) == total and len(chunks) == -(-total // 500)
+    assert set(chunks[:-1]) == {500}
