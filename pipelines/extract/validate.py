@@ -161,7 +161,7 @@ def staged_table(frame: pd.DataFrame, first_seq: int) -> pa.Table:
 def stage_listings(chunks: Iterable[pd.DataFrame], path: Path) -> int:
     """Normalise the source's chunks into one staging Parquet file; returns the rows read."""
     rows = 0
-    with pq.ParquetWriter(path, STAGED_LISTINGS) as writer:
+    with pq.ParquetWriter(path, STAGED_LISTINGS, compression="zstd") as writer:
         for chunk in chunks:
             writer.write_table(staged_table(normalise_listings(chunk), rows))
             rows += len(chunk)
