@@ -49,7 +49,9 @@ def _night(cfg, ds, model_uri):
 
 
 def test_a_random_weight_model_after_a_good_one_is_refused_and_the_good_day_stays_served(tmp_path, sample_dir):
-    config = write_config(tmp_path, sample_dir, train={"max_steps": 1000, "batch_size": 64, "warmup_steps": 10},
+    # The recipe of the model whose score quantiles the bounds were set against (whole photos, every token).
+    config = write_config(tmp_path, sample_dir, train={"max_steps": 1000, "batch_size": 64, "warmup_steps": 10,
+                                                       "crop_scale": 1.0, "patch_dropout": 0.0},
                           neighbors={"k": 10})
     cfg = load_config(config, environ={})
     wh = Warehouse.of(cfg)
