@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import typing
@@ -362,6 +363,7 @@ INTERVALS: dict[str, tuple[float, float, bool, bool]] = {
     "train.colour_augment": (0.0, 1.0, True, True),
     "train.crop_scale": (0.0, 1.0, False, True),
     "train.patch_dropout": (0.0, 1.0, True, False),
+    "train.image_positive": (0.0, math.inf, True, False),
 }
 
 
@@ -377,8 +379,6 @@ def _check_values(config: Config) -> None:
         if not ((low <= value if low_in else low < value) and (value <= high if high_in else value < high)):
             raise ConfigError(f"{key} must lie in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}; "
                              f"got {value!r}")
-    if config.train.image_positive < 0:
-        raise ConfigError(f"train.image_positive must be >= 0; got {config.train.image_positive!r}")
 
 
 def load_config(path: str | os.PathLike | None = None, environ: typing.Mapping[str, str] | None = None) -> Config:

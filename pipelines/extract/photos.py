@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 MARKER = "extract.json"  # in a ds's work area once its extract has finished: the photos there are complete
 PHOTO_COLUMNS = ["item_id", "image_key", "image_source", "image", "image_width", "image_height", "image_sha256"]
-ITEM_OUTPUTS = ("listings_snapshot", "catalog")
 
 
 def normalisation(ex) -> str:

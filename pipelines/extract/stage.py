@@ -151,6 +151,7 @@ def _write_items(batches, ds: str, out: Path, cfg: Config, pool: ThreadPoolExecu
                     todo.append(i)
             for i, result in zip(todo, pool.map(one, [tasks[i] for i in todo])):
                 results[i] = result
+            counts.quarantined += sum(results[i][1] is not None for i in todo)  # not those carried from the snapshot
             good, image_rejects = [], []
             for i, (photo, reason, reused) in enumerate(results):
                 if reason:
@@ -162,7 +163,6 @@ def _write_items(batches, ds: str, out: Path, cfg: Config, pool: ThreadPoolExecu
                 counts.reused += reused
                 counts.fetched += not reused
                 good.append((i, photo))
-            counts.quarantined += len(image_rejects)
             tally.reject(image_rejects)
             quarantine.add(image_rejects, dedupe=catalogue)
             rows = ok.iloc[[i for i, _ in good]]
@@ -192,10 +192,10 @@ def run_extract(cfg: Config, ds: str) -> dict[str, str]:
     staging = wh.fresh_work(ds, "_staging")  # normalised source rows, before the dedup (removed at the end)
     try:
         tallies = {"listings of the window": Tally(), "catalogue listings": Tally(), "events": Tally()}
-        for name, template in (("window", "listings_window.sql"), ("catalog", "catalog.sql")):
-            tally = tallies["listings of the window" if name == "window" else "catalogue listings"]
+        for tally, template, staged in ((tallies["listings of the window"], "listings_window.sql", "window"),
+                                        (tallies["catalogue listings"], "catalog.sql", "catalog")):
             tally.total = stage_listings(stream_source(cfg.source.url, template, params, sql_dir,
-                                                       expected=listing_columns), staging / f"{name}.parquet")
+                                                       expected=listing_columns), staging / f"{staged}.parquet")
         if tallies["listings of the window"].total == 0:
             raise ExtractError(f"no listings created in [{start}, {end}): check source.url "
                                f"({redact_url(cfg.source.url)}) and the ds ({ds}); window_days is {cfg.window_days}")
