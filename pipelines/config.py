@@ -48,6 +48,10 @@ class ExtractConfig:
     max_image_pixels: int = 50_000_000  # decompression-bomb guard (width x height)
     min_image_side: int = 16  # smaller images carry no usable signal
     max_quarantine_share: float = 0.05  # a larger share of rejected rows fails the ds before anything is published
+    # Events older than this many days before the earlier night's extract are reused from it, not read
+    # again; younger ones are read again, so events logged up to this late are picked up. At least the
+    # log window (userrec.log_days) reads the whole log every night.
+    events_refetch_days: int = 3
 
 
 @dataclass(frozen=True)
@@ -364,6 +368,7 @@ INTERVALS: dict[str, tuple[float, float, bool, bool]] = {
     "train.crop_scale": (0.0, 1.0, False, True),
     "train.patch_dropout": (0.0, 1.0, True, False),
     "train.image_positive": (0.0, math.inf, True, False),
+    "extract.events_refetch_days": (0, math.inf, True, False),
 }
 
 

@@ -104,7 +104,10 @@ def run_summary(cfg: Config, ds: str) -> str:
     if extracted:
         p = extracted["photos"]
         lines += [f"Extract: snapshot {extracted['snapshot_rows']} listings, catalogue {extracted['catalog_rows']}, "
-                  f"{extracted['events']} events — photos reused {p['reused']}"
+                  f"{extracted['events']} events"
+                  + (f" ({extracted['events_reused']} reused from ds={extracted['events_reused_from']})"
+                     if extracted.get("events_reused_from") else "")
+                  + f" — photos reused {p['reused']}"
                   + (f" (from ds={extracted['photos_reused_from']})" if extracted["photos_reused_from"] else "")
                   + f", fetched {p['fetched']}, quarantined {p['quarantined']}", ""]
     stats = wh.work(ds, "embed_stats.json")

@@ -7,7 +7,9 @@ Outputs, all in the ds's work area (``Warehouse.work``):
 - ``catalog``: every on_sale listing, the items embedded and offered as neighbours;
 - ``quarantine``: every rejected row with its reason (never fatal on its own);
 - ``interactions``: the event log of [ds - max(evaluate.log_days, userrec.log_days), ds), for the
-  offline evaluation and the user model (each reads its own window of it);
+  offline evaluation and the user model (each reads its own window of it); events older than
+  ``extract.events_refetch_days`` before the earlier night's extract are copied from it, the
+  rest read from the source;
 - ``extract.json``: written last, the night's counts; its presence says the outputs are complete.
 
 Memory does not grow with the source: rows are read in chunks (:mod:`.source`), listings are
@@ -17,6 +19,7 @@ changed (:mod:`.photos`), so a night's cost follows what changed.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +35,7 @@ from pipelines import faults, schemas
 from pipelines.config import Config, redact_url
 from pipelines.extract import photos
 from pipelines.extract.images import fetch_image, prepare_image
-from pipelines.extract.source import SQL_DIR, ExtractError, stream_source
+from pipelines.extract.source import SOURCE_CHUNK_ROWS, SQL_DIR, ExtractError, stream_source
 from pipelines.extract.validate import (QuarantineShareExceeded, Tally, check_quarantine_share, latest_listings,
                                         reject_listings, stage_listings, validate_events)
 from pipelines.storage import Warehouse
@@ -215,7 +218,7 @@ def run_extract(cfg: Config, ds: str) -> dict[str, str]:
                 n_catalog = _write_items(latest_listings(staging / "catalog.parquet", CHUNK_ROWS, staging), ds,
                                          outputs["catalog"], cfg, pool, tonight, tallies["catalogue listings"],
                                          quarantine, counts, catalogue=True)
-            n_events = _write_events(cfg, sql_dir, ds, end, outputs["interactions"], tallies["events"], quarantine)
+            events = _write_events(cfg, sql_dir, ds, end, outputs["interactions"], tallies["events"], quarantine, wh)
         finally:
             quarantine.close()
         try:
@@ -230,30 +233,75 @@ def run_extract(cfg: Config, ds: str) -> dict[str, str]:
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    summary = {"ds": ds, "snapshot_rows": n_snapshot, "catalog_rows": n_catalog, "events": n_events,
+    summary = {"ds": ds, "snapshot_rows": n_snapshot, "catalog_rows": n_catalog, **events,
                "quarantined": {name: t.rejected for name, t in tallies.items()},
                "photos": asdict(counts), "photos_reused_from": earlier_ds}
     photos.write_marker(wh, ds, summary)
-    log.info("extract %s: snapshot %d rows, catalogue %d rows, %d events; photos: %d reused%s, %d fetched and "
-             "decoded, %d quarantined; %d events quarantined", ds, n_snapshot, n_catalog, n_events, counts.reused,
-             f" (from ds={earlier_ds})" if earlier_ds else "", counts.fetched, counts.quarantined,
+    log.info("extract %s: snapshot %d rows, catalogue %d rows, %d events (%d reused%s); photos: %d reused%s, %d "
+             "fetched and decoded, %d quarantined; %d events quarantined", ds, n_snapshot, n_catalog, events["events"],
+             events["events_reused"], f" from ds={events['events_reused_from']}" if events["events_reused_from"] else "",
+             counts.reused, f" (from ds={earlier_ds})" if earlier_ds else "", counts.fetched, counts.quarantined,
              tallies["events"].rejected)
     return {name: str(path) for name, path in outputs.items()}
 
 
+def events_fingerprint(url: str, sql_dir: Path) -> str:
+    """What the event log was read with: the source (without its password) and the template; an
+    earlier night's events are reused only when it is the same."""
+    text = redact_url(url) + "\n" + (sql_dir / "interactions.sql").read_text()
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def reusable_events(wh: Warehouse, ds: str, log_start: str, fingerprint: str,
+                    refetch_days: int) -> tuple[str, Path, str] | None:
+    """(earlier ds, its interactions file, cutoff): the earlier night's events with ts in
+    [log_start, cutoff) are tonight's too and are reused; the source is read from the cutoff on.
+    None when there is nothing to reuse: a first night, a backfill before every finished extract,
+    another source or template, an earlier log window that starts later than tonight's."""
+    earlier = photos.earlier_extract(wh.work_root, ds)
+    if earlier is None or earlier > ds:
+        return None
+    marker = photos.read_marker(wh, earlier) or {}
+    window_start = (marker.get("events_window") or [None])[0]
+    if marker.get("events_source") != fingerprint or window_start is None or window_start > log_start:
+        return None
+    cutoff, _ = window(earlier, refetch_days)
+    path = wh.work(earlier, "interactions") / "part-0.parquet"
+    if cutoff <= log_start or not path.exists():
+        return None
+    return earlier, path, cutoff
+
+
 def _write_events(cfg: Config, sql_dir: Path, ds: str, end: str, out: Path, tally: Tally,
-                  quarantine: Quarantine) -> int:
-    """The event log streamed from the source to ``out/part-0.parquet``, validated chunk by chunk."""
+                  quarantine: Quarantine, wh: Warehouse) -> dict:
+    """The event log of [log_start, end) into ``out/part-0.parquet``: the settled part reused from
+    the earlier night's extract (:func:`reusable_events`), the rest streamed from the source and
+    validated chunk by chunk. Returns the counts and the window for the marker."""
+    import pyarrow.compute as pc
+
     log_start, _ = window(ds, max(cfg.evaluate.log_days, cfg.userrec.log_days))
+    fingerprint = events_fingerprint(cfg.source.url, sql_dir)
+    reuse = reusable_events(wh, ds, log_start, fingerprint, cfg.extract.events_refetch_days)
     columns = [f.name for f in schemas.INTERACTIONS]
-    kept = 0
+    counts = {"events": 0, "events_reused": 0, "events_reused_from": None, "events_window": [log_start, end],
+              "events_source": fingerprint}
+    fetch_start = log_start
     with pq.ParquetWriter(out / "part-0.parquet", schemas.INTERACTIONS, compression="zstd") as writer:
-        for chunk in stream_source(cfg.source.url, "interactions.sql", {"window_start": log_start, "window_end": end},
-                                   sql_dir, expected=columns):
+        if reuse is not None:
+            earlier, path, fetch_start = reuse
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=SOURCE_CHUNK_ROWS, columns=columns):
+                ts = batch.column("ts")
+                kept = batch.filter(pc.and_(pc.greater_equal(ts, log_start), pc.less(ts, fetch_start)))
+                writer.write_batch(kept)
+                counts["events_reused"] += kept.num_rows
+            counts["events_reused_from"] = earlier
+        for chunk in stream_source(cfg.source.url, "interactions.sql", {"window_start": fetch_start,
+                                                                         "window_end": end}, sql_dir, expected=columns):
             tally.total += len(chunk)
             events, rejects = validate_events(chunk)
             tally.reject(rejects)
             quarantine.add(rejects)
             writer.write_table(pa.Table.from_pandas(events[columns], schema=schemas.INTERACTIONS, preserve_index=False))
-            kept += len(events)
-    return kept
+            counts["events"] += len(events)
+    counts["events"] += counts["events_reused"]
+    return counts

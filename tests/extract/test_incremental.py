@@ -1,5 +1,6 @@
 """A night's extract follows what changed: photos normalised on an earlier night are reused unless
 their object changed, the snapshot and the catalogue share one decode, and nothing else differs."""
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -177,3 +178,42 @@ def test_on_s3_an_unchanged_photo_costs_a_conditional_get_and_a_rewritten_one_is
     night2 = photos.read_marker(Warehouse.of(cfg), NEXT)
     assert night2["photos"]["fetched"] == 1 and night2["photos"]["reused"] > 0
     assert _items(out["catalog"])[item]["image_source"].split("|")[1].startswith("etag:")
+
+
+def _events(path) -> list[tuple]:
+    return sorted(tuple(r.values()) for r in pq.read_table(path).to_pylist())
+
+
+def test_the_second_night_reads_only_the_newest_days_of_the_event_log(tmp_path, sample_dir):
+    cfg, db, images = _copy_source(tmp_path, sample_dir)
+    run_extract(cfg, DS)
+    con = sqlite3.connect(db)  # logged after the first night, with a timestamp inside its window
+    con.execute("insert into interactions (user_id, session_id, event, item_id, source_item_id, ts) "
+                "select user_id, session_id, 'click', item_id, source_item_id, '2026-11-20T23:59:00' "
+                "from interactions limit 1")
+    con.commit()
+    con.close()
+    second = run_extract(cfg, NEXT)
+    wh = Warehouse.of(cfg)
+    night2 = photos.read_marker(wh, NEXT)
+    assert night2["events_reused_from"] == DS
+    assert 0.8 * night2["events"] < night2["events_reused"] < night2["events"]  # all but the last four days
+    whole = dataclasses.replace(cfg, work_dir=str(tmp_path / "whole"),
+                                extract=dataclasses.replace(cfg.extract, events_refetch_days=10_000))
+    reread = run_extract(whole, NEXT)
+    assert photos.read_marker(Warehouse.of(whole), NEXT)["events_reused"] == 0
+    # the same log as a full read, the late event included
+    assert _events(second["interactions"]) == _events(reread["interactions"])
+    assert any(e[-1] == "2026-11-20T23:59:00" for e in _events(second["interactions"]))
+
+
+def test_events_read_with_another_template_are_not_reused(tmp_path, sample_dir):
+    cfg, db, images = _copy_source(tmp_path, sample_dir)
+    run_extract(cfg, DS)
+    sql = tmp_path / "sql"
+    shutil.copytree(photos.Path(photos.__file__).resolve().parents[2] / "sql" / "extract", sql)
+    (sql / "interactions.sql").write_text((sql / "interactions.sql").read_text() + "\n  and event != 'view'\n")
+    other = dataclasses.replace(cfg, source=dataclasses.replace(cfg.source, extract_sql=str(sql)))
+    run_extract(other, NEXT)
+    night2 = photos.read_marker(Warehouse.of(cfg), NEXT)
+    assert night2["events_reused"] == 0 and night2["events_reused_from"] is None
