@@ -119,7 +119,8 @@ class NeighborsConfig:
     exclude_same_seller: bool = False  # no neighbour from the item's seller
     drop_same_image: bool = False  # no neighbour with the identical photo (always flagged in same_image)
     device: str = "auto"  # auto: CUDA when torch sees one | cpu | cuda
-    threads: int = 0  # FAISS threads; 0 = all cores
+    threads: int = 0  # FAISS threads; 0 = all cores (1 per Spark task on Spark)
+    spark_min_items: int = 0  # > 0: from this many items on, the all-items search runs as Spark tasks on spark.master
     seed: int = 0
 
 

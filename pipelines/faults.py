@@ -8,6 +8,7 @@ leaves what was published intact. Unset in production: :func:`point` is then a n
 The points: ``extract.mid_write`` (snapshot written, catalogue not), ``train.mid_checkpoint`` (a
 checkpoint written but not renamed in), ``embed.mid_spark`` (the driver, while a Spark job of the
 embedding runs), ``neighbors.mid_stream`` (the first block of lists written, the file not closed),
+``neighbors.mid_spark`` (the driver, once a Spark task of the search wrote its part),
 ``publish.between_tables``, ``publish.before_commit``, ``publish.during_switch`` (local: the new
 manifest written but not renamed in; S3: before the conditional PUT) and ``publish.after_switch``
 (before the run record and the clean-up), the publish points in both publish tasks.

@@ -53,3 +53,16 @@ def spark_session(cfg: Config, app_name: str = "lookalike"):
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def ship_package(spark, cfg: Config, folder) -> None:
+    """On a cluster, ``pipelines`` as a zip for ``addPyFile`` (the executors' Python has the
+    dependencies but not this package); a local master's workers import it from here."""
+    if cfg.spark.master.startswith("local"):
+        return
+    import shutil
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parent
+    spark.sparkContext.addPyFile(shutil.make_archive(str(Path(folder) / "lookalike-pipelines"), "zip",
+                                                     package.parent, package.name))

@@ -4,6 +4,7 @@ mid-stream, and the user-recommendation publish. Each job is SIGKILLed at its cr
 converges to what an uninterrupted run wrote. (Extract and the nightly publish: tests/extract/,
 tests/publish/test_stage.py.)"""
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -126,6 +127,24 @@ def test_neighbors_killed_mid_stream_leave_no_half_file_and_a_rerun_converges(ni
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert [p.name for p in out.iterdir()] == ["part-0.parquet"]
     assert hashlib.sha256(_table(out, ["item_id", "rank"]).to_pandas().to_csv().encode()).hexdigest() == reference
+
+
+def test_neighbors_killed_mid_spark_job_publish_nothing_and_a_rerun_on_spark_equals_in_process(night):
+    config, _, wh, _ = night
+    out = wh.work(DS, "item_neighbors")
+    reference = _table(out, ["item_id", "rank"])
+    env = {"LOOKALIKE_NEIGHBORS__SPARK_MIN_ITEMS": "1"}  # every item searched as Spark tasks of 64 queries
+    killed = _job(config, "neighbors", fault="neighbors.mid_spark", env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not list(out.glob("*.parquet"))  # the tasks' parts wait in a folder nothing reads
+    rerun = _job(config, "neighbors", env=env)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert len(list(out.glob("part-*.parquet"))) > 1 and [p for p in out.iterdir() if p.is_dir()] == []
+    assert _table(out, ["item_id", "rank"]).equals(reference)
+    stats = json.loads(wh.work(DS, "neighbors_stats.json").read_text())
+    assert stats["executor"] == "spark" and stats["spark"]["tasks"] == len(list(out.glob("part-*.parquet")))
+    rerun = _job(config, "neighbors")  # back in-process: one file again
+    assert rerun.returncode == 0 and [p.name for p in out.iterdir()] == ["part-0.parquet"]
 
 
 def _user_recs(wh: Warehouse, cfg, *, shift: float) -> None:

@@ -168,23 +168,13 @@ def _rows_to_embed(catalog, reused_keys: pa.Array) -> Iterator[pa.Table]:
                 yield todo
 
 
-def _package_zip(folder) -> str:
-    """``pipelines`` as a zip for ``addPyFile`` (the executors' Python needs the dependencies)."""
-    import shutil
-    from pathlib import Path
-
-    package = Path(__file__).resolve().parents[1]
-    return shutil.make_archive(str(folder / "lookalike-pipelines"), "zip", package.parent, package.name)
-
-
 def _embed_on_spark(cfg: Config, todo_path, raw_path, path: str, ds: str, projection: str | None) -> None:
     from pyspark.sql import types as T
 
-    from pipelines.spark import spark_session
+    from pipelines.spark import ship_package, spark_session
 
     spark = spark_session(cfg, app_name=f"lookalike-embed-{ds}")
-    if not cfg.spark.master.startswith("local"):  # executors elsewhere: ship this package to them
-        spark.sparkContext.addPyFile(_package_zip(raw_path.parent))
+    ship_package(spark, cfg, raw_path.parent)
     batch_size = cfg.embed.batch_size
     schema = T.StructType([
         T.StructField("item_id", T.StringType()), T.StructField("image_sha256", T.StringType()),

@@ -157,9 +157,13 @@ class FaissIndexSearcher(Searcher):
             self.index.hnsw.efSearch = value
 
     def search(self, queries, k):
-        if self.knob == "efSearch":
-            self.index.hnsw.efSearch = max(self.index.hnsw.efSearch, k)
-        s, p = self.index.search(queries, k)
+        if self.knob == "efSearch":  # a list of k needs efSearch >= k, for this search only
+            import faiss
+
+            params = faiss.SearchParametersHNSW(efSearch=max(self.index.hnsw.efSearch, k))
+            s, p = self.index.search(queries, k, params=params)
+        else:
+            s, p = self.index.search(queries, k)
         if self.positions is not None:  # HNSW numbers its rows itself
             p = np.where(p >= 0, self.positions[np.clip(p, 0, None)], -1)
         return s, p

@@ -3,7 +3,9 @@
 Reads the ds's embeddings and catalogue from the work area, plans an index for the candidates
 (``pipelines.neighbors.search``), tunes it to ``neighbors.recall_target`` on a query sample,
 then searches every item block by block and streams each block's rows into one Parquet file,
-so memory holds the vectors, the index and one block of results. Statistics (index, knob,
+so memory holds the vectors, the index and one block of results. From
+``neighbors.spark_min_items`` items on, the blocks are searched as Spark tasks instead, each
+writing its own part (``pipelines.neighbors.distributed``), with the same rows. Statistics (index, knob,
 measured recall, timings) go to ``neighbors_stats.json`` beside the table and into the run
 record at publish.
 """
@@ -12,8 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +27,7 @@ import pyarrow.parquet as pq
 from pipelines import faults, schemas
 from pipelines.config import Config, NeighborsConfig
 from pipelines.errors import LookalikeError
+from pipelines.neighbors import distributed
 from pipelines.neighbors.search import Exclusions, Plan, build_searcher, plan_index, search_blocks, tune
 from pipelines.storage import Warehouse, atomic_write_text
 
@@ -86,11 +91,15 @@ def _cuda_device(setting: str) -> str | None:
 
 def build_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfig, on_sale: np.ndarray,
                     writer, ds: str, version: str, categories: np.ndarray | None = None,
-                    sellers: np.ndarray | None = None, images: np.ndarray | None = None) -> dict:
+                    sellers: np.ndarray | None = None, images: np.ndarray | None = None,
+                    spark: tuple[Config, Path, Path] | None = None) -> dict:
     """Search every item's top-k on-sale neighbours and write them with ``writer.write_table``.
 
     Returns the run's statistics. ``categories``/``sellers``/``images`` are integer codes per
-    item (-1 = unknown), used by the same-category, same-seller and same-image options.
+    item (-1 = unknown), used by the same-category, same-seller and same-image options. With
+    ``spark`` = (config, search folder, output folder) the indexes are planned, built and tuned
+    here, and the search runs as Spark tasks that write their parts into the output folder
+    (:mod:`pipelines.neighbors.distributed`); ``writer`` is not used.
     """
     k = ncfg.k
     n, dim = vectors.shape
@@ -109,7 +118,9 @@ def build_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfig
     if ncfg.same_category and categories is not None:
         groups = [np.flatnonzero(categories == c) for c in np.unique(categories)]
     stats = {"items": n, "dim": dim, "k": k, "candidates": int(on_sale.sum()), "groups": [], "rows": 0,
-             "short_items": 0, "same_image_rows": 0}
+             "short_items": 0, "same_image_rows": 0, "executor": "spark" if spark else "in-process"}
+    folder = distributed.SearchFolder(spark[1], vectors, ids, images, exclusions, k=k, ds=ds, version=version,
+                                      block=ncfg.block_size) if spark else None
     started = time.monotonic()
     for members in groups:
         candidates = members[on_sale[members]]
@@ -130,6 +141,13 @@ def build_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfig
             searcher = build_searcher(vectors, candidates, plan, device=device or "cpu")
             tuning = {**tuning, "recall_at_k": 1.0, "exact": True}
         t2 = time.monotonic()
+        group = {"items": len(members), "candidates": len(candidates), "index": plan.kind, "reason": plan.reason,
+                 "nlist": plan.nlist, **tuning, "build_seconds": round(t1 - t0, 2), "tune_seconds": round(t2 - t1, 2)}
+        stats["groups"].append(group)
+        if folder is not None:  # searched below, on Spark
+            folder.add_group(members, candidates, plan, searcher, tuning)
+            del searcher
+            continue
         for qpos, npos, scores in search_blocks(searcher, vectors, members, k, n_candidates=len(candidates),
                                                 exclusions=exclusions, block=ncfg.block_size):
             table = neighbor_table(ds, version, ids, images, qpos, npos, scores, k)
@@ -137,11 +155,20 @@ def build_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfig
             stats["rows"] += table.num_rows
             stats["same_image_rows"] += int(pc.sum(table.column("same_image")).as_py() or 0)
             writer.write_table(table)
-        stats["groups"].append({"items": len(members), "candidates": len(candidates), "index": plan.kind,
-                                "reason": plan.reason, "nlist": plan.nlist, **tuning,
-                                "build_seconds": round(t1 - t0, 2), "tune_seconds": round(t2 - t1, 2),
-                                "search_seconds": round(time.monotonic() - t2, 2)})
+        group["search_seconds"] = round(time.monotonic() - t2, 2)
         del searcher
+    if folder is not None:
+        try:
+            searched = distributed.search_on_spark(spark[0], folder, spark[2])
+        finally:
+            shutil.rmtree(folder.path, ignore_errors=True)
+        for i, group in enumerate(stats["groups"]):
+            counts = searched["groups"].get(i, {"rows": 0, "same_image_rows": 0})
+            group["search_seconds"] = None  # the groups are searched together: see stats["spark"]
+            stats["rows"] += counts["rows"]
+            stats["same_image_rows"] += counts["same_image_rows"]
+            stats["short_items"] += group["items"] - counts["rows"] // k
+        stats["spark"] = {"tasks": searched["tasks"], "seconds": searched["seconds"]}
     stats["seconds"] = round(time.monotonic() - started, 2)
     weights = [g["items"] for g in stats["groups"]]
     stats["recall_at_k"] = round(float(np.average([g["recall_at_k"] for g in stats["groups"]], weights=weights)), 4) \
@@ -197,14 +224,22 @@ def run_neighbors(cfg: Config, ds: str) -> dict[str, str]:
     on_sale_ids = catalog.filter(pc.equal(catalog.column("status"), "on_sale")).column("item_id")
     on_sale = pc.is_in(ids, value_set=on_sale_ids).to_numpy(zero_copy_only=False)
     out = wh.fresh_work(ds, "item_neighbors")
-    with StreamingParquet(out / "part-0.parquet", schemas.ITEM_NEIGHBORS) as writer:
-        stats = build_neighbors(vectors, ids, ncfg=cfg.neighbors, on_sale=on_sale, writer=writer, ds=ds,
-                                version=version, categories=_codes(ids, catalog, "category"),
-                                sellers=_codes(ids, catalog, "seller_id"), images=_codes(ids, catalog, "image_sha256"))
+    shutil.rmtree(wh.work(ds, distributed.SEARCH_DIR), ignore_errors=True)  # left by a killed Spark search
+    codes = {"categories": _codes(ids, catalog, "category"), "sellers": _codes(ids, catalog, "seller_id"),
+             "images": _codes(ids, catalog, "image_sha256")}
+    if 0 < cfg.neighbors.spark_min_items <= len(ids):
+        search = wh.fresh_work(ds, distributed.SEARCH_DIR)
+        stats = build_neighbors(vectors, ids, ncfg=cfg.neighbors, on_sale=on_sale, writer=None, ds=ds,
+                                version=version, spark=(cfg, search, out), **codes)
+    else:
+        with StreamingParquet(out / "part-0.parquet", schemas.ITEM_NEIGHBORS) as writer:
+            stats = build_neighbors(vectors, ids, ncfg=cfg.neighbors, on_sale=on_sale, writer=writer, ds=ds,
+                                    version=version, **codes)
     atomic_write_text(wh.work(ds, "neighbors_stats.json"), json.dumps(stats, indent=2))
     if stats["short_items"]:
         log.warning("neighbors %s: %d items have fewer than %d candidates and are left out",
                     ds, stats["short_items"], cfg.neighbors.k)
-    log.info("neighbors %s: %d items x %d neighbours, index %s, %s, %.1f s", ds, stats["rows"] // cfg.neighbors.k,
-             cfg.neighbors.k, "+".join(stats["index"]), describe_recall(stats), stats["seconds"])
+    log.info("neighbors %s: %d items x %d neighbours, index %s, %s, %.1f s%s", ds, stats["rows"] // cfg.neighbors.k,
+             cfg.neighbors.k, "+".join(stats["index"]), describe_recall(stats), stats["seconds"],
+             f" ({stats['spark']['tasks']} Spark tasks)" if "spark" in stats else "")
     return {"item_neighbors": str(out), "recall_at_k": stats["recall_at_k"]}
