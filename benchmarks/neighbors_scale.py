@@ -21,7 +21,16 @@ any approximate index and is not what embeddings look like; ``--data random`` ru
 
     .venv/bin/python benchmarks/neighbors_scale.py --n 100000 1000000 --dim 128 256 --json out.json
 
-With one (n, dim) the JSON file holds one object, with several a list of them.
+Side by side with the usual choice: ``--autofaiss PYTHON`` runs autofaiss (``build_index`` under
+``--autofaiss-memory`` and each ``--autofaiss-query-ms``, then every item searched for its
+k + 1 nearest in blocks) on the same vectors, in its own virtual environment (its numpy pin
+differs from Lookalike's), with recall@20 on the same sampled queries against the same exact
+lists. Lookalike's seconds include writing the table; autofaiss's are build and search only.
+
+    python3 -m venv /tmp/autofaiss && /tmp/autofaiss/bin/pip install autofaiss
+    .venv/bin/python benchmarks/neighbors_scale.py --n 1000000 --dim 128 --autofaiss /tmp/autofaiss/bin/python
+
+With one (n, dim) the JSON file holds a list of one object per system.
 """
 from __future__ import annotations
 
@@ -72,7 +81,7 @@ def clustered_vectors(n: int, dim: int, *, kind: str = "synthetic", spread: floa
     return out
 
 
-def worker(n: int, dim: int, data: str, spread: float, index: str, seed: int) -> dict:
+def worker(n: int, dim: int, data: str, spread: float, index: str, seed: int, save: Path | None = None) -> dict:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -99,6 +108,10 @@ def worker(n: int, dim: int, data: str, spread: float, index: str, seed: int) ->
         _, exact = FlatSearcher(vectors, np.arange(n)).search(vectors[queries], K + 1)
         exact_sample_seconds = time.perf_counter() - t0
 
+        if save is not None:  # for the autofaiss run: the same vectors, queries and exact lists
+            np.save(save / "vectors.npy", vectors)
+            np.save(save / "queries.npy", queries)
+            np.save(save / "exact.npy", exact)
         wanted = ids.take(pa.array(queries))
         table = pq.read_table(out, columns=["item_id", "rank", "neighbor_id"],
                               filters=pc.field("item_id").isin(wanted)).sort_by([("item_id", "ascending"),
@@ -127,6 +140,21 @@ def worker(n: int, dim: int, data: str, spread: float, index: str, seed: int) ->
     }
 
 
+def run_autofaiss(python: str, folder: Path, n: int, dim: int, memory: str, query_ms: float) -> dict:
+    """``autofaiss_worker.py`` in autofaiss's own environment on the vectors the Lookalike run saved;
+    its recall@20 on the same sampled queries, against the same exact lists."""
+    from pipelines.neighbors.search import recall_at_k
+
+    proc = subprocess.run([python, str(Path(__file__).with_name("autofaiss_worker.py")), str(folder), "--k", str(K),
+                           "--memory", memory, "--query-ms", str(query_ms)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"autofaiss failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    queries, exact = np.load(folder / "queries.npy"), np.load(folder / "exact.npy")
+    recall = recall_at_k(np.load(folder / "autofaiss_sample.npy"), exact, queries, K)
+    return {"system": "autofaiss", "n": n, "dim": dim, **result, "recall_at_20": round(recall, 4)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[100_000])
@@ -137,33 +165,54 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", default="auto", help="neighbors.index (default: the automatic choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--autofaiss", metavar="PYTHON",
+                        help="also run autofaiss's build_index + every item searched on the same vectors, with "
+                             "this interpreter (a virtual environment with autofaiss installed)")
+    parser.add_argument("--autofaiss-memory", default="1G", help="its max_index_memory_usage")
+    parser.add_argument("--autofaiss-query-ms", type=float, nargs="+", default=[10.0],
+                        help="its max_index_query_time_ms (several: one autofaiss row each)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--save", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
-        print(json.dumps(worker(args.n[0], args.dim[0], args.data, args.spread, args.index, args.seed)))
+        print(json.dumps(worker(args.n[0], args.dim[0], args.data, args.spread, args.index, args.seed, args.save)))
         return 0
 
     results = []
     for n in args.n:
         for dim in args.dim:
             print(f"n={n:,} dim={dim} ({args.data}, spread {args.spread}) …", file=sys.stderr, flush=True)
-            proc = subprocess.run([sys.executable, __file__, "--worker", "--n", str(n), "--dim", str(dim),
-                                   "--data", args.data, "--spread", str(args.spread), "--index", args.index,
-                                   "--seed", str(args.seed)],
-                                  capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(proc.stderr[-3000:], file=sys.stderr)
-                return 1
-            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            with tempfile.TemporaryDirectory(prefix="neighbors-scale-") as tmp:
+                proc = subprocess.run([sys.executable, __file__, "--worker", "--n", str(n), "--dim", str(dim),
+                                       "--data", args.data, "--spread", str(args.spread), "--index", args.index,
+                                       "--seed", str(args.seed), *(["--save", tmp] if args.autofaiss else [])],
+                                      capture_output=True, text=True)
+                if proc.returncode != 0:
+                    print(proc.stderr[-3000:], file=sys.stderr)
+                    return 1
+                results.append({"system": "lookalike", **json.loads(proc.stdout.strip().splitlines()[-1])})
+                for query_ms in args.autofaiss_query_ms if args.autofaiss else []:
+                    print(f"  autofaiss (max_index_memory_usage {args.autofaiss_memory}, max_index_query_time_ms "
+                          f"{query_ms:g}) …", file=sys.stderr, flush=True)
+                    results.append(run_autofaiss(args.autofaiss, Path(tmp), n, dim, args.autofaiss_memory, query_ms))
             if args.json:  # written after every run: a long sweep keeps what it measured
-                args.json.write_text(json.dumps(results[0] if len(results) == 1 else results, indent=2))
+                args.json.write_text(json.dumps(results, indent=2))
 
-    header = ["n", "dim", "index", "knob", "seconds", "exact s (extrapolated)", "speedup", "recall@20",
+    header = ["system", "n", "dim", "index", "knob", "seconds", "exact s (extrapolated)", "speedup", "recall@20",
               "peak RSS MB", "bound MB"]
-    rows = [[f"{r['n']:,}", r["dim"], r["index"], f"{r['knob']}={r['knob_value']}" if r["index"] != "flat" else "-",
-             r["seconds"], r["exact_seconds"], f"{r['speedup']:.1f}x", f"{r['recall_at_20']:.3f}",
-             r["peak_rss_mb"], r["rss_bound_mb"]] for r in results]
+    exact_s = {(r["n"], r["dim"]): r["exact_seconds"] for r in results if r["system"] == "lookalike"}
+    rows = []
+    for r in results:
+        if r["system"] == "lookalike":
+            index, knob = r["index"], f"{r['knob']}={r['knob_value']}" if r["index"] != "flat" else "-"
+            bound = r["rss_bound_mb"]
+        else:
+            index, knob = r["index_key"], r["index_param"] or "-"
+            bound = f"{r['memory']} index, {r['query_ms']:g} ms/query"
+        exact = exact_s[(r["n"], r["dim"])]
+        rows.append([r["system"], f"{r['n']:,}", r["dim"], index, knob, r["seconds"], exact,
+                     f"{exact / r['seconds']:.1f}x", f"{r['recall_at_20']:.3f}", r["peak_rss_mb"], bound])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     for line in [header, ["-" * w for w in widths], *rows]:
         print("  ".join(str(x).rjust(w) for x, w in zip(line, widths)))

@@ -48,6 +48,9 @@ class ExtractConfig:
     max_image_pixels: int = 50_000_000  # decompression-bomb guard (width x height)
     min_image_side: int = 16  # smaller images carry no usable signal
     max_quarantine_share: float = 0.05  # a larger share of rejected rows fails the ds before anything is published
+    decode_processes: int = 0  # processes fetching and decoding photos; 0: one per core, 1: the extract's own
+    spark_min_rows: int = 0  # > 0: from this many listings staged on, photos are fetched and decoded as Spark tasks
+    launcher: str = "in-process"  # how a DAG task runs extract: "in-process", or "spark-submit" to spark.master
     # Events older than this many days before the earlier night's extract are reused from it, not read
     # again; younger ones are read again, so events logged up to this late are picked up. At least the
     # log window (userrec.log_days) reads the whole log every night.
@@ -355,6 +358,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.precision": ("auto", "bf16", "fp32"),
     "train.launcher": ("in-process", "torchrun"),
     "embed.launcher": ("in-process", "spark-submit"),
+    "extract.launcher": ("in-process", "spark-submit"),
     "neighbors.index": ("auto", "flat", "ivf", "ivfpq", "hnsw", "torch"),
     "neighbors.device": ("auto", "cpu", "cuda"),
     "userrec.fusion": ("gated", "concat"),
@@ -370,6 +374,8 @@ INTERVALS: dict[str, tuple[float, float, bool, bool]] = {
     "train.patch_dropout": (0.0, 1.0, True, False),
     "train.image_positive": (0.0, math.inf, True, False),
     "extract.events_refetch_days": (0, math.inf, True, False),
+    "extract.decode_processes": (0, math.inf, True, False),
+    "extract.spark_min_rows": (0, math.inf, True, False),
 }
 
 

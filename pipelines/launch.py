@@ -4,9 +4,12 @@
   the driver and executors are the cluster's, not the Airflow worker's;
 - ``train.launcher: torchrun``: ``torchrun --nproc_per_node N -m jobs.train`` on the GPU worker
   (one rank per GPU, DDP);
+- ``extract.launcher: spark-submit``: ``spark-submit … jobs/extract.py``, photos decoded on the
+  cluster's executors;
 - ``in-process`` (the default, and the embedded demo): the stage runs inside the task, except
-  training inside a daemonic process (a Celery prefork worker's task): it starts DataLoader
-  processes, which a daemonic process may not have, so it runs as ``python -m jobs.train``.
+  training and extract inside a daemonic process (a Celery prefork worker's task): they start
+  processes (DataLoader workers, decode processes), which a daemonic process may not have, so
+  they run as ``python -m jobs.train`` / ``python -m jobs.extract``.
 
 One code path: a job is the stage's own entrypoint in ``jobs/``, the one an engineer runs by
 hand, started with the task's environment (its config file and the run's overrides). It writes
@@ -39,7 +42,7 @@ log = logging.getLogger("lookalike")
 REPO = Path(__file__).resolve().parents[1]
 RESULT_ENV = "LOOKALIKE_RESULT_FILE"
 IN_PROCESS = "in-process"
-LAUNCHERS = {stage: CHOICES[f"{stage}.launcher"] for stage in ("embed", "train")}
+LAUNCHERS = {stage: CHOICES[f"{stage}.launcher"] for stage in ("extract", "embed", "train")}
 
 
 class JobFailed(RuntimeError):
@@ -51,7 +54,7 @@ def launcher_of(cfg: Config, stage: str) -> str:
     return getattr(cfg, stage).launcher if stage in LAUNCHERS else IN_PROCESS
 
 
-def spark_submit_bin() -> str:
+def spark_submit_bin(stage: str = "embed") -> str:
     """``$SPARK_HOME/bin/spark-submit``, else the one on PATH, else the one pyspark ships."""
     candidates = [Path(os.environ["SPARK_HOME"]) / "bin" / "spark-submit"] if os.environ.get("SPARK_HOME") else []
     on_path = shutil.which("spark-submit")
@@ -62,7 +65,7 @@ def spark_submit_bin() -> str:
     for candidate in candidates:
         if candidate.is_file():
             return str(candidate)
-    raise ConfigError("embed.launcher is spark-submit but no spark-submit was found (SPARK_HOME, PATH, pyspark)")
+    raise ConfigError(f"{stage}.launcher is spark-submit but no spark-submit was found (SPARK_HOME, PATH, pyspark)")
 
 
 def _in_daemonic_process() -> bool:
@@ -71,18 +74,24 @@ def _in_daemonic_process() -> bool:
     return bool(multiprocessing.current_process().daemon)
 
 
+def _starts_processes(cfg: Config, stage: str) -> bool:
+    """Whether the stage starts processes of its own: training's DataLoader workers, extract's
+    decode processes."""
+    return stage == "train" or (stage == "extract" and cfg.extract.decode_processes != 1)
+
+
 def job_command(cfg: Config, stage: str, ds: str) -> list[str] | None:
     """The command that runs ``stage`` for ``ds`` as a job, or None to run it in-process."""
     launcher = launcher_of(cfg, stage)
-    if launcher == IN_PROCESS and stage == "train" and _in_daemonic_process():
-        return [sys.executable, "-m", "jobs.train", "--ds", ds]
+    if launcher == IN_PROCESS and _starts_processes(cfg, stage) and _in_daemonic_process():
+        return [sys.executable, "-m", f"jobs.{stage}", "--ds", ds]
     if launcher == "spark-submit":
         from pipelines.spark import spark_conf
 
         conf = [arg for key, value in spark_conf(cfg).items() if key != "spark.master"
                 for arg in ("--conf", f"{key}={value}")]
-        return [spark_submit_bin(), "--master", cfg.spark.master, "--name", f"lookalike-embed-{ds}", *conf,
-                str(REPO / "jobs" / "embed.py"), "--ds", ds]
+        return [spark_submit_bin(stage), "--master", cfg.spark.master, "--name", f"lookalike-{stage}-{ds}", *conf,
+                str(REPO / "jobs" / f"{stage}.py"), "--ds", ds]
     if launcher == "torchrun":
         ranks = str(cfg.train.nproc_per_node) if cfg.train.nproc_per_node > 0 else "gpu"
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", ranks,
@@ -121,7 +130,7 @@ def run_job(stage: str, command: list[str], environ: Mapping[str, str]) -> dict:
         tail: deque[str] = deque(maxlen=40)
         with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, errors="replace", start_new_session=True,
-                              preexec_fn=_die_with_parent) as job, _stopped_with_the_task(job, stage):
+                              preexec_fn=die_with_parent) as job, _stopped_with_the_task(job, stage):
             def relay():  # the job's output into the task's log as it comes
                 for line in job.stdout:
                     line = line.rstrip()
@@ -142,14 +151,17 @@ def run_job(stage: str, command: list[str], environ: Mapping[str, str]) -> dict:
         return json.loads(result.read_text())
 
 
-def _die_with_parent() -> None:
-    """In the job's first process: SIGKILL when the task's process dies (Linux; elsewhere a no-op)."""
+def die_with_parent(parent: int | None = None) -> None:
+    """In a child process: SIGKILL when its parent dies (Linux; elsewhere a no-op). With the
+    parent's pid, a parent already gone when this runs kills the child at once."""
     try:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass
+        return
+    if parent is not None and os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextlib.contextmanager

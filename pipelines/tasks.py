@@ -99,9 +99,11 @@ def _annotate_outlets(context: dict, extra_of) -> None:
 @fail_fast_on_bad_input
 def extract(context: dict) -> dict:
     from pipelines.extract.stage import run_extract
+    from pipelines.launch import run_stage
 
-    ds = partition_date(context)
-    result = run_extract(config_for(context), ds)
+    environ, ds = environ_for(context), partition_date(context)
+    cfg = load_config(environ=environ)
+    result = run_stage(cfg, "extract", ds, lambda: run_extract(cfg, ds), environ)
     _annotate_outlets(context, lambda name: {"ds": ds})
     return result
 

@@ -1,6 +1,7 @@
 """Execution modes chosen by config: the same stages run as jobs, `torchrun` for training (two
 gloo ranks on the CPU here) and `spark-submit` for embedding (a local[2] master here), and hand
 their results back to the task that launched them."""
+import dataclasses
 import os
 import subprocess
 import sys
@@ -77,7 +78,9 @@ def test_a_job_that_rejects_its_input_fails_without_retry_and_a_bad_launcher_is_
 
 
 def _job_command_in_a_daemon(cfg, queue):
-    queue.put(job_command(cfg, "train", DS))
+    queue.put([job_command(cfg, stage, DS) for stage in ("train", "extract")])
+    single = dataclasses.replace(cfg, extract=dataclasses.replace(cfg.extract, decode_processes=1))
+    queue.put(job_command(single, "extract", DS))
 
 
 def test_training_in_a_daemonic_process_runs_as_a_job_since_its_loader_needs_processes(tmp_path, sample_dir):
@@ -91,9 +94,12 @@ def test_training_in_a_daemonic_process_runs_as_a_job_since_its_loader_needs_pro
     queue = context.Queue()
     daemon = context.Process(target=_job_command_in_a_daemon, args=(cfg, queue), daemon=True)
     daemon.start()
-    command = queue.get(timeout=60)
+    train, extract = queue.get(timeout=60)
+    one_process_extract = queue.get(timeout=60)
     daemon.join(timeout=60)
-    assert command[1:] == ["-m", "jobs.train", "--ds", DS]
+    assert train[1:] == ["-m", "jobs.train", "--ds", DS]
+    assert extract[1:] == ["-m", "jobs.extract", "--ds", DS]  # its decode processes, likewise
+    assert one_process_extract is None  # extract.decode_processes: 1 starts none
     assert job_command(cfg, "embed", DS) is None  # embedding starts no processes of its own
 
 

@@ -22,7 +22,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -45,6 +47,8 @@ log = logging.getLogger(__name__)
 __all__ = ["ExtractError", "QuarantineShareExceeded", "run_extract", "read_events", "window"]
 
 CHUNK_ROWS = 2000  # rows decoded and written per Parquet row group
+FETCH_THREADS = 8  # photos fetched at once by each decode process
+SLICE_TASKS = 128  # photos handed to a decode process at a time
 
 
 def window(ds: str, days: int) -> tuple[str, str]:
@@ -109,30 +113,135 @@ def _photo_tasks(ok: pd.DataFrame, earlier: photos.EarlierPhotos, norm: str) -> 
     return tasks
 
 
-def _write_items(batches, ds: str, out: Path, cfg: Config, pool: ThreadPoolExecutor, earlier: photos.EarlierPhotos,
+@dataclass(frozen=True)
+class PhotoWork:
+    """Fetching and normalising photos: what it needs, picklable, so that it runs the same in
+    this process, in decode processes and in Spark tasks. A task is (image_key, the identity
+    known from an earlier night or None, image_version or None); its result is ("unchanged",
+    None), ("photo", Photo) or ("reject", reason). ``fetch`` is the I/O (a stat or a conditional
+    GET for a photo seen before), ``decode`` the CPU work, ``one`` both."""
+
+    images: str
+    max_bytes: int
+    size: int
+    max_pixels: int
+    min_side: int
+    norm: str
+
+    @classmethod
+    def of(cls, cfg: Config) -> "PhotoWork":
+        ex = cfg.extract
+        return cls(cfg.source.images, ex.max_image_bytes, ex.image_size, ex.max_image_pixels, ex.min_image_side,
+                   photos.normalisation(ex))
+
+    def fetch(self, task: tuple) -> tuple:
+        """("unchanged", None), ("reject", reason), or ("data", (key, bytes, identity)) to decode."""
+        key, known, version = task
+        fetched = fetch_image(self.images, key, self.max_bytes, known)
+        if fetched.reason:
+            return "reject", fetched.reason
+        if fetched.unchanged:
+            return "unchanged", None
+        return "data", (key, fetched.data, f"version:{version}" if version is not None else fetched.identity)
+
+    def decode(self, item: tuple) -> tuple[str, object]:
+        key, data, identity = item
+        prepared = prepare_image(data, size=self.size, max_pixels=self.max_pixels, min_side=self.min_side)
+        if prepared.reason:
+            return "reject", prepared.reason
+        return "photo", photos.Photo(key, f"{self.norm}|{identity}", prepared.jpeg, prepared.width, prepared.height,
+                                     prepared.sha256)
+
+    def decode_all(self, items: list[tuple]) -> list[tuple[str, object]]:
+        return [self.decode(item) for item in items]
+
+    def one(self, task: tuple) -> tuple[str, object]:
+        kind, value = self.fetch(task)
+        return self.decode(value) if kind == "data" else (kind, value)
+
+    def __call__(self, tasks: list[tuple]) -> list[tuple[str, object]]:
+        """A slice of tasks, fetched by FETCH_THREADS threads (a Spark task's body)."""
+        with ThreadPoolExecutor(FETCH_THREADS) as pool:
+            return list(pool.map(self.one, tasks))
+
+
+class Decoders:
+    """Where photos are fetched and decoded. Fetching is I/O and runs on FETCH_THREADS threads of
+    this process (an object store answers in milliseconds; an unchanged photo costs only that).
+    Decoding runs on those threads too (Pillow releases the GIL while it decodes and encodes), or,
+    with ``extract.decode_processes`` > 1, in that many processes, spawned rather than forked so
+    that nothing of this one (an S3 client, a database connection) is shared with them, and
+    killed with it."""
+
+    def __init__(self, processes: int):
+        self.processes = processes or os.cpu_count() or 1
+        self._threads = ThreadPoolExecutor(FETCH_THREADS)
+        self._pool = None
+        if self.processes > 1:
+            from pipelines.launch import die_with_parent
+
+            self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=die_with_parent, initargs=(os.getpid(),))
+
+    def map(self, work: PhotoWork, tasks: list[tuple]) -> list[tuple[str, object]]:
+        if self._pool is None:
+            return list(self._threads.map(work.one, tasks))
+        results = list(self._threads.map(work.fetch, tasks))
+        todo = [i for i, (kind, _) in enumerate(results) if kind == "data"]
+        size = max(1, min(SLICE_TASKS, -(-len(todo) // self.processes)))
+        slices = [[results[i][1] for i in todo[k:k + size]] for k in range(0, len(todo), size)]
+        for i, decoded in zip(todo, (r for part in self._pool.map(work.decode_all, slices) for r in part)):
+            results[i] = decoded
+        return results
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._threads.shutdown(cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+        return False
+
+
+class SparkDecoders(Decoders):
+    """The same fetch and decode as Spark tasks on ``spark.master``: each slice of photos one task,
+    the photos collected back in order (a catalogue of millions decodes on the cluster's cores; the
+    rest of the extract, a stream of chunks, stays here)."""
+
+    def __init__(self, cfg: Config, ds: str, folder: Path):
+        from pipelines.spark import ship_package, spark_session
+
+        self.processes = 0
+        self._threads = ThreadPoolExecutor(1)
+        self._pool = None
+        self.spark = spark_session(cfg, app_name=f"lookalike-extract-{ds}")
+        ship_package(self.spark, cfg, folder)
+        self.jobs = 0
+
+    def map(self, work: PhotoWork, tasks: list[tuple]) -> list[tuple[str, object]]:
+        if not tasks:
+            return []
+        slices = [tasks[i:i + SLICE_TASKS] for i in range(0, len(tasks), SLICE_TASKS)]
+        self.jobs += 1
+        return [r for part in self.spark.sparkContext.parallelize(slices, len(slices)).map(work).collect()
+                for r in part]
+
+
+def _decoders(cfg: Config, ds: str, rows: int, folder: Path) -> Decoders:
+    spark_min = cfg.extract.spark_min_rows
+    if spark_min > 0 and rows >= spark_min:
+        log.info("extract %s: %d listings staged (extract.spark_min_rows %d): photos fetched and decoded on Spark (%s)",
+                 ds, rows, spark_min, cfg.spark.master)
+        return SparkDecoders(cfg, ds, folder)
+    return Decoders(cfg.extract.decode_processes)
+
+
+def _write_items(batches, ds: str, out: Path, cfg: Config, decoders: Decoders, earlier: photos.EarlierPhotos,
                  tally: Tally, quarantine: Quarantine, counts: PhotoCounts, catalogue: bool) -> int:
     """The latest listing rows (item_id order) → rejects to the quarantine, photos reused or
     fetched and decoded, usable rows streamed into ``out/part-0.parquet``; returns the rows kept."""
-    ex = cfg.extract
-    norm = photos.normalisation(ex)
-
-    def one(task) -> tuple[photos.Photo | None, str | None, bool]:
-        key, photo, known, version = task
-        if version is not None and photo is not None and photo.identity == f"version:{version}":
-            return photo, None, True
-        fetched = fetch_image(cfg.source.images, key, ex.max_image_bytes, known)
-        if fetched.reason:
-            return None, fetched.reason, False
-        if fetched.unchanged:
-            return photo, None, True
-        prepared = prepare_image(fetched.data, size=ex.image_size, max_pixels=ex.max_image_pixels,
-                                 min_side=ex.min_image_side)
-        if prepared.reason:
-            return None, prepared.reason, False
-        identity = f"version:{version}" if version is not None else fetched.identity
-        return photos.Photo(key, f"{norm}|{identity}", prepared.jpeg, prepared.width, prepared.height,
-                            prepared.sha256), None, False
-
+    work = PhotoWork.of(cfg)
     writer = pq.ParquetWriter(out / "part-0.parquet", schemas.ITEMS, compression="zstd")
     kept = done = 0
     try:
@@ -143,17 +252,21 @@ def _write_items(batches, ds: str, out: Path, cfg: Config, pool: ThreadPoolExecu
             done += len(frame)
             if ok.empty:
                 continue
-            tasks = _photo_tasks(ok, earlier, norm)
+            tasks = _photo_tasks(ok, earlier, work.norm)
             results: list = [None] * len(tasks)
             todo = []
-            for i, (task, item_id) in enumerate(zip(tasks, ok["item_id"])):
+            for i, ((key, photo, _, version), item_id) in enumerate(zip(tasks, ok["item_id"])):
                 rejected = quarantine.image_rejects.get(item_id) if catalogue else None
-                if rejected is not None and rejected[0] == task[0]:  # rejected for the snapshot tonight
+                if rejected is not None and rejected[0] == key:  # rejected for the snapshot tonight
                     results[i] = (None, rejected[1], False)
+                elif version is not None and photo is not None and photo.identity == f"version:{version}":
+                    results[i] = (photo, None, True)  # the source says it is the same photo: not even looked at
                 else:
                     todo.append(i)
-            for i, result in zip(todo, pool.map(one, [tasks[i] for i in todo])):
-                results[i] = result
+            fetched = decoders.map(work, [(tasks[i][0], tasks[i][2], tasks[i][3]) for i in todo])
+            for i, (kind, value) in zip(todo, fetched):
+                results[i] = {"unchanged": (tasks[i][1], None, True), "photo": (value, None, False),
+                              "reject": (None, value, False)}[kind]
             counts.quarantined += sum(results[i][1] is not None for i in todo)  # not those carried from the snapshot
             good, image_rejects = [], []
             for i, (photo, reason, reused) in enumerate(results):
@@ -209,14 +322,15 @@ def run_extract(cfg: Config, ds: str) -> dict[str, str]:
         counts = PhotoCounts()
         quarantine = Quarantine(outputs["quarantine"], ds)
         try:
-            with ThreadPoolExecutor() as pool:
+            staged = tallies["listings of the window"].total + tallies["catalogue listings"].total
+            with _decoders(cfg, ds, staged, staging) as decoders:
                 n_snapshot = _write_items(latest_listings(staging / "window.parquet", CHUNK_ROWS, staging), ds,
-                                          outputs["listings_snapshot"], cfg, pool, earlier,
+                                          outputs["listings_snapshot"], cfg, decoders, earlier,
                                           tallies["listings of the window"], quarantine, counts, catalogue=False)
                 faults.point("extract.mid_write")
                 tonight = photos.EarlierPhotos([outputs["listings_snapshot"] / "part-0.parquet", *files])
                 n_catalog = _write_items(latest_listings(staging / "catalog.parquet", CHUNK_ROWS, staging), ds,
-                                         outputs["catalog"], cfg, pool, tonight, tallies["catalogue listings"],
+                                         outputs["catalog"], cfg, decoders, tonight, tallies["catalogue listings"],
                                          quarantine, counts, catalogue=True)
             events = _write_events(cfg, sql_dir, ds, end, outputs["interactions"], tallies["events"], quarantine, wh)
         finally:

@@ -1,0 +1,53 @@
+"""Photos fetched and decoded as Spark tasks, or in decode processes, give the extract of one
+process, row for row; and ``extract.launcher: spark-submit`` runs the stage as a Spark job."""
+import dataclasses
+
+import pyarrow.parquet as pq
+
+from pipelines.config import load_config
+from pipelines.extract import photos
+from pipelines.extract.stage import run_extract
+from pipelines.launch import run_stage
+from pipelines.storage import Warehouse
+from tests.conftest import DS, write_config
+
+OUTPUTS = ("listings_snapshot", "catalog", "quarantine", "interactions")
+
+
+def _tables(result: dict) -> dict:
+    return {name: pq.read_table(result[name]) for name in OUTPUTS}
+
+
+def _never():
+    raise AssertionError("the stage ran in-process although the config names a launcher")
+
+
+def test_spark_and_decode_processes_extract_what_one_process_extracts(tmp_path, sample_dir, caplog):
+    config = write_config(tmp_path, sample_dir, extract={"decode_processes": 1})
+    cfg = load_config(config, environ={})
+    one = run_extract(cfg, DS)
+    expected = _tables(one)
+    assert expected["listings_snapshot"].num_rows > 200 and expected["quarantine"].num_rows > 0
+
+    processes = dataclasses.replace(cfg, work_dir=str(tmp_path / "processes"),
+                                    extract=dataclasses.replace(cfg.extract, decode_processes=2))
+    assert _tables(run_extract(processes, DS)) == expected
+
+    caplog.set_level("INFO")
+    on_spark = dataclasses.replace(cfg, work_dir=str(tmp_path / "spark"),
+                                   extract=dataclasses.replace(cfg.extract, spark_min_rows=1))
+    assert _tables(run_extract(on_spark, DS)) == expected
+    assert "photos fetched and decoded on Spark (local[2])" in caplog.text
+    assert photos.read_marker(Warehouse.of(on_spark), DS)["photos"] == photos.read_marker(Warehouse.of(cfg), DS)["photos"]
+
+
+def test_extract_under_spark_submit(tmp_path, sample_dir, monkeypatch, caplog):
+    config = write_config(tmp_path, sample_dir, extract={"launcher": "spark-submit", "spark_min_rows": 1})
+    monkeypatch.setenv("LOOKALIKE_CONFIG", str(config))  # what a DAG task has
+    caplog.set_level("INFO", logger="lookalike")
+    result = run_stage(load_config(), "extract", DS, _never)
+    assert "jobs/extract.py --ds " + DS in caplog.text
+    assert "photos fetched and decoded on Spark" in caplog.text, caplog.text[-3000:]
+    reference = run_extract(load_config(environ={"LOOKALIKE_CONFIG": str(config), "LOOKALIKE_WORK_DIR":
+                                                 str(tmp_path / "here"), "LOOKALIKE_EXTRACT__SPARK_MIN_ROWS": "0"}), DS)
+    assert _tables(result) == _tables(reference)
