@@ -27,7 +27,7 @@ k + 1 nearest in blocks) on the same vectors, in its own virtual environment (it
 differs from Lookalike's), with recall@20 on the same sampled queries against the same exact
 lists. Lookalike's seconds include writing the table; autofaiss's are build and search only.
 
-    python3 -m venv /tmp/autofaiss && /tmp/autofaiss/bin/pip install autofaiss
+    python3 -m venv /tmp/autofaiss && /tmp/autofaiss/bin/pip install autofaiss 'pyarrow<18'
     .venv/bin/python benchmarks/neighbors_scale.py --n 1000000 --dim 128 --autofaiss /tmp/autofaiss/bin/python
 
 With one (n, dim) the JSON file holds a list of one object per system.
