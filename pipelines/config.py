@@ -48,7 +48,7 @@ class ExtractConfig:
     max_image_pixels: int = 50_000_000  # decompression-bomb guard (width x height)
     min_image_side: int = 16  # smaller images carry no usable signal
     max_quarantine_share: float = 0.05  # a larger share of rejected rows fails the ds before anything is published
-    decode_processes: int = 0  # processes fetching and decoding photos; 0: one per core, 1: the extract's own
+    decode_processes: int = 1  # processes decoding photos; 1: the extract's own threads, 0: one per core
     spark_min_rows: int = 0  # > 0: from this many listings staged on, photos are fetched and decoded as Spark tasks
     launcher: str = "in-process"  # how a DAG task runs extract: "in-process", or "spark-submit" to spark.master
     # Events older than this many days before the earlier night's extract are reused from it, not read

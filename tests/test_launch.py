@@ -78,9 +78,9 @@ def test_a_job_that_rejects_its_input_fails_without_retry_and_a_bad_launcher_is_
 
 
 def _job_command_in_a_daemon(cfg, queue):
-    queue.put([job_command(cfg, stage, DS) for stage in ("train", "extract")])
-    single = dataclasses.replace(cfg, extract=dataclasses.replace(cfg.extract, decode_processes=1))
-    queue.put(job_command(single, "extract", DS))
+    processes = dataclasses.replace(cfg, extract=dataclasses.replace(cfg.extract, decode_processes=2))
+    queue.put([job_command(cfg, "train", DS), job_command(processes, "extract", DS)])
+    queue.put(job_command(cfg, "extract", DS))
 
 
 def test_training_in_a_daemonic_process_runs_as_a_job_since_its_loader_needs_processes(tmp_path, sample_dir):
@@ -99,7 +99,7 @@ def test_training_in_a_daemonic_process_runs_as_a_job_since_its_loader_needs_pro
     daemon.join(timeout=60)
     assert train[1:] == ["-m", "jobs.train", "--ds", DS]
     assert extract[1:] == ["-m", "jobs.extract", "--ds", DS]  # its decode processes, likewise
-    assert one_process_extract is None  # extract.decode_processes: 1 starts none
+    assert one_process_extract is None  # extract.decode_processes: 1 (the default) starts none
     assert job_command(cfg, "embed", DS) is None  # embedding starts no processes of its own
 
 
