@@ -54,7 +54,7 @@ def launcher_of(cfg: Config, stage: str) -> str:
     return getattr(cfg, stage).launcher if stage in LAUNCHERS else IN_PROCESS
 
 
-def spark_submit_bin(stage: str = "embed") -> str:
+def spark_submit_bin(stage: str) -> str:
     """``$SPARK_HOME/bin/spark-submit``, else the one on PATH, else the one pyspark ships."""
     candidates = [Path(os.environ["SPARK_HOME"]) / "bin" / "spark-submit"] if os.environ.get("SPARK_HOME") else []
     on_path = shutil.which("spark-submit")

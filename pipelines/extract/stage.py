@@ -47,8 +47,8 @@ log = logging.getLogger(__name__)
 __all__ = ["ExtractError", "QuarantineShareExceeded", "run_extract", "read_events", "window"]
 
 CHUNK_ROWS = 2000  # rows decoded and written per Parquet row group
-FETCH_THREADS = 8  # photos fetched at once by each decode process
-SLICE_TASKS = 128  # photos handed to a decode process at a time
+FETCH_THREADS = 8  # photos fetched at once, by the extract or by one Spark task
+SLICE_TASKS = 128  # photos handed to a decode process or a Spark task at a time
 
 
 def window(ds: str, days: int) -> tuple[str, str]:
@@ -204,31 +204,32 @@ class Decoders:
         return False
 
 
-class SparkDecoders(Decoders):
-    """The same fetch and decode as Spark tasks on ``spark.master``: each slice of photos one task,
-    the photos collected back in order (a catalogue of millions decodes on the cluster's cores; the
+class SparkDecoders:
+    """``Decoders.map`` as Spark tasks on ``spark.master``: each slice of photos one task, the
+    photos collected back in order (a catalogue of millions decodes on the cluster's cores; the
     rest of the extract, a stream of chunks, stays here)."""
 
     def __init__(self, cfg: Config, ds: str, folder: Path):
         from pipelines.spark import ship_package, spark_session
 
-        self.processes = 0
-        self._threads = ThreadPoolExecutor(1)
-        self._pool = None
         self.spark = spark_session(cfg, app_name=f"lookalike-extract-{ds}")
         ship_package(self.spark, cfg, folder)
-        self.jobs = 0
 
     def map(self, work: PhotoWork, tasks: list[tuple]) -> list[tuple[str, object]]:
         if not tasks:
             return []
         slices = [tasks[i:i + SLICE_TASKS] for i in range(0, len(tasks), SLICE_TASKS)]
-        self.jobs += 1
         return [r for part in self.spark.sparkContext.parallelize(slices, len(slices)).map(work).collect()
                 for r in part]
 
+    def __enter__(self):
+        return self
 
-def _decoders(cfg: Config, ds: str, rows: int, folder: Path) -> Decoders:
+    def __exit__(self, *exc):
+        return False
+
+
+def _decoders(cfg: Config, ds: str, rows: int, folder: Path) -> Decoders | SparkDecoders:
     spark_min = cfg.extract.spark_min_rows
     if spark_min > 0 and rows >= spark_min:
         log.info("extract %s: %d listings staged (extract.spark_min_rows %d): photos fetched and decoded on Spark (%s)",
@@ -237,8 +238,8 @@ def _decoders(cfg: Config, ds: str, rows: int, folder: Path) -> Decoders:
     return Decoders(cfg.extract.decode_processes)
 
 
-def _write_items(batches, ds: str, out: Path, cfg: Config, decoders: Decoders, earlier: photos.EarlierPhotos,
-                 tally: Tally, quarantine: Quarantine, counts: PhotoCounts, catalogue: bool) -> int:
+def _write_items(batches, ds: str, out: Path, cfg: Config, decoders: Decoders | SparkDecoders,
+                 earlier: photos.EarlierPhotos, tally: Tally, quarantine: Quarantine, counts: PhotoCounts, catalogue: bool) -> int:
     """The latest listing rows (item_id order) → rejects to the quarantine, photos reused or
     fetched and decoded, usable rows streamed into ``out/part-0.parquet``; returns the rows kept."""
     work = PhotoWork.of(cfg)
