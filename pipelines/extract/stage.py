@@ -239,7 +239,8 @@ def _decoders(cfg: Config, ds: str, rows: int, folder: Path) -> Decoders | Spark
 
 
 def _write_items(batches, ds: str, out: Path, cfg: Config, decoders: Decoders | SparkDecoders,
-                 earlier: photos.EarlierPhotos, tally: Tally, quarantine: Quarantine, counts: PhotoCounts, catalogue: bool) -> int:
+                 earlier: photos.EarlierPhotos, tally: Tally, quarantine: Quarantine, counts: PhotoCounts,
+                 catalogue: bool) -> int:
     """The latest listing rows (item_id order) → rejects to the quarantine, photos reused or
     fetched and decoded, usable rows streamed into ``out/part-0.parquet``; returns the rows kept."""
     work = PhotoWork.of(cfg)
@@ -353,8 +354,9 @@ def run_extract(cfg: Config, ds: str) -> dict[str, str]:
                "photos": asdict(counts), "photos_reused_from": earlier_ds}
     photos.write_marker(wh, ds, summary)
     log.info("extract %s: snapshot %d rows, catalogue %d rows, %d events (%d reused%s); photos: %d reused%s, %d "
-             "fetched and decoded, %d quarantined; %d events quarantined", ds, n_snapshot, n_catalog, events["events"],
-             events["events_reused"], f" from ds={events['events_reused_from']}" if events["events_reused_from"] else "",
+             "fetched and decoded, %d quarantined; %d events quarantined", ds, n_snapshot, n_catalog,
+             events["events"], events["events_reused"],
+             f" from ds={events['events_reused_from']}" if events["events_reused_from"] else "",
              counts.reused, f" (from ds={earlier_ds})" if earlier_ds else "", counts.fetched, counts.quarantined,
              tallies["events"].rejected)
     return {name: str(path) for name, path in outputs.items()}

@@ -90,9 +90,10 @@ def _load(folder: str) -> _Loaded:
         path = Path(folder)
         meta = json.loads((path / "search.json").read_text())
         codes = np.load(path / "codes.npz")
+        exclusions = Exclusions([codes[f"exclude_{i}"] for i in range(meta["exclusions"])])
         _LOADED[folder] = _Loaded(meta, np.load(path / "vectors.npy", mmap_mode="r"),
                                   pq.read_table(path / "ids.parquet").column("item_id").combine_chunks(),
-                                  codes["images"], Exclusions([codes[f"exclude_{i}"] for i in range(meta["exclusions"])]))
+                                  codes["images"], exclusions)
     return _LOADED[folder]
 
 
