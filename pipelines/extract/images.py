@@ -9,10 +9,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import os
 import stat
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -84,12 +85,12 @@ def fetch_image(store: str, key, max_bytes: int, known: str | None = None) -> Fe
         return Fetched(None, reason)
     if store.startswith("s3://"):
         return _fetch_s3(store, key, max_bytes, known)
-    root = Path(store).resolve()
+    root = _store_root(store)
     try:
-        path = (root / key).resolve()
+        path = Path(_locate(root, key))
     except (OSError, RuntimeError) as exc:  # a symlink loop
         return Fetched(None, f"image_key {_short(key)!r} cannot be resolved: {exc.__class__.__name__}")
-    if root not in path.parents:
+    if not str(path).startswith(root.rstrip(os.sep) + os.sep):
         return Fetched(None, f"image_key {_short(key)!r} escapes the image store")
     try:
         info = path.stat()
@@ -113,6 +114,33 @@ def fetch_image(store: str, key, max_bytes: int, known: str | None = None) -> Fe
     if len(data) > max_bytes:
         return Fetched(None, f"image file too large: more than {max_bytes} bytes")
     return Fetched(data, None, identity)  # stat before the read: a file rewritten in between is read again next time
+
+
+@functools.lru_cache(maxsize=16)
+def _store_root(store: str) -> str:
+    return str(Path(store).resolve())
+
+
+@functools.lru_cache(maxsize=4096)
+def _resolved_dir(root: str, parent: str) -> str:
+    return str((Path(root) / parent).resolve())
+
+
+def _locate(root: str, key: str) -> str:
+    """The real path of ``key`` in the store at ``root``, as ``Path.resolve`` gives it, for one
+    ``lstat`` in the usual case: each directory is resolved once (its components walked once per
+    extract, not once per photo), and only a file that is itself a symlink is resolved in full."""
+    rel = PurePosixPath(key)
+    if not rel.name:
+        return _resolved_dir(root, str(rel))
+    path = os.path.join(_resolved_dir(root, str(rel.parent)), rel.name)
+    return str(Path(path).resolve()) if os.path.islink(path) else path
+
+
+def forget_store_layout() -> None:
+    """Drop the resolved directories: an extract starts from what the store holds now."""
+    _store_root.cache_clear()
+    _resolved_dir.cache_clear()
 
 
 @functools.lru_cache(maxsize=4)

@@ -45,6 +45,7 @@ class Photo:
     width: int
     height: int
     sha256: str
+    checked: bool = False  # its object was found unchanged (or read) tonight: nothing to ask the store
 
     @property
     def identity(self) -> str:
@@ -54,11 +55,12 @@ class Photo:
 class _Cursor:
     """Forward-only lookups by item_id in one Parquet file sorted by item_id."""
 
-    def __init__(self, path: Path, batch_rows: int = 2048):
+    def __init__(self, path: Path, checked: bool, batch_rows: int = 2048):
         self.name = str(path)
+        self.checked = checked
         self._batches = pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=PHOTO_COLUMNS)
         self._ids: list = []
-        self._batch = None
+        self._rows: dict[str, list] = {}
         self._i = 0
 
     def get(self, item_id: str) -> Photo | None:
@@ -68,28 +70,29 @@ class _Cursor:
             if self._i < len(self._ids):
                 if self._ids[self._i] != item_id:
                     return None
-                row = {name: self._batch.column(name)[self._i].as_py() for name in PHOTO_COLUMNS[1:]}
-                if row["image_source"] is None or row["image"] is None:
+                key, source, image, width, height, sha = (self._rows[name][self._i] for name in PHOTO_COLUMNS[1:])
+                if source is None or image is None:
                     return None
-                return Photo(row["image_key"], row["image_source"], row["image"], row["image_width"],
-                             row["image_height"], row["image_sha256"])
+                return Photo(key, source, image, width, height, sha, self.checked)
             batch = next(self._batches, None)
             if batch is None:
                 self._ids = []
                 return None
-            self._batch, self._ids, self._i = batch, batch.column("item_id").to_pylist(), 0
+            self._rows = {name: batch.column(name).to_pylist() for name in PHOTO_COLUMNS}
+            self._ids, self._i = self._rows["item_id"], 0
 
 
 class EarlierPhotos:
     """Photos already normalised, from files sorted by item_id, looked up in increasing item_id
-    order (``get`` must be called with ids that never decrease)."""
+    order (``get`` must be called with ids that never decrease); ``checked`` files (tonight's
+    snapshot, for the catalogue) come first and give photos whose object needs no new look."""
 
-    def __init__(self, files: list[Path]):
+    def __init__(self, files: list[Path], checked: list[Path] = ()):
         self._cursors = []
-        for path in files:
+        for path in [*checked, *files]:
             try:
                 if "image_source" in pq.ParquetFile(path).schema_arrow.names:
-                    self._cursors.append(_Cursor(path))  # opened now: a rerun of that ds cannot pull it away
+                    self._cursors.append(_Cursor(path, path in checked))  # opened now: a rerun cannot pull it away
             except (OSError, ValueError) as exc:  # gone, or unreadable: only reuse is lost
                 log.warning("extract: not reusing photos from %s (%s)", path, exc)
         self.files = [c.name for c in self._cursors]

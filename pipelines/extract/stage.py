@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from pipelines import faults, schemas
 from pipelines.config import Config, redact_url
 from pipelines.extract import photos
-from pipelines.extract.images import fetch_image, prepare_image
+from pipelines.extract.images import fetch_image, forget_store_layout, prepare_image
 from pipelines.extract.source import SOURCE_CHUNK_ROWS, SQL_DIR, ExtractError, stream_source
 from pipelines.extract.validate import (QuarantineShareExceeded, Tally, check_quarantine_share, latest_listings,
                                         reject_listings, stage_listings, validate_events)
@@ -49,6 +49,7 @@ __all__ = ["ExtractError", "QuarantineShareExceeded", "run_extract", "read_event
 CHUNK_ROWS = 2000  # rows decoded and written per Parquet row group
 FETCH_THREADS = 8  # photos fetched at once, by the extract or by one Spark task
 SLICE_TASKS = 128  # photos handed to a decode process or a Spark task at a time
+THREAD_TASKS = 64  # photos handed to a fetch thread at a time (fewer when there are few)
 
 
 def window(ds: str, days: int) -> tuple[str, str]:
@@ -155,14 +156,28 @@ class PhotoWork:
     def decode_all(self, items: list[tuple]) -> list[tuple[str, object]]:
         return [self.decode(item) for item in items]
 
+    def fetch_all(self, tasks: list[tuple]) -> list[tuple]:
+        return [self.fetch(task) for task in tasks]
+
     def one(self, task: tuple) -> tuple[str, object]:
         kind, value = self.fetch(task)
         return self.decode(value) if kind == "data" else (kind, value)
 
+    def all(self, tasks: list[tuple]) -> list[tuple[str, object]]:
+        return [self.one(task) for task in tasks]
+
     def __call__(self, tasks: list[tuple]) -> list[tuple[str, object]]:
         """A slice of tasks, fetched by FETCH_THREADS threads (a Spark task's body)."""
         with ThreadPoolExecutor(FETCH_THREADS) as pool:
-            return list(pool.map(self.one, tasks))
+            return threaded(pool, self.all, tasks)
+
+
+def threaded(pool: ThreadPoolExecutor, body, tasks: list) -> list:
+    """``body`` (a list of tasks → a list of results) over ``tasks`` on ``pool``'s threads, a few
+    dozen tasks per call: most tasks of a night are a stat or a conditional GET, too short to be
+    worth a future each."""
+    size = max(1, min(THREAD_TASKS, -(-len(tasks) // (4 * FETCH_THREADS))))
+    return [r for part in pool.map(body, [tasks[i:i + size] for i in range(0, len(tasks), size)]) for r in part]
 
 
 class Decoders:
@@ -175,6 +190,7 @@ class Decoders:
 
     def __init__(self, processes: int):
         self.processes = processes or os.cpu_count() or 1
+        forget_store_layout()
         self._threads = ThreadPoolExecutor(FETCH_THREADS)
         self._pool = None
         if self.processes > 1:
@@ -185,8 +201,8 @@ class Decoders:
 
     def map(self, work: PhotoWork, tasks: list[tuple]) -> list[tuple[str, object]]:
         if self._pool is None:
-            return list(self._threads.map(work.one, tasks))
-        results = list(self._threads.map(work.fetch, tasks))
+            return threaded(self._threads, work.all, tasks)
+        results = threaded(self._threads, work.fetch_all, tasks)
         todo = [i for i, (kind, _) in enumerate(results) if kind == "data"]
         size = max(1, min(SLICE_TASKS, -(-len(todo) // self.processes)))
         slices = [[results[i][1] for i in todo[k:k + size]] for k in range(0, len(todo), size)]
@@ -261,8 +277,9 @@ def _write_items(batches, ds: str, out: Path, cfg: Config, decoders: Decoders | 
                 rejected = quarantine.image_rejects.get(item_id) if catalogue else None
                 if rejected is not None and rejected[0] == key:  # rejected for the snapshot tonight
                     results[i] = (None, rejected[1], False)
-                elif version is not None and photo is not None and photo.identity == f"version:{version}":
-                    results[i] = (photo, None, True)  # the source says it is the same photo: not even looked at
+                elif photo is not None and (photo.checked or version is not None) and \
+                        (version is None or photo.identity == f"version:{version}"):
+                    results[i] = (photo, None, True)  # in tonight's snapshot, or the source says it is the same
                 else:
                     todo.append(i)
             fetched = decoders.map(work, [(tasks[i][0], tasks[i][2], tasks[i][3]) for i in todo])
@@ -330,7 +347,7 @@ def run_extract(cfg: Config, ds: str) -> dict[str, str]:
                                           outputs["listings_snapshot"], cfg, decoders, earlier,
                                           tallies["listings of the window"], quarantine, counts, catalogue=False)
                 faults.point("extract.mid_write")
-                tonight = photos.EarlierPhotos([outputs["listings_snapshot"] / "part-0.parquet", *files])
+                tonight = photos.EarlierPhotos(files, checked=[outputs["listings_snapshot"] / "part-0.parquet"])
                 n_catalog = _write_items(latest_listings(staging / "catalog.parquet", CHUNK_ROWS, staging), ds,
                                          outputs["catalog"], cfg, decoders, tonight, tallies["catalogue listings"],
                                          quarantine, counts, catalogue=True)

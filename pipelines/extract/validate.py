@@ -55,6 +55,8 @@ def _missing(value) -> bool:
 
 def as_text(value) -> str | None:
     """A source value as valid UTF-8 text (bytes decoded, numbers printed, lone surrogates replaced)."""
+    if type(value) is str and value.isascii():  # most values of a real source: already valid
+        return value
     if _missing(value):
         return None
     if isinstance(value, (bytes, bytearray, memoryview)):
