@@ -126,7 +126,10 @@ def make_store(root: Path) -> Path:
     (store / "sub" / "ok.png").write_bytes(_encode(2, "RGB", "PNG", 40, 30, 1, None))
     outside = root / "outside.jpg"
     outside.write_bytes(good)
-    for name, target in (("link-out", outside), ("link-in.jpg", store / "ok.jpg"), ("loop", store / "loop")):
+    (root / "outside-dir").mkdir(exist_ok=True)
+    (root / "outside-dir" / "ok.jpg").write_bytes(good)
+    for name, target in (("link-out", outside), ("link-in.jpg", store / "ok.jpg"), ("loop", store / "loop"),
+                         ("dir-out", root / "outside-dir"), ("dir-in", store / "sub")):
         if not (store / name).is_symlink():
             os.symlink(target, store / name)
     if not (store / "fifo").exists():

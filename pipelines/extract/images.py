@@ -70,11 +70,14 @@ def read_image_bytes(store: str, key, max_bytes: int) -> tuple[bytes | None, str
     return fetched.data, fetched.reason
 
 
-def fetch_image(store: str, key, max_bytes: int, known: str | None = None) -> Fetched:
+def fetch_image(store: str, key, max_bytes: int, known: str | None = None, read: bool = True) -> Fetched:
     """``key`` in the image store ``store``, read unless the store still holds the object whose
     identity was ``known`` (an earlier ``Fetched.identity``): on disk the file's size, mtime and
     ctime (a rewrite changes them; ``touch -d`` cannot set ctime back), on S3 the ETag, asked
     with a conditional GET (``If-None-Match``), so an unchanged photo costs one request and no body.
+
+    With ``read=False`` (a directory store only) nothing is read: the answer says whether the
+    file is still ``known``, else it is a ``Fetched`` without data.
 
     Never raises on a bad key or file: directories, special files, symlinks leaving the store,
     unreadable and oversized files all come back with their reason. A store that cannot be
@@ -101,6 +104,8 @@ def fetch_image(store: str, key, max_bytes: int, known: str | None = None) -> Fe
         identity = f"file:{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}"
         if known is not None and identity == known:
             return Fetched(None, None, identity, unchanged=True)
+        if not read:
+            return Fetched(None, None, identity)
         if info.st_size > max_bytes:
             return Fetched(None, f"image file too large: {info.st_size} bytes > {max_bytes}")
         with open(path, "rb") as fh:

@@ -69,6 +69,9 @@ def as_text(value) -> str | None:
 def clean_text(value, limit: int) -> str | None:
     """Text for a title-like column: control characters and runs of whitespace become one space,
     the ends are trimmed, and the result is cut to ``limit`` characters. RTL marks and emoji stay."""
+    if (type(value) is str and len(value) <= limit and value.isascii() and value.isprintable()
+            and "  " not in value and value[:1] != " " and value[-1:] != " "):
+        return value  # printable ASCII, single spaces, no space at the ends: nothing to clean
     text = as_text(value)
     if text is None:
         return None

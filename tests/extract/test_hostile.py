@@ -11,9 +11,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipelines.config import load_config
 from pipelines.extract.stage import QuarantineShareExceeded, run_extract
+from pipelines.extract.validate import _CONTROL, _SPACES, as_text, clean_text
 from pipelines.storage import Warehouse
 from tests import hostile
 from tests.conftest import DS, write_config
@@ -42,11 +44,20 @@ def test_any_image_key_reads_a_file_inside_the_store_or_gives_a_reason(store):
     # The planted traps, by name: each has its own reason.
     reasons = {key: hostile.check_key(store, key) for key in
                ["dir", "link-out", "loop", "fifo", "big.jpg", "../outside.jpg", "/etc/passwd", "ok.jpg\x00",
-                "x" * 300, "link-in.jpg", "ok.jpg"]}
+                "x" * 300, "link-in.jpg", "ok.jpg", "dir-out/ok.jpg", "dir-in/ok.png", "loop/ok.jpg"]}
     assert reasons["dir"] == "rejected: image_key" and reasons["link-out"] == "rejected: image_key"
+    assert reasons["dir-out/ok.jpg"] == "rejected: image_key" and reasons["dir-in/ok.png"] == "kept"
+    assert reasons["loop/ok.jpg"] == "rejected: image_key"
     assert reasons["fifo"] == "rejected: image_key" and reasons["big.jpg"] == "rejected: image file too large"
     assert reasons["ok.jpg\x00"] == "rejected: image_key contains a NUL byte"
     assert reasons["link-in.jpg"] == reasons["ok.jpg"] == "kept"
+
+
+@FUZZ
+@given(st.one_of(st.text(max_size=60), st.text(alphabet=" ab\t\n", max_size=12)), st.integers(0, 30))
+def test_text_that_needs_no_cleaning_comes_back_as_the_full_cleaning_gives_it(text, limit):
+    assert clean_text(text, limit) == _SPACES.sub(" ", _CONTROL.sub(" ", as_text(text))).strip()[:limit]
+    assert as_text(text) == text.encode("utf-8", "replace").decode("utf-8")
 
 
 @FUZZ
