@@ -1,6 +1,6 @@
 # The GPU worker: a Celery worker on the `gpu` queue that fine-tunes with CUDA torch (PyPI's
 # torch wheel brings its CUDA libraries; the driver comes from the host through the NVIDIA
-# container runtime) and has FAISS for GPUs. Multi-GPU hosts train with `torchrun` (README
+# container runtime) and has FAISS for GPUs. Multi-GPU hosts train with `torchrun` (docs/models.md,
 # "Training on GPU workers"). docker/wheelhouse is not used: torch must be the CUDA build here.
 #   BASE_IMAGE: any Debian bookworm image with python3 (3.11) and its venv module.
 ARG BASE_IMAGE=python:3.11-slim-bookworm

@@ -10,6 +10,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 
 from jobs._common import iso_date
+from pipelines import tables
 from pipelines.errors import LookalikeError, report
 
 STAGES = {
@@ -233,8 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="read the SQL from a file, e.g. sql/analytics/similar_items.sql")
     p.add_argument("--var", action="append", metavar="NAME=VALUE",
                    help="set a SQL variable, read with getvariable('NAME'); repeatable")
-    p.add_argument("sql", nargs="?", help="the SQL; tables: item_neighbors, item_embeddings, listings_snapshot, "
-                                          "catalog, quarantine, eval_metrics (latest ds) and <table>_all")
+    p.add_argument("sql", nargs="?", help=f"the SQL; tables: {', '.join(tables.NAMES)} (latest ds) and "
+                                          "<table>_all (every kept ds)")
     p.set_defaults(func=cmd_query)
 
     p = sub.add_parser("report", help="write an HTML gallery of a published run (neighbours, coverage, metrics)")

@@ -29,6 +29,7 @@ NOT_CONFIG_ENV = {CONFIG_ENV, "LOOKALIKE_CACHE_DIR", "LOOKALIKE_FAULT", "LOOKALI
 
 @dataclass(frozen=True)
 class SourceConfig:
+    """The marketplace's listings database and image store (docs/pipeline.md, "Source contract")."""
     url: str = "sqlite:///var/sample/marketplace.db"  # any SQLAlchemy URL
     images: str = "var/sample/images"  # image store root: a directory or s3://bucket/prefix
     extract_sql: str = ""  # folder of extract templates; empty = the shipped sql/extract
@@ -36,6 +37,7 @@ class SourceConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """What training starts from."""
     # A named architecture trained from scratch ("tiny", "small", "siglip-base-patch16-224", …)
     # or a Hugging Face checkpoint directory, local or s3://.
     init: str = "small"
@@ -43,6 +45,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ExtractConfig:
+    """Reading the source into the ds's snapshot, catalogue and event log (pipelines/extract/)."""
     image_size: int = 96  # longest side of the stored, resized image (px)
     max_image_bytes: int = 20_000_000  # larger source files are quarantined unread
     max_image_pixels: int = 50_000_000  # decompression-bomb guard (width x height)
@@ -59,23 +62,25 @@ class ExtractConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    seed: int = 0
+    """Fine-tuning SigLIP on the snapshot's image–title pairs (pipelines/train/; docs/models.md)."""
+    seed: int = 0  # sampling, initialisation and the held-out split
     # The budget follows the data: `epochs` passes over the snapshot's training pairs, stopped early
     # when held-out image→title Recall@5 stops improving, capped by wall-clock `minutes`
-    # (benchmarks/real_photo_quality.py --defaults; README "Models").
+    # (benchmarks/real_photo_quality.py --defaults; docs/models.md).
     epochs: float = 60.0
     max_steps: int = 0  # > 0: this many optimizer steps instead of `epochs`
     minutes: float = 40.0  # wall-clock cap, whichever budget binds first
     validate_every_epochs: float = 2.0  # held-out recall checks (the learning curve in the model's metrics)
     patience: int = 4  # checks without a Recall@5 gain that stop training (0: never stop early)
-    batch_size: int = 128
-    learning_rate: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 100
+    batch_size: int = 128  # pairs per optimizer step (the sigmoid loss scores every pair of the batch)
+    learning_rate: float = 2e-3  # AdamW's peak rate, after the warmup, cosine-decayed to the end
+    weight_decay: float = 0.05  # AdamW
+    warmup_steps: int = 100  # linear warmup of the learning rate
+    # The text paired with each photo: {title}, {category}, {brand}, {description}, {price}
     text_template: str = "{title} | {category}"
     max_text_length: int = 24  # tokens; SigLIP pools the last token, so texts pad to this
-    vocab_size: int = 4000
-    val_fraction: float = 0.1
+    vocab_size: int = 4000  # the tokenizer trained on the titles when training from scratch
+    val_fraction: float = 0.1  # items held out (stable by id) for image→title Recall@1/@5
     colour_augment: float = 0.5  # share of photos recoloured (half channel-permuted, half greyscale)
     keep_aspect: bool = False  # resize the longest side and pad, instead of stretching to a square
     crop_scale: float = 0.4  # random resized crops of at least this share of the photo's area (1: shifts only)
@@ -100,7 +105,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EmbedConfig:
-    batch_size: int = 256
+    """Embedding the catalogue with the serving model, incrementally, on Spark (pipelines/embed/)."""
+    batch_size: int = 256  # photos per model call
     arrow_batch_rows: int = 1024  # spark.sql.execution.arrow.maxRecordsPerBatch
     local_max_rows: int = 2000  # at most this many items to (re)compute: embed in-process, skip Spark
     pca_dim: int = 0  # > 0: project to this many dimensions (PCA fitted once per model version)
@@ -111,7 +117,8 @@ class EmbedConfig:
 
 @dataclass(frozen=True)
 class NeighborsConfig:
-    k: int = 20
+    """The all-items nearest-neighbour search (pipelines/neighbors/)."""
+    k: int = 20  # neighbours per item
     index: str = "auto"  # auto | flat | ivf | ivfpq | hnsw | torch (see pipelines/neighbors/search.py)
     recall_target: float = 0.95  # approximate indexes are tuned to this recall@k against exact search
     recall_sample: int = 2000  # queries the recall is measured on, every run
@@ -124,11 +131,12 @@ class NeighborsConfig:
     device: str = "auto"  # auto: CUDA when torch sees one | cpu | cuda
     threads: int = 0  # FAISS threads; 0 = all cores (1 per Spark task on Spark)
     spark_min_items: int = 0  # > 0: from this many items on, the all-items search runs as Spark tasks on spark.master
-    seed: int = 0
+    seed: int = 0  # the index's training sample and the recall queries
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
+    """The offline evaluation on logged clicks and the promotion decision (pipelines/evaluate/)."""
     log_days: int = 30  # held-out interaction window [ds - log_days, ds)
     baseline_dim: int = 64  # PCA size of the hand-made image baseline
     min_candidates: int = 2  # a source item needs this many shown items to be scored
@@ -148,9 +156,9 @@ class UserRecConfig:
     dim: int = 64  # the shared user/item space
     fusion: str = "gated"  # gated (a learned gate between image and text) | concat (concatenation + MLP)
     user_tower: str = "transformer"  # transformer (causal) | gru
-    layers: int = 2
-    heads: int = 2
-    dropout: float = 0.1
+    layers: int = 2  # user tower layers
+    heads: int = 2  # attention heads of the transformer tower
+    dropout: float = 0.1  # in both towers while training
     # InfoNCE temperature τ. PixRec used 0.5; over unit vectors that bounds the logits to ±2 and on
     # the sample marketplace nothing was learned (Recall@10 0.001); 0.05 learns.
     temperature: float = 0.05
@@ -159,12 +167,12 @@ class UserRecConfig:
     weight_image_text: float = 0.0  # image ↔ text of the same item (0.1 pulled the modalities together and cost Recall@1)
     sampled_negatives: int = 512  # catalogue items drawn per batch, besides the in-batch ones
     batch_size: int = 128  # sequences per step
-    epochs: int = 12
-    learning_rate: float = 3e-3
+    epochs: int = 12  # passes over the training sequences, capped by `minutes`
+    learning_rate: float = 3e-3  # AdamW
     minutes: float = 3.0  # wall-clock cap per trained variant
     variants: str = "multimodal,text,image,id,popularity"  # scored in eval_metrics; multimodal serves
     bootstrap: int = 1000  # resamples for the 95% intervals
-    seed: int = 0
+    seed: int = 0  # initialisation, negatives and the bootstrap
 
 
 @dataclass(frozen=True)
@@ -173,13 +181,14 @@ class AlertsConfig:
     notifier: str = "none"  # none | smtp | slack: every failed task notifies (the log line stays)
     to: str = ""  # smtp: recipient address(es), comma-separated
     from_email: str = "lookalike@localhost"  # smtp: the sender
-    smtp_conn_id: str = "smtp_default"
+    smtp_conn_id: str = "smtp_default"  # smtp: the Airflow SMTP connection
     slack_conn_id: str = "slack_default"  # slack: a Slack incoming-webhook connection
     publish_deadline_minutes: float = 0  # > 0: notify when a nightly run has not published this long after it was queued
 
 
 @dataclass(frozen=True)
 class PublishConfig:
+    """The quality checks and the atomic commit of a ds (pipelines/publish/)."""
     retain_partitions: int = 14  # per table; older partitions are removed after a commit
     # The gate against the previous published day (pipelines/publish/drift.py): a ds beyond a bound is refused.
     max_rows_change: float = 0.5  # relative change of catalog, item_embeddings or item_neighbors rows
@@ -191,7 +200,8 @@ class PublishConfig:
 
 @dataclass(frozen=True)
 class SparkConfig:
-    master: str = "local[*]"
+    """Where Spark jobs run (embed, and extract and neighbours above their thresholds)."""
+    master: str = "local[*]"  # local[*], spark://host:7077, yarn, k8s://…
     driver_memory: str = "1g"  # the driver coordinates; in local mode it also hosts the tasks' JVM side
     # The serial collector keeps the driver's heap near what it uses; G1 grows it toward the cap
     # with the length of the run (benchmarks/embed_throughput.py: +42% driver RSS from 20k to 100k items
@@ -204,18 +214,21 @@ class SparkConfig:
 
 @dataclass(frozen=True)
 class AirflowConfig:
+    """Running under Airflow: `lookalike run`, and the Connections a DAG run reads."""
     home: str = "var/airflow"  # AIRFLOW_HOME for `lookalike run` on the embedded default
     # Inside a DAG run: the listings database from this Airflow connection (its SQLAlchemy URL
     # replaces source.url) and the object store's credentials from this AWS connection, when
     # defined; empty = never look one up (pipelines/connections.py).
     source_conn_id: str = "lookalike_source"
-    aws_conn_id: str = "aws_default"
+    aws_conn_id: str = "aws_default"  # the AWS connection the object store's endpoint and credentials come from
 
 
 @dataclass(frozen=True)
 class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
-    warehouse: str = "var/warehouse"  # published tables: a directory or s3://bucket/prefix
+    # Published tables: a directory or s3://bucket/prefix (endpoint and credentials: the aws_default
+    # connection in a DAG run, else the usual AWS_* variables)
+    warehouse: str = "var/warehouse"
     work_dir: str = ""  # the runs' work area (local or a shared volume); empty: <warehouse>/_work, or var/work for s3://
     models: str = "var/models"  # the model registry
     window_days: int = 90  # training snapshot window [ds - window_days, ds)

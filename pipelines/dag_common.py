@@ -10,21 +10,18 @@ from datetime import timedelta
 
 from airflow.sdk import Asset, CronPartitionTimetable, Param, PartitionedAssetTimetable
 
+from pipelines import tables
 from pipelines.alerts import failure_notifiers, publish_deadline
 from pipelines.config import load_config
 
 log = logging.getLogger("lookalike")
 
-# Same names as pipelines.storage.PUBLISHED_TABLES (tests/test_dags.py checks they agree).
-PUBLISHED_TABLES = ("listings_snapshot", "catalog", "quarantine", "item_embeddings", "item_neighbors", "eval_metrics",
-                    "user_recommendations", "user_history")
-USER_TABLES = ("user_recommendations", "user_history")
 # Locations are configuration, read at run time; an event's extra carries the ds and where it is.
 SNAPSHOT = Asset(name="lookalike.snapshot", uri="lookalike://work/snapshot")
 MODEL = Asset(name="lookalike.model", uri="lookalike://models/siglip")
-TABLE_ASSETS = {table: Asset(name=f"lookalike.{table}", uri=f"lookalike://warehouse/{table}") for table in PUBLISHED_TABLES}
-NIGHTLY_ASSETS = [TABLE_ASSETS[t] for t in PUBLISHED_TABLES if t not in USER_TABLES]
-USER_RECS_ASSETS = [TABLE_ASSETS[t] for t in (*USER_TABLES, "eval_metrics")]
+TABLE_ASSETS = {t.name: Asset(name=t.asset_name, uri=t.asset_uri) for t in tables.TABLES}
+NIGHTLY_ASSETS = [TABLE_ASSETS[t] for t in tables.published_by(tables.NIGHTLY)]
+USER_RECS_ASSETS = [TABLE_ASSETS[t] for t in tables.published_by(tables.USER_RECS)]
 
 
 def daily_partitions() -> CronPartitionTimetable:

@@ -2,10 +2,11 @@
 
 For each table, ``<table>_all`` is every published partition (files listed by the table's
 manifest, so a publish in progress is never visible) and ``<table>`` its latest partition
-(``sql/views/duckdb.sql``). Only read statements are accepted.
+(``sql/views/duckdb.sql``, applied to each table of the registry). Only read statements are accepted.
 """
 from __future__ import annotations
 
+import string
 from pathlib import Path
 
 import duckdb
@@ -54,7 +55,9 @@ def connect(warehouse: Warehouse) -> duckdb.DuckDBPyConnection:
         else:  # nothing published yet: an empty relation with the table's columns, so queries still bind
             con.register(f"{table}_empty", schemas.PUBLISHED[table].empty_table())
             con.execute(f"create view {table}_all as select * from {table}_empty")
-    con.execute(VIEWS_SQL.read_text())
+    view = string.Template(VIEWS_SQL.read_text())
+    for table in PUBLISHED_TABLES:
+        con.execute(view.substitute(table=table))
     return con
 
 

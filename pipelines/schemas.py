@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from pipelines.tables import TABLES
+
 LISTING_FIELDS = [
     pa.field("item_id", pa.string(), nullable=False),
     pa.field("title", pa.string()),
@@ -79,7 +81,6 @@ EVAL_METRICS = pa.schema([
 ])
 
 
-# Published table → the schema of its Parquet files (the analysts' views, the engines' DDL).
 USER_RECOMMENDATIONS = pa.schema([
     pa.field("ds", pa.string(), nullable=False),
     pa.field("user_id", pa.string(), nullable=False),
@@ -98,13 +99,5 @@ USER_HISTORY = pa.schema([
     pa.field("event", pa.string(), nullable=False),  # the strongest of view < click < purchase on that step
 ])
 
-PUBLISHED = {
-    "listings_snapshot": LISTINGS_SNAPSHOT,
-    "catalog": LISTINGS_SNAPSHOT,
-    "quarantine": QUARANTINE,
-    "item_embeddings": ITEM_EMBEDDINGS,
-    "item_neighbors": ITEM_NEIGHBORS,
-    "eval_metrics": EVAL_METRICS,
-    "user_recommendations": USER_RECOMMENDATIONS,
-    "user_history": USER_HISTORY,
-}
+# Published table → the schema of its Parquet files (the table registry names each one).
+PUBLISHED = {t.name: globals()[t.schema] for t in TABLES}

@@ -25,7 +25,7 @@ ARCHITECTURES: dict[str, dict] = {
     "tiny": dict(hidden=32, layers=1, heads=2, mlp=64, image_size=32, patch=8, text_layers=1),
     # The CPU default: about 0.5M parameters with a 4,000-token vocabulary. 48 px with 8 px patches (36 image tokens) and one
     # text layer trained best per CPU-minute on real photos; width and depth cost more than they
-    # give at that budget (benchmarks/real_photo_quality.py, README "Models").
+    # give at that budget (benchmarks/real_photo_quality.py, docs/models.md).
     "small": dict(hidden=64, layers=2, heads=2, mlp=256, image_size=48, patch=8, text_layers=1),
     "siglip-base-patch16-224": dict(hidden=768, layers=12, heads=12, mlp=3072, image_size=224, patch=16,
                                     text_layers=12),

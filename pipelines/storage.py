@@ -37,12 +37,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import faults, schemas
+from pipelines import faults, tables
 from pipelines.errors import ConfigError, LookalikeError
 
 log = logging.getLogger(__name__)
 
-PUBLISHED_TABLES = tuple(schemas.PUBLISHED)
+PUBLISHED_TABLES = tables.NAMES
 MANIFEST = "_manifest.json"
 RETIRED_KEPT = 400  # ds values removed by retention, remembered per table in the manifest
 

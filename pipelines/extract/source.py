@@ -86,7 +86,7 @@ def _contract_error(path: Path, engine, exc: Exception) -> ExtractError:
     """The query ran but the source does not look like the contract (or the URL is wrong)."""
     return ExtractError(f"query {path.name} failed against {engine.url.render_as_string(hide_password=True)}: "
                         f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}. Check source.url and that the "
-                        f"tables follow the source contract (README, 'Source contract').")
+                        f"tables follow the source contract (docs/pipeline.md, 'Source contract').")
 
 
 def _check_columns(columns: list[str], template: str, expected: list[str]) -> None:

@@ -122,7 +122,7 @@ def normalise_listings(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     for name in ("item_id", "status", "image_key"):
         frame[name] = frame[name].map(as_text).astype(object)
-    # An optional column: the source's own version of the photo (README, "Source contract").
+    # An optional column: the source's own version of the photo (docs/pipeline.md, "Source contract").
     frame["image_version"] = frame["image_version"].map(as_text).astype(object) \
         if "image_version" in frame else pd.Series([None] * len(frame), index=frame.index, dtype=object)
     for name in ("title", "description", "category", "brand", "seller_id"):

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines import faults, schemas
+from pipelines import faults, schemas, tables
 from pipelines.publish import drift
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
@@ -31,8 +31,8 @@ WORK_INPUTS = ("listings_snapshot", "catalog", "quarantine", "embed_quarantine",
 # eval_metrics is published when the ds has rows for it: lookalike_finetune's evaluation of the model
 # (work eval_metrics) and the user model's (work userrec_metrics), together, whichever DAG publishes.
 EVAL_INPUTS = ("eval_metrics", "userrec_metrics")
-# What lookalike_nightly publishes; user_recommendations and user_history come from lookalike_user_recs.
-NIGHTLY_TABLES = ("listings_snapshot", "catalog", "quarantine", "item_embeddings", "item_neighbors", "eval_metrics")
+NIGHTLY_TABLES = tables.published_by(tables.NIGHTLY)  # what run_publish commits
+USER_TABLES = tuple(t for t in tables.published_by(tables.USER_RECS) if t not in NIGHTLY_TABLES)  # publish_user_recs
 
 
 class PublishCheckFailed(LookalikeError):
@@ -87,7 +87,7 @@ def publish_user_recs(cfg: Config, ds: str) -> dict:
         raise LookalikeError(f"publish {ds}: no user recommendations in {wh.work_root}; run `lookalike userrec "
                              f"--ds {ds}` first")
     staging = wh.fresh_work(ds, "publish_userrec_staging")
-    files = {name: _files(wh.work(ds, name)) for name in ("user_recommendations", "user_history")}
+    files = {name: _files(wh.work(ds, name)) for name in USER_TABLES}
     files.update(_eval_metrics(wh, ds, staging))
     rows = {table: _rows(f) for table, f in files.items()}
     catalog = pq.read_table(wh.work(ds, "catalog"), columns=["item_id", "status"], partitioning=None)

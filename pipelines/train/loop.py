@@ -6,7 +6,7 @@
   spared), linear warmup then cosine decay, gradient clipping, gradient accumulation.
 - bf16 autocast on CUDA (``precision: auto``), optional on CPU; optional freezing of the text
   tower and of the lower vision blocks; optional gradient checkpointing.
-- Recipe switches, each measured on real photos (README "Models"): recolouring, random resized
+- Recipe switches, each measured on real photos (docs/models.md): recolouring, random resized
   crops, an image–image positive term (two views of one photo, as in SLIP), and FLIP's patch
   dropout (:class:`PatchDropout`).
 - Seeded: the batches (:class:`pipelines.train.data.StreamPlan`), the augmentation (one

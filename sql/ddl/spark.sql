@@ -4,7 +4,7 @@
 -- run folder (<table>/ds=<ds>/run=<run_id>/) named by the warehouse manifest, so partitions are
 -- registered at their run's location, never discovered from folders (MSCK REPAIR would see
 -- unfinished runs). Rerun the generated script after every publish; it is idempotent.
--- Column meanings: README "Tables". item_embeddings stored with embed.float16 (Parquet FLOAT16)
+-- Column meanings: docs/pipeline.md "Tables". item_embeddings stored with embed.float16 (Parquet FLOAT16)
 -- needs a reader that knows half floats; the default float32 storage reads everywhere.
 create schema if not exists ${schema};
 

@@ -7,7 +7,7 @@
 -- registration must be removed first: the script unregisters every ds it registers, so run it
 -- after each publish; the first run on a fresh schema reports "partition does not exist" for
 -- those unregister calls, which is harmless.
--- Column meanings: README "Tables".
+-- Column meanings: docs/pipeline.md "Tables".
 create schema if not exists ${catalog}.${schema};
 
 create table if not exists ${catalog}.${schema}.listings_snapshot (

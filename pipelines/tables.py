@@ -1,0 +1,59 @@
+"""The published tables, in one place: each table's name, what one row is, its keys, its Arrow
+schema (by name, in :mod:`pipelines.schemas`), the DAGs that publish it and its Airflow Asset.
+
+Everything that lists tables is derived from here: the publish lists (:mod:`pipelines.publish.stage`),
+the DAG outlets and Assets (:mod:`pipelines.dag_common`), the DuckDB views (``sql/views/duckdb.sql``
+is applied per table), the CLI's help, ``schemas.PUBLISHED``. What cannot be derived, the Spark and
+Trino DDL of ``sql/ddl/`` and the README's table list, is checked against it by
+``tests/test_tables.py``, which fails on drift. Adding a table is one entry here, its schema in
+``schemas.py``, its producer, and its DDL.
+
+Standard library only: DAG files import this at parse time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NIGHTLY = "lookalike_nightly"
+USER_RECS = "lookalike_user_recs"
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    row: str  # what one row is, for people: "item and rank: …"
+    keys: tuple[str, ...]  # unique within a ds
+    schema: str  # the name of its Arrow schema in pipelines.schemas
+    dags: tuple[str, ...]  # the DAGs whose publish writes it (the first writes it first each night)
+
+    @property
+    def asset_name(self) -> str:
+        return f"lookalike.{self.name}"
+
+    @property
+    def asset_uri(self) -> str:
+        return f"lookalike://warehouse/{self.name}"
+
+
+TABLES: tuple[Table, ...] = (
+    Table("listings_snapshot", "listing of the training window", ("item_id",), "LISTINGS_SNAPSHOT", (NIGHTLY,)),
+    Table("catalog", "on-sale listing: the items embedded and offered", ("item_id",), "LISTINGS_SNAPSHOT", (NIGHTLY,)),
+    Table("quarantine", "row left out, and why", (), "QUARANTINE", (NIGHTLY,)),
+    Table("item_embeddings", "on-sale item: the served model's embedding", ("item_id",), "ITEM_EMBEDDINGS", (NIGHTLY,)),
+    Table("item_neighbors", "item and rank: its top-k on-sale neighbours, with the cosine score",
+          ("item_id", "rank"), "ITEM_NEIGHBORS", (NIGHTLY,)),
+    Table("eval_metrics", "system, metric and k: the offline evaluations, with 95% intervals",
+          ("system", "metric", "k"), "EVAL_METRICS", (NIGHTLY, USER_RECS)),
+    Table("user_recommendations", "user and rank: the user model's recommendations", ("user_id", "rank"),
+          "USER_RECOMMENDATIONS", (USER_RECS,)),
+    Table("user_history", "user and step: what the user model read", ("user_id", "step"), "USER_HISTORY",
+          (USER_RECS,)),
+)
+
+BY_NAME: dict[str, Table] = {t.name: t for t in TABLES}
+NAMES: tuple[str, ...] = tuple(BY_NAME)
+
+
+def published_by(dag: str) -> tuple[str, ...]:
+    """The tables ``dag``'s publish task commits."""
+    return tuple(t.name for t in TABLES if dag in t.dags)
