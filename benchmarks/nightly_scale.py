@@ -137,9 +137,28 @@ def night(config: Path, ds: str, stages: list[str], rows: int) -> dict:
     for stage in stages:
         result[stage] = run_stage(stage, config, ds)
         result[stage]["rows_per_s"] = round(rows / max(result[stage]["seconds"], 1e-9))
-        print(f"  {ds} {stage:<10} {result[stage]['seconds']:>8.1f} s  {result[stage]['peak_rss_mb']:>6} MB",
-              flush=True)
+        if stage == "neighbors":  # what the tuning chose tonight: the index, its knob, the recall
+            result[stage]["search"] = search_choice(config, ds)
+        print(f"  {ds} {stage:<10} {result[stage]['seconds']:>8.1f} s  {result[stage]['peak_rss_mb']:>6} MB"
+              f"  {result[stage].get('search', '')}", flush=True)
     return result
+
+
+def knob(group: dict) -> str:
+    if not group.get("knob"):
+        return ""
+    setting = f"{group['knob']}={group['value']}"
+    return f" (the index at {setting} did not pay: exact)" if group.get("exact") else f" {setting}"
+
+
+def search_choice(config: Path, ds: str) -> str:
+    from pipelines.config import load_config
+    from pipelines.storage import Warehouse
+
+    stats = json.loads(Warehouse.of(load_config(config)).work(ds, "neighbors_stats.json").read_text())
+    return "; ".join(f"{g['index']}{knob(g)} "
+                     f"recall {g['recall_at_k']:.3f}, tuned in {g['tune_seconds']} s, searched in {g['search_seconds']} s"
+                     for g in stats["groups"])
 
 
 def main(argv: list[str] | None = None) -> int:
