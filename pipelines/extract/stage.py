@@ -19,11 +19,14 @@ changed (:mod:`.photos`), so a night's cost follows what changed.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import shutil
 import multiprocessing
 import os
+import sys
+import types
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import date, timedelta
@@ -229,8 +232,10 @@ class Decoders:
         todo = [i for i, (kind, _) in enumerate(results) if kind == "data"]
         size = max(1, min(SLICE_TASKS, -(-len(todo) // self.processes)))
         slices = [[results[i][1] for i in todo[k:k + size]] for k in range(0, len(todo), size)]
-        for i, decoded in zip(todo, (r for part in self._pool.map(work.decode_all, slices) for r in part)):
-            results[i] = decoded
+        with _children_skip_main():  # the pool spawns its processes as work is submitted
+            decoded = self._pool.map(work.decode_all, slices)
+        for i, photo in zip(todo, (r for part in decoded for r in part)):
+            results[i] = photo
         return results
 
     def __enter__(self):
@@ -241,6 +246,21 @@ class Decoders:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
         return False
+
+
+@contextlib.contextmanager
+def _children_skip_main():
+    """A process spawned now does not import this process's ``__main__`` first, as
+    ``multiprocessing`` otherwise makes it do. Inside an Airflow task ``__main__`` is Airflow's
+    own entry point, which fails to import in a child (the task's environment points the
+    metadata database at a blocked URL), and every decode process died with it. The decode
+    processes need nothing from ``__main__``."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 class SparkDecoders:

@@ -51,3 +51,32 @@ def test_extract_under_spark_submit(tmp_path, sample_dir, monkeypatch, caplog):
     reference = run_extract(load_config(environ={"LOOKALIKE_CONFIG": str(config), "LOOKALIKE_WORK_DIR":
                                                  str(tmp_path / "here"), "LOOKALIKE_EXTRACT__SPARK_MIN_ROWS": "0"}), DS)
     assert _tables(result) == _tables(reference)
+
+
+MAIN_THAT_ONLY_RUNS_AS_MAIN = '''
+import sys
+if __name__ != "__main__":  # as Airflow's entry point inside a task, whose environment blocks the metadata DB
+    raise RuntimeError("this entry point cannot be imported by a child process")
+from pipelines.config import load_config
+from pipelines.extract.stage import run_extract
+print(run_extract(load_config(sys.argv[1], environ={}), sys.argv[2])["listings_snapshot"])
+'''
+
+
+def test_decode_processes_work_under_a_main_module_that_children_cannot_import(tmp_path, sample_dir):
+    """Spawned processes import the parent's ``__main__`` unless told not to: under an Airflow
+    LocalExecutor task that import fails, and every decode process died with it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = write_config(tmp_path, sample_dir, extract={"decode_processes": 2})
+    script = tmp_path / "entry.py"
+    script.write_text(MAIN_THAT_ONLY_RUNS_AS_MAIN)
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, str(script), str(config), DS], capture_output=True, text=True,
+                          cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reference = run_extract(load_config(config, environ={"LOOKALIKE_WORK_DIR": str(tmp_path / "one"),
+                                                         "LOOKALIKE_EXTRACT__DECODE_PROCESSES": "1"}), DS)
+    assert pq.read_table(done.stdout.strip()) == pq.read_table(reference["listings_snapshot"])
