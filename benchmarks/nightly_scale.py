@@ -11,6 +11,7 @@ Per stage and night: wall time, peak RSS of the process tree, and rows per secon
 
     .venv/bin/python benchmarks/nightly_scale.py --sizes 20000 80000 320000 --json scale.json
     .venv/bin/python benchmarks/nightly_scale.py --sizes 20000 80000 --stages extract
+    .venv/bin/python benchmarks/nightly_scale.py --sizes 20000 80000 --stages extract --set extract.decode_processes=0
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ import threading
 import time
 from datetime import date, timedelta
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -169,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", type=int, default=1500, help="listings of the sample marketplace copied")
     parser.add_argument("--changed", type=float, default=0.02, help="share of listings with a new photo next night")
     parser.add_argument("--new", type=float, default=0.01, help="share of new listings next night")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a config key for every stage (repeatable), e.g. extract.decode_processes=0")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if list(args.stages) != list(STAGES[:len(args.stages)]):
@@ -185,9 +190,13 @@ def main(argv: list[str] | None = None) -> int:
             folder.mkdir()
             made = synthesise(root / "base", folder, n)
             config = folder / "lookalike.yaml"
-            config.write_text(json.dumps({"source": {"url": f"sqlite:///{folder / 'source.db'}",
-                                                     "images": str(folder / "images")},
-                                          "warehouse": str(folder / "warehouse"), "models": str(folder / "models")}))
+            settings = {"source": {"url": f"sqlite:///{folder / 'source.db'}", "images": str(folder / "images")},
+                        "warehouse": str(folder / "warehouse"), "models": str(folder / "models")}
+            for item in args.set:
+                key, _, value = item.partition("=")
+                section, name = key.split(".")
+                settings.setdefault(section, {})[name] = yaml.safe_load(value)
+            config.write_text(json.dumps(settings))
             print(f"N = {made['listings']} listings, {made['events']} events", flush=True)
             first = night(config, DS, args.stages, made["listings"])
             delta = change(folder, args.changed, args.new)
