@@ -53,6 +53,9 @@ CHUNK_ROWS = 2000  # rows decoded and written per Parquet row group
 FETCH_THREADS = 8  # photos fetched at once, by the extract or by one Spark task
 SLICE_TASKS = 128  # photos handed to a decode process or a Spark task at a time
 THREAD_TASKS = 64  # photos handed to a fetch thread at a time (fewer when there are few)
+# Fewer photos of a chunk to fetch than this are decoded on the fetch threads even with decode
+# processes: a night that changed a few percent never pays for starting them.
+PROCESS_MIN_PHOTOS = 256
 
 
 def window(ds: str, days: int) -> tuple[str, str]:
@@ -207,9 +210,10 @@ class Decoders:
     """Where photos are fetched and decoded. Fetching is I/O and runs on FETCH_THREADS threads of
     this process (an object store answers in milliseconds; an unchanged photo costs only that).
     Decoding runs on those threads too (Pillow releases the GIL while it decodes and encodes), or,
-    with ``extract.decode_processes`` > 1, in that many processes, spawned rather than forked so
-    that nothing of this one (an S3 client, a database connection) is shared with them, and
-    killed with it."""
+    with ``extract.decode_processes`` other than 1 and at least PROCESS_MIN_PHOTOS photos of a
+    chunk to fetch, in that many processes (0: one per core), spawned rather than forked so that
+    nothing of this one (an S3 client, a database connection) is shared with them, started when
+    first needed and killed with it."""
 
     def __init__(self, processes: int):
         self.processes = processes or os.cpu_count() or 1
@@ -226,7 +230,7 @@ class Decoders:
         return settled(work, tasks, lambda rest: self._fetch_and_decode(work, rest))
 
     def _fetch_and_decode(self, work: PhotoWork, tasks: list[tuple]) -> list[tuple[str, object]]:
-        if self._pool is None:
+        if self._pool is None or len(tasks) < PROCESS_MIN_PHOTOS:
             return threaded(self._threads, work.all, tasks)
         results = threaded(self._threads, work.fetch_all, tasks)
         todo = [i for i, (kind, _) in enumerate(results) if kind == "data"]
