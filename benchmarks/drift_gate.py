@@ -35,7 +35,7 @@ def main() -> int:
     from pipelines.publish.stage import run_publish
     from pipelines.sample.marketplace import SampleSpec, generate
     from pipelines.storage import Warehouse
-    from pipelines.summary import format_table
+    from pipelines.tools.summary import format_table
     from pipelines.train.stage import run_train
     from tests.conftest import tiny_model, write_config
 

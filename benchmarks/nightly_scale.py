@@ -106,7 +106,7 @@ def run_stage(stage: str, config: Path, ds: str) -> dict:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", stage, "--config", str(config), "--ds", ds],
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.tools.cli", stage, "--config", str(config), "--ds", ds],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak, stop = [0.0], threading.Event()
 

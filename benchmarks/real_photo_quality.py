@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs._common import setup_logging  # noqa: E402
+from pipelines.orchestration.jobs import setup_logging  # noqa: E402
 from pipelines.sample.marketplace import SCHEMA_SQL  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion_products_small.parquet"

@@ -189,7 +189,7 @@ def main() -> int:
 
     import torch
 
-    from jobs._common import setup_logging
+    from pipelines.orchestration.jobs import setup_logging
     from pipelines.train.stage import loader_workers
 
     setup_logging()

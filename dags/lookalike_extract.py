@@ -18,7 +18,7 @@ from datetime import datetime
 
 from airflow.sdk import dag, get_current_context, task
 
-from pipelines.dag_common import DEFAULT_ARGS, SNAPSHOT, daily_partitions, run_params
+from pipelines.orchestration.dag_common import DEFAULT_ARGS, SNAPSHOT, daily_partitions, run_params
 
 
 @dag(
@@ -35,7 +35,7 @@ from pipelines.dag_common import DEFAULT_ARGS, SNAPSHOT, daily_partitions, run_p
 def lookalike_extract():
     @task(outlets=[SNAPSHOT])
     def extract() -> dict:
-        from pipelines import tasks
+        from pipelines.orchestration import tasks
 
         return tasks.extract(get_current_context())
 

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag, get_current_context, task
 
-from pipelines.dag_common import DEFAULT_ARGS, MODEL, run_params
+from pipelines.orchestration.dag_common import DEFAULT_ARGS, MODEL, run_params
 
 
 @dag(
@@ -32,13 +32,13 @@ from pipelines.dag_common import DEFAULT_ARGS, MODEL, run_params
 def lookalike_finetune():
     @task(queue="gpu", pool="gpu", execution_timeout=timedelta(hours=12))
     def train() -> dict:
-        from pipelines import tasks
+        from pipelines.orchestration import tasks
 
         return tasks.train(get_current_context())
 
     @task(outlets=[MODEL])
     def evaluate(model: dict) -> dict:
-        from pipelines import tasks
+        from pipelines.orchestration import tasks
 
         return tasks.evaluate(get_current_context(), model["model_uri"])
 

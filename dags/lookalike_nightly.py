@@ -21,7 +21,7 @@ from datetime import datetime
 
 from airflow.sdk import dag, get_current_context, task
 
-from pipelines.dag_common import DEFAULT_ARGS, NIGHTLY_ASSETS, PUBLISH_DEADLINE, per_snapshot, run_params
+from pipelines.orchestration.dag_common import DEFAULT_ARGS, NIGHTLY_ASSETS, PUBLISH_DEADLINE, per_snapshot, run_params
 
 
 @dag(
@@ -39,25 +39,25 @@ from pipelines.dag_common import DEFAULT_ARGS, NIGHTLY_ASSETS, PUBLISH_DEADLINE,
 def lookalike_nightly():
     @task
     def embed() -> dict:
-        from pipelines import tasks
+        from pipelines.orchestration import tasks
 
         return tasks.embed(get_current_context())
 
     @task
     def neighbors() -> dict:
-        from pipelines import tasks
+        from pipelines.orchestration import tasks
 
         return tasks.neighbors(get_current_context())
 
     @task(outlets=NIGHTLY_ASSETS)
     def publish() -> dict:
-        from pipelines import tasks
+        from pipelines.orchestration import tasks
 
         return tasks.publish(get_current_context())
 
     @task
     def report() -> dict:
-        from pipelines import tasks
+        from pipelines.orchestration import tasks
 
         return tasks.report(get_current_context())
 

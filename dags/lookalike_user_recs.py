@@ -21,7 +21,7 @@ from datetime import datetime
 
 from airflow.sdk import dag, get_current_context, task
 
-from pipelines.dag_common import DEFAULT_ARGS, USER_RECS_ASSETS, per_published_day, run_params
+from pipelines.orchestration.dag_common import DEFAULT_ARGS, USER_RECS_ASSETS, per_published_day, run_params
 
 
 @dag(
@@ -38,13 +38,13 @@ from pipelines.dag_common import DEFAULT_ARGS, USER_RECS_ASSETS, per_published_d
 def lookalike_user_recs():
     @task
     def userrec() -> dict:
-        from pipelines import tasks
+        from pipelines.orchestration import tasks
 
         return tasks.userrec(get_current_context())
 
     @task(outlets=USER_RECS_ASSETS)
     def publish() -> dict:
-        from pipelines import tasks
+        from pipelines.orchestration import tasks
 
         return tasks.publish_user_recs(get_current_context())
 

@@ -14,7 +14,6 @@ COPY pyproject.toml constraints.txt docker/install-deps.sh ./
 RUN ./install-deps.sh all,celery && rm -rf /opt/wheelhouse
 COPY README.md ./
 COPY sql ./sql
-COPY docker/spark ./docker/spark
 COPY jobs ./jobs
 COPY pipelines ./pipelines
 COPY dags ./dags

@@ -13,8 +13,20 @@ find_links=()
 "${pip[@]}" install -q "setuptools>=77" wheel
 stub=$(mktemp -d)  # the project's metadata with empty packages: its dependencies, not its code
 cp pyproject.toml "$stub/"
-mkdir "$stub/pipelines" "$stub/jobs"
-touch "$stub/README.md" "$stub/pipelines/__init__.py" "$stub/jobs/__init__.py"
+touch "$stub/README.md"
+python3 - "$stub" <<'EOF'  # an empty folder for every package pyproject.toml lists
+import pathlib, sys, tomllib
+stub = pathlib.Path(sys.argv[1])
+tool = tomllib.loads((stub / "pyproject.toml").read_text())["tool"]["setuptools"]
+mapped = tool.get("package-dir", {})
+for package in tool["packages"]:
+    parts = package.split(".")
+    prefix = next((".".join(parts[:n]) for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in mapped), None)
+    folder = (pathlib.Path(mapped[prefix], *parts[len(prefix.split(".")):]) if prefix
+              else pathlib.Path(*parts))
+    (stub / folder).mkdir(parents=True, exist_ok=True)
+    (stub / folder / "__init__.py").touch()
+EOF
 "${pip[@]}" install "${find_links[@]}" -c constraints.txt "$stub[$extras]" "$@"
 "${pip[@]}" uninstall -q -y lookalike
 "${pip[@]}" check

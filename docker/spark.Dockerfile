@@ -14,7 +14,7 @@ RUN ./install-deps.sh spark,s3 && rm -rf /opt/wheelhouse \
     && ln -s "$(/opt/venv/bin/python -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')" /opt/spark
 COPY README.md ./
 COPY sql ./sql
-COPY docker/spark ./docker/spark
+COPY dags ./dags
 COPY jobs ./jobs
 COPY pipelines ./pipelines
 RUN /opt/venv/bin/pip install -q --no-deps --no-build-isolation -e . && rm install-deps.sh

@@ -1,4 +1,2 @@
-"""Worker entrypoints: ``python -m jobs.<stage> --ds YYYY-MM-DD [--config FILE]``.
-
-Each is a thin ``main(argv) -> int`` over ``pipelines``; ``spark-submit jobs/embed.py`` works too.
-"""
+"""Worker entrypoints: ``python -m jobs.<stage> --ds YYYY-MM-DD [--config FILE]`` or
+``spark-submit jobs/<stage>.py …``; each is one call of ``pipelines.orchestration.jobs.main``."""

@@ -1,16 +1,7 @@
-"""Build one ds's top-k neighbour table from its embeddings with FAISS."""
-from __future__ import annotations
-
+"""`lookalike neighbors`: see `pipelines.orchestration.jobs.STAGES` (`python -m jobs.neighbors --help`)."""
 import sys
 
-from jobs._common import run_stage
-
-
-def main(argv: list[str] | None = None) -> int:
-    from pipelines.neighbors.stage import run_neighbors
-
-    return run_stage("neighbors", __doc__, run_neighbors, argv)
-
+from pipelines.orchestration.jobs import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main("neighbors"))

@@ -177,7 +177,7 @@ class UserRecConfig:
 
 @dataclass(frozen=True)
 class AlertsConfig:
-    """Who hears about a failed night (pipelines/alerts.py)."""
+    """Who hears about a failed night (pipelines/orchestration/alerts.py)."""
     notifier: str = "none"  # none | smtp | slack: every failed task notifies (the log line stays)
     to: str = ""  # smtp: recipient address(es), comma-separated
     from_email: str = "lookalike@localhost"  # smtp: the sender
@@ -209,7 +209,7 @@ class SparkConfig:
     driver_java_options: str = "-XX:+UseSerialGC"
     executor_memory: str = ""  # empty: Spark's default
     executor_gpus: int = 0  # GPUs per executor; > 0 schedules one GPU per embedding task, bf16 inference
-    gpu_discovery_script: str = "docker/spark/gpu-discovery.sh"  # must exist on every executor host
+    gpu_discovery_script: str = ""  # when empty, the one Lookalike ships (pipelines/resources/gpu-discovery.sh); must exist on every executor host
 
 
 @dataclass(frozen=True)
@@ -218,7 +218,7 @@ class AirflowConfig:
     home: str = "var/airflow"  # AIRFLOW_HOME for `lookalike run` on the embedded default
     # Inside a DAG run: the listings database from this Airflow connection (its SQLAlchemy URL
     # replaces source.url) and the object store's credentials from this AWS connection, when
-    # defined; empty = never look one up (pipelines/connections.py).
+    # defined; empty = never look one up (pipelines/orchestration/connections.py).
     source_conn_id: str = "lookalike_source"
     aws_conn_id: str = "aws_default"  # the AWS connection the object store's endpoint and credentials come from
 
@@ -270,8 +270,7 @@ def redact_url(text: str) -> str:
 # Keys holding locations: relative ones are resolved against the config file's folder
 # (or the working directory for the embedded default), so tasks agree wherever they run.
 _PATH_KEYS = {("source", "images"), ("source", "extract_sql"), ("warehouse",), ("work_dir",), ("models",),
-              ("airflow", "home")}
-_REPO_RELATIVE = {("spark", "gpu_discovery_script")}  # shipped files: relative to the repository
+              ("airflow", "home"), ("spark", "gpu_discovery_script")}
 
 
 def _coerce(value, typ, key: str):
@@ -352,10 +351,6 @@ def _resolve_paths(data: dict, base_dir: Path) -> dict:
         value = node[key[-1]]
         if value and "://" not in value and not Path(value).is_absolute():
             node[key[-1]] = str((base_dir / value).resolve())
-    for section, key in _REPO_RELATIVE:
-        value = data[section][key]
-        if value and not Path(value).is_absolute():
-            data[section][key] = str(Path(__file__).resolve().parents[1] / value)
     if not data["work_dir"]:
         warehouse = data["warehouse"]
         data["work_dir"] = str(base_dir.resolve() / "var" / "work") if "://" in warehouse else str(Path(warehouse) / "_work")

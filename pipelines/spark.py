@@ -5,6 +5,7 @@ import os
 import sys
 
 from pipelines.config import Config
+from pipelines.resources import script_path
 
 
 def spark_conf(cfg: Config) -> dict[str, str]:
@@ -31,7 +32,7 @@ def spark_conf(cfg: Config) -> dict[str, str]:
         conf.update({
             "spark.executor.resource.gpu.amount": str(cfg.spark.executor_gpus),
             "spark.task.resource.gpu.amount": "1",
-            "spark.executor.resource.gpu.discoveryScript": cfg.spark.gpu_discovery_script,
+            "spark.executor.resource.gpu.discoveryScript": cfg.spark.gpu_discovery_script or str(script_path("gpu-discovery.sh")),
             "spark.executorEnv.OMP_NUM_THREADS": "4",  # decoding threads beside the GPU
         })
     return conf

@@ -2,7 +2,7 @@
 schema (by name, in :mod:`pipelines.schemas`), the DAGs that publish it and its Airflow Asset.
 
 Everything that lists tables is derived from here: the publish lists (:mod:`pipelines.publish.stage`),
-the DAG outlets and Assets (:mod:`pipelines.dag_common`), the DuckDB views (``sql/views/duckdb.sql``
+the DAG outlets and Assets (:mod:`pipelines.orchestration.dag_common`), the DuckDB views (``sql/views/duckdb.sql``
 is applied per table), the CLI's help, ``schemas.PUBLISHED``. What cannot be derived, the Spark and
 Trino DDL of ``sql/ddl/`` and the README's table list, is checked against it by
 ``tests/test_tables.py``, which fails on drift. Adding a table is one entry here, its schema in

@@ -59,7 +59,7 @@ def test_training_runs_on_the_gpu_queue_and_pool(dagbag):
 
 
 def test_tasks_retry_with_backoff_time_out_and_say_how_to_rerun(dagbag):
-    from pipelines.dag_common import on_task_failure
+    from pipelines.orchestration.dag_common import on_task_failure
 
     for dag_id in DAG_IDS:
         dag = dagbag.dags[dag_id]
@@ -75,7 +75,7 @@ def test_tasks_retry_with_backoff_time_out_and_say_how_to_rerun(dagbag):
 def test_the_failure_message_names_the_task_the_ds_and_the_rerun(caplog):
     from types import SimpleNamespace
 
-    from pipelines.dag_common import on_task_failure
+    from pipelines.orchestration.dag_common import on_task_failure
 
     ti = SimpleNamespace(dag_id="lookalike_nightly", task_id="neighbors", try_number=3)
     on_task_failure({"ti": ti, "params": {"ds": "2026-11-21"}, "exception": ValueError("disk full")})

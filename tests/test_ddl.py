@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 
 from pipelines import schemas
-from pipelines.ddl import render_ddl, statements
+from pipelines.tools.ddl import render_ddl, statements
 from pipelines.storage import Warehouse, write_parquet
 
 D1, D2 = "2026-11-20", "2026-11-21"

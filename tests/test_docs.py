@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import configdoc
+from pipelines.tools import configdoc
 from pipelines.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,8 +24,8 @@ def _keys(cls, prefix=""):
 
 def test_the_configuration_page_is_written_from_config_py_and_names_every_key():
     assert configdoc.undocumented() == [], "give these keys a comment in pipelines/config.py"
-    page = configdoc.PAGE.read_text()
-    assert page == configdoc.page(), "docs/configuration.md is out of date: run python -m pipelines.configdoc"
+    page = (ROOT / configdoc.PAGE).read_text()
+    assert page == configdoc.page(), "docs/configuration.md is out of date: run python -m pipelines.tools.configdoc"
     rows = dict(re.findall(r"^\| `([a-z0-9_.]+)` \| (.+?) \|", page, flags=re.M))
     assert sorted(rows) == sorted(_keys(Config)), "every key once, and no key that is not one"
     assert rows["extract.events_refetch_days"] == "`3`" and rows["neighbors.block_size"] == "`16_384`"

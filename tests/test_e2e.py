@@ -1,4 +1,7 @@
-"""End to end: `lookalike run` drives the real Airflow DAG over a tiny sample marketplace."""
+"""End to end, as a user installs it: the wheel built from this checkout, installed with its extras
+into a fresh virtual environment outside the checkout; from an empty directory `lookalike
+sample-data` makes a tiny marketplace and `lookalike run` drives the real Airflow DAGs over it. An
+existing Airflow pointed at the installed DAGs finds every DAG."""
 import json
 import os
 import subprocess
@@ -8,17 +11,39 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import load_config
-from pipelines.query import run_query
+from pipelines.tools.query import run_query
 from pipelines.storage import PUBLISHED_TABLES, Warehouse
 from tests.conftest import DS, write_config
 
 REPO = Path(__file__).resolve().parents[1]
-LOOKALIKE = [sys.executable, "-m", "pipelines.cli"]
+CHECKOUT = [sys.executable, "-m", "pipelines.tools.cli"]
 pytestmark = pytest.mark.slow
 
 
-def _run(*args, check=True, **kw):
-    proc = subprocess.run([*LOOKALIKE, *args], capture_output=True, text=True, timeout=900, cwd=REPO, **kw)
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """(the installed ``lookalike``, its environment, an empty working directory): the wheel of this
+    checkout with ``[all]`` in a fresh venv, nothing of the checkout on its path."""
+    root = tmp_path_factory.mktemp("installed")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(root / "dist"), str(REPO)], check=True, capture_output=True, timeout=300)
+    (wheel,) = (root / "dist").glob("lookalike-*.whl")
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    proc = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-c", str(REPO / "constraints.txt"),
+                           f"{wheel}[all]"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    empty = root / "empty"
+    empty.mkdir()
+    return [str(venv / "bin" / "lookalike")], env, empty
+
+
+def _run(*args, check=True, lookalike=None, **kw):
+    """``lookalike ARGS`` as installed (``lookalike=installed``), else from this checkout."""
+    command, env, cwd = lookalike if lookalike else (CHECKOUT, None, REPO)
+    proc = subprocess.run([*command, *args], capture_output=True, text=True, timeout=900, cwd=cwd, env=env, **kw)
     if check and proc.returncode != 0:
         raise AssertionError(f"lookalike {' '.join(args)} failed ({proc.returncode}):\n"
                              f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
@@ -35,15 +60,42 @@ def _contents(wh: Warehouse) -> dict:
 
 
 @pytest.fixture(scope="module")
-def nightly(tmp_path_factory, sample_dir):
-    root = tmp_path_factory.mktemp("e2e")
-    config = write_config(root, sample_dir, embed={"local_max_rows": 0})  # the first night embeds on Spark
-    proc = _run("run", "--config", str(config), "--ds", DS)
-    return config, Warehouse.of(load_config(config, environ={})), proc.stdout
+def nightly(tmp_path_factory, installed):
+    _, _, empty = installed
+    _run("sample-data", "--out", "sample", "--items", "400", "--users", "120", "--days", "120", "--seed", "1",
+         "--end", DS, lookalike=installed)
+    config = write_config(empty, empty / "sample", embed={"local_max_rows": 0})  # the first night embeds on Spark
+    proc = _run("run", "--config", str(config), "--ds", DS, lookalike=installed)
+    return config, Warehouse.of(load_config(config, environ={})), proc.stdout, installed
+
+
+def test_the_installed_package_runs_from_its_own_files_not_the_checkout(installed):
+    command, env, cwd = installed
+    python = str(Path(command[0]).with_name("python"))
+    where = subprocess.run([python, "-c", "import pipelines, jobs; from pipelines.resources import sql_path, "
+                            "dags_folder; print(pipelines.__file__, jobs.__file__, sql_path(), dags_folder())"],
+                           capture_output=True, text=True, cwd=cwd, env=env, check=True).stdout.split()
+    assert all(path.startswith(str(Path(python).parents[1])) for path in where), where  # all in the venv
+    assert not any(path.startswith(str(REPO)) for path in where)
+
+
+def test_an_existing_airflow_pointed_at_the_installed_dags_finds_every_dag(installed, tmp_path):
+    command, env, cwd = installed
+    folder = _run("dags-folder", lookalike=installed).stdout.strip()
+    script = ("import json, sys; from airflow.dag_processing.dagbag import DagBag; "
+              "bag = DagBag(dag_folder=sys.argv[1]); "
+              "print(json.dumps({'dags': sorted(bag.dag_ids), 'errors': {k: str(v) for k, v in bag.import_errors.items()}}))")
+    proc = subprocess.run([str(Path(command[0]).with_name("python")), "-c", script, folder], capture_output=True,
+                          text=True, cwd=cwd, env={**env, "AIRFLOW_HOME": str(tmp_path / "airflow"),
+                                                    "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bag = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert bag == {"dags": ["lookalike_extract", "lookalike_finetune", "lookalike_nightly", "lookalike_user_recs"],
+                   "errors": {}}
 
 
 def test_run_goes_through_airflow_and_prints_the_summary(nightly):
-    config, wh, stdout = nightly
+    config, wh, stdout, installed = nightly
     for task in ("extract", "train", "evaluate", "embed", "neighbors", "publish", "report", "userrec"):
         assert f"── task {task}" in stdout
     assert "Published tables:" in stdout and "nDCG@5" in stdout and "lookalike query" in stdout
@@ -54,15 +106,16 @@ def test_run_goes_through_airflow_and_prints_the_summary(nightly):
 
 
 def test_neighbor_rows_equal_k_times_items_with_neighbours(nightly):
-    config, wh, _ = nightly
-    proc = _run("query", "--config", str(config), "--format", "json", "select count(*) as n from item_neighbors")
+    config, wh, _, installed = nightly
+    proc = _run("query", "--config", str(config), "--format", "json", "select count(*) as n from item_neighbors",
+                lookalike=installed)
     total = json.loads(proc.stdout)[0]["n"]
     items = run_query(wh, "select count(distinct item_id) from item_neighbors")[1][0][0]
     assert items > 100 and total == 5 * items
 
 
 def test_every_sql_file_runs_against_the_output(nightly):
-    config, wh, _ = nightly
+    config, wh, _, installed = nightly
     files = sorted((REPO / "sql" / "analytics").glob("*.sql"))
     assert len(files) >= 4
     for path in files:
@@ -76,9 +129,9 @@ def test_every_sql_file_runs_against_the_output(nightly):
 
 
 def test_rerunning_the_same_ds_leaves_published_tables_identical(nightly):
-    config, wh, _ = nightly
+    config, wh, _, installed = nightly
     before = _contents(wh)
-    proc = _run("run", "--config", str(config), "--ds", DS)
+    proc = _run("run", "--config", str(config), "--ds", DS, lookalike=installed)
     assert _contents(wh) == before
     assert "computed 0 (none)" in proc.stdout  # every embedding reused: same items, photos and model
     _, rows = run_query(wh, (REPO / "sql" / "analytics" / "neighbor_overlap_day_over_day.sql").read_text())
@@ -88,7 +141,7 @@ def test_rerunning_the_same_ds_leaves_published_tables_identical(nightly):
 def test_each_dag_emits_its_asset_events_with_the_ds(nightly):
     import sqlite3
 
-    config, wh, _ = nightly
+    config, wh, _, installed = nightly
     home = load_config(config, environ={}).airflow.home
     with sqlite3.connect(Path(home) / "airflow.db") as db:
         events = db.execute("select a.name, e.extra from asset_event e join asset a on a.id = e.asset_id "
@@ -112,7 +165,7 @@ def test_the_run_report_renders_as_a_gallery_in_headless_chromium(nightly, tmp_p
     import numpy as np
     from PIL import Image
 
-    config, wh, stdout = nightly
+    config, wh, stdout, installed = nightly
     report = wh.work(DS, "report") / "index.html"
     assert f"Report (HTML gallery of this run): {report}" in stdout  # written by the DAG's report task
     page = report.read_text()
@@ -121,7 +174,8 @@ def test_the_run_report_renders_as_a_gallery_in_headless_chromium(nightly, tmp_p
     assert "ndcg@5" in page and "recall@5" in page  # the offline evaluation and the run's index statistics
     # the CLI writes the same kind of page anywhere
     out = tmp_path / "again.html"
-    assert "Report of ds=" in _run("report", "--config", str(config), "--ds", DS, "--out", str(out)).stdout
+    assert "Report of ds=" in _run("report", "--config", str(config), "--ds", DS, "--out", str(out),
+                                       lookalike=installed).stdout
 
     browser = _chromium()
     if browser is None:

@@ -24,7 +24,7 @@ from pipelines.config import load_config
 from pipelines.embed.stage import run_embed
 from pipelines.extract.stage import run_extract
 from pipelines.neighbors.stage import run_neighbors
-from pipelines.query import run_query
+from pipelines.tools.query import run_query
 from pipelines.storage import ModelStore, Warehouse, write_parquet
 from pipelines.train.stage import run_train
 from tests.conftest import DS, write_config
@@ -54,7 +54,7 @@ def _job(config, *args, fault=None, env=None) -> subprocess.CompletedProcess:
     environ.update(env or {})
     if fault:
         environ["LOOKALIKE_FAULT"] = fault
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args, "--config", str(config), "--ds", DS],
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.tools.cli", *args, "--config", str(config), "--ds", DS],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ, cwd=REPO,
                             start_new_session=True)
     out, err = proc.communicate(timeout=600)

@@ -12,7 +12,7 @@ from pipelines.errors import TRANSIENT, classify
 from pipelines.extract.images import read_image_bytes
 from pipelines.objectstore import local_model_dir, upload_dir
 from pipelines.publish.stage import NIGHTLY_TABLES, run_publish
-from pipelines.query import run_query
+from pipelines.tools.query import run_query
 from pipelines.sample.load import upload_images
 from pipelines.storage import PublishConflict, Warehouse
 from tests.conftest import reset_moto, tiny_model, write_config

@@ -17,7 +17,7 @@ from pipelines.embed.stage import run_embed
 from pipelines.errors import LookalikeError
 from pipelines.evaluate.stage import run_evaluate
 from pipelines.extract.stage import run_extract
-from pipelines.launch import job_command, run_stage
+from pipelines.orchestration.launch import job_command, run_stage
 from pipelines.storage import ModelStore
 from tests.conftest import DS, write_config
 
@@ -127,7 +127,7 @@ def _gone(marker: str, timeout: float = 20.0) -> bool:
 
 
 def test_a_finished_job_leaves_no_process_behind():
-    from pipelines.launch import run_job
+    from pipelines.orchestration.launch import run_job
 
     script = ("import os, subprocess; subprocess.Popen(['sleep', '300.101']); "
               "open(os.environ['LOOKALIKE_RESULT_FILE'], 'w').write('{\"ok\": 1}')")
@@ -139,7 +139,7 @@ def test_an_exception_in_the_task_stops_its_job_and_the_jobs_children():
     # What a task's execution_timeout does: an exception raised while the job runs.
     import signal
 
-    from pipelines.launch import run_job
+    from pipelines.orchestration.launch import run_job
 
     def timeout(signum, frame):
         raise TimeoutError("execution_timeout")
@@ -161,7 +161,7 @@ def test_sigterm_to_the_task_stops_its_whole_job():
     import time
 
     harness = subprocess.Popen([sys.executable, "-c",
-                                "import os; from pipelines.launch import run_job; "
+                                "import os; from pipelines.orchestration.launch import run_job; "
                                 "run_job('test', ['bash', '-c', 'sleep 300.303 & sleep 300.304; wait'], dict(os.environ))"],
                                cwd=Path(__file__).resolve().parents[1], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30

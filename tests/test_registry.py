@@ -5,7 +5,7 @@ import logging
 import pytest
 
 from pipelines import registry
-from pipelines.cli import main
+from pipelines.tools.cli import main
 from pipelines.storage import ModelStore
 
 

@@ -34,7 +34,7 @@ def protected_source(postgres_url, tmp_path_factory):
     with pytest.raises(sa.exc.OperationalError):  # the password is really checked
         sa.create_engine(url.replace(password, "wrong")).connect()
     sample = tmp_path_factory.mktemp("protected-sample")
-    loaded = subprocess.run([sys.executable, "-m", "pipelines.cli", "sample-data", "--out", str(sample), "--items", "300",
+    loaded = subprocess.run([sys.executable, "-m", "pipelines.tools.cli", "sample-data", "--out", str(sample), "--items", "300",
                              "--users", "100", "--days", "100", "--seed", "2", "--end", DS, "--load-into", url],
                             capture_output=True, text=True, cwd=REPO, timeout=600)
     assert loaded.returncode == 0, loaded.stderr[-2000:]
@@ -63,7 +63,7 @@ def test_a_whole_run_writes_and_prints_the_source_password_nowhere(protected_sou
                                                 f"/listings_src")
     config = write_config(tmp_path, sample, source=source, neighbors={"k": 3},
                           userrec={"variants": "multimodal,popularity", "epochs": 1, "bootstrap": 50})
-    run = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--config", str(config), "--ds", DS],
+    run = subprocess.run([sys.executable, "-m", "pipelines.tools.cli", "run", "--config", str(config), "--ds", DS],
                          capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
     console = run.stdout + run.stderr
     assert run.returncode == 0, console[-4000:]

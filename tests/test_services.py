@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 def _lookalike(*args, timeout=900):
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "pipelines.tools.cli", *args], capture_output=True, text=True, cwd=REPO,
                           timeout=timeout)
     assert proc.returncode == 0, f"lookalike {args[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout

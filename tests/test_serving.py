@@ -13,9 +13,9 @@ from pipelines.evaluate.stage import run_evaluate
 from pipelines.extract.stage import run_extract
 from pipelines.neighbors.stage import run_neighbors
 from pipelines.publish.stage import run_publish
-from pipelines.query import run_query
+from pipelines.tools.query import run_query
 from pipelines.storage import ModelStore, Warehouse
-from pipelines.summary import run_summary
+from pipelines.tools.summary import run_summary
 from pipelines.train.stage import run_train
 from tests.conftest import DS, tiny_model, write_config
 

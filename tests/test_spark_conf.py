@@ -2,7 +2,7 @@
 import os
 from pathlib import Path
 
-from pipelines.cli import main
+from pipelines.tools.cli import main
 from pipelines.config import load_config
 from pipelines.spark import spark_conf
 

@@ -69,7 +69,7 @@ def test_the_readme_lists_every_table_as_the_registry_describes_it():
 
 def test_what_is_derived_follows_the_registry(tmp_path):
     from pipelines.publish.stage import NIGHTLY_TABLES, USER_TABLES
-    from pipelines.query import connect
+    from pipelines.tools.query import connect
     from pipelines.storage import PUBLISHED_TABLES, Warehouse
 
     assert PUBLISHED_TABLES == tuple(schemas.PUBLISHED) == tables.NAMES
@@ -81,7 +81,7 @@ def test_what_is_derived_follows_the_registry(tmp_path):
     for table in tables.TABLES:  # an empty warehouse still binds every column
         columns = [r[0] for r in con.execute(f"describe {table.name}").fetchall()]
         assert columns == getattr(schemas, table.schema).names
-    help_text = subprocess.run([sys.executable, "-m", "pipelines.cli", "query", "--help"], capture_output=True,
+    help_text = subprocess.run([sys.executable, "-m", "pipelines.tools.cli", "query", "--help"], capture_output=True,
                                text=True, cwd=ROOT, check=True).stdout
     assert all(t in " ".join(help_text.split()) for t in tables.NAMES)
 

@@ -15,8 +15,9 @@ import pandas as pd
 import sqlalchemy as sa
 
 from pipelines.errors import LookalikeError, TransientError
+from pipelines.resources import sql_path
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql" / "extract"
+SQL_DIR = sql_path("extract")
 SOURCE_CHUNK_ROWS = 20_000  # rows fetched per round trip and validated at once
 
 

@@ -221,7 +221,7 @@ class Decoders:
         self._threads = ThreadPoolExecutor(FETCH_THREADS)
         self._pool = None
         if self.processes > 1:
-            from pipelines.launch import die_with_parent
+            from pipelines.processes import die_with_parent
 
             self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=die_with_parent, initargs=(os.getpid(),))

@@ -22,11 +22,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import schemas
+from pipelines.resources import sql_path
 from pipelines.extract.images import MAX_KEY_CHARS
 from pipelines.extract.source import ExtractError
 
 STATUSES = {"on_sale", "sold", "deleted"}
-LATEST_SQL = Path(__file__).resolve().parents[2] / "sql" / "staging" / "latest_listing.sql"
+LATEST_SQL = sql_path("staging", "latest_listing.sql")
 STAGING_MEMORY = "256MB"  # DuckDB's limit while it sorts the staged listings; it spills to disk beyond
 STAGED_LISTINGS = pa.schema(
     [pa.field(f.name, pa.float64() if f.name == "price" else pa.string()) for f in schemas.LISTING_FIELDS]

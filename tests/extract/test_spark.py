@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 from pipelines.config import load_config
 from pipelines.extract import photos
 from pipelines.extract.stage import run_extract
-from pipelines.launch import run_stage
+from pipelines.orchestration.launch import run_stage
 from pipelines.storage import Warehouse
 from tests.conftest import DS, write_config
 

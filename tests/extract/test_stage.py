@@ -91,7 +91,7 @@ def test_an_extract_killed_mid_write_leaves_nothing_half_read_and_a_rerun_conver
     config = write_config(tmp_path, sample_dir)
     wh = Warehouse.of(load_config(config, environ={}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
-    command = [sys.executable, "-m", "pipelines.cli", "extract", "--config", str(config), "--ds", DS]
+    command = [sys.executable, "-m", "pipelines.tools.cli", "extract", "--config", str(config), "--ds", DS]
     repo = Path(__file__).resolve().parents[2]
     killed = subprocess.run(command, env={**env, "LOOKALIKE_FAULT": "extract.mid_write"}, cwd=repo,
                             capture_output=True, text=True, timeout=300)

@@ -15,7 +15,7 @@ from pipelines.extract.stage import run_extract
 from pipelines.neighbors.stage import run_neighbors
 from pipelines.publish.stage import NIGHTLY_TABLES as PUBLISHED_TABLES  # what run_publish commits
 from pipelines.publish.stage import run_publish
-from pipelines.report import build_report
+from pipelines.tools.report import build_report
 from pipelines.train.stage import run_train
 from pipelines.storage import Warehouse
 from tests.conftest import DS, write_config
@@ -26,7 +26,7 @@ K = 5
 
 def _cli(*args):
     env = {k: v for k, v in os.environ.items() if k != "LOOKALIKE_CACHE_DIR"}  # the AWS_* settings of the fixture
-    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, env=env,
+    proc = subprocess.run([sys.executable, "-m", "pipelines.tools.cli", *args], capture_output=True, text=True, env=env,
                           cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout

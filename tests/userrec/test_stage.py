@@ -10,7 +10,7 @@ from pipelines.config import load_config
 from pipelines.evaluate.stage import run_evaluate
 from pipelines.extract.stage import read_events, run_extract
 from pipelines.publish.stage import PublishCheckFailed, publish_user_recs
-from pipelines.query import run_query
+from pipelines.tools.query import run_query
 from pipelines.storage import Warehouse
 from pipelines.train.stage import run_train
 from pipelines.userrec.stage import UserRecError, run_userrec

@@ -7,16 +7,16 @@ manifest, so a publish in progress is never visible) and ``<table>`` its latest 
 from __future__ import annotations
 
 import string
-from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
 from pipelines import schemas
+from pipelines.resources import sql_path
 from pipelines.errors import LookalikeError
 from pipelines.storage import PUBLISHED_TABLES, Warehouse
 
-VIEWS_SQL = Path(__file__).resolve().parents[1] / "sql" / "views" / "duckdb.sql"
+VIEWS_SQL = sql_path("views", "duckdb.sql")
 READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN, duckdb.StatementType.PRAGMA}
 
 

@@ -8,13 +8,13 @@ for Spark it is idempotent.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from string import Template
 
 from pipelines.errors import LookalikeError
+from pipelines.resources import sql_path
 from pipelines.storage import PUBLISHED_TABLES, Warehouse
 
-DDL_DIR = Path(__file__).resolve().parents[1] / "sql" / "ddl"
+DDL_DIR = sql_path("ddl")
 ENGINES = ("spark", "trino")
 
 

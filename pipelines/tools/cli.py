@@ -9,20 +9,9 @@ import sys
 from datetime import date, datetime, timezone
 from pathlib import Path
 
-from jobs._common import iso_date
 from pipelines import tables
 from pipelines.errors import LookalikeError, report
-
-STAGES = {
-    "extract": "jobs.extract",
-    "train": "jobs.train",
-    "evaluate": "jobs.evaluate",
-    "embed": "jobs.embed",
-    "neighbors": "jobs.neighbors",
-    "publish": "jobs.publish",
-    "userrec": "jobs.userrec",
-}
-
+from pipelines.orchestration.jobs import STAGES, iso_date
 
 def _today() -> str:
     return datetime.now(timezone.utc).date().isoformat()
@@ -62,8 +51,8 @@ def cmd_sample_data(args) -> int:
 
 def cmd_run(args) -> int:
     from pipelines.config import load_config
-    from pipelines.orchestrate import PIPELINE, run_pipeline
-    from pipelines.summary import run_summary
+    from pipelines.orchestration.orchestrate import PIPELINE, run_pipeline
+    from pipelines.tools.summary import run_summary
 
     cfg = load_config(args.config)
     ds = args.ds or _default_ds(cfg)
@@ -87,7 +76,7 @@ def _default_ds(cfg) -> str:
 def cmd_summary(args) -> int:
     from pipelines.config import load_config
     from pipelines.storage import Warehouse
-    from pipelines.summary import run_summary
+    from pipelines.tools.summary import run_summary
 
     cfg = load_config(args.config)
     ds = args.ds or Warehouse.of(cfg).latest_ds("item_neighbors")
@@ -99,7 +88,7 @@ def cmd_summary(args) -> int:
 
 def cmd_report(args) -> int:
     from pipelines.config import load_config
-    from pipelines.report import build_report
+    from pipelines.tools.report import build_report
     from pipelines.storage import Warehouse
 
     cfg = load_config(args.config)
@@ -113,7 +102,7 @@ def cmd_report(args) -> int:
 
 def cmd_ddl(args) -> int:
     from pipelines.config import load_config
-    from pipelines.ddl import render_ddl
+    from pipelines.tools.ddl import render_ddl
     from pipelines.storage import Warehouse
 
     print(render_ddl(Warehouse.of(load_config(args.config)), args.engine, schema=args.schema, catalog=args.catalog),
@@ -123,9 +112,9 @@ def cmd_ddl(args) -> int:
 
 def cmd_query(args) -> int:
     from pipelines.config import load_config
-    from pipelines.query import run_query
+    from pipelines.tools.query import run_query
     from pipelines.storage import Warehouse
-    from pipelines.summary import format_table
+    from pipelines.tools.summary import format_table
 
     if bool(args.sql) == bool(args.file):
         raise LookalikeError("give either a SQL string or --file FILE")
@@ -155,7 +144,7 @@ def cmd_models(args) -> int:
     from pipelines import registry
     from pipelines.config import load_config
     from pipelines.storage import ModelStore
-    from pipelines.summary import format_table
+    from pipelines.tools.summary import format_table
 
     store = ModelStore.at(load_config(args.config).models)
     if args.action == "list":
@@ -187,10 +176,17 @@ def cmd_spark_conf(args) -> int:
     return 0
 
 
-def cmd_stage(args, rest: list[str]) -> int:
-    import importlib
+def cmd_dags_folder(args) -> int:
+    from pipelines.resources import dags_folder
 
-    return importlib.import_module(STAGES[args.command]).main(rest)
+    print(dags_folder())
+    return 0
+
+
+def cmd_stage(args, rest: list[str]) -> int:
+    from pipelines.orchestration.jobs import main as run_stage
+
+    return run_stage(args.command, rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,9 +249,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", default="hive", help="Trino catalog of the Hive connector")
     p.set_defaults(func=cmd_ddl)
 
-    for stage, module in STAGES.items():
+    for stage in STAGES:
         p = sub.add_parser(stage, help=f"run the {stage} stage for one ds", add_help=False)
         p.set_defaults(func=None)
+
+    p = sub.add_parser("dags-folder", help="print the folder of the installed DAG files (for an existing Airflow's "
+                       "AIRFLOW__CORE__DAGS_FOLDER, or to link into it)")
+    p.set_defaults(func=cmd_dags_folder)
 
     p = sub.add_parser("spark-conf", help="print the Spark settings of the config as spark-submit --conf flags")
     p.add_argument("--config")

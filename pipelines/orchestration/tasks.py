@@ -70,9 +70,9 @@ def _triggering_ds(context: dict) -> str | None:
 
 def environ_for(context: dict) -> dict[str, str]:
     """The task's environment with the run's params (``window_days``, ``k``, ``accept_drift``) as config overrides,
-    and the credentials of the configured Airflow Connections (pipelines/connections.py), which
+    and the credentials of the configured Airflow Connections (pipelines/orchestration/connections.py), which
     this task's own process gets too (boto3 reads the object store's from os.environ)."""
-    from pipelines.connections import airflow_environ, apply_to_process
+    from pipelines.orchestration.connections import airflow_environ, apply_to_process
 
     params = context.get("params") or {}
     overrides = {"LOOKALIKE_WINDOW_DAYS": params.get("window_days"), "LOOKALIKE_NEIGHBORS__K": params.get("k"),
@@ -99,7 +99,7 @@ def _annotate_outlets(context: dict, extra_of) -> None:
 @fail_fast_on_bad_input
 def extract(context: dict) -> dict:
     from pipelines.extract.stage import run_extract
-    from pipelines.launch import run_stage
+    from pipelines.orchestration.launch import run_stage
 
     environ, ds = environ_for(context), partition_date(context)
     cfg = load_config(environ=environ)
@@ -110,7 +110,7 @@ def extract(context: dict) -> dict:
 
 @fail_fast_on_bad_input
 def train(context: dict) -> dict:
-    from pipelines.launch import run_stage
+    from pipelines.orchestration.launch import run_stage
     from pipelines.train.stage import run_train
 
     environ, ds = environ_for(context), partition_date(context)
@@ -132,7 +132,7 @@ def evaluate(context: dict, model_uri: str) -> dict:
 @fail_fast_on_bad_input
 def embed(context: dict) -> dict:
     from pipelines.embed.stage import run_embed
-    from pipelines.launch import run_stage
+    from pipelines.orchestration.launch import run_stage
 
     environ, ds = environ_for(context), partition_date(context)
     cfg = load_config(environ=environ)
@@ -189,6 +189,6 @@ def publish_user_recs(context: dict) -> dict:
 
 @fail_fast_on_bad_input
 def report(context: dict) -> dict:
-    from pipelines.report import build_report
+    from pipelines.tools.report import build_report
 
     return {"report": str(build_report(config_for(context), partition_date(context)))}

@@ -11,7 +11,7 @@ from datetime import timedelta
 from airflow.sdk import Asset, CronPartitionTimetable, Param, PartitionedAssetTimetable
 
 from pipelines import tables
-from pipelines.alerts import failure_notifiers, publish_deadline
+from pipelines.orchestration.alerts import failure_notifiers, publish_deadline
 from pipelines.config import load_config
 
 log = logging.getLogger("lookalike")
@@ -61,7 +61,7 @@ def on_task_failure(context) -> None:
 
 
 # The config at parse time (LOOKALIKE_CONFIG and LOOKALIKE_* of the DAG processor): who is told
-# about failures and late nights (pipelines/alerts.py).
+# about failures and late nights (pipelines/orchestration/alerts.py).
 _CONFIG = load_config()
 
 DEFAULT_ARGS = {

@@ -24,7 +24,7 @@ from pipelines.config import Config
 from pipelines.errors import LookalikeError
 from pipelines.extract.images import read_image_bytes
 from pipelines.neighbors.stage import describe_recall
-from pipelines.query import connect
+from pipelines.tools.query import connect
 from pipelines.storage import Warehouse, atomic_write_text
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,8 @@ from pathlib import Path
 
 from pipelines.config import CONFIG_ENV, Config
 from pipelines.errors import LookalikeError
+from pipelines.resources import dags_folder
 
-REPO = Path(__file__).resolve().parents[1]
-DAGS_FOLDER = REPO / "dags"
 # structlog console lines: "<timestamp> [<level>] <message> [<logger>] key=value …"
 EXCEPTION_LINE = re.compile(r"^([\w.]+\.)?\w*(Error|Exception|Failed)\w*: ")
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT(\d\d:\d\d:\d\d))\S*\s+\[(\w+)\s*\]\s+(.*?)\s+\[([\w.]+)\]")
@@ -31,7 +30,7 @@ def airflow_env(cfg: Config, config_path: str | None) -> dict[str, str]:
     home = Path(cfg.airflow.home)
     env.update({
         "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder()),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__PARALLELISM": env.get("AIRFLOW__CORE__PARALLELISM", "4"),
         "PYTHONUNBUFFERED": "1",

@@ -11,7 +11,7 @@
   processes (DataLoader workers, decode processes), which a daemonic process may not have, so
   they run as ``python -m jobs.train`` / ``python -m jobs.extract``.
 
-One code path: a job is the stage's own entrypoint in ``jobs/``, the one an engineer runs by
+One code path: a job is the stage's own entrypoint in ``jobs/`` (``pipelines.orchestration.jobs``), the one an engineer runs by
 hand, started with the task's environment (its config file and the run's overrides). It writes
 its result, the dict the in-process call returns, to ``LOOKALIKE_RESULT_FILE``; the task reads
 it back for XCom. Exit status 2 means bad input (the task fails without retrying); any other
@@ -36,10 +36,10 @@ from typing import Callable, Mapping
 
 from pipelines.config import CHOICES, Config, ConfigError
 from pipelines.errors import BAD_INPUT, EXIT_STATUS, TRANSIENT, LookalikeError, TransientError
+from pipelines.processes import die_with_parent
 
 log = logging.getLogger("lookalike")
 
-REPO = Path(__file__).resolve().parents[1]
 RESULT_ENV = "LOOKALIKE_RESULT_FILE"
 IN_PROCESS = "in-process"
 LAUNCHERS = {stage: CHOICES[f"{stage}.launcher"] for stage in ("extract", "embed", "train")}
@@ -80,6 +80,14 @@ def _starts_processes(cfg: Config, stage: str) -> bool:
     return stage == "train" or (stage == "extract" and cfg.extract.decode_processes != 1)
 
 
+def job_file(stage: str) -> str:
+    """``jobs/<stage>.py`` of the installed package, the file spark-submit runs. Found, not
+    imported: the library never imports ``jobs``."""
+    import importlib.util
+
+    return str(Path(importlib.util.find_spec("jobs").submodule_search_locations[0]) / f"{stage}.py")
+
+
 def job_command(cfg: Config, stage: str, ds: str) -> list[str] | None:
     """The command that runs ``stage`` for ``ds`` as a job, or None to run it in-process."""
     launcher = launcher_of(cfg, stage)
@@ -91,7 +99,7 @@ def job_command(cfg: Config, stage: str, ds: str) -> list[str] | None:
         conf = [arg for key, value in spark_conf(cfg).items() if key != "spark.master"
                 for arg in ("--conf", f"{key}={value}")]
         return [spark_submit_bin(stage), "--master", cfg.spark.master, "--name", f"lookalike-{stage}-{ds}", *conf,
-                str(REPO / "jobs" / f"{stage}.py"), "--ds", ds]
+                job_file(stage), "--ds", ds]
     if launcher == "torchrun":
         ranks = str(cfg.train.nproc_per_node) if cfg.train.nproc_per_node > 0 else "gpu"
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", ranks,
@@ -124,11 +132,10 @@ def run_job(stage: str, command: list[str], environ: Mapping[str, str]) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"lookalike-{stage}-") as tmp:
         result = Path(tmp) / "result.json"
         env = {**environ, RESULT_ENV: str(result),
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), environ.get("PYTHONPATH")])),
                "PYSPARK_PYTHON": environ.get("PYSPARK_PYTHON", sys.executable),
                "PYSPARK_DRIVER_PYTHON": environ.get("PYSPARK_DRIVER_PYTHON", sys.executable)}
         tail: deque[str] = deque(maxlen=40)
-        with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, errors="replace", start_new_session=True,
                               preexec_fn=die_with_parent) as job, _stopped_with_the_task(job, stage):
             def relay():  # the job's output into the task's log as it comes
@@ -149,19 +156,6 @@ def run_job(stage: str, command: list[str], environ: Mapping[str, str]) -> dict:
             raise JobFailed(f"the {stage} job exited with status {job.returncode} "
                             f"({shlex.join(command[:2])} …); its last lines:\n" + "\n".join(tail))
         return json.loads(result.read_text())
-
-
-def die_with_parent(parent: int | None = None) -> None:
-    """In a child process: SIGKILL when its parent dies (Linux; elsewhere a no-op). With the
-    parent's pid, a parent already gone when this runs kills the child at once."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if parent is not None and os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextlib.contextmanager
