@@ -7,7 +7,8 @@ Warehouse layout (a local directory or ``s3://bucket/prefix``)::
     <warehouse>/_runs/<ds>.json                  the record of the run that published ds
 
 The work area (``work_dir``; ``<warehouse>/_work`` by default for a local warehouse) is a local
-or shared-volume directory private to the runs: ``<work>/ds=<ds>/<name>/``, replaced on rerun.
+or shared-volume directory private to the runs: ``<work>/ds=<ds>/<name>/``, replaced on rerun; every ``name`` is listed in
+``workarea.py`` with the stage that writes it and those that read it.
 
 Publishing (:class:`Publication`) writes each table's files under a fresh ``run=`` prefix, then
 switches the manifest in one step: a rename under a lock on local disk, a conditional PUT
@@ -258,9 +259,11 @@ class Warehouse:
     def display(self, key: str = "") -> str:
         return self.objects.display(key)
 
-    # ---- the work area of one ds (private to the run; tasks pass these paths as URIs) ----
+    # ---- the work area of one ds (private to the run; its outputs are named in workarea.py) ----
     def work(self, ds: str, name: str) -> Path:
-        return self.work_root / f"ds={ds}" / name
+        from pipelines.workarea import checked
+
+        return self.work_root / f"ds={ds}" / checked(name)
 
     def fresh_work(self, ds: str, name: str) -> Path:
         """An empty work folder for ``name``: a rerun replaces, never appends."""
