@@ -60,7 +60,7 @@ def _contents(wh: Warehouse) -> dict:
 
 
 @pytest.fixture(scope="module")
-def nightly(tmp_path_factory, installed):
+def nightly(installed):
     _, _, empty = installed
     _run("sample-data", "--out", "sample", "--items", "400", "--users", "120", "--days", "120", "--seed", "1",
          "--end", DS, lookalike=installed)

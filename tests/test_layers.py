@@ -42,6 +42,18 @@ def test_the_library_never_imports_the_entrypoints(path):
     assert not [n for n in _imports(path) if n == "jobs" or n.startswith("jobs.")]
 
 
+def test_pyproject_lists_every_package_and_sql_folder():
+    import tomllib
+
+    setuptools = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]
+    code = {_module(p) for p in PACKAGE.parent.joinpath("jobs").glob("__init__.py")}
+    code |= {_module(p) for p in PACKAGE.rglob("__init__.py")}
+    sql = {"pipelines.sql"} | {"pipelines.sql." + p.name for p in (PACKAGE.parent / "sql").iterdir() if p.is_dir()
+                               and p.name != "__pycache__"}
+    assert set(setuptools["packages"]) == code | sql | {"pipelines.dags"}
+    assert setuptools["package-dir"] == {"pipelines.sql": "sql", "pipelines.dags": "dags"}
+
+
 def test_the_layers_are_what_the_module_map_lists():
     listed = set()
     for line in (PACKAGE / "README.md").read_text().splitlines():

@@ -17,7 +17,6 @@ import sqlalchemy as sa
 from pipelines.errors import LookalikeError, TransientError
 from pipelines.resources import sql_path
 
-SQL_DIR = sql_path("extract")
 SOURCE_CHUNK_ROWS = 20_000  # rows fetched per round trip and validated at once
 
 
@@ -33,12 +32,13 @@ def _iso_text(value) -> str | None:
     return str(value).replace(" ", "T")
 
 
-def stream_source(url: str, template: str, params: dict, sql_dir: Path = SQL_DIR, *,
+def stream_source(url: str, template: str, params: dict, sql_dir: Path | None = None, *,
                   expected: list[str], chunk_rows: int = SOURCE_CHUNK_ROWS) -> Iterator[pd.DataFrame]:
     """Run one extract template with bound parameters and yield its rows in chunks (at least one,
     empty when the query returns nothing), checked for the ``expected`` columns; timestamps come
-    back as ISO text. A connection lost mid-stream is a ``TransientError`` like one never made."""
-    path = sql_dir / template
+    back as ISO text. A connection lost mid-stream is a ``TransientError`` like one never made.
+    ``sql_dir``: the templates' folder, by default the shipped ``sql/extract/``."""
+    path = (sql_dir or sql_path("extract")) / template
     if not path.is_file():
         raise ExtractError(f"extract template {path} not found")
     if url.startswith("sqlite:///"):  # SQLite would silently create an empty database
@@ -69,7 +69,7 @@ def stream_source(url: str, template: str, params: dict, sql_dir: Path = SQL_DIR
         engine.dispose()
 
 
-def read_source(url: str, template: str, params: dict, sql_dir: Path = SQL_DIR,
+def read_source(url: str, template: str, params: dict, sql_dir: Path | None = None,
                 expected: list[str] = ()) -> pd.DataFrame:
     """The whole result of one template (for small lookups and tests; the stages stream)."""
     return pd.concat(list(stream_source(url, template, params, sql_dir, expected=list(expected))), ignore_index=True)

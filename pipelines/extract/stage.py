@@ -40,9 +40,10 @@ from pipelines import faults, schemas
 from pipelines.config import Config, redact_url
 from pipelines.extract import photos
 from pipelines.extract.images import fetch_image, forget_store_layout, prepare_image
-from pipelines.extract.source import SOURCE_CHUNK_ROWS, SQL_DIR, ExtractError, stream_source
+from pipelines.extract.source import SOURCE_CHUNK_ROWS, ExtractError, stream_source
 from pipelines.extract.validate import (QuarantineShareExceeded, Tally, check_quarantine_share, latest_listings,
                                         reject_listings, stage_listings, validate_events)
+from pipelines.resources import sql_path
 from pipelines.storage import Warehouse
 
 log = logging.getLogger(__name__)
@@ -367,7 +368,7 @@ def run_extract(cfg: Config, ds: str) -> dict[str, str]:
     """Extract the ds's partitions into the work area; returns {output name: URI}."""
     wh = Warehouse.of(cfg)
     wh.work(ds, photos.MARKER).unlink(missing_ok=True)  # from here until the end the outputs are incomplete
-    sql_dir = Path(cfg.source.extract_sql) if cfg.source.extract_sql else SQL_DIR
+    sql_dir = Path(cfg.source.extract_sql) if cfg.source.extract_sql else sql_path("extract")
     start, end = window(ds, cfg.window_days)
     params = {"window_start": start, "window_end": end}
     listing_columns = [f.name for f in schemas.LISTING_FIELDS]

@@ -27,7 +27,6 @@ from pipelines.extract.images import MAX_KEY_CHARS
 from pipelines.extract.source import ExtractError
 
 STATUSES = {"on_sale", "sold", "deleted"}
-LATEST_SQL = sql_path("staging", "latest_listing.sql")
 STAGING_MEMORY = "256MB"  # DuckDB's limit while it sorts the staged listings; it spills to disk beyond
 STAGED_LISTINGS = pa.schema(
     [pa.field(f.name, pa.float64() if f.name == "price" else pa.string()) for f in schemas.LISTING_FIELDS]
@@ -186,7 +185,7 @@ def latest_listings(staged: pa.Table | Path, batch_rows: int, spill: Path | None
     con = duckdb.connect(config=settings)
     try:
         con.register("staged", staged if isinstance(staged, pa.Table) else pds.dataset(str(staged)))
-        for batch in con.sql(LATEST_SQL.read_text()).to_arrow_reader(batch_rows):
+        for batch in con.sql(sql_path("staging", "latest_listing.sql").read_text()).to_arrow_reader(batch_rows):
             yield _object_frame(batch)
     finally:
         con.close()

@@ -96,26 +96,29 @@ def _annotate_outlets(context: dict, extra_of) -> None:
             context["outlet_events"][asset].extra = extra
 
 
-@fail_fast_on_bad_input
-def extract(context: dict) -> dict:
-    from pipelines.extract.stage import run_extract
+def _launched(context: dict, stage: str, run) -> tuple[str, dict]:
+    """(ds, result) of ``run(cfg, ds)``, in this process or as a job, as ``<stage>.launcher`` says."""
     from pipelines.orchestration.launch import run_stage
 
     environ, ds = environ_for(context), partition_date(context)
     cfg = load_config(environ=environ)
-    result = run_stage(cfg, "extract", ds, lambda: run_extract(cfg, ds), environ)
+    return ds, run_stage(cfg, stage, ds, lambda: run(cfg, ds), environ)
+
+
+@fail_fast_on_bad_input
+def extract(context: dict) -> dict:
+    from pipelines.extract.stage import run_extract
+
+    ds, result = _launched(context, "extract", run_extract)
     _annotate_outlets(context, lambda name: {"ds": ds})
     return result
 
 
 @fail_fast_on_bad_input
 def train(context: dict) -> dict:
-    from pipelines.orchestration.launch import run_stage
     from pipelines.train.stage import run_train
 
-    environ, ds = environ_for(context), partition_date(context)
-    cfg = load_config(environ=environ)
-    return run_stage(cfg, "train", ds, lambda: run_train(cfg, ds), environ)
+    return _launched(context, "train", run_train)[1]
 
 
 @fail_fast_on_bad_input
@@ -132,11 +135,8 @@ def evaluate(context: dict, model_uri: str) -> dict:
 @fail_fast_on_bad_input
 def embed(context: dict) -> dict:
     from pipelines.embed.stage import run_embed
-    from pipelines.orchestration.launch import run_stage
 
-    environ, ds = environ_for(context), partition_date(context)
-    cfg = load_config(environ=environ)
-    return run_stage(cfg, "embed", ds, lambda: run_embed(cfg, ds), environ)
+    return _launched(context, "embed", run_embed)[1]
 
 
 @fail_fast_on_bad_input

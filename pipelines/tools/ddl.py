@@ -14,7 +14,6 @@ from pipelines.errors import LookalikeError
 from pipelines.resources import sql_path
 from pipelines.storage import PUBLISHED_TABLES, Warehouse
 
-DDL_DIR = sql_path("ddl")
 ENGINES = ("spark", "trino")
 
 
@@ -33,7 +32,7 @@ def render_ddl(wh: Warehouse, engine: str, *, schema: str = "lookalike", catalog
     location = wh.display()
     if engine == "spark":
         location = _spark_location(location)
-    script = Template((DDL_DIR / f"{engine}.sql").read_text()).substitute(
+    script = Template(sql_path("ddl", f"{engine}.sql").read_text()).substitute(
         schema=schema, catalog=catalog, warehouse=location.rstrip("/"))
     lines = ["", "-- Partitions, from the warehouse manifest "
                  f"(generation {wh.manifest()['generation']})."]

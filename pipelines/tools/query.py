@@ -16,7 +16,6 @@ from pipelines.resources import sql_path
 from pipelines.errors import LookalikeError
 from pipelines.storage import PUBLISHED_TABLES, Warehouse
 
-VIEWS_SQL = sql_path("views", "duckdb.sql")
 READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN, duckdb.StatementType.PRAGMA}
 
 
@@ -55,7 +54,7 @@ def connect(warehouse: Warehouse) -> duckdb.DuckDBPyConnection:
         else:  # nothing published yet: an empty relation with the table's columns, so queries still bind
             con.register(f"{table}_empty", schemas.PUBLISHED[table].empty_table())
             con.execute(f"create view {table}_all as select * from {table}_empty")
-    view = string.Template(VIEWS_SQL.read_text())
+    view = string.Template(sql_path("views", "duckdb.sql").read_text())
     for table in PUBLISHED_TABLES:
         con.execute(view.substitute(table=table))
     return con
