@@ -4,10 +4,12 @@
 One run per `lookalike.snapshot` partition (a finished `lookalike_extract`, scheduled or
 backfilled: the run's partition key is its ds), or a manual `{"ds": "YYYY-MM-DD"}`:
 
-`embed` → `neighbors` → `publish` → `report`
+`embed` → `neighbors` → `experiments` → `publish` → `report`
 
 - **embed** runs the serving model over the catalogue (incremental; on Spark).
 - **neighbors** builds the top-k table with FAISS, tuned to the recall target.
+- **experiments** builds, for each running A/B test (`experiments.*`), every arm's neighbours
+  and the analysis of its logged events so far; nothing when none runs.
 - **publish** checks every table and commits them atomically; a failed check publishes nothing.
   On success it emits an Asset event per published table (`lookalike.<table>`, extra: ds, run
   id, rows, location) for downstream DAGs; `lookalike_user_recs` follows each published day.
@@ -49,6 +51,12 @@ def lookalike_nightly():
 
         return tasks.neighbors(get_current_context())
 
+    @task
+    def experiments() -> dict:
+        from pipelines.orchestration import tasks
+
+        return tasks.experiments(get_current_context())
+
     @task(outlets=NIGHTLY_ASSETS)
     def publish() -> dict:
         from pipelines.orchestration import tasks
@@ -61,7 +69,7 @@ def lookalike_nightly():
 
         return tasks.report(get_current_context())
 
-    embed() >> neighbors() >> publish() >> report()
+    embed() >> neighbors() >> experiments() >> publish() >> report()
 
 
 lookalike_nightly()

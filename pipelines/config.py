@@ -15,6 +15,7 @@ import os
 import re
 import typing
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 
 import yaml
@@ -176,6 +177,35 @@ class UserRecConfig:
 
 
 @dataclass(frozen=True)
+class VariantConfig:
+    """One arm of an experiment: what its users' similar-items module shows, and to how many users."""
+    # What the arm serves: production (the served system, as item_neighbors), candidate (the newest
+    # model not promoted, else production), image_baseline, or a model version of the registry
+    serve: str = "production"
+    share: float = 0.5  # of the experiment's users (the shares of an experiment sum to 1)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """An A/B test of the similar-items module (docs/experiments.md): while it runs, the nightly run
+    publishes each arm's neighbours in item_neighbors_variants and, from the logged interactions,
+    its results in ab_results."""
+    variants: dict[str, VariantConfig] = field(default_factory=dict)  # two or more arms, by name
+    control: str = ""  # the arm lifts are measured against; empty: the first one
+    start: str = ""  # first ds it runs (YYYY-MM-DD); empty: from the first night it is configured
+    end: str = ""  # last ds it runs (YYYY-MM-DD); empty: until it is removed from the config
+    salt: str = ""  # of the assignment hash; empty: the experiment's name (a new salt reshuffles users)
+
+
+@dataclass(frozen=True)
+class AbConfig:
+    """How experiments are read (pipelines/experiments/analysis.py; `lookalike ab-report`)."""
+    conversion_window_hours: float = 24.0  # a purchase of a module-clicked item this long after the click converts it
+    srm_alpha: float = 0.001  # a sample-ratio χ² p-value below this flags a broken split
+    min_power: float = 0.8  # below this power for the observed CTR lift the report warns the test is underpowered
+
+
+@dataclass(frozen=True)
 class AlertsConfig:
     """Who hears about a failed night (pipelines/orchestration/alerts.py)."""
     notifier: str = "none"  # none | smtp | slack: every failed task notifies (the log line stays)
@@ -243,6 +273,9 @@ class Config:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     airflow: AirflowConfig = field(default_factory=AirflowConfig)
+    # Running experiments by name, each an `experiments.<name>` section (below); none by default
+    experiments: dict[str, ExperimentConfig] = field(default_factory=dict)
+    ab: AbConfig = field(default_factory=AbConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -274,6 +307,8 @@ _PATH_KEYS = {("source", "images"), ("source", "extract_sql"), ("warehouse",), (
 
 
 def _coerce(value, typ, key: str):
+    if typ is str and isinstance(value, (date, datetime)):  # YAML reads 2026-12-01 as a date
+        return value.isoformat()
     if typ is bool and isinstance(value, str):
         lowered = value.strip().lower()
         if lowered in {"1", "true", "yes", "on"}:
@@ -304,7 +339,16 @@ def _build(cls, data: dict, prefix: str = ""):
     kwargs = {}
     for name, value in data.items():
         typ = hints[name]
-        if dataclasses.is_dataclass(typ):
+        if typing.get_origin(typ) is dict:  # named sections: experiments.<name>, its variants.<name>
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{name}: expected a mapping of named sections, got {value!r}")
+            section = typing.get_args(typ)[1]
+            kwargs[name] = {}
+            for key, item in value.items():
+                if not isinstance(item, dict):
+                    raise ConfigError(f"{prefix}{name}.{key}: expected a section (mapping), got {item!r}")
+                kwargs[name][str(key)] = _build(section, item, prefix=f"{prefix}{name}.{key}.")
+        elif dataclasses.is_dataclass(typ):
             if not isinstance(value, dict):
                 raise ConfigError(f"{prefix}{name}: expected a section (mapping), got {value!r}")
             kwargs[name] = _build(typ, value, prefix=f"{prefix}{name}.")
@@ -384,6 +428,9 @@ INTERVALS: dict[str, tuple[float, float, bool, bool]] = {
     "extract.events_refetch_days": (0, math.inf, True, False),
     "extract.decode_processes": (0, math.inf, True, False),
     "extract.spark_min_rows": (0, math.inf, True, False),
+    "ab.conversion_window_hours": (0.0, math.inf, False, False),
+    "ab.srm_alpha": (0.0, 1.0, False, False),
+    "ab.min_power": (0.0, 1.0, False, False),
 }
 
 
@@ -399,6 +446,41 @@ def _check_values(config: Config) -> None:
         if not ((low <= value if low_in else low < value) and (value <= high if high_in else value < high)):
             raise ConfigError(f"{key} must lie in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}; "
                              f"got {value!r}")
+
+
+SERVE_NAMES = ("production", "candidate", "image_baseline")  # besides a model version (experiments.*.serve)
+
+
+def _check_experiments(config: Config) -> None:
+    for name, exp in config.experiments.items():
+        where = f"experiments.{name}"
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ConfigError(f"{where}: an experiment's name may hold letters, digits, '_', '.' and '-' only")
+        if len(exp.variants) < 2:
+            raise ConfigError(f"{where}.variants: an experiment needs two or more variants, got {len(exp.variants)}")
+        for variant, arm in exp.variants.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", variant):
+                raise ConfigError(f"{where}.variants.{variant}: a variant's name may hold letters, digits, '_', '.' "
+                                  "and '-' only")
+            if not arm.serve:
+                raise ConfigError(f"{where}.variants.{variant}.serve: name what the arm serves: "
+                                  f"{', '.join(SERVE_NAMES)} or a model version")
+            if not 0 < arm.share < 1:
+                raise ConfigError(f"{where}.variants.{variant}.share must lie in (0, 1); got {arm.share!r}")
+        total = sum(arm.share for arm in exp.variants.values())
+        if abs(total - 1) > 1e-6:
+            raise ConfigError(f"{where}: the variants' shares sum to {total:g}, not 1")
+        if exp.control and exp.control not in exp.variants:
+            raise ConfigError(f"{where}.control: {exp.control!r} is not one of its variants "
+                              f"({', '.join(exp.variants)})")
+        for key in ("start", "end"):
+            value = getattr(exp, key)
+            try:
+                value and date.fromisoformat(value)
+            except ValueError:
+                raise ConfigError(f"{where}.{key}: expected a date YYYY-MM-DD, got {value!r}") from None
+        if exp.start and exp.end and exp.end < exp.start:
+            raise ConfigError(f"{where}: ends ({exp.end}) before it starts ({exp.start})")
 
 
 def load_config(path: str | os.PathLike | None = None, environ: typing.Mapping[str, str] | None = None) -> Config:
@@ -424,4 +506,5 @@ def load_config(path: str | os.PathLike | None = None, environ: typing.Mapping[s
     data = _merge(data, _env_overrides(environ))
     config = _build(Config, data)
     _check_values(config)
+    _check_experiments(config)
     return _build(Config, _resolve_paths(config.to_dict(), base_dir))

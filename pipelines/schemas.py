@@ -45,7 +45,10 @@ INTERACTIONS = pa.schema([
     pa.field("item_id", pa.string()),
     pa.field("source_item_id", pa.string()),
     pa.field("ts", pa.string()),
+    pa.field("experiment", pa.string()),  # optional in the source: NULL outside experiments
+    pa.field("variant", pa.string()),
 ])
+INTERACTIONS_OPTIONAL = ("experiment", "variant")  # a source without them reads as NULL
 
 ITEM_EMBEDDINGS = pa.schema([
     pa.field("ds", pa.string(), nullable=False),
@@ -63,6 +66,49 @@ ITEM_NEIGHBORS = pa.schema([
     pa.field("score", pa.float32(), nullable=False),
     pa.field("same_image", pa.bool_()),  # the neighbour's photo is byte-identical (same image_sha256)
     pa.field("model_version", pa.string()),
+])
+
+# The neighbours each arm of a running experiment serves: item_neighbors' contract per (experiment, variant).
+ITEM_NEIGHBORS_VARIANTS = pa.schema([*ITEM_NEIGHBORS, pa.field("experiment", pa.string(), nullable=False),
+                                     pa.field("variant", pa.string(), nullable=False)])
+
+# One row per arm of each running experiment: what it serves and which users see it. A user is in
+# the arm whose [bucket_low, bucket_high) holds md5(salt || ':' || user_id)'s first 8 hex digits mod 10000
+# (pipelines/experiments/assignment.py; the SQL functions of docs/experiments.md).
+EXPERIMENT_VARIANTS = pa.schema([
+    pa.field("ds", pa.string(), nullable=False),
+    pa.field("experiment", pa.string(), nullable=False),
+    pa.field("variant", pa.string(), nullable=False),
+    pa.field("is_control", pa.bool_()),
+    pa.field("serve", pa.string()),  # as configured: production, candidate, image_baseline or a version
+    pa.field("model_version", pa.string()),  # what that resolved to on this ds
+    pa.field("share", pa.float64()),
+    pa.field("salt", pa.string()),
+    pa.field("bucket_low", pa.int32()),
+    pa.field("bucket_high", pa.int32()),
+    pa.field("start_ds", pa.string()),  # empty: from its first night
+    pa.field("end_ds", pa.string()),  # empty: open-ended
+])
+
+# The experiment's analysis from the logged interactions up to the ds, per variant and metric.
+AB_RESULTS = pa.schema([
+    pa.field("ds", pa.string(), nullable=False),
+    pa.field("experiment", pa.string(), nullable=False),
+    pa.field("variant", pa.string(), nullable=False),
+    pa.field("is_control", pa.bool_()),
+    pa.field("metric", pa.string(), nullable=False),  # ctr | conversion | revenue_per_user
+    pa.field("users", pa.int64()),  # users with a module impression
+    pa.field("impressions", pa.int64()),
+    pa.field("value", pa.float64()),
+    pa.field("lift", pa.float64()),  # relative to control; null on the control's rows
+    pa.field("lift_low", pa.float64()),  # 95% interval (delta method, users as the unit)
+    pa.field("lift_high", pa.float64()),
+    pa.field("p_value", pa.float64()),
+    pa.field("power", pa.float64()),  # to detect the observed lift at the 5% level
+    pa.field("srm_p_value", pa.float64()),  # χ² of the users per variant against the configured shares
+    pa.field("first_day", pa.string()),
+    pa.field("last_day", pa.string()),
+    pa.field("warning", pa.string()),  # sample-ratio mismatch, underpowered, …; null when none
 ])
 
 ITEM_EMBEDDINGS_FLOAT16 = ITEM_EMBEDDINGS.set(

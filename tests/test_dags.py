@@ -31,20 +31,21 @@ def test_no_import_errors(dagbag):
 def test_edges_are_exactly_the_pipeline(dagbag):
     assert dagbag.dags["lookalike_extract"].task_ids == ["extract"]
     assert _edges(dagbag.dags["lookalike_finetune"]) == {("train", "evaluate")}
-    assert _edges(dagbag.dags["lookalike_nightly"]) == {("embed", "neighbors"), ("neighbors", "publish"),
-                                                       ("publish", "report")}
+    assert _edges(dagbag.dags["lookalike_nightly"]) == {("embed", "neighbors"), ("neighbors", "experiments"),
+                                                       ("experiments", "publish"), ("publish", "report")}
     assert _edges(dagbag.dags["lookalike_user_recs"]) == {("userrec", "publish")}
 
 
 def test_dags_are_chained_by_assets(dagbag):
-    from pipelines.publish.stage import NIGHTLY_TABLES
+    from pipelines.publish.stage import EXPERIMENT_TABLES, NIGHTLY_TABLES
 
     extract = dagbag.dags["lookalike_extract"].get_task("extract")
     assert [a.name for a in extract.outlets] == ["lookalike.snapshot"]
     nightly = dagbag.dags["lookalike_nightly"]
     assert "lookalike.snapshot" in str(nightly.timetable.asset_condition)  # scheduled by each extract
     publish = nightly.get_task("publish")
-    assert sorted(a.name for a in publish.outlets) == sorted(f"lookalike.{t}" for t in NIGHTLY_TABLES)
+    assert sorted(a.name for a in publish.outlets) == sorted(f"lookalike.{t}" for t in NIGHTLY_TABLES
+                                                                      + EXPERIMENT_TABLES)
     user_recs = dagbag.dags["lookalike_user_recs"]
     assert "lookalike.item_embeddings" in str(user_recs.timetable.asset_condition)  # each published day
     assert sorted(a.name for a in user_recs.get_task("publish").outlets) == [

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
+from string import Template
+from typing import Iterator, Mapping
 
 import pandas as pd
 import sqlalchemy as sa
@@ -32,15 +33,46 @@ def _iso_text(value) -> str | None:
     return str(value).replace(" ", "T")
 
 
-def stream_source(url: str, template: str, params: dict, sql_dir: Path | None = None, *,
-                  expected: list[str], chunk_rows: int = SOURCE_CHUNK_ROWS) -> Iterator[pd.DataFrame]:
-    """Run one extract template with bound parameters and yield its rows in chunks (at least one,
-    empty when the query returns nothing), checked for the ``expected`` columns; timestamps come
-    back as ISO text. A connection lost mid-stream is a ``TransientError`` like one never made.
-    ``sql_dir``: the templates' folder, by default the shipped ``sql/extract/``."""
+def template_text(template: str, sql_dir: Path | None = None, names: Mapping[str, str] | None = None) -> str:
+    """The text of one extract template with its ``$name`` placeholders replaced by ``names``
+    (the optional columns of the source contract: the column itself, or ``null``)."""
     path = (sql_dir or sql_path("extract")) / template
     if not path.is_file():
         raise ExtractError(f"extract template {path} not found")
+    return Template(path.read_text()).safe_substitute(names or {})
+
+
+def source_columns(url: str, table: str) -> set[str]:
+    """The columns the source's ``table`` has (empty when it cannot be inspected: the query that
+    follows reports why)."""
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        return set()
+    engine = sa.create_engine(url)
+    try:
+        return {column["name"] for column in sa.inspect(engine).get_columns(table)}
+    except sa.exc.SQLAlchemyError:
+        return set()
+    finally:
+        engine.dispose()
+
+
+def optional_columns(url: str, table: str, names: tuple[str, ...]) -> dict[str, str]:
+    """``$name`` → ``name`` for each optional column the source's table has, else → ``null``."""
+    present = source_columns(url, table)
+    return {name: name if name in present else "null" for name in names}
+
+
+def stream_source(url: str, template: str, params: dict, sql_dir: Path | None = None, *,
+                  expected: list[str], optional: Mapping[str, str] | None = None,
+                  chunk_rows: int = SOURCE_CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """Run one extract template with bound parameters and yield its rows in chunks (at least one,
+    empty when the query returns nothing), checked for the ``expected`` columns; timestamps come
+    back as ISO text. A connection lost mid-stream is a ``TransientError`` like one never made.
+    ``sql_dir``: the templates' folder, by default the shipped ``sql/extract/``. ``optional``:
+    the optional columns' placeholders (:func:`optional_columns`); a column the template does not
+    return is NULL in every row."""
+    path = (sql_dir or sql_path("extract")) / template
+    text = template_text(template, sql_dir, optional)
     if url.startswith("sqlite:///"):  # SQLite would silently create an empty database
         db = Path(url.removeprefix("sqlite:///"))
         if not db.is_file():
@@ -49,15 +81,16 @@ def stream_source(url: str, template: str, params: dict, sql_dir: Path | None = 
     engine = sa.create_engine(url)
     try:
         with engine.connect() as con:
-            result = con.execution_options(yield_per=chunk_rows).execute(sa.text(path.read_text()), params)
+            result = con.execution_options(yield_per=chunk_rows).execute(sa.text(text), params)
             columns = list(result.keys())
             _check_columns(columns, template, expected)
+            missing = [name for name in (optional or {}) if name not in columns]
             empty = True
             for rows in result.partitions(chunk_rows):
                 empty = False
-                yield _frame(rows, columns)
+                yield _frame(rows, columns, missing)
             if empty:
-                yield _frame([], columns)
+                yield _frame([], columns, missing)
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
         if url.startswith("sqlite"):  # SQLite reports a missing table as an OperationalError
             raise _contract_error(path, engine, exc) from None
@@ -75,8 +108,10 @@ def read_source(url: str, template: str, params: dict, sql_dir: Path | None = No
     return pd.concat(list(stream_source(url, template, params, sql_dir, expected=list(expected))), ignore_index=True)
 
 
-def _frame(rows, columns: list[str]) -> pd.DataFrame:
+def _frame(rows, columns: list[str], missing: list[str] = ()) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=columns)
+    for name in missing:
+        frame[name] = None
     for col in ("created_at", "updated_at", "ts"):
         if col in frame:
             frame[col] = frame[col].map(_iso_text).astype(object)

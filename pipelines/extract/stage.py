@@ -40,7 +40,8 @@ from pipelines import faults, schemas
 from pipelines.config import Config, redact_url
 from pipelines.extract import photos
 from pipelines.extract.images import fetch_image, forget_store_layout, prepare_image
-from pipelines.extract.source import SOURCE_CHUNK_ROWS, ExtractError, stream_source
+from pipelines.extract.source import (SOURCE_CHUNK_ROWS, ExtractError, optional_columns, stream_source,
+                                     template_text)
 from pipelines.extract.validate import (QuarantineShareExceeded, Tally, check_quarantine_share, latest_listings,
                                         reject_listings, stage_listings, validate_events)
 from pipelines.resources import sql_path
@@ -427,10 +428,11 @@ def run_extract(cfg: Config, ds: str) -> dict[str, str]:
     return {name: str(path) for name, path in outputs.items()}
 
 
-def events_fingerprint(url: str, sql_dir: Path) -> str:
-    """What the event log was read with: the source (without its password) and the template; an
-    earlier night's events are reused only when it is the same."""
-    text = redact_url(url) + "\n" + (sql_dir / "interactions.sql").read_text()
+def events_fingerprint(url: str, sql_dir: Path, optional: dict[str, str]) -> str:
+    """What the event log was read with: the source (without its password) and the template as
+    rendered (with or without the optional columns); an earlier night's events are reused only
+    when it is the same."""
+    text = redact_url(url) + "\n" + template_text("interactions.sql", sql_dir, optional)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -451,6 +453,8 @@ def reusable_events(wh: Warehouse, ds: str, log_start: str, fingerprint: str,
     path = wh.work(earlier, "interactions") / "part-0.parquet"
     if cutoff <= log_start or not path.exists():
         return None
+    if not set(schemas.INTERACTIONS.names) <= set(pq.read_schema(path).names):  # written by an older release
+        return None
     return earlier, path, cutoff
 
 
@@ -462,7 +466,8 @@ def _write_events(cfg: Config, sql_dir: Path, ds: str, end: str, out: Path, tall
     import pyarrow.compute as pc
 
     log_start, _ = window(ds, max(cfg.evaluate.log_days, cfg.userrec.log_days))
-    fingerprint = events_fingerprint(cfg.source.url, sql_dir)
+    optional = optional_columns(cfg.source.url, "interactions", schemas.INTERACTIONS_OPTIONAL)
+    fingerprint = events_fingerprint(cfg.source.url, sql_dir, optional)
     reuse = reusable_events(wh, ds, log_start, fingerprint, cfg.extract.events_refetch_days)
     columns = [f.name for f in schemas.INTERACTIONS]
     counts = {"events": 0, "events_reused": 0, "events_reused_from": None, "events_window": [log_start, end],
@@ -478,7 +483,8 @@ def _write_events(cfg: Config, sql_dir: Path, ds: str, end: str, out: Path, tall
                 counts["events_reused"] += kept.num_rows
             counts["events_reused_from"] = earlier
         for chunk in stream_source(cfg.source.url, "interactions.sql", {"window_start": fetch_start,
-                                                                         "window_end": end}, sql_dir, expected=columns):
+                                                                         "window_end": end}, sql_dir,
+                                   expected=[c for c in columns if c not in optional], optional=optional):
             tally.total += len(chunk)
             events, rejects = validate_events(chunk)
             tally.reject(rejects)

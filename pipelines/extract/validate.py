@@ -226,8 +226,8 @@ def _reject_first(frame: pd.DataFrame, problems: list) -> tuple[pd.DataFrame, li
 def validate_events(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
     """Events with a user, a known event type, an item and a timestamp; the rest rejected with a reason."""
     frame = frame.copy()
-    for name in ("user_id", "session_id", "event", "item_id", "source_item_id"):
-        frame[name] = frame[name].map(as_text).astype(object)
+    for name in ("user_id", "session_id", "event", "item_id", "source_item_id", "experiment", "variant"):
+        frame[name] = frame[name].map(as_text).astype(object) if name in frame else None
     parsed = frame["ts"].map(parse_timestamp)
     frame["ts"] = [t for t, _ in parsed]
     frame["reject_ts"] = pd.Series([r for _, r in parsed], index=frame.index, dtype=object)

@@ -44,7 +44,7 @@ def per_published_day() -> PartitionedAssetTimetable:
     return PartitionedAssetTimetable(assets=TABLE_ASSETS["item_embeddings"])
 
 
-STAGE_VERBS = {"extract", "train", "evaluate", "embed", "neighbors", "publish", "userrec"}
+STAGE_VERBS = {"extract", "train", "evaluate", "embed", "neighbors", "experiments", "publish", "userrec"}
 
 
 def on_task_failure(context) -> None:

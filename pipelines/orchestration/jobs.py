@@ -62,6 +62,12 @@ def _neighbors(cfg, ds, args):
     return run_neighbors(cfg, ds)
 
 
+def _experiments(cfg, ds, args):
+    from pipelines.experiments.stage import run_experiments
+
+    return run_experiments(cfg, ds)
+
+
 def _publish(cfg, ds, args):
     from pipelines.publish.stage import run_publish
 
@@ -97,6 +103,9 @@ STAGES = {stage.name: stage for stage in [
     Stage("embed", "Embed one ds's active catalogue with the serving model, on Spark (spark.master; "
           "spark-submit jobs/embed.py).", _embed),
     Stage("neighbors", "Build one ds's top-k neighbour table from its embeddings with FAISS.", _neighbors),
+    Stage("experiments", "For each experiment running on one ds (experiments.*): every arm's neighbour table "
+          "(item_neighbors_variants), the arms and their hash buckets (experiment_variants) and the analysis of "
+          "the logged events so far (ab_results), for publish. Nothing when no experiment runs.", _experiments),
     Stage("publish", "Check one ds's outputs and publish them atomically; a failed check publishes nothing. "
           "The structural checks (k neighbours per item, descending scores, unit embeddings …) and the gate "
           "against the previous published day (rows, coverage, score distribution, neighbour overlap for "

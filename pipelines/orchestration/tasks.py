@@ -147,6 +147,13 @@ def neighbors(context: dict) -> dict:
 
 
 @fail_fast_on_bad_input
+def experiments(context: dict) -> dict:
+    from pipelines.experiments.stage import run_experiments
+
+    return run_experiments(config_for(context), partition_date(context))
+
+
+@fail_fast_on_bad_input
 def publish(context: dict) -> dict:
     """Publish the ds, then annotate the task's Asset events (one per ``lookalike.<table>`` outlet)."""
     from pipelines.publish.stage import run_publish

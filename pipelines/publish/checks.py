@@ -31,18 +31,29 @@ def _rising_scores(con: duckdb.DuckDBPyConnection, table: str, key: str) -> int:
                            as d from {table}) where d > {SCORE_TOLERANCE}""").fetchone()[0]
 
 
-def check_neighbors(neighbors: Source, *, k: int, active: Source, embedded: Source) -> list[str]:
+def check_neighbors(neighbors: Source, *, k: int, active: Source, embedded: Source,
+                    arm: tuple[str, str] | None = None) -> list[str]:
     """k rows per item, ranks 1..k, descending scores in [-1, 1], no self, no neighbour off sale,
-    no item without an embedding. ``active`` and ``embedded`` hold an ``item_id`` column."""
+    no item without an embedding. ``active`` and ``embedded`` hold an ``item_id`` column. With
+    ``arm`` = (experiment, variant), ``neighbors`` is item_neighbors_variants and the checks run
+    on that arm's rows, each failure named with it."""
     con = duckdb.connect(":memory:")
-    for name, source in (("n", neighbors), ("active", active), ("embedded", embedded)):
+    for name, source in (("n_all" if arm else "n", neighbors), ("active", active), ("embedded", embedded)):
         register(con, name, source)
+    if arm:
+        experiment, variant = (value.replace("'", "''") for value in arm)  # a view cannot take parameters
+        con.execute(f"create view n as select * from n_all where experiment = '{experiment}' and variant = '{variant}'")
 
     def one(sql: str):
         return con.execute(sql).fetchone()
 
     if one("select count(*) from n")[0] == 0:
-        return ["item_neighbors is empty"]
+        return [f"item_neighbors_variants has no rows for {arm[0]}/{arm[1]}" if arm else "item_neighbors is empty"]
+    failures = _neighbor_failures(one, con, k)
+    return [f"item_neighbors_variants {arm[0]}/{arm[1]}: {f}" for f in failures] if arm else failures
+
+
+def _neighbor_failures(one, con: duckdb.DuckDBPyConnection, k: int) -> list[str]:
     failures = []
     wrong_count, wrong_ranks = one(f"""
         select count(*) filter (where c <> {k}),

@@ -31,7 +31,10 @@ WORK_INPUTS = ("listings_snapshot", "catalog", "quarantine", "embed_quarantine",
 # eval_metrics is published when the ds has rows for it: lookalike_finetune's evaluation of the model
 # (work eval_metrics) and the user model's (work userrec_metrics), together, whichever DAG publishes.
 EVAL_INPUTS = ("eval_metrics", "userrec_metrics")
-NIGHTLY_TABLES = tables.published_by(tables.NIGHTLY)  # what run_publish commits
+
+# Published with the night while an experiment runs (pipelines/experiments/stage.py writes all three or none).
+EXPERIMENT_TABLES = ("item_neighbors_variants", "experiment_variants", "ab_results")
+NIGHTLY_TABLES = tuple(t for t in tables.published_by(tables.NIGHTLY) if t not in EXPERIMENT_TABLES)  # every night
 USER_TABLES = tuple(t for t in tables.published_by(tables.USER_RECS) if t not in NIGHTLY_TABLES)  # publish_user_recs
 
 
@@ -60,6 +63,8 @@ def stage_tables(wh: Warehouse, ds: str) -> dict[str, list]:
                              "run the stages before publish (`lookalike run --ds` runs them all)")
     staging = wh.fresh_work(ds, "publish_staging")
     files = {name: _files(wh.work(ds, name)) for name in ("item_embeddings", "item_neighbors")}
+    if wh.work(ds, "experiment_variants").exists():
+        files.update({name: _files(wh.work(ds, name)) for name in EXPERIMENT_TABLES})
     files.update(_eval_metrics(wh, ds, staging))
     for name in ("listings_snapshot", "catalog"):
         columns = [f.name for f in schemas.LISTINGS_SNAPSHOT]
@@ -106,6 +111,7 @@ def run_publish(cfg: Config, ds: str) -> dict:
     failures = (check_neighbors(files["item_neighbors"], k=cfg.neighbors.k, active=active,
                                 embedded=files["item_embeddings"])
                 + check_embeddings(files["item_embeddings"])
+                + _check_arms(cfg, files, active)
                 + [f for t in ("listings_snapshot", "catalog", "eval_metrics") if t in rows for f in check_rows(rows[t], t)])
     stats_path = wh.work(ds, "neighbors_stats.json")
     record = {"ds": ds, "rows": rows, "warehouse": wh.display(),
@@ -117,6 +123,18 @@ def run_publish(cfg: Config, ds: str) -> dict:
     if not failures:
         record["drift"] = _gate(cfg, wh, ds, files, rows, on_sale=active.num_rows, served=record["served"])
     return _commit(cfg, wh, ds, files, rows, failures, record)
+
+
+def _check_arms(cfg: Config, files: dict, active: pa.Table) -> list[str]:
+    """item_neighbors' checks on every arm of experiment_variants, one at a time, in item_neighbors_variants."""
+    if "experiment_variants" not in files:
+        return []
+    if not files["item_neighbors_variants"]:
+        return ["item_neighbors_variants is missing while experiments run"]
+    arms = pq.read_table(files["experiment_variants"], columns=["experiment", "variant"], partitioning=None).to_pylist()
+    return [failure for arm in arms
+            for failure in check_neighbors(files["item_neighbors_variants"], k=cfg.neighbors.k, active=active,
+                                           embedded=files["item_embeddings"], arm=(arm["experiment"], arm["variant"]))]
 
 
 def _gate(cfg: Config, wh: Warehouse, ds: str, files: dict, rows: dict, *, on_sale: int,

@@ -90,6 +90,26 @@ class SampleSpec:
     image_size: int = 128
 
 
+@dataclass(frozen=True)
+class Taste:
+    """A user's hidden preferences: three categories, two colours, a pattern and a style."""
+    categories: frozenset
+    colours: frozenset
+    pattern: str
+    style: str
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> "Taste":
+        return cls(frozenset(rng.choice(CATEGORIES, size=3, replace=False)),
+                   frozenset(rng.choice(list(COLOURS), size=2, replace=False)), str(rng.choice(PATTERNS)),
+                   str(rng.choice(STYLES)))
+
+    def __call__(self, a: dict) -> float:
+        """How much the user likes an item with hidden attributes ``a``."""
+        return (1.5 * (a["category"] in self.categories) + 1.2 * (a["colour"] in self.colours)
+                + 0.8 * (a["pattern"] == self.pattern) + 0.6 * (a["style"] == self.style))
+
+
 def _iso(ts: datetime) -> str:
     return ts.strftime("%Y-%m-%dT%H:%M:%S")
 
@@ -115,6 +135,23 @@ def _title(rng: np.random.Generator, attrs: dict, brand: str | None) -> str:
 
 def _similarity(a: dict, b: dict) -> float:
     return sum(w for key, w in SIMILARITY_WEIGHTS.items() if a[key] == b[key])
+
+
+def visual_similarity(a: dict, b: dict) -> float:
+    """How alike two items look to a user, in [0, 1], from their hidden attributes."""
+    return _similarity(a, b) / sum(SIMILARITY_WEIGHTS.values())
+
+
+def click_probability(visual: float, taste: float) -> float:
+    """A user clicks an item the similar-items module shows with this probability: mostly how
+    alike it looks to the page's item (``visual_similarity``), a little the user's ``taste`` for it.
+    The sample's log and the simulated A/B test (``lookalike simulate-ab``) both click by it."""
+    return 0.02 + 0.55 * visual ** 3 + 0.03 * taste
+
+
+def purchase_after_click(taste: float) -> float:
+    """The probability that a module click is followed by a purchase of the clicked item."""
+    return 0.05 * (1 + taste)
 
 
 def _browse(rng, user_id: str, session_id: str, current: int, ts: datetime, same_category: np.ndarray,
@@ -258,15 +295,11 @@ def generate(out: Path, spec: SampleSpec, progress=print) -> dict:
     look_weight = sum(BROWSE_LOOKS.values())
     for u in range(spec.users):
         user_id = f"u{u:05d}"
-        fav_cats = set(rng.choice(CATEGORIES, size=3, replace=False))
-        fav_colours = set(rng.choice(list(COLOURS), size=2, replace=False))
-        fav_pattern = str(rng.choice(PATTERNS))
-        fav_style = str(rng.choice(STYLES))
+        user_taste = Taste.draw(rng)
+        fav_colours, fav_pattern, fav_style = set(user_taste.colours), user_taste.pattern, user_taste.style
 
         def taste(j: int) -> float:
-            a = attrs[j]
-            return (1.5 * (a["category"] in fav_cats) + 1.2 * (a["colour"] in fav_colours)
-                    + 0.8 * (a["pattern"] == fav_pattern) + 0.6 * (a["style"] == fav_style))
+            return user_taste(attrs[j])
 
         for s in range(max(1, rng.poisson(7))):
             day = rng.uniform(5, spec.days - 0.05)
@@ -295,13 +328,11 @@ def generate(out: Path, spec: SampleSpec, progress=print) -> dict:
                 for j in sorted(shown):
                     rows.append((user_id, session_id, "impression", f"i{j:06d}", f"i{src:06d}", _iso(ts)))
                 for j in sorted(shown):
-                    visual = _similarity(attrs[src], attrs[j]) / sum(SIMILARITY_WEIGHTS.values())
-                    p_click = 0.02 + 0.55 * visual ** 3 + 0.03 * taste(j)
-                    if rng.random() < p_click:
+                    if rng.random() < click_probability(visual_similarity(attrs[src], attrs[j]), taste(j)):
                         click_ts = ts + timedelta(seconds=float(rng.uniform(2, 60)))
                         rows.append((user_id, session_id, "click", f"i{j:06d}", f"i{src:06d}", _iso(click_ts)))
                         rows.append((user_id, session_id, "view", f"i{j:06d}", None, _iso(click_ts + timedelta(seconds=1))))
-                        if rng.random() < 0.05 * (1 + taste(j)):
+                        if rng.random() < purchase_after_click(taste(j)):
                             rows.append((user_id, session_id, "purchase", f"i{j:06d}", None,
                                          _iso(click_ts + timedelta(seconds=90))))
             if browse_rng.random() < BROWSE_SHARE:

@@ -100,6 +100,43 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_ab_report(args) -> int:
+    from pipelines.config import load_config
+    from pipelines.experiments.readout import ab_report, describe
+
+    cfg = load_config(args.config)
+    exp, rows = ab_report(cfg, args.experiment, args.ds)
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        print(describe(exp, rows, cfg))
+    return 0
+
+
+def cmd_simulate_ab(args) -> int:
+    from pipelines.config import load_config
+    from pipelines.experiments.readout import simulate_ab
+
+    cfg = load_config(args.config)
+    what = f"{args.calibrate} seeded runs in memory" if args.calibrate else "into the source's interactions"
+    print(f"Simulating {args.days} days of experiment {args.experiment} on the sample marketplace ({what}) …",
+          flush=True)
+    result = simulate_ab(cfg, args.experiment, days=args.days, ds=args.ds, seed=args.seed,
+                         attributes=Path(args.attributes) if args.attributes else None, calibrate=args.calibrate)
+    if args.calibrate:
+        print(f"The CTR lift's 95% interval covered 0 in {result['covered_zero']} of {result['runs']} runs "
+              f"(seeds {result['seeds'][0]}–{result['seeds'][1]}; mean lift {result['mean_ctr_lift']:+.2%}). "
+              "An A/A test should cover 0 in about 95% of runs.")
+    else:
+        arms = ", ".join(f"{v} {n}" for v, n in sorted(result["by_variant"].items()))
+        print(f"Logged {result['days'][0]} to {result['days'][1]} (the neighbours of ds={result['neighbours_of']}) for "
+              f"{result['users']:,} users ({arms}): {result['impression']:,} module impressions, {result['click']:,} "
+              f"clicks, {result['purchase']:,} purchases; {result['events']:,} events in all.\n"
+              f"Read it: lookalike ab-report --experiment {args.experiment}"
+              + (f" --config {args.config}" if args.config else ""))
+    return 0
+
+
 def cmd_ddl(args) -> int:
     from pipelines.config import load_config
     from pipelines.tools.ddl import render_ddl
@@ -241,6 +278,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=_positive, default=12, help="query items shown (one per category in turn)")
     p.add_argument("--shown", type=_positive, default=10, help="neighbours shown per query item")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("ab-report", help="an experiment's A/B results from the logged interactions: per variant "
+                       "users, impressions, CTR, conversion, revenue per user, lift with 95%% intervals, SRM check")
+    p.add_argument("--config")
+    p.add_argument("--experiment", required=True, help="its name under experiments: in the config")
+    p.add_argument("--ds", type=iso_date, help="read the events before this day (default: every event logged)")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_ab_report)
+
+    p = sub.add_parser("simulate-ab", help="play the sample marketplace's front end for an experiment: N days of "
+                       "users shown each variant's published neighbours, logged into the source")
+    p.add_argument("--config")
+    p.add_argument("--experiment", required=True, help="its name under experiments: in the config")
+    p.add_argument("--days", type=_positive, default=14, help="days to simulate from the published ds (default 14)")
+    p.add_argument("--ds", type=iso_date, help="the published ds whose neighbours are shown (default: the newest "
+                                               "with the experiment)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--attributes", help="the sample's hidden_attributes.json (default: beside the source's SQLite file)")
+    p.add_argument("--calibrate", type=_positive, metavar="K", help="run K seeded simulations in memory (nothing "
+                   "written) and count how often the CTR lift's interval covers 0: an A/A test's calibration")
+    p.set_defaults(func=cmd_simulate_ab)
 
     p = sub.add_parser("ddl", help="print external-table DDL + partition statements for Spark SQL or Trino")
     p.add_argument("--config")

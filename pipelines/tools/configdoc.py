@@ -16,6 +16,7 @@ import dataclasses
 import io
 import sys
 import tokenize
+import typing
 from pathlib import Path
 
 from pipelines import config as config_module
@@ -107,11 +108,24 @@ def sections() -> list[tuple[str, str, list[Key]]]:
         return out
 
     result = [("top level", "Where things are.", keys("Config", "", defaults))]
+
+    def named_sections(cls, prefix: str) -> None:
+        """The sections of a ``dict[str, <section>]`` key, documented once with <name> for the key."""
+        for f in dataclasses.fields(cls):
+            hint = typing.get_type_hints(cls)[f.name]
+            if typing.get_origin(hint) is dict:
+                section = typing.get_args(hint)[1]
+                name = f"{prefix}{f.name}.<{f.name.rstrip('s')}>"
+                result.append((name, ast.get_docstring(classes[section.__name__]) or "",
+                               keys(section.__name__, name + ".", section())))
+                named_sections(section, name + ".")
+
     for f in dataclasses.fields(config_module.Config):
         value = getattr(defaults, f.name)
         if dataclasses.is_dataclass(value):
             doc = ast.get_docstring(classes[type(value).__name__]) or ""
             result.append((f.name, doc, keys(type(value).__name__, f.name + ".", value)))
+    named_sections(config_module.Config, "")
     return result
 
 

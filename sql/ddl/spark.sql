@@ -85,6 +85,62 @@ using parquet
 partitioned by (ds)
 location '${warehouse}/item_neighbors';
 
+create table if not exists ${schema}.item_neighbors_variants (
+    item_id string,
+    rank int,
+    neighbor_id string,
+    score float,
+    same_image boolean,
+    model_version string,
+    experiment string,
+    variant string,
+    ds string
+)
+using parquet
+partitioned by (ds)
+location '${warehouse}/item_neighbors_variants';
+
+create table if not exists ${schema}.experiment_variants (
+    experiment string,
+    variant string,
+    is_control boolean,
+    serve string,
+    model_version string,
+    share double,
+    salt string,
+    bucket_low int,
+    bucket_high int,
+    start_ds string,
+    end_ds string,
+    ds string
+)
+using parquet
+partitioned by (ds)
+location '${warehouse}/experiment_variants';
+
+create table if not exists ${schema}.ab_results (
+    experiment string,
+    variant string,
+    is_control boolean,
+    metric string,
+    users bigint,
+    impressions bigint,
+    value double,
+    lift double,
+    lift_low double,
+    lift_high double,
+    p_value double,
+    power double,
+    srm_p_value double,
+    first_day string,
+    last_day string,
+    warning string,
+    ds string
+)
+using parquet
+partitioned by (ds)
+location '${warehouse}/ab_results';
+
 create table if not exists ${schema}.eval_metrics (
     system string,
     model_version string,

@@ -77,6 +77,56 @@ create table if not exists ${catalog}.${schema}.item_neighbors (
 )
 with (external_location = '${warehouse}/item_neighbors', format = 'PARQUET', partitioned_by = array['ds']);
 
+create table if not exists ${catalog}.${schema}.item_neighbors_variants (
+    item_id varchar,
+    rank integer,
+    neighbor_id varchar,
+    score real,
+    same_image boolean,
+    model_version varchar,
+    experiment varchar,
+    variant varchar,
+    ds varchar
+)
+with (external_location = '${warehouse}/item_neighbors_variants', format = 'PARQUET', partitioned_by = array['ds']);
+
+create table if not exists ${catalog}.${schema}.experiment_variants (
+    experiment varchar,
+    variant varchar,
+    is_control boolean,
+    serve varchar,
+    model_version varchar,
+    share double,
+    salt varchar,
+    bucket_low integer,
+    bucket_high integer,
+    start_ds varchar,
+    end_ds varchar,
+    ds varchar
+)
+with (external_location = '${warehouse}/experiment_variants', format = 'PARQUET', partitioned_by = array['ds']);
+
+create table if not exists ${catalog}.${schema}.ab_results (
+    experiment varchar,
+    variant varchar,
+    is_control boolean,
+    metric varchar,
+    users bigint,
+    impressions bigint,
+    value double,
+    lift double,
+    lift_low double,
+    lift_high double,
+    p_value double,
+    power double,
+    srm_p_value double,
+    first_day varchar,
+    last_day varchar,
+    warning varchar,
+    ds varchar
+)
+with (external_location = '${warehouse}/ab_results', format = 'PARQUET', partitioned_by = array['ds']);
+
 create table if not exists ${catalog}.${schema}.eval_metrics (
     system varchar,
     model_version varchar,

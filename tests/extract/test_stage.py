@@ -105,13 +105,33 @@ def test_an_extract_killed_mid_write_leaves_nothing_half_read_and_a_rerun_conver
 
 def test_the_source_is_read_in_chunks_of_the_asked_size(sample_dir):
     from pipelines import schemas
-    from pipelines.extract.source import stream_source
+    from pipelines.extract.source import optional_columns, stream_source
 
     url = f"sqlite:///{sample_dir / 'marketplace.db'}"
+    optional = optional_columns(url, "interactions", schemas.INTERACTIONS_OPTIONAL)
+    assert optional == {"experiment": "null", "variant": "null"}  # the sample predates experiments
     chunks = [len(c) for c in stream_source(url, "interactions.sql", {"window_start": "2026-01-01T00:00:00",
                                                                       "window_end": "2026-11-21T00:00:00"},
-                                            expected=[f.name for f in schemas.INTERACTIONS], chunk_rows=500)]
+                                            expected=list(schemas.INTERACTIONS.names[:6]), optional=optional,
+                                            chunk_rows=500)]
     (total,) = sqlite3.connect(sample_dir / "marketplace.db").execute(
         "select count(*) from interactions where ts < '2026-11-21'").fetchone()
     assert sum(chunks) == total and len(chunks) == -(-total // 500)
     assert set(chunks[:-1]) == {500}
+
+
+def test_the_optional_experiment_columns_are_carried_when_the_source_has_them(tmp_path, sample_dir):
+    """A source without interactions.experiment/variant reads them as NULL (every other test); one
+    with them gets them into the ds's interaction log, NULL outside experiments."""
+    import shutil
+
+    shutil.copytree(sample_dir, tmp_path / "sample")
+    db = tmp_path / "sample" / "marketplace.db"
+    with sqlite3.connect(db) as con:
+        con.execute("alter table interactions add column experiment text")
+        con.execute("alter table interactions add column variant text")
+        con.execute("update interactions set experiment = 'look', variant = 'b' where rowid % 10 = 0")
+    cfg = load_config(write_config(tmp_path, tmp_path / "sample"), environ={})
+    events = pq.read_table(run_extract(cfg, DS)["interactions"]).to_pylist()
+    tagged = [e for e in events if e["experiment"] is not None]
+    assert 0 < len(tagged) < len(events) and {(e["experiment"], e["variant"]) for e in tagged} == {("look", "b")}

@@ -30,7 +30,7 @@ S3 = "http://127.0.0.1:9000"
 DAGS = {
     "lookalike_extract": {"extract"},
     "lookalike_finetune": {"train", "evaluate"},
-    "lookalike_nightly": {"embed", "neighbors", "publish", "report"},
+    "lookalike_nightly": {"embed", "neighbors", "experiments", "publish", "report"},
     "lookalike_user_recs": {"userrec", "publish"},
 }
 # The seeded sample ends yesterday; the run is for today's partition (window [today - 90 d, today)).

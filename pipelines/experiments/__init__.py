@@ -1,0 +1,1 @@
+"""Online experiments of the similar-items module: assignment, variant tables, analysis, simulation."""

@@ -1,0 +1,104 @@
+"""The experiments stage on the sample: every arm's neighbours published with the night and checked
+like item_neighbors; simulate-ab logs a test into the source; ab-report reads it back."""
+import shutil
+import sqlite3
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import registry, schemas
+from pipelines.config import load_config
+from pipelines.embed.stage import run_embed
+from pipelines.experiments.assignment import bucket
+from pipelines.experiments.readout import ab_report, simulate_ab
+from pipelines.experiments.stage import run_experiments
+from pipelines.extract.stage import run_extract
+from pipelines.neighbors.stage import run_neighbors
+from pipelines.publish.stage import PublishCheckFailed, run_publish
+from pipelines.storage import ModelStore, Warehouse, write_parquet
+from tests.conftest import DS, tiny_model, write_config
+
+ARMS = {"baseline": {"serve": "production", "share": 0.5}, "random": {"serve": "candidate", "share": 0.5}}
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory, sample_dir):
+    """A night with experiment 'look' running: production (the image baseline, no model promoted)
+    against the candidate, an untrained tiny SigLIP that ranks neighbours at random."""
+    root = tmp_path_factory.mktemp("experiment")
+    sample = root / "sample"
+    shutil.copytree(sample_dir, sample)  # simulate-ab writes into the source
+    cfg = load_config(write_config(root, sample, experiments={"look": {"variants": ARMS, "start": DS}}), environ={})
+    store = ModelStore.at(cfg.models)
+    registry.register(store, "random-v1", {"snapshot": {"ds": DS}})
+    tiny_model(store.version_dir("random-v1"), seed=3, version="random-v1")
+    run_extract(cfg, DS)
+    run_embed(cfg, DS)
+    run_neighbors(cfg, DS)
+    result = run_experiments(cfg, DS)
+    return cfg, result
+
+
+def test_each_arm_gets_item_neighbors_contract_and_they_publish_with_the_night(night):
+    cfg, result = night
+    wh = Warehouse.of(cfg)
+    assert result["experiments"] == ["look"] and len(result["systems"]) == 2
+    published = run_publish(cfg, DS)
+    assert {"item_neighbors_variants", "experiment_variants", "ab_results"} <= set(published["rows"])
+    variants = wh.read_partition("item_neighbors_variants", DS)
+    assert variants.schema.equals(schemas.ITEM_NEIGHBORS_VARIANTS, check_metadata=False)
+    production = wh.read_partition("item_neighbors", DS).sort_by([("item_id", "ascending"), ("rank", "ascending")])
+    mine = variants.filter(pa.compute.equal(variants.column("variant"), "baseline")).drop(["experiment", "variant"])
+    assert mine.sort_by([("item_id", "ascending"), ("rank", "ascending")]).equals(production)  # production as served
+    arms = {r["variant"]: r for r in wh.read_partition("experiment_variants", DS).to_pylist()}
+    assert arms["random"]["model_version"] == "random-v1" and arms["baseline"]["is_control"]
+    assert (arms["baseline"]["bucket_low"], arms["baseline"]["bucket_high"], arms["random"]["bucket_high"]) == \
+        (0, 5000, 10000)
+
+
+def test_one_broken_arm_refuses_the_whole_night(night, tmp_path):
+    cfg, _ = night
+    wh = Warehouse.of(cfg)
+    before = wh.entries("item_neighbors").get(DS, {}).get("run_id")
+    folder = wh.work(DS, "item_neighbors_variants")
+    saved = tmp_path / "saved"
+    shutil.copytree(folder, saved)
+    try:
+        table = pq.read_table(folder)
+        rows = table.to_pylist()
+        for row in rows:  # the random arm lists a neighbour twice for one item: its ranks break
+            if row["variant"] == "random" and row["rank"] == 2:
+                row["rank"] = 1
+                break
+        shutil.rmtree(folder)
+        write_parquet(pa.Table.from_pylist(rows, schema=schemas.ITEM_NEIGHBORS_VARIANTS), folder / "part-0.parquet")
+        with pytest.raises(PublishCheckFailed, match=r"item_neighbors_variants look/random: 1 items do not have"):
+            run_publish(cfg, DS)
+        assert wh.entries("item_neighbors").get(DS, {}).get("run_id") == before  # nothing published
+    finally:
+        shutil.rmtree(folder)
+        shutil.copytree(saved, folder)
+
+
+def test_simulated_logs_go_into_the_source_and_ab_report_reads_them(night):
+    cfg, _ = night
+    wh = Warehouse.of(cfg)
+    if DS not in wh.entries("experiment_variants"):
+        run_publish(cfg, DS)
+    result = simulate_ab(cfg, "look", days=21, seed=0)
+    assert result["impression"] > 1000 and result["click"] > 0
+    db = cfg.source.url.removeprefix("sqlite:///")
+    with sqlite3.connect(db) as con:
+        logged = con.execute("select user_id, variant from interactions where experiment = 'look'").fetchall()
+        outside = con.execute("select count(*) from interactions where experiment is null").fetchone()[0]
+    assert outside > 0  # the sample's own log stays, NULL outside experiments
+    assert all(v == ("baseline" if bucket("look", u) < 5000 else "random") for u, v in logged)  # the published split
+    exp, rows = ab_report(cfg, "look")
+    ctr = next(r for r in rows if r["metric"] == "ctr" and r["variant"] == "random")
+    assert ctr["lift_high"] < 0  # random neighbours lose clicks, and the interval says so
+    assert {r["metric"] for r in rows} == {"ctr", "conversion", "revenue_per_user"}
+    again = simulate_ab(cfg, "look", days=21, seed=0)  # replaces its own days, never duplicates
+    with sqlite3.connect(db) as con:
+        assert con.execute("select count(*) from interactions where experiment = 'look'").fetchone()[0] == \
+            again["events"] == result["events"]
