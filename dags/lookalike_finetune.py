@@ -3,8 +3,9 @@
 
 Weekly, and on demand: fine-tunes SigLIP on the snapshot of ds on the `gpu` queue and pool (a
 GPU worker; `torchrun` across its GPUs when `train.nproc_per_node` > 1), then scores the
-candidate offline against the production model and both baselines and promotes it only when it
-beats the baselines and is not worse than production by more than `evaluate.promote_tolerance`.
+candidate offline against the production model and both baselines on the same queries, and
+promotes it only when the paired-bootstrap interval of its nDCG@5 gain is above zero against the
+best baseline and against production (within noise of production: kept as a candidate).
 
 Needs `lookalike_extract` to have run for ds. On success it emits the `lookalike.model` Asset
 event (extra: ds, version, decision). Manual runs: pass `{"ds": "YYYY-MM-DD"}`.

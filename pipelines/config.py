@@ -141,7 +141,9 @@ class EvaluateConfig:
     log_days: int = 30  # held-out interaction window [ds - log_days, ds)
     baseline_dim: int = 64  # PCA size of the hand-made image baseline
     min_candidates: int = 2  # a source item needs this many shown items to be scored
-    promote_tolerance: float = 0.0  # promote when nDCG@5 >= production's minus this (absolute)
+    # Promote only when the 95% paired-bootstrap interval of the nDCG@5 gain over production, on the
+    # same queries, has its low end above minus this (0: the candidate must beat production beyond noise)
+    promote_tolerance: float = 0.0
     # Weights w of the model in the served blend [√w·model, √(1−w)·image baseline] tried on the log;
     # the best blend is promoted instead of the model alone when it ranks better. Empty: model alone.
     hybrid_weights: str = "0.3,0.5,0.7"

@@ -124,6 +124,7 @@ EVAL_METRICS = pa.schema([
     pa.field("ci_low", pa.float64()),
     pa.field("ci_high", pa.float64()),
     pa.field("n", pa.int64()),
+    pa.field("segment", pa.string()),  # null: every query; "category=<c>": the queries of one category
 ])
 
 

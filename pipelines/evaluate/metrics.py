@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 # (metric, k) pairs reported for every system; k = None for MRR (no cut-off).
-REPORTED = (("ndcg", 5), ("precision", 1), ("precision", 3), ("recall", 10), ("mrr", None))
+REPORTED = (("ndcg", 5), ("ndcg", 10), ("precision", 1), ("precision", 3), ("recall", 10), ("mrr", None))
+COVERAGE_QUERIES = 20_000  # item lists sampled (seeded) to measure catalogue coverage
 
 
 def query_metrics(scores: np.ndarray, relevant: np.ndarray, item_ids: np.ndarray) -> dict[tuple[str, int | None], float]:
@@ -44,3 +45,32 @@ def bootstrap_ci(values: np.ndarray, *, resamples: int = 1000, seed: int = 0, al
     idx = rng.integers(0, len(values), size=(resamples, len(values)))
     means = values[idx].mean(axis=1)
     return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+
+
+def discriminates(relevant: np.ndarray) -> bool:
+    """Whether a query can tell rankings apart: it has a relevant and a non-relevant candidate
+    (with every candidate clicked, or none, every ranking scores the same)."""
+    return bool(relevant.any()) and not bool(relevant.all())
+
+
+def coverage(vectors: np.ndarray, k: int, *, max_queries: int = COVERAGE_QUERIES, seed: int = 0) -> tuple[float, int]:
+    """(share of the items that appear in at least one item's top-k by cosine, items whose lists
+    were searched): the catalogue coverage of a system's neighbour lists. Exact search (FAISS
+    inner product) over every item, from up to ``max_queries`` items chosen with ``seed``."""
+    import faiss
+
+    n = len(vectors)
+    if n <= k:
+        return float("nan"), 0
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    queries = np.arange(n) if n <= max_queries else np.sort(np.random.default_rng(seed).choice(n, max_queries,
+                                                                                               replace=False))
+    seen = np.zeros(n, bool)
+    for start in range(0, len(queries), 4096):
+        block = queries[start:start + 4096]
+        _, found = index.search(vectors[block], k + 1)
+        for row, query in zip(found, block):
+            seen[[j for j in row if j >= 0 and j != query][:k]] = True
+    return float(seen.mean()), len(queries)

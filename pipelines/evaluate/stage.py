@@ -2,16 +2,23 @@
 
 For every source item whose similar-items module got clicks in [ds - evaluate.log_days, ds),
 rank the items shown there by each system's similarity to the source and score the ranking
-against the clicks (nDCG@5, P@1, P@3, Recall@10, MRR), with bootstrap 95% intervals over
-source items. A catalogue with no such clicks yet (a first install) is scored by category
-instead: each held-out listing ranks the other held-out listings, its own category relevant.
+against the clicks (nDCG@5 and @10, P@1, P@3, Recall@10, MRR), with bootstrap 95% intervals over
+source items, nDCG@5 per category of the source item, and each system's catalogue coverage
+(the share of the catalogue in some item's top-k). A source item whose shown items were all
+clicked (or none) cannot tell rankings apart and is not scored; a log with no other is reported
+as one that cannot discriminate. A catalogue with no such clicks yet (a first install, or a log
+that cannot discriminate) is scored by category instead: each held-out listing ranks the other
+held-out listings, its own category relevant.
 
-Systems: the candidate SigLIP model, the hand-made image baseline (as fitted for serving,
+Systems: the candidate SigLIP model, the current production system (when another version is in
+production) on the same queries, the hand-made image baseline (as fitted for serving,
 pipelines/serving.py), the TF-IDF text baseline and, with ``evaluate.hybrid_weights``, the model
 blended with the image baseline at the weight that ranks best. The candidate is promoted to
-production, alone or as that blend, when it beats the baselines on nDCG@5 (the 95% paired-
-bootstrap interval of the gain above zero) and is not worse than the current production model;
-until a model is promoted the night serves the image baseline.
+production, alone or as that blend, when the paired-bootstrap 95% interval of its nDCG@5 gain
+over the best baseline is above zero and, with a production system, that of its gain over
+production on the same queries too (above −``evaluate.promote_tolerance``): numbers from
+different days' logs are never compared. Until a model is promoted the night serves the image
+baseline.
 """
 from __future__ import annotations
 
@@ -29,7 +36,7 @@ from pipelines.errors import LookalikeError
 from pipelines.embed.compression import load_projection
 from pipelines.evaluate.baselines import baseline_vectors, text_baseline_vectors
 from pipelines.extract.stage import read_events
-from pipelines.evaluate.metrics import REPORTED, bootstrap_ci, query_metrics
+from pipelines.evaluate.metrics import REPORTED, bootstrap_ci, coverage, discriminates, query_metrics
 from pipelines.siglip import Preprocess, embed_pixels, load_model
 from pipelines.storage import ModelStore, Warehouse, atomic_write_text, write_parquet
 
@@ -109,6 +116,32 @@ def _items(wh: Warehouse, ds: str) -> dict[str, list]:
     return cols
 
 
+def _scored_queries(queries: list[Query], protocol: str) -> tuple[list[Query], str | None]:
+    """The queries that can tell rankings apart, and a note when some (or all) could not."""
+    kept = [q for q in queries if discriminates(q.relevant)]
+    if len(kept) == len(queries):
+        return kept, None
+    if not kept:
+        return [], (f"the {protocol} log cannot discriminate: in all {len(queries)} queries every item shown was "
+                    "relevant (or none was), so every system would score nDCG@5 = 1; it was not scored")
+    return kept, f"{len(queries) - len(kept)} of {len(queries)} queries could not discriminate and were not scored"
+
+
+def _production(cfg: Config, candidate: str, decode, image_vecs: np.ndarray, baseline_version: str):
+    """(version, vectors) of the system in production when it is not ``candidate``, as served
+    (a hybrid blended at its promoted weight); None when there is none."""
+    store = ModelStore.at(cfg.models)
+    current = registry.production(store)
+    if not current or current == candidate:
+        return None
+    loaded = load_model(store.version_dir(current))
+    vectors = embed_pixels(loaded.model, decode(loaded.preprocess), loaded.preprocess)
+    weight = float(registry.version_info(store, current).get("eval", {}).get("serve_weight", 1.0))
+    if weight < 1.0:
+        return serving.hybrid_version(current, baseline_version, weight), serving.combine(vectors, image_vecs, weight)
+    return current, vectors
+
+
 def run_evaluate(cfg: Config, ds: str, model_uri: str) -> dict:
     wh = Warehouse.of(cfg)
     loaded = load_model(model_uri)
@@ -116,43 +149,83 @@ def run_evaluate(cfg: Config, ds: str, model_uri: str) -> dict:
     ids = np.array(items["item_id"], dtype=object)
     index = {item: i for i, item in enumerate(items["item_id"])}
     events = read_events(wh, ds, cfg.evaluate.log_days).to_pydict()
-    queries, protocol = build_queries(events, index, cfg.evaluate.min_candidates), "clicks"
+    queries, note = _scored_queries(build_queries(events, index, cfg.evaluate.min_candidates), "clicks")
+    protocol, notes = "clicks", [note] if note else []
     if not queries:
-        queries, protocol = category_queries(items, cfg.train.val_fraction, cfg.evaluate.category_items), "category"
-        log.info("evaluate %s: no similar-items clicks in the %d days before; scoring %d held-out items by shared "
-                 "category instead", ds, cfg.evaluate.log_days, len(queries))
+        queries, note = _scored_queries(category_queries(items, cfg.train.val_fraction, cfg.evaluate.category_items),
+                                        "category")
+        protocol, notes = "category", notes + ([note] if note else [])
+        log.info("evaluate %s: no similar-items clicks that discriminate in the %d days before; scoring %d held-out "
+                 "items by shared category instead", ds, cfg.evaluate.log_days, len(queries))
+    for note in notes:
+        log.warning("evaluate %s: %s", ds, note)
     if not queries:
-        raise LookalikeError(f"nothing to evaluate on for {ds}: no source item with module clicks in the "
-                             f"{cfg.evaluate.log_days} days before (interactions with source_item_id set), and no "
-                             f"held-out listing shares a category with another")
+        raise LookalikeError(f"nothing to evaluate on for {ds}: no source item with module clicks that discriminate "
+                             f"in the {cfg.evaluate.log_days} days before (interactions with source_item_id set), and "
+                             f"no held-out listing shares a category with another")
 
     model_vecs = embed_pixels(loaded.model, loaded.preprocess.decode(items["image"]), loaded.preprocess)
     baseline_version, baseline_dir = serving.ensure_baseline(cfg, ds)
     image_vecs = baseline_vectors(load_projection(baseline_dir / "projection.npz"),
                                   Preprocess(serving.BASELINE_SIZE).decode(items["image"]))
     text_vecs = text_baseline_vectors(items["title"])
+    vectors = {"siglip": model_vecs, "image_baseline": image_vecs}
     systems = {
         "siglip": (loaded.version, lambda s, c: model_vecs[c] @ model_vecs[s]),
         "image_baseline": (baseline_version, lambda s, c: image_vecs[c] @ image_vecs[s]),
         "text_baseline": (None, lambda s, c: np.asarray((text_vecs[c] @ text_vecs[s].T).todense()).ravel()),
     }
+    production = _production(cfg, loaded.version, lambda pre: pre.decode(items["image"]), image_vecs, baseline_version)
+    if production:
+        prod_version, prod_vecs = production
+        vectors["production"] = prod_vecs
+        systems["production"] = (prod_version, lambda s, c: prod_vecs[c] @ prod_vecs[s])
     scored = {system: (version, score_system(sim, queries, ids)) for system, (version, sim) in systems.items()}
     weight = _hybrid_weight(cfg, queries, ids, model_vecs, image_vecs, baseline_version, loaded.version, scored)
-    rows, summary = [], {}
-    for system, (version, per_query) in scored.items():
-        for (metric, k), values in per_query.items():
-            lo, hi = bootstrap_ci(values)
-            rows.append({"ds": ds, "system": system, "model_version": version, "metric": metric, "k": k,
-                         "value": float(values.mean()), "ci_low": lo, "ci_high": hi, "n": len(values)})
-        summary[system] = per_query[("ndcg", 5)]
+    if weight is not None:
+        vectors["hybrid"] = serving.combine(model_vecs, image_vecs, weight)
+    rows = _metric_rows(cfg, ds, wh, items, queries, scored, vectors)
+    summary = {system: per_query[("ndcg", 5)] for system, (_, per_query) in scored.items()}
     out = wh.fresh_work(ds, "eval_metrics")
     write_parquet(pa.Table.from_pylist(rows, schema=schemas.EVAL_METRICS), out / "part-0.parquet")
     log.info("evaluate %s: %d queries (%s); nDCG@5 %s", ds, len(queries), protocol,
              ", ".join(f"{s} {v.mean():.3f}" for s, v in summary.items()))
 
-    decision = {"protocol": protocol, **_promotion(cfg, loaded.version, summary, weight, protocol)}
+    decision = {"protocol": protocol, "notes": notes,
+                **_promotion(cfg, loaded.version, summary, weight, protocol, production is not None)}
     atomic_write_text(wh.work(ds, "model_decision.json"), json.dumps(decision, indent=2))
     return {"eval_metrics": str(out), "queries": len(queries), **decision}
+
+
+MIN_SEGMENT_QUERIES = 5  # a category with fewer queries gets no row of its own
+
+
+def _metric_rows(cfg: Config, ds: str, wh: Warehouse, items: dict, queries: list[Query], scored: dict,
+                 vectors: dict[str, np.ndarray]) -> list[dict]:
+    """eval_metrics rows: every metric over all queries, nDCG@5 per source category, coverage@k."""
+    rows = []
+
+    def add(system, version, metric, k, values, segment=None):
+        lo, hi = bootstrap_ci(values)
+        rows.append({"ds": ds, "system": system, "model_version": version, "metric": metric, "k": k,
+                     "value": float(values.mean()), "ci_low": lo, "ci_high": hi, "n": len(values), "segment": segment})
+
+    categories = np.array([items["category"][q.source] or "" for q in queries], dtype=object)
+    for system, (version, per_query) in scored.items():
+        for (metric, k), values in per_query.items():
+            add(system, version, metric, k, values)
+        for category in sorted(set(categories) - {""}):
+            mask = categories == category
+            if mask.sum() >= MIN_SEGMENT_QUERIES:
+                add(system, version, "ndcg", 5, per_query[("ndcg", 5)][mask], f"category={category}")
+    catalog = set(pq.read_table(wh.work(ds, "catalog"), columns=["item_id"], partitioning=None)
+                  .column("item_id").to_pylist())
+    on_catalog = np.array([item in catalog for item in items["item_id"]])
+    for system, vecs in vectors.items():
+        value, n = coverage(vecs[on_catalog], cfg.neighbors.k)
+        rows.append({"ds": ds, "system": system, "model_version": scored[system][0], "metric": "coverage",
+                     "k": cfg.neighbors.k, "value": value, "ci_low": None, "ci_high": None, "n": n, "segment": None})
+    return rows
 
 
 def _hybrid_weight(cfg: Config, queries: list[Query], ids: np.ndarray, model_vecs: np.ndarray,
@@ -173,12 +246,13 @@ def _hybrid_weight(cfg: Config, queries: list[Query], ids: np.ndarray, model_vec
 
 
 def _promotion(cfg: Config, version: str, per_query: dict[str, np.ndarray], weight: float | None,
-               protocol: str) -> dict:
+               protocol: str, has_production: bool) -> dict:
     """Promote the candidate when it (alone, or as the hybrid, whichever ranks better) beats the
     best baseline on nDCG@5 with the 95% paired-bootstrap interval of the difference above zero,
-    and is not worse than production by more than ``evaluate.promote_tolerance``. On clicks the
-    baselines are both; by category the image baseline only, as titles name their category (the
-    text baseline is reported, not a bar)."""
+    and, with another system in production, beats it the same way on the same queries (the
+    interval's low end above −``evaluate.promote_tolerance``). On clicks the baselines are both;
+    by category the image baseline only, as titles name their category (the text baseline is
+    reported, not a bar)."""
     store = ModelStore.at(cfg.models)
     ndcg = {system: float(values.mean()) for system, values in per_query.items()}
     bars = ("image_baseline", "text_baseline") if protocol == "clicks" else ("image_baseline",)
@@ -188,22 +262,26 @@ def _promotion(cfg: Config, version: str, per_query: dict[str, np.ndarray], weig
     score = ndcg[chosen]
     gain_low, gain_high = bootstrap_ci(per_query[chosen] - per_query[best])
     system = f"the model blended with the image baseline at weight {weight:g}" if as_hybrid else "the model"
-    current = registry.production(store)
-    current_ndcg = None
-    if current and current != version:
-        current_ndcg = registry.version_info(store, current).get("eval", {}).get("ndcg@5")
     beats_baselines = gain_low > 0
-    not_worse = current_ndcg is None or score >= current_ndcg - cfg.evaluate.promote_tolerance
-    promoted = beats_baselines and not_worse
+    paired = None
+    if has_production:
+        low, high = bootstrap_ci(per_query[chosen] - per_query["production"])
+        paired = {"production_ndcg@5": ndcg["production"], "gain_low": low, "gain_high": high,
+                  "queries": len(per_query[chosen])}
+    beats_production = paired is None or paired["gain_low"] > -cfg.evaluate.promote_tolerance
+    promoted = beats_baselines and beats_production
     registry.record_metrics(store, version, {"ndcg@5": score, "ndcg@5_model": ndcg["siglip"], "protocol": protocol,
                                              "serve_weight": weight if as_hybrid else 1.0})
     against = f"{best} {ndcg[best]:.4f}, gain 95% interval [{gain_low:+.4f}, {gain_high:+.4f}]"
+    if paired:
+        against += (f"; production {paired['production_ndcg@5']:.4f} on the same {paired['queries']} queries, "
+                    f"gain [{paired['gain_low']:+.4f}, {paired['gain_high']:+.4f}]")
     if promoted:
         registry.promote(store, version, reason=f"{system}: nDCG@5 {score:.4f} beats {against}")
+    why = [w for w, failed in (("not above the baselines", not beats_baselines),
+                               ("within noise of production or below it", not beats_production)) if failed]
     reason = (f"promoted, served as {system}: nDCG@5 {score:.4f} beats {against}" if promoted else
-              f"kept as candidate, not served: {system} nDCG@5 {score:.4f} vs {against}"
-              + ("" if beats_baselines else " (not above zero)")
-              + (f"; production {current_ndcg:.4f}" if current_ndcg is not None else ""))
+              f"kept as candidate, not served: {system} nDCG@5 {score:.4f} vs {against} ({'; '.join(why)})")
     log.info("evaluate: model %s %s", version, reason)
     return {"model_version": version, "promoted": promoted, "decision": reason,
-            "serve_weight": weight if as_hybrid else 1.0}
+            "serve_weight": weight if as_hybrid else 1.0, "vs_production": paired}

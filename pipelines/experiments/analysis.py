@@ -21,7 +21,7 @@ A module click converts when the same user buys the clicked item within
 catalogue has prices. The sample-ratio check is a χ² test of the users per arm against the
 configured shares; a p-value below ``ab.srm_alpha`` says the split is broken and the lifts are
 not to be trusted. The power is that of a two-sided 5% test to detect the lift as observed; below
-``ab.min_power`` the row warns, with the users per arm that would reach it.
+``ab.min_power`` the row (of any metric) warns, with the users per arm that would reach it.
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from pipelines.experiments.assignment import Experiment
 
 Z = 1.959963984540054  # two-sided 95%
 METRICS = ("ctr", "conversion", "revenue_per_user")
+LABELS = {"ctr": "CTR", "conversion": "conversion", "revenue_per_user": "revenue per user"}
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def analyse(events: pd.DataFrame, experiment: Experiment, *, ds: str, prices: di
     base = []
     if srm_p is not None and srm_p < srm_alpha:
         base.append(f"sample ratio mismatch: users per arm {dict(zip(shares, observed.tolist()))} against shares "
-                    f"{shares} (χ² p={srm_p:.2g}); the split is broken, do not read the lifts")
+                    f"{shares} (χ² p={srm_p:.2g}): the split is broken, do not read the lifts")
     if crossed or strays:
         base.append(f"{crossed} users logged in more than one arm and {strays} in an unknown one were left out")
     has_prices = bool(prices)
@@ -138,9 +139,8 @@ def analyse(events: pd.DataFrame, experiment: Experiment, *, ds: str, prices: di
             value = measured[arm.variant][metric]
             against = {} if arm.is_control else lift(value, measured[control][metric])
             warnings = list(base)
-            if not arm.is_control and metric == "ctr" and against.get("power") is not None \
-                    and against["power"] < min_power:
-                warnings.append(_underpowered(against, len(frame), min_power))
+            if not arm.is_control and against.get("power") is not None and against["power"] < min_power:
+                warnings.append(_underpowered(against, metric, len(frame), min_power))
             rows.append({"ds": ds, "experiment": experiment.name, "variant": arm.variant, "is_control": arm.is_control,
                          "metric": metric, "users": len(frame), "impressions": int(frame["impressions"].sum()),
                          "value": None if math.isnan(value.value) else value.value,
@@ -150,12 +150,13 @@ def analyse(events: pd.DataFrame, experiment: Experiment, *, ds: str, prices: di
     return rows
 
 
-def _underpowered(against: dict, users: int, min_power: float) -> str:
+def _underpowered(against: dict, metric: str, users: int, min_power: float) -> str:
     d, se = math.log1p(against["lift"]), against["se_log"]
-    text = f"underpowered: power {against['power']:.2f} to detect the observed CTR lift of {against['lift']:+.1%}"
+    text = (f"underpowered: power {against['power']:.2f} to detect the observed {LABELS[metric]} lift of "
+            f"{against['lift']:+.1%}")
     if abs(d) > 1e-12:
         needed = users * ((Z + stats.norm.ppf(min_power)) * se / abs(d)) ** 2
-        text += f"; about {math.ceil(needed):,} users per arm would give {min_power:.0%}"
+        text += f" (about {math.ceil(needed):,} users per arm would give {min_power:.0%})"
     return text
 
 

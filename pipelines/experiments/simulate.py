@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +112,7 @@ def _seed(*parts) -> int:
 
 def simulate(site: Site, users: list[str], *, days: int, seed: int = 0, start: str | None = None) -> pd.DataFrame:
     """The log of ``days`` days from ``start`` (the site's ds), as the interactions' columns."""
-    first = datetime.combine(date.fromisoformat(start or site.ds), datetime.min.time())
+    first = np.datetime64(date.fromisoformat(start or site.ds), "s")
     pages = np.array(site.pages, dtype=object)
     known = np.array([site.attrs.get(p) is not None for p in pages])
     pages = pages[known]
@@ -126,12 +126,12 @@ def simulate(site: Site, users: list[str], *, days: int, seed: int = 0, start: s
         for day in range(days):
             if rng.random() >= VISIT_PROBABILITY:
                 continue
-            ts = first + timedelta(days=day, seconds=float(rng.uniform(0, 80_000)))
+            ts = day * 86_400 + float(rng.uniform(0, 80_000))  # seconds from the first day, formatted at the end
             session = f"{user}-{name}-{seed}-{day}"
             pool = pages[rng.integers(0, len(pages), size=PAGE_POOL)]
             weights = np.exp([taste(site.attrs[p]) for p in pool])
             for page in rng.choice(pool, size=1 + rng.poisson(1.0), p=weights / weights.sum()):
-                ts += timedelta(seconds=float(rng.uniform(20, 300)))
+                ts += float(rng.uniform(20, 300))
                 rows.append((user, session, "view", page, None, ts, name, variant))
                 shown = module[page]
                 draws = rng.random((len(shown), 3))  # click, buy, delay: the same draws in every arm
@@ -141,14 +141,14 @@ def simulate(site: Site, users: list[str], *, days: int, seed: int = 0, start: s
                     a = site.attrs.get(item)
                     if a is None or u_click >= click_probability(visual_similarity(site.attrs[page], a), taste(a)):
                         continue
-                    click = ts + timedelta(seconds=2 + 58 * float(u_delay))
+                    click = ts + 2 + 58 * float(u_delay)
                     rows.append((user, session, "click", item, page, click, name, variant))
-                    rows.append((user, session, "view", item, None, click + timedelta(seconds=1), name, variant))
+                    rows.append((user, session, "view", item, None, click + 1, name, variant))
                     if u_buy < purchase_after_click(taste(a)):
-                        rows.append((user, session, "purchase", item, None, click + timedelta(seconds=90), name,
-                                     variant))
+                        rows.append((user, session, "purchase", item, None, click + 90, name, variant))
     frame = pd.DataFrame(rows, columns=list(LOG_COLUMNS))
-    frame["ts"] = frame["ts"].map(lambda t: t.strftime("%Y-%m-%dT%H:%M:%S"))
+    seconds = frame["ts"].to_numpy(dtype=np.float64).astype(np.int64).astype("timedelta64[s]")
+    frame["ts"] = np.datetime_as_string(first + seconds, unit="s")
     return frame
 
 

@@ -122,7 +122,8 @@ def cmd_simulate_ab(args) -> int:
     print(f"Simulating {args.days} days of experiment {args.experiment} on the sample marketplace ({what}) …",
           flush=True)
     result = simulate_ab(cfg, args.experiment, days=args.days, ds=args.ds, seed=args.seed,
-                         attributes=Path(args.attributes) if args.attributes else None, calibrate=args.calibrate)
+                         attributes=Path(args.attributes) if args.attributes else None, calibrate=args.calibrate,
+                         progress=lambda line: print(line, flush=True))
     if args.calibrate:
         print(f"The CTR lift's 95% interval covered 0 in {result['covered_zero']} of {result['runs']} runs "
               f"(seeds {result['seeds'][0]}–{result['seeds'][1]}; mean lift {result['mean_ctr_lift']:+.2%}). "

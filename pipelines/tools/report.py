@@ -2,7 +2,8 @@
 
 The page shows sampled query items with their top neighbours as thumbnails and scores, neighbour
 coverage and score distributions per category (matplotlib, inlined as SVG), the offline
-evaluation and the neighbour index's statistics. Everything is read from the published
+evaluation (by category too, and nDCG@5 over the kept days), each running experiment's A/B
+results with its CTR lift over the days, and the neighbour index's statistics. Everything is read from the published
 partition of ``ds`` through the analysts' views; thumbnails come from the run's catalogue in the
 work area (the normalised photos extract stored) or, failing that, from the source image store.
 Images are inlined as data URIs, so the file can be mailed or attached to a ticket.
@@ -141,7 +142,7 @@ def _card(item: str, title: str | None, image: bytes | None, caption: str, css: 
 
 def _metrics_table(con, ds: str) -> str:
     rows = con.execute("""
-        select metric, k, system, value, ci_low, ci_high from eval_metrics_all where ds = ?
+        select metric, k, system, value, ci_low, ci_high from eval_metrics_all where ds = ? and segment is null
         order by metric, k, system""", [ds]).fetchall()
     if not rows:
         return "<p>No offline evaluation for this ds.</p>"
@@ -159,6 +160,121 @@ def _metrics_table(con, ds: str) -> str:
             tds.append(f"<td>{value:.4f}{interval}</td>" if value is not None else "<td></td>")
         body.append(f"<tr><td>{metric}{'@' + str(k) if k else ''}</td>{''.join(tds)}</tr>")
     return f'<table class="metrics"><tr><th>metric</th>{head}</tr>{"".join(body)}</table>'
+
+
+def _category_table(con, ds: str) -> str:
+    """nDCG@5 per category of the source item, per system (eval_metrics' segment rows)."""
+    rows = con.execute("""
+        select segment, system, value, n from eval_metrics_all
+        where ds = ? and segment like 'category=%' and metric = 'ndcg' and k = 5 order by segment, system""",
+                       [ds]).fetchall()
+    if not rows:
+        return ""
+    systems = sorted({r[1] for r in rows}, key=lambda s: (s != "siglip", s))
+    cells: dict[str, dict] = {}
+    for segment, system, value, n in rows:
+        cells.setdefault(segment.removeprefix("category="), {})[system] = (value, n)
+    head = "".join(f"<th>{html.escape(s)}</th>" for s in systems)
+    body = "".join(
+        f"<tr><td>{html.escape(c)} <small>({next(iter(by.values()))[1]} queries)</small></td>"
+        + "".join(f"<td>{by[s][0]:.4f}</td>" if s in by else "<td></td>" for s in systems) + "</tr>"
+        for c, by in cells.items())
+    return (f'<p>nDCG@5 by the category of the source item:</p><table class="metrics"><tr><th>category</th>{head}'
+            f'</tr>{body}</table>')
+
+
+def _ab_section(con, ds: str) -> str:
+    """Each running experiment's ab_results table, and its CTR lift over the experiment's days."""
+    rows = con.execute("""select experiment, variant, is_control, metric, users, impressions, value, lift, lift_low,
+                                 lift_high, p_value, power, srm_p_value, first_day, last_day, warning
+                          from ab_results_all where ds = ? order by experiment, is_control desc, variant, metric""",
+                       [ds]).fetchall()
+    arms = con.execute("""select experiment, variant, is_control, serve, model_version, share from
+                          experiment_variants_all where ds = ? order by experiment, bucket_low""", [ds]).fetchall()
+    if not arms:
+        return "<p>No experiment ran on this ds.</p>"
+    parts = []
+    for name in sorted({a[0] for a in arms}):
+        served = ", ".join(f"<b>{html.escape(v)}</b>{' (control)' if c else ''}: {html.escape(s)} = "
+                           f"{html.escape(m or '')}, {share:.0%}" for e, v, c, s, m, share in arms if e == name)
+        mine = [r for r in rows if r[0] == name]
+        parts.append(f"<h3>{html.escape(name)}</h3><p>{served}</p>")
+        if not mine:
+            parts.append("<p>No logged module impression of this experiment yet.</p>")
+            continue
+        body = []
+        for (_, variant, control, metric, users, impressions, value, lift, lo, hi, p, power, srm, first, last,
+             warning) in mine:
+            shown = "" if value is None else (f"{value:.2f}" if metric == "revenue_per_user" else f"{value:.4f}")
+            interval = "" if lift is None else f"{lift:+.1%} <small>[{lo:+.1%}, {hi:+.1%}]</small>"
+            body.append(f"<tr><td>{html.escape(variant)}{' (control)' if control else ''}</td><td>{metric}</td>"
+                        f"<td>{users:,}</td><td>{impressions:,}</td><td>{shown}</td><td>{interval}</td>"
+                        f"<td>{'' if p is None else f'{p:.3g}'}</td><td>{'' if power is None else f'{power:.2f}'}</td></tr>")
+        warnings = sorted({w for r in mine if r[15] for w in r[15].split("; ")})
+        parts.append(f"<p>Events {mine[0][13]} to {mine[0][14]}; sample-ratio χ² p = {mine[0][12]:.3g}; 95% intervals "
+                     "by the delta method over users.</p>"
+                     '<table class="metrics"><tr><th>variant</th><th>metric</th><th>users</th><th>impressions</th>'
+                     f'<th>value</th><th>lift vs control</th><th>p</th><th>power</th></tr>{"".join(body)}</table>'
+                     + "".join(f"<p><b>warning:</b> {html.escape(w)}</p>" for w in warnings))
+        trend = _lift_trend(con, name, ds)
+        if trend:
+            parts.append(f'<div class="plots">{trend}</div>')
+    return "".join(parts)
+
+
+def _lift_trend(con, experiment: str, ds: str) -> str | None:
+    """The CTR lift and its interval on every kept ds of the experiment, up to ``ds``."""
+    rows = con.execute("""select ds, variant, lift, lift_low, lift_high from ab_results_all
+                          where experiment = ? and metric = 'ctr' and lift is not null and ds <= ? order by ds""",
+                       [experiment, ds]).fetchall()
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for variant in sorted({r[1] for r in rows}):
+        mine = [r for r in rows if r[1] == variant]
+        days = [r[0] for r in mine]
+        ax.plot(days, [100 * r[2] for r in mine], marker="o", label=variant)
+        ax.fill_between(days, [100 * r[3] for r in mine], [100 * r[4] for r in mine], alpha=0.2)
+    ax.axhline(0, color="#888", lw=1)
+    ax.set_title(f"{experiment}: CTR lift vs control by ds (95% interval)")
+    ax.set_ylabel("lift, %")
+    ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+    ax.legend(fontsize=8)
+    return _svg(fig)
+
+
+def _ndcg_trend(con, ds: str) -> str | None:
+    """nDCG@5 per ds over the kept eval_metrics partitions, one line per system."""
+    rows = con.execute("""select ds, system, value, ci_low, ci_high from eval_metrics_all
+                          where metric = 'ndcg' and k = 5 and segment is null and ds <= ?
+                            and system in ('siglip', 'production', 'hybrid', 'image_baseline', 'text_baseline')
+                          order by ds""", [ds]).fetchall()
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = {"siglip": "candidate", "production": "production", "hybrid": "candidate + baseline blend",
+              "image_baseline": "image baseline", "text_baseline": "text baseline"}
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for system in labels:
+        mine = [r for r in rows if r[1] == system]
+        if mine:
+            ax.errorbar([r[0] for r in mine], [r[2] for r in mine],
+                        yerr=[[r[2] - (r[3] if r[3] is not None else r[2]) for r in mine],
+                              [(r[4] if r[4] is not None else r[2]) - r[2] for r in mine]],
+                        marker="o", capsize=3, label=labels[system])
+    ax.set_title("Offline nDCG@5 by ds (each ds's own log; 95% interval)")
+    ax.tick_params(axis="x", labelrotation=45, labelsize=7)
+    ax.legend(fontsize=8)
+    return _svg(fig)
 
 
 def _run_table(record: dict | None) -> str:
@@ -266,6 +382,10 @@ cosine similarity. <span style="border-color:#3a3">same category</span>
 <div class="plots">{"".join(plots)}</div>
 <h2>Offline evaluation</h2>
 {_metrics_table(con, ds)}
+{_category_table(con, ds)}
+<div class="plots">{_ndcg_trend(con, ds) or ""}</div>
+<h2>Experiments</h2>
+{_ab_section(con, ds)}
 <h2>This run</h2>
 {_run_table(wh.run_record(ds))}
 </body></html>

@@ -8,7 +8,7 @@ from pipelines.extract import photos
 from pipelines.neighbors.stage import describe_recall
 from pipelines.storage import PUBLISHED_TABLES, Warehouse
 
-METRIC_LABELS = {("ndcg", 5): "nDCG@5", ("precision", 1): "P@1", ("precision", 3): "P@3",
+METRIC_LABELS = {("ndcg", 5): "nDCG@5", ("ndcg", 10): "nDCG@10", ("precision", 1): "P@1", ("precision", 3): "P@3",
                  ("recall", 10): "Recall@10", ("mrr", None): "MRR"}
 SYSTEMS = ("siglip", "hybrid", "image_baseline", "text_baseline")
 BASELINES = ("image_baseline", "text_baseline")
@@ -31,6 +31,23 @@ def format_table(columns: list[str], rows: list[tuple]) -> str:
         return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
 
     return "\n".join([fmt(columns), fmt(["-" * w for w in widths])] + [fmt(r) for r in cells])
+
+
+def _experiments(wh: Warehouse, ds: str) -> list[str]:
+    """The experiments running on the ds: each arm and what it served, and the CTR lift so far."""
+    if ds not in wh.entries("experiment_variants"):
+        return []
+    arms = wh.read_partition("experiment_variants", ds).to_pylist()
+    results = wh.read_partition("ab_results", ds).to_pylist() if ds in wh.entries("ab_results") else []
+    lines = ["Experiments (ab_results; lookalike ab-report --experiment NAME for the whole table):"]
+    for name in sorted({a["experiment"] for a in arms}):
+        served = ", ".join(f"{a['variant']}{' (control)' if a['is_control'] else ''} {a['model_version']} "
+                           f"{a['share']:.0%}" for a in arms if a["experiment"] == name)
+        ctr = [r for r in results if r["experiment"] == name and r["metric"] == "ctr" and r["lift"] is not None]
+        read = "; ".join(f"{r['variant']} CTR {r['lift']:+.1%} [{r['lift_low']:+.1%}, {r['lift_high']:+.1%}]"
+                         for r in ctr) or "no logged module impression yet"
+        lines.append(f"  {name}: {served} — {read}")
+    return lines + [""]
 
 
 def _user_recs(wh: Warehouse, ds: str) -> list[str]:
@@ -77,9 +94,11 @@ def run_summary(cfg: Config, ds: str) -> str:
     lines += ["Published tables:", format_table(["table", "rows", "location"], rows), ""]
 
     metrics = wh.read_partition("eval_metrics", ds).to_pylist() if ds in wh.entries("eval_metrics") else []
-    metrics = [m for m in metrics if m["system"] in SYSTEMS]  # the user model's rows: _user_recs
+    # the user model's rows: _user_recs; per-category rows: lookalike report and eval_metrics
+    metrics = [m for m in metrics if m["system"] in SYSTEMS and m.get("segment") is None]
     decision_file = wh.work(ds, "model_decision.json")
-    protocol = json.loads(decision_file.read_text()).get("protocol", "clicks") if decision_file.exists() else "clicks"
+    decided = json.loads(decision_file.read_text()) if decision_file.exists() else {}
+    protocol = decided.get("protocol", "clicks")
     if metrics:
         by = {(m["system"], m["metric"], m["k"]): m for m in metrics}
         version = next((m["model_version"] for m in metrics if m["system"] == "siglip"), "?")
@@ -97,9 +116,17 @@ def run_summary(cfg: Config, ds: str) -> str:
                                lift))
         on = (f"{n} source items with similar-items clicks" if protocol == "clicks" else
               f"{n} held-out listings by shared category (no similar-items clicks yet)")
+        covered = {s: by.get((s, "coverage", cfg.neighbors.k), {}).get("value") for s in SYSTEMS}
+        if any(v is not None for v in covered.values()):
+            table_rows.append((f"coverage@{cfg.neighbors.k}", covered["siglip"], "",
+                               *([covered["hybrid"]] if hybrid else []), covered["image_baseline"],
+                               covered["text_baseline"], ""))
         lines += [f"Offline evaluation on {on} (model {version}; 95% bootstrap interval):",
                   format_table(["metric", "fine-tuned", "95% CI", *(["hybrid"] if hybrid else []), "image baseline",
-                                "text baseline", "fine-tuned vs best baseline"], table_rows), ""]
+                                "text baseline", "fine-tuned vs best baseline"], table_rows)]
+        lines += [f"Note: {note}" for note in decided.get("notes", [])] + [""]
+    elif decided.get("notes"):
+        lines += [f"Offline evaluation: {note}" for note in decided["notes"]] + [""]
     extracted = photos.read_marker(wh, ds)
     if extracted:
         p = extracted["photos"]
@@ -126,6 +153,7 @@ def run_summary(cfg: Config, ds: str) -> str:
                   f"({group.get('reason', '')}), {describe_recall(n)}, {n['seconds']:.1f} s; "
                   f"{n['same_image_rows']} neighbour rows share the item's exact photo (same_image)", ""]
     lines += _drift(wh.run_record(ds))
+    lines += _experiments(wh, ds)
     lines += _user_recs(wh, ds)
     decision = wh.work(ds, "model_decision.json")
     if decision.exists():

@@ -7,6 +7,7 @@ with
 
 metrics as (
     select * from eval_metrics
+    where segment is null  -- every query; segment 'category=<c>' rows hold the per-category breakdown
 ),
 
 pivoted as (

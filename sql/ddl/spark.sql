@@ -150,6 +150,7 @@ create table if not exists ${schema}.eval_metrics (
     ci_low double,
     ci_high double,
     n bigint,
+    segment string,
     ds string
 )
 using parquet

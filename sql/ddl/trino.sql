@@ -136,6 +136,7 @@ create table if not exists ${catalog}.${schema}.eval_metrics (
     ci_low double,
     ci_high double,
     n bigint,
+    segment varchar,
     ds varchar
 )
 with (external_location = '${warehouse}/eval_metrics', format = 'PARQUET', partitioned_by = array['ds']);

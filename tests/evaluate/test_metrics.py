@@ -55,3 +55,68 @@ def test_baselines_see_colour_and_words():
     t = text_baseline_vectors(["red cotton tee", "red tee", "blue vase", ""])
     sims = (t @ t.T).toarray()
     assert sims[0, 1] > sims[0, 2] and sims[3, 0] == 0
+
+
+# ---------------------------------------------------------------- against scikit-learn, on random inputs
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from sklearn.metrics import ndcg_score  # noqa: E402
+
+from pipelines.evaluate.metrics import coverage, discriminates  # noqa: E402
+
+
+@st.composite
+def _queries(draw):
+    """A query with distinct scores (sklearn averages over ties; ours breaks them by id) and a relevant item."""
+    n = draw(st.integers(2, 30))
+    scores = draw(st.lists(st.floats(-1, 1, allow_nan=False, allow_subnormal=False), min_size=n, max_size=n,
+                           unique=True))
+    relevant = draw(st.lists(st.booleans(), min_size=n, max_size=n).filter(any))
+    return np.array(scores), np.array(relevant)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_queries(), st.sampled_from([1, 3, 5, 10]))
+def test_ndcg_agrees_with_scikit_learn(query, k):
+    scores, relevant = query
+    ids = np.array([f"i{j:03d}" for j in range(len(scores))])
+    ours = query_metrics(scores, relevant, ids)
+    expected = ndcg_score(relevant[None, :].astype(float), scores[None, :], k=k)
+    if ("ndcg", k) in ours:
+        assert math.isclose(ours[("ndcg", k)], expected, rel_tol=1e-9, abs_tol=1e-12)
+    assert 0.0 <= ours[("ndcg", 5)] <= 1.0 and 0.0 <= ours[("ndcg", 10)] <= 1.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(_queries())
+def test_hand_cases_hold_on_random_queries(query):
+    scores, relevant = query
+    ids = np.array([f"i{j:03d}" for j in range(len(scores))])
+    m = query_metrics(scores, relevant, ids)
+    order = np.argsort(-scores)
+    first_hit = int(np.flatnonzero(relevant[order])[0])
+    assert math.isclose(m[("mrr", None)], 1 / (first_hit + 1))
+    assert math.isclose(m[("precision", 1)], float(relevant[order][0]))
+    if first_hit == 0 and relevant.sum() == 1:
+        assert m[("ndcg", 5)] == 1.0  # the one relevant item first: perfect
+    perfect = query_metrics(relevant.astype(float), relevant, ids)  # ranked by relevance itself
+    assert math.isclose(perfect[("ndcg", 5)], 1.0) and math.isclose(perfect[("ndcg", 10)], 1.0)
+
+
+def test_a_query_where_every_item_shown_was_clicked_cannot_discriminate():
+    every = np.array([True, True, True])
+    assert not discriminates(every) and not discriminates(~every)
+    assert discriminates(np.array([True, False, False]))
+    # every ranking of it scores 1: what the evaluation leaves out instead of reporting
+    assert {query_metrics(s, every, np.array(["a", "b", "c"]))[("ndcg", 5)]
+            for s in (np.array([0.1, 0.2, 0.3]), np.array([0.3, 0.2, 0.1]))} == {1.0}
+
+
+def test_coverage_counts_the_items_some_list_reaches():
+    # two tight clusters of 3 plus one outlier no list reaches with k=2
+    vectors = np.array([[1, 0, 0], [0.99, 0.14, 0], [0.99, 0, 0.14], [0, 1, 0], [0.14, 0.99, 0], [0, 0.99, 0.14],
+                        [-0.7, -0.7, 0.1]], dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    value, n = coverage(vectors, 2)
+    assert n == 7 and math.isclose(value, 6 / 7)

@@ -1,0 +1,69 @@
+"""The promotion decision on the sample: paired against production on the same queries, so a
+candidate within noise of production is not promoted; a log that cannot discriminate is not scored."""
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import registry
+from pipelines.config import load_config
+from pipelines.evaluate.stage import run_evaluate
+from pipelines.extract.stage import run_extract
+from pipelines.storage import ModelStore, Warehouse
+from tests.conftest import DS, tiny_model, write_config
+from tests.test_serving import _clicks_follow
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory, sample_dir):
+    root = tmp_path_factory.mktemp("promotion")
+    cfg = load_config(write_config(root, sample_dir), environ={})
+    run_extract(cfg, DS)
+    return cfg
+
+
+def test_a_candidate_within_noise_of_production_is_not_promoted(extracted):
+    cfg = extracted
+    wh, store = Warehouse.of(cfg), ModelStore.at(cfg.models)
+    registry.register(store, "first", {"snapshot": {"ds": DS}})
+    first = tiny_model(store.version_dir("first"), seed=3, version="first")
+    _clicks_follow(cfg, DS, first)  # a log this model wins by construction
+    decided = run_evaluate(cfg, DS, first)
+    assert decided["promoted"] and decided["vs_production"] is None  # nothing in production to pair with
+    assert registry.production(store) == "first"
+
+    # The same weights under a new version: they beat the baselines exactly as much, and production not at all.
+    registry.register(store, "again", {"snapshot": {"ds": DS}})
+    again = run_evaluate(cfg, DS, tiny_model(store.version_dir("again"), seed=3, version="again"))
+    paired = again["vs_production"]
+    assert not again["promoted"] and registry.production(store) == "first"
+    assert paired["gain_low"] == paired["gain_high"] == 0.0 and paired["queries"] == again["queries"]
+    assert "within noise of production" in again["decision"] and "not above the baselines" not in again["decision"]
+    rows = pq.read_table(wh.work(DS, "eval_metrics"), partitioning=None).to_pylist()
+    production = {(r["metric"], r["k"]): r["value"] for r in rows if r["system"] == "production" and not r["segment"]}
+    siglip = {(r["metric"], r["k"]): r["value"] for r in rows if r["system"] == "siglip" and not r["segment"]}
+    assert production == siglip  # the same model, scored on the same queries
+    assert {("ndcg", 10), ("coverage", cfg.neighbors.k)} <= set(siglip)
+    assert 0 < siglip[("coverage", cfg.neighbors.k)] <= 1
+    segments = {r["segment"] for r in rows if r["segment"]}
+    assert segments and all(s.startswith("category=") for s in segments)
+
+
+def test_a_log_that_cannot_discriminate_is_reported_not_scored(extracted, tmp_path):
+    cfg = extracted
+    wh, store = Warehouse.of(cfg), ModelStore.at(cfg.models)
+    folder = wh.work(DS, "interactions")
+    events = pq.read_table(folder, partitioning=None)
+    module = pc.is_valid(events.column("source_item_id"))
+    shown = events.filter(pc.and_(module, pc.equal(events.column("event"), "impression")))
+    clicked = shown.set_column(shown.schema.get_field_index("event"), "event",
+                               pa.array(["click"] * shown.num_rows, pa.string()))
+    rest = events.filter(pc.invert(pc.and_(module, pc.equal(events.column("event"), "click"))))
+    for old in folder.glob("*.parquet"):
+        old.unlink()
+    pq.write_table(pa.concat_tables([rest, clicked]), folder / "part-0.parquet")  # every item shown was clicked
+
+    registry.register(store, "third", {"snapshot": {"ds": DS}})
+    decided = run_evaluate(cfg, DS, tiny_model(store.version_dir("third"), seed=5, version="third"))
+    assert decided["protocol"] == "category"  # scored on held-out listings instead of a meaningless 1.000
+    assert any("cannot discriminate" in note and "not scored" in note for note in decided["notes"])
