@@ -5,7 +5,7 @@ import pytest
 
 from pipelines.tools.cli import STAGES, main
 
-VERBS = ["sample-data", "run", "summary", "query", "models", "spark-conf", *STAGES]
+VERBS = ["sample-data", "run", "summary", "query", "models", "spark-conf", "ab-report", "simulate-ab", *STAGES]
 
 
 @pytest.mark.parametrize("verb", VERBS)
@@ -27,6 +27,8 @@ def test_console_script_is_installed():
     (["query"], "give either a SQL string or --file"),
     (["models", "promote", "nope"], "unknown model version"),
     (["run", "--config", "/nonexistent.yaml"], "does not exist"),
+    (["ab-report", "--experiment", "nope"], "no experiment 'nope' in the config"),
+    (["simulate-ab", "--experiment", "nope"], "has no published partition of experiment_variants"),
 ])
 def test_errors_are_one_clear_line_and_non_zero(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("LOOKALIKE_WAREHOUSE", str(tmp_path / "wh"))

@@ -64,7 +64,10 @@ def nightly(installed):
     _, _, empty = installed
     _run("sample-data", "--out", "sample", "--items", "400", "--users", "120", "--days", "120", "--seed", "1",
          "--end", DS, lookalike=installed)
-    config = write_config(empty, empty / "sample", embed={"local_max_rows": 0})  # the first night embeds on Spark
+    look = {"variants": {"baseline": {"serve": "image_baseline", "share": 0.5},
+                         "served": {"serve": "production", "share": 0.5}}}  # an A/B test runs through the DAG
+    config = write_config(empty, empty / "sample", embed={"local_max_rows": 0},  # the first night embeds on Spark
+                          experiments={"look": look})
     proc = _run("run", "--config", str(config), "--ds", DS, lookalike=installed)
     return config, Warehouse.of(load_config(config, environ={})), proc.stdout, installed
 
@@ -96,7 +99,7 @@ def test_an_existing_airflow_pointed_at_the_installed_dags_finds_every_dag(insta
 
 def test_run_goes_through_airflow_and_prints_the_summary(nightly):
     config, wh, stdout, installed = nightly
-    for task in ("extract", "train", "evaluate", "embed", "neighbors", "publish", "report", "userrec"):
+    for task in ("extract", "train", "evaluate", "embed", "neighbors", "experiments", "publish", "report", "userrec"):
         assert f"── task {task}" in stdout
     assert "Published tables:" in stdout and "nDCG@5" in stdout and "lookalike query" in stdout
     assert "User recommendations:" in stdout and "multimodal" in stdout
@@ -170,7 +173,8 @@ def test_the_run_report_renders_as_a_gallery_in_headless_chromium(nightly, tmp_p
     assert f"Report (HTML gallery of this run): {report}" in stdout  # written by the DAG's report task
     page = report.read_text()
     assert page.count("data:image/jpeg;base64,") >= 12 * 6  # 12 sampled items, each with its neighbours' photos
-    assert page.count("<svg") == 3  # coverage, rank-1 scores per category, score by rank
+    assert page.count("<svg") == 4  # coverage, rank-1 scores per category, score by rank, nDCG@5 by ds
+    assert "<h3>look</h3>" in page and "No logged module impression of this experiment yet" in page
     assert "ndcg@5" in page and "recall@5" in page  # the offline evaluation and the run's index statistics
     # the CLI writes the same kind of page anywhere
     out = tmp_path / "again.html"

@@ -170,4 +170,8 @@ def run_summary(cfg: Config, ds: str) -> str:
         "  lookalike query --file sql/analytics/user_history_and_recommendations.sql --var user_id=<a user_id>",
         f"  lookalike report --ds {ds} --out report.html   # the HTML gallery again, anywhere",
     ]
+    if ds in wh.entries("experiment_variants"):
+        name = wh.read_partition("experiment_variants", ds).column("experiment")[0].as_py()
+        lines += [f"  lookalike ab-report --experiment {name}   # the A/B test from the logged interactions",
+                  f"  lookalike simulate-ab --experiment {name} --days 14   # on the sample: two weeks of its users"]
     return "\n".join(lines)

@@ -102,3 +102,27 @@ def test_simulated_logs_go_into_the_source_and_ab_report_reads_them(night):
     with sqlite3.connect(db) as con:
         assert con.execute("select count(*) from interactions where experiment = 'look'").fetchone()[0] == \
             again["events"] == result["events"]
+
+
+def test_the_next_night_publishes_what_ab_report_reads(night):
+    """After the simulated weeks, the nightly run's ab_results (from its extracted log window) are
+    the rows `lookalike ab-report --ds` computes from the source."""
+    cfg, _ = night
+    wh = Warehouse.of(cfg)
+    if DS not in wh.entries("experiment_variants"):
+        run_publish(cfg, DS)
+        simulate_ab(cfg, "look", days=21, seed=0)
+    later = "2026-12-12"  # the 21 simulated days are in its log window
+    run_extract(cfg, later)
+    run_embed(cfg, later)
+    run_neighbors(cfg, later)
+    run_experiments(cfg, later)
+    run_publish(cfg, later)
+    nightly = {(r["variant"], r["metric"]): r for r in wh.read_partition("ab_results", later).to_pylist()}
+    _, rows = ab_report(cfg, "look", later)
+    for row in rows:
+        if row["metric"] != "revenue_per_user":  # prices: the night's catalogue vs the newest published one
+            mine = nightly[(row["variant"], row["metric"])]
+            assert {k: mine[k] for k in ("users", "impressions", "value", "lift", "lift_low", "lift_high")} == \
+                {k: row[k] for k in ("users", "impressions", "value", "lift", "lift_low", "lift_high")}
+    assert nightly[("random", "ctr")]["first_day"] == DS and nightly[("random", "ctr")]["last_day"] < later
