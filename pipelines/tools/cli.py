@@ -61,7 +61,7 @@ def cmd_run(args) -> int:
           f"(logs: {cfg.airflow.home}/logs/) …", flush=True)
     run_pipeline(cfg, ds, config_path=args.config, echo=lambda line: print(line, flush=True))
     print()
-    print(run_summary(cfg, ds))
+    print(run_summary(cfg, ds, config_path=args.config))
     return 0
 
 
@@ -82,7 +82,7 @@ def cmd_summary(args) -> int:
     ds = args.ds or Warehouse.of(cfg).latest_ds("item_neighbors")
     if not ds:
         raise LookalikeError(f"nothing published in {cfg.warehouse} yet: run `lookalike run` first")
-    print(run_summary(cfg, ds))
+    print(run_summary(cfg, ds, config_path=args.config))
     return 0
 
 

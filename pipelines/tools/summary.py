@@ -84,7 +84,7 @@ def _drift(record: dict | None) -> list[str]:
     return lines + [f"  beyond a bound: {b}" for b in gate["breaches"]] + [""]
 
 
-def run_summary(cfg: Config, ds: str) -> str:
+def run_summary(cfg: Config, ds: str, config_path: str | None = None) -> str:
     wh = Warehouse.of(cfg)
     lines = [f"Lookalike run for ds={ds}", ""]
     rows = []
@@ -172,6 +172,8 @@ def run_summary(cfg: Config, ds: str) -> str:
     ]
     if ds in wh.entries("experiment_variants"):
         name = wh.read_partition("experiment_variants", ds).column("experiment")[0].as_py()
-        lines += [f"  lookalike ab-report --experiment {name}   # the A/B test from the logged interactions",
-                  f"  lookalike simulate-ab --experiment {name} --days 14   # on the sample: two weeks of its users"]
+        config = f" --config {config_path}" if config_path else ""  # the experiments are in the config
+        lines += [f"  lookalike ab-report{config} --experiment {name}   # the A/B test from the logged interactions",
+                  f"  lookalike simulate-ab{config} --experiment {name} --days 14   # on the sample: two weeks of "
+                  "its users"]
     return "\n".join(lines)
