@@ -17,6 +17,7 @@ from pipelines.extract.stage import run_extract
 from pipelines.neighbors.stage import run_neighbors
 from pipelines.publish.stage import PublishCheckFailed, run_publish
 from pipelines.storage import ModelStore, Warehouse, write_parquet
+from pipelines.tools.report import build_report
 from tests.conftest import DS, tiny_model, write_config
 
 ARMS = {"baseline": {"serve": "production", "share": 0.5}, "random": {"serve": "candidate", "share": 0.5}}
@@ -126,3 +127,5 @@ def test_the_next_night_publishes_what_ab_report_reads(night):
             assert {k: mine[k] for k in ("users", "impressions", "value", "lift", "lift_low", "lift_high")} == \
                 {k: row[k] for k in ("users", "impressions", "value", "lift", "lift_low", "lift_high")}
     assert nightly[("random", "ctr")]["first_day"] == DS and nightly[("random", "ctr")]["last_day"] < later
+    page = build_report(cfg, later).read_text()  # the A/B section: the table and the lift by ds
+    assert "<h3>look</h3>" in page and "lift vs control" in page and "CTR lift vs control by ds" in page
