@@ -37,7 +37,9 @@ def test_the_nightly_dag_on_postgres_and_s3(s3, postgres_url, tmp_path):
                                    "and column_name = 'created_at'")).scalar() == "timestamp without time zone"
 
     config = write_config(tmp_path, tmp_path / "sample", source={"url": postgres_url, "images": "s3://images/sample"},
-                          warehouse="s3://lake/warehouse", work_dir=str(tmp_path / "work"))
+                          warehouse="s3://lake/warehouse", work_dir=str(tmp_path / "work"),
+                          experiments={"look": {"variants": {"baseline": {"serve": "image_baseline", "share": 0.5},
+                                                             "served": {"serve": "production", "share": 0.5}}}})
     stdout = _lookalike("run", "--config", str(config), "--ds", DS)
     assert "── task publish" in stdout and "Published tables:" in stdout
 
@@ -50,6 +52,9 @@ def test_the_nightly_dag_on_postgres_and_s3(s3, postgres_url, tmp_path):
 
     counts = query("select count(*) as rows, count(distinct item_id) as items from item_neighbors")[0]
     assert counts["items"] > 100 and counts["rows"] == 5 * counts["items"]
+    arms = query("select variant, count(*) as rows from item_neighbors_variants group by variant order by variant")
+    assert [a["variant"] for a in arms] == ["baseline", "served"] and {a["rows"] for a in arms} == {counts["rows"]}
+    assert query("select lookalike_variant('look', 'u00001') as v")[0]["v"] in {"baseline", "served"}
     reasons = {r["reason"] for r in query("select distinct reason from quarantine")}
     assert any(r.startswith("image file not found") for r in reasons)  # a listing whose photo is not in the bucket
     with sa.create_engine(postgres_url).connect() as con:
