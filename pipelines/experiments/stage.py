@@ -67,22 +67,23 @@ def resolve_arm(cfg: Config, ds: str, serve: str, production_version: str) -> tu
 
 
 def _embed_items(wh: Warehouse, ds: str, ids: pa.Array, folder: str, batch_size: int) -> tuple[pa.Array, np.ndarray]:
-    """(item ids, unit vectors) of the ds's embedded items under the system in ``folder``."""
+    """(item ids, unit vectors) of the ds's embedded items under the system in ``folder``, the
+    catalogue read one row group at a time (memory: one group's photos and the vectors)."""
     from pipelines.embed.stage import embed_frames
 
-    wanted = pa.chunked_array([ids]) if isinstance(ids, pa.Array) else ids
-    frames = []
-    for file in sorted(wh.work(ds, "catalog").glob("*.parquet")):
-        parquet = pq.ParquetFile(file)
-        for i in range(parquet.num_row_groups):
-            group = parquet.read_row_group(i, columns=["item_id", "image_sha256", "image"])
-            group = group.filter(pc.is_in(group.column("item_id"), value_set=wanted.combine_chunks()))
-            if group.num_rows:
-                frames.append(group.to_pandas())
+    def frames():
+        for file in sorted(wh.work(ds, "catalog").glob("*.parquet")):
+            parquet = pq.ParquetFile(file)
+            for i in range(parquet.num_row_groups):
+                group = parquet.read_row_group(i, columns=["item_id", "image_sha256", "image"])
+                group = group.filter(pc.is_in(group.column("item_id"), value_set=ids))
+                if group.num_rows:
+                    yield group.to_pandas()
+
     got_ids, vectors = [], []
-    for frame in embed_frames(iter(frames), folder, batch_size):
+    for frame in embed_frames(frames(), folder, batch_size):
         for item, vector in zip(frame["item_id"], frame["embedding"]):
-            if vector is not None:
+            if vector is not None:  # a photo that no longer decodes: that arm leaves the item out
                 got_ids.append(item)
                 vectors.append(np.asarray(vector, np.float32))
     order = np.argsort(np.array(got_ids, dtype=object), kind="stable")
