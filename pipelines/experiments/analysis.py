@@ -83,13 +83,14 @@ def per_user(events: pd.DataFrame, prices: dict[str, float], window_hours: float
     joined = clicks.merge(buys, on=["user_id", "item_id"], suffixes=("", "_buy"))
     delay = pd.to_datetime(joined["ts_buy"]) - pd.to_datetime(joined["ts"])
     converted = joined[(delay > pd.Timedelta(0)) & (delay <= pd.Timedelta(hours=window_hours))]
-    converted = converted.drop_duplicates("click")
-    converted = converted.assign(revenue=converted["item_id"].map(prices).fillna(0.0))
+    converted = converted.drop_duplicates("click")  # a click converts once
+    bought = converted.drop_duplicates(["user_id", "item_id", "ts_buy"])  # a purchase is revenue once
+    bought = bought.assign(revenue=bought["item_id"].map(prices).fillna(0.0))
     users = impressions.groupby("user_id").agg(variant=("variant", "first"), variants=("variant", "nunique"),
                                                impressions=("event", "size"))
     users["clicks"] = clicks.groupby("user_id").size().reindex(users.index, fill_value=0)
     users["conversions"] = converted.groupby("user_id").size().reindex(users.index, fill_value=0)
-    users["revenue"] = converted.groupby("user_id")["revenue"].sum().reindex(users.index, fill_value=0.0)
+    users["revenue"] = bought.groupby("user_id")["revenue"].sum().reindex(users.index, fill_value=0.0)
     return users
 
 
