@@ -96,7 +96,7 @@ def test_users_seen_in_two_arms_are_left_out_and_counted():
 
 def test_one_purchase_after_two_clicks_converts_both_and_is_revenue_once():
     rows = []
-    for variant, user in (("a", "ua"), ("b", "ub")):
+    for variant, user in (("a", "ua"), ("a", "ua2"), ("b", "ub"), ("b", "ub2")):
         rows += [(user, "impression", "i1", "s1", "2026-12-01T10:00:00", variant),
                  (user, "impression", "i1", "s2", "2026-12-01T10:05:00", variant),
                  (user, "click", "i1", "s1", "2026-12-01T10:00:05", variant),
@@ -105,4 +105,4 @@ def test_one_purchase_after_two_clicks_converts_both_and_is_revenue_once():
     frame = pd.DataFrame(rows, columns=["user_id", "event", "item_id", "source_item_id", "ts", "variant"])
     got = _rows(frame.assign(experiment="look", session_id=None))
     assert got[("a", "conversion")]["value"] == 1.0  # both clicks were followed by the purchase
-    assert got[("a", "revenue_per_user")]["value"] == 100.0  # i1 costs 100, bought once
+    assert got[("a", "revenue_per_user")]["value"] == 100.0  # i1 costs 100, bought once by each user
