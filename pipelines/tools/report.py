@@ -187,7 +187,9 @@ def _ab_section(con, ds: str) -> str:
     """Each running experiment's ab_results table, and its CTR lift over the experiment's days."""
     rows = con.execute("""select experiment, variant, is_control, metric, users, impressions, value, lift, lift_low,
                                  lift_high, p_value, power, srm_p_value, first_day, last_day, warning
-                          from ab_results_all where ds = ? order by experiment, is_control desc, variant, metric""",
+                          from ab_results_all where ds = ?
+                          order by experiment, is_control desc, variant,
+                                   case metric when 'ctr' then 0 when 'conversion' then 1 else 2 end""",
                        [ds]).fetchall()
     arms = con.execute("""select experiment, variant, is_control, serve, model_version, share from
                           experiment_variants_all where ds = ? order by experiment, bucket_low""", [ds]).fetchall()
