@@ -204,7 +204,7 @@ class AbConfig:
     """How experiments are read (pipelines/experiments/analysis.py; `lookalike ab-report`)."""
     conversion_window_hours: float = 24.0  # a purchase of a module-clicked item this long after the click converts it
     srm_alpha: float = 0.001  # a sample-ratio χ² p-value below this flags a broken split
-    min_power: float = 0.8  # below this power for the observed CTR lift the report warns the test is underpowered
+    min_power: float = 0.8  # below this power for a lift as observed the report warns the test is underpowered
 
 
 @dataclass(frozen=True)

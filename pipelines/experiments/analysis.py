@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from pipelines.config import AbConfig
 from pipelines.experiments.assignment import Experiment
 
 Z = 1.959963984540054  # two-sided 95%
@@ -94,11 +95,22 @@ def per_user(events: pd.DataFrame, prices: dict[str, float], window_hours: float
     return users
 
 
-def analyse(events: pd.DataFrame, experiment: Experiment, *, ds: str, prices: dict[str, float],
-            window_hours: float, srm_alpha: float, min_power: float, before: str | None = None) -> list[dict]:
+def price_map(tables) -> dict[str, float]:
+    """item_id → price over Arrow tables with those columns (the later table wins), prices known only."""
+    prices: dict[str, float] = {}
+    for table in tables:
+        prices.update((item, price) for item, price in zip(table.column("item_id").to_pylist(),
+                                                           table.column("price").to_pylist()) if price is not None)
+    return prices
+
+
+def analyse(events: pd.DataFrame, experiment: Experiment, *, ds: str, prices: dict[str, float], ab: AbConfig,
+            before: str | None = None) -> list[dict]:
     """The ``ab_results`` rows of ``experiment`` from ``events`` (the interactions log, with its
-    ``experiment`` and ``variant`` columns), only those with ts < ``before`` when given. Empty
-    when the log has no module impression of the experiment."""
+    ``experiment`` and ``variant`` columns), read as ``ab`` (``ab.*`` of the config) says, only
+    those with ts < ``before`` when given. Empty when the log has no module impression of the
+    experiment."""
+    window_hours, srm_alpha, min_power = ab.conversion_window_hours, ab.srm_alpha, ab.min_power
     ev = events[events["experiment"] == experiment.name]
     if before:
         ev = ev[ev["ts"] < before]

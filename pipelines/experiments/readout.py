@@ -26,14 +26,9 @@ log = logging.getLogger(__name__)
 
 def published_prices(wh: Warehouse) -> dict[str, float]:
     """item_id → price from the newest published snapshot and catalogue (empty when none)."""
-    prices: dict[str, float] = {}
-    for table in ("listings_snapshot", "catalog"):
-        ds = wh.latest_ds(table)
-        if ds:
-            rows = wh.read_partition(table, ds, columns=["item_id", "price"])
-            prices.update((i, p) for i, p in zip(rows.column("item_id").to_pylist(), rows.column("price").to_pylist())
-                          if p is not None)
-    return prices
+    latest = {table: wh.latest_ds(table) for table in ("listings_snapshot", "catalog")}
+    return analysis.price_map(wh.read_partition(table, ds, columns=["item_id", "price"])
+                              for table, ds in latest.items() if ds)
 
 
 def logged_events(cfg: Config, exp: Experiment, before: str | None) -> pd.DataFrame:
@@ -48,7 +43,7 @@ def logged_events(cfg: Config, exp: Experiment, before: str | None) -> pd.DataFr
     sql_dir = Path(cfg.source.extract_sql) if cfg.source.extract_sql else None
     chunks = [chunk[chunk["experiment"] == exp.name]
               for chunk in stream_source(cfg.source.url, "interactions.sql", params, sql_dir,
-                                         expected=[c for c in columns if c not in optional], optional=optional)]
+                                         expected=columns, optional=optional)]
     return pd.concat(chunks, ignore_index=True)[columns]
 
 
@@ -57,9 +52,7 @@ def ab_report(cfg: Config, name: str, ds: str | None = None) -> tuple[Experiment
     exp = experiment(cfg, name)
     events = logged_events(cfg, exp, ds)
     label = ds or (date.today() + timedelta(days=1)).isoformat()
-    return exp, analysis.analyse(events, exp, ds=label, prices=published_prices(Warehouse.of(cfg)),
-                                 window_hours=cfg.ab.conversion_window_hours, srm_alpha=cfg.ab.srm_alpha,
-                                 min_power=cfg.ab.min_power)
+    return exp, analysis.analyse(events, exp, ds=label, prices=published_prices(Warehouse.of(cfg)), ab=cfg.ab)
 
 
 def describe(exp: Experiment, rows: list[dict], cfg: Config) -> str:
@@ -102,9 +95,7 @@ def simulate_ab(cfg: Config, name: str, *, days: int, ds: str | None = None, see
     covered, lifts = 0, []
     for i in range(calibrate):
         frame = simulate.simulate(site, users, days=days, seed=seed + i, start=start)
-        rows = analysis.analyse(frame, site.experiment, ds=start, prices=prices,
-                                window_hours=cfg.ab.conversion_window_hours, srm_alpha=cfg.ab.srm_alpha,
-                                min_power=cfg.ab.min_power)
+        rows = analysis.analyse(frame, site.experiment, ds=start, prices=prices, ab=cfg.ab)
         ctr = next(r for r in rows if r["metric"] == "ctr" and not r["is_control"])
         lifts.append(ctr["lift"])
         covered += ctr["lift_low"] <= 0 <= ctr["lift_high"]

@@ -34,7 +34,7 @@ from pipelines.config import Config
 from pipelines.errors import LookalikeError
 from pipelines.experiments import analysis
 from pipelines.experiments.assignment import Experiment, running
-from pipelines.neighbors.stage import StreamingParquet, _codes, build_neighbors, load_embeddings
+from pipelines.neighbors.stage import StreamingParquet, _codes, build_neighbors
 from pipelines.storage import ModelStore, Warehouse, write_parquet
 
 log = logging.getLogger(__name__)
@@ -104,21 +104,11 @@ class ArmsWriter:
                                     .cast(schemas.ITEM_NEIGHBORS_VARIANTS))
 
 
-def _prices(wh: Warehouse, ds: str) -> dict[str, float]:
-    prices: dict[str, float] = {}
-    for name in ("listings_snapshot", "catalog"):
-        table = pq.read_table(wh.work(ds, name), columns=["item_id", "price"], partitioning=None)
-        prices.update((i, p) for i, p in zip(table.column("item_id").to_pylist(), table.column("price").to_pylist())
-                      if p is not None)
-    return prices
-
-
 def results(cfg: Config, experiment: Experiment, events: pd.DataFrame, ds: str, prices: dict[str, float]) -> list[dict]:
     """The ab_results rows of ``experiment`` from ``events``, those before ``ds`` and from its start on."""
     if experiment.start:
         events = events[events["ts"] >= experiment.start]
-    return analysis.analyse(events, experiment, ds=ds, prices=prices, window_hours=cfg.ab.conversion_window_hours,
-                            srm_alpha=cfg.ab.srm_alpha, min_power=cfg.ab.min_power, before=ds)
+    return analysis.analyse(events, experiment, ds=ds, prices=prices, ab=cfg.ab, before=ds)
 
 
 def run_experiments(cfg: Config, ds: str) -> dict:
@@ -146,7 +136,7 @@ def run_experiments(cfg: Config, ds: str) -> dict:
                              "serve": arm.serve, "model_version": version, "share": arm.share, "salt": exp.salt,
                              "bucket_low": arm.low, "bucket_high": arm.high, "start_ds": exp.start, "end_ds": exp.end})
     out = wh.fresh_work(ds, "item_neighbors_variants")
-    ids, _, _ = load_embeddings(emb)
+    ids = pq.read_table(emb, columns=["item_id"], partitioning=None).sort_by("item_id").column("item_id").combine_chunks()
     catalog = pq.read_table(wh.work(ds, "catalog"), columns=["item_id", "status", "category", "seller_id",
                                                               "image_sha256"])
     on_sale_ids = catalog.filter(pc.equal(catalog.column("status"), "on_sale")).column("item_id")
@@ -173,7 +163,8 @@ def run_experiments(cfg: Config, ds: str) -> dict:
                   wh.fresh_work(ds, "experiment_variants") / "part-0.parquet")
 
     events = pq.read_table(wh.work(ds, "interactions"), partitioning=None).to_pandas()
-    prices = _prices(wh, ds)
+    prices = analysis.price_map(pq.read_table(wh.work(ds, name), columns=["item_id", "price"], partitioning=None)
+                                for name in ("listings_snapshot", "catalog"))
     rows = [row for exp in experiments for row in results(cfg, exp, events, ds, prices)]
     write_parquet(pa.Table.from_pylist(rows, schema=schemas.AB_RESULTS),
                   wh.fresh_work(ds, "ab_results") / "part-0.parquet")

@@ -69,8 +69,8 @@ def stream_source(url: str, template: str, params: dict, sql_dir: Path | None = 
     empty when the query returns nothing), checked for the ``expected`` columns; timestamps come
     back as ISO text. A connection lost mid-stream is a ``TransientError`` like one never made.
     ``sql_dir``: the templates' folder, by default the shipped ``sql/extract/``. ``optional``:
-    the optional columns' placeholders (:func:`optional_columns`); a column the template does not
-    return is NULL in every row."""
+    the optional columns' placeholders (:func:`optional_columns`); an ``expected`` column among
+    them that the template does not return is NULL in every row."""
     path = (sql_dir or sql_path("extract")) / template
     text = template_text(template, sql_dir, optional)
     if url.startswith("sqlite:///"):  # SQLite would silently create an empty database
@@ -83,7 +83,7 @@ def stream_source(url: str, template: str, params: dict, sql_dir: Path | None = 
         with engine.connect() as con:
             result = con.execution_options(yield_per=chunk_rows).execute(sa.text(text), params)
             columns = list(result.keys())
-            _check_columns(columns, template, expected)
+            _check_columns(columns, template, [name for name in expected if name not in (optional or {})])
             missing = [name for name in (optional or {}) if name not in columns]
             empty = True
             for rows in result.partitions(chunk_rows):

@@ -484,7 +484,7 @@ def _write_events(cfg: Config, sql_dir: Path, ds: str, end: str, out: Path, tall
             counts["events_reused_from"] = earlier
         for chunk in stream_source(cfg.source.url, "interactions.sql", {"window_start": fetch_start,
                                                                          "window_end": end}, sql_dir,
-                                   expected=[c for c in columns if c not in optional], optional=optional):
+                                   expected=columns, optional=optional):
             tally.total += len(chunk)
             events, rejects = validate_events(chunk)
             tally.reject(rejects)

@@ -60,14 +60,20 @@ def _svg(fig) -> str:
     return text[text.index("<svg"):]
 
 
-def _plots(per_category: list[tuple], top1: dict[str, list[float]], by_rank: list[tuple]) -> list[str]:
-    """Coverage per category, rank-1 score distribution per category, mean score by rank."""
+def _pyplot():
+    """matplotlib's pyplot, headless, with the page's deterministic SVG settings."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     plt.rcParams.update({"svg.hashsalt": "lookalike", "svg.fonttype": "none", "font.size": 9})
+    return plt
+
+
+def _plots(per_category: list[tuple], top1: dict[str, list[float]], by_rank: list[tuple]) -> list[str]:
+    """Coverage per category, rank-1 score distribution per category, mean score by rank."""
+    plt = _pyplot()
     names = [row[0] for row in per_category]
     figs = []
 
@@ -231,10 +237,7 @@ def _lift_trend(con, experiment: str, ds: str) -> str | None:
                        [experiment, ds]).fetchall()
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3))
     for variant in sorted({r[1] for r in rows}):
@@ -258,10 +261,7 @@ def _ndcg_trend(con, ds: str) -> str | None:
                           order by ds""", [ds]).fetchall()
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     labels = {"siglip": "candidate", "production": "production", "hybrid": "candidate + baseline blend",
               "image_baseline": "image baseline", "text_baseline": "text baseline"}

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from pipelines.config import AbConfig
 from pipelines.experiments.analysis import analyse, format_table, lift, ratio
 from pipelines.experiments.assignment import Arm, Experiment
 
@@ -35,8 +36,8 @@ def _log(users: dict[str, int], ctr: dict[str, float], seed: int = 0, impression
 
 
 def _rows(frame, **kw):
-    defaults = dict(ds="2026-12-02", prices={"i1": 100.0}, window_hours=24.0, srm_alpha=0.001, min_power=0.8)
-    return {(r["variant"], r["metric"]): r for r in analyse(frame, EXP, **{**defaults, **kw})}
+    return {(r["variant"], r["metric"]): r
+            for r in analyse(frame, EXP, ds="2026-12-02", prices={"i1": 100.0}, ab=AbConfig(**kw))}
 
 
 def test_the_delta_method_interval_matches_a_user_level_bootstrap():
@@ -70,8 +71,8 @@ def test_a_real_lift_is_found_and_reported_per_metric():
 
 def test_a_purchase_outside_the_window_does_not_convert():
     frame = _log({"a": 200, "b": 200}, {"a": 0.1, "b": 0.1})
-    assert _rows(frame, window_hours=0.01)[("a", "conversion")]["value"] == 0.0  # 36 s: bought after 90 s
-    assert _rows(frame, window_hours=1.0)[("a", "conversion")]["value"] > 0.1
+    assert _rows(frame, conversion_window_hours=0.01)[("a", "conversion")]["value"] == 0.0  # 36 s: bought after 90 s
+    assert _rows(frame, conversion_window_hours=1.0)[("a", "conversion")]["value"] > 0.1
 
 
 def test_a_broken_split_is_flagged():

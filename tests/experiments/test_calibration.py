@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 
+from pipelines.config import AbConfig
 from pipelines.experiments.analysis import analyse
 from pipelines.experiments.assignment import Arm, Experiment
 from pipelines.experiments.simulate import Site, simulate
@@ -24,7 +25,7 @@ def _modules(attrs: dict, seed: int, alike: bool) -> dict[str, list[str]]:
 
 
 def _ctr(frame, experiment, seed=None):
-    rows = analyse(frame, experiment, ds="2026-11-21", prices={}, window_hours=24, srm_alpha=0.001, min_power=0.8)
+    rows = analyse(frame, experiment, ds="2026-11-21", prices={}, ab=AbConfig())
     return next(r for r in rows if r["metric"] == "ctr" and not r["is_control"])
 
 
