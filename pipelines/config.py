@@ -231,6 +231,48 @@ class PublishConfig:
 
 
 @dataclass(frozen=True)
+class PostgresSinkConfig:
+    """The PostgreSQL online store (docs/serving.md): one table per generation, views switched in one transaction."""
+    # libpq URL postgresql://user:password@host:port/db; inside a DAG run the Airflow Connection
+    # `conn_id` replaces it when defined
+    url: str = ""
+    conn_id: str = "lookalike_online"  # the Airflow Connection of the store (empty: never look one up)
+    schema: str = "lookalike"  # the schema holding the generations, their views and the pointer table
+    connect_timeout: int = 10  # seconds before an unreachable server fails the hand-off (transient: retried)
+
+
+@dataclass(frozen=True)
+class RedisSinkConfig:
+    """The Redis online store (docs/serving.md): one hash per table and generation, a pointer key switched in MULTI/EXEC."""
+    url: str = ""  # redis://[:password@]host:port/db; inside a DAG run the Airflow Connection `conn_id` replaces it
+    conn_id: str = "lookalike_redis"  # the Airflow Connection of the store (empty: never look one up)
+    prefix: str = "lookalike"  # of every key Lookalike writes
+    batch: int = 5000  # lists per pipelined HSET
+    connect_timeout: int = 10  # seconds before an unreachable server fails the hand-off (transient: retried)
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """The hand-off of every published night to the online stores the site reads (pipelines/online/)."""
+    sinks: str = ""  # comma-separated: postgres, redis; empty = no hand-off
+    # The published tables handed off: item_neighbors, item_neighbors_variants (each running
+    # experiment's arms), user_recommendations
+    tables: str = "item_neighbors,item_neighbors_variants,user_recommendations"
+    keep_generations: int = 2  # generations kept per feed in each store, the live one included (rollback needs 2)
+    check_sample: int = 500  # lists per table read back and compared with the Parquet rows before the switch
+    postgres: PostgresSinkConfig = field(default_factory=PostgresSinkConfig)
+    redis: RedisSinkConfig = field(default_factory=RedisSinkConfig)
+
+    @property
+    def sink_names(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.sinks.split(",") if name.strip())
+
+    @property
+    def table_names(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.tables.split(",") if name.strip())
+
+
+@dataclass(frozen=True)
 class SparkConfig:
     """Where Spark jobs run (embed, and extract and neighbours above their thresholds)."""
     master: str = "local[*]"  # local[*], spark://host:7077, yarn, k8s://…
@@ -278,6 +320,7 @@ class Config:
     # Running experiments by name, each an `experiments.<name>` section (below); none by default
     experiments: dict[str, ExperimentConfig] = field(default_factory=dict)
     ab: AbConfig = field(default_factory=AbConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -290,6 +333,8 @@ class Config:
         model folders, the registry) and shown to people."""
         data = self.to_dict()
         data["source"]["url"] = redact_url(data["source"]["url"])
+        for sink in SINKS:
+            data["serving"][sink]["url"] = redact_url(data["serving"][sink]["url"])
         return data
 
 
@@ -433,21 +478,53 @@ INTERVALS: dict[str, tuple[float, float, bool, bool]] = {
     "ab.conversion_window_hours": (0.0, math.inf, False, False),
     "ab.srm_alpha": (0.0, 1.0, False, False),
     "ab.min_power": (0.0, 1.0, False, False),
+    "serving.keep_generations": (2, math.inf, True, False),
+    "serving.check_sample": (0, math.inf, True, False),
+    "serving.redis.batch": (1, math.inf, True, False),
 }
+
+
+def _value(config: Config, key: str):
+    node = config
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
 
 
 def _check_values(config: Config) -> None:
     for key, allowed in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
+        value = _value(config, key)
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
     for key, (low, high, low_in, high_in) in INTERVALS.items():
-        section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
+        value = _value(config, key)
         if not ((low <= value if low_in else low < value) and (value <= high if high_in else value < high)):
             raise ConfigError(f"{key} must lie in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}; "
                              f"got {value!r}")
+
+
+SINKS = ("postgres", "redis")  # serving.sinks
+HANDED_OFF = ("item_neighbors", "item_neighbors_variants", "user_recommendations")  # serving.tables
+_SINK_SCHEMES = {"postgres": ("postgresql", "postgres"), "redis": ("redis", "rediss", "unix")}
+
+
+def _check_serving(config: Config) -> None:
+    serving = config.serving
+    for key, names, allowed in (("serving.sinks", serving.sink_names, SINKS),
+                                ("serving.tables", serving.table_names, HANDED_OFF)):
+        unknown = [name for name in names if name not in allowed]
+        if unknown:
+            raise ConfigError(f"{key}: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(allowed)}")
+    for sink in serving.sink_names:
+        url = getattr(serving, sink).url
+        scheme = url.partition("://")[0].split("+")[0]
+        if url and ("://" not in url or scheme not in _SINK_SCHEMES[sink]):
+            raise ConfigError(f"serving.{sink}.url: the {sink} sink needs a {' or '.join(_SINK_SCHEMES[sink])}:// "
+                              f"URL, got {redact_url(url)!r}")
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", serving.postgres.schema):
+        raise ConfigError(f"serving.postgres.schema: a lowercase SQL identifier, got {serving.postgres.schema!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", serving.redis.prefix):
+        raise ConfigError(f"serving.redis.prefix: letters, digits, '_', '.' and '-' only, got {serving.redis.prefix!r}")
 
 
 SERVE_NAMES = ("production", "candidate", "image_baseline")  # besides a model version (experiments.*.serve)
@@ -509,4 +586,5 @@ def load_config(path: str | os.PathLike | None = None, environ: typing.Mapping[s
     config = _build(Config, data)
     _check_values(config)
     _check_experiments(config)
+    _check_serving(config)
     return _build(Config, _resolve_paths(config.to_dict(), base_dir))

@@ -5,6 +5,7 @@ Warehouse layout (a local directory or ``s3://bucket/prefix``)::
     <warehouse>/<table>/ds=<ds>/run=<run_id>/    an immutable published partition
     <warehouse>/_manifest.json                   which run each (table, ds) points to: the commit point
     <warehouse>/_runs/<ds>.json                  the record of the run that published ds
+    <warehouse>/_runs/<ds>.handoff-<feed>.json   what the online stores were handed for ds (items, users)
 
 The work area (``work_dir``; ``<warehouse>/_work`` by default for a local warehouse) is a local
 or shared-volume directory private to the runs: ``<work>/ds=<ds>/<name>/``, replaced on rerun; every ``name`` is listed in
@@ -305,8 +306,19 @@ class Warehouse:
         return max(entries) if entries else None
 
     def run_record(self, ds: str) -> dict | None:
+        """The record of the run that published ``ds``, with ``serving``: what each online store was
+        handed for it, per feed (the hand-off records, written after the publish)."""
         text = self.objects.get_text(f"_runs/{ds}.json")
-        return json.loads(text) if text else None
+        record = json.loads(text) if text else None
+        handoffs = {feed: json.loads(found) for feed in ("items", "users")
+                    if (found := self.objects.get_text(f"_runs/{ds}.handoff-{feed}.json"))}
+        if handoffs:
+            record = {**(record or {"ds": ds}), "serving": handoffs}
+        return record
+
+    def write_handoff_record(self, ds: str, feed: str, record: dict) -> None:
+        """What the hand-off of ``feed``'s run of ``ds`` left each store serving (``_runs/<ds>.handoff-<feed>.json``)."""
+        self.objects.put_text(f"_runs/{ds}.handoff-{feed}.json", json.dumps(record, indent=2, sort_keys=True))
 
     def begin(self, ds: str, run_id: str | None = None) -> "Publication":
         return Publication(self, ds, run_id or new_run_id())

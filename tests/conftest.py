@@ -230,3 +230,40 @@ def rest_call(base: str, method: str, path: str, body: dict | None = None, token
                                               **({"Authorization": f"Bearer {token}"} if token else {})})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read() or b"null")
+
+
+REDIS_PASSWORD = "lookalike-test-redis"
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A throwaway Redis server on a loopback port (Debian's redis-server), with a password; its URL.
+    Stopped by its PID at the end of the session."""
+    server = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not Path(server).exists():
+        message = "redis-server is not installed (apt-get install redis-server); .ci/run installs it"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    root = Path(tempfile.mkdtemp(prefix="lookalike-redis-"))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([server, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(root),
+                                "--save", "", "--appendonly", "no", "--requirepass", REDIS_PASSWORD],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    else:
+        process.kill()
+        pytest.fail("redis-server did not start")
+    try:
+        yield f"redis://:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        shutil.rmtree(root, ignore_errors=True)

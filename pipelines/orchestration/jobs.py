@@ -82,6 +82,12 @@ def _userrec(cfg, ds, args):
     return {**result, "published": None if args.no_publish else publish_user_recs(cfg, ds)}
 
 
+def _handoff(cfg, ds, args):
+    from pipelines.online.handoff import run_handoff
+
+    return run_handoff(cfg, ds, "users" if args.users else "items")
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -115,6 +121,11 @@ STAGES = {stage.name: stage for stage in [
           "the PixRec-style model and the variants it is compared with (userrec.variants), user_recommendations "
           "and the userrec_* rows of eval_metrics, published atomically.", _userrec,
           {"--no-publish": "leave the outputs in the work area"}),
+    Stage("handoff", "Hand one ds's published lists to the online stores (serving.sinks): item_neighbors and "
+          "the experiment arms (or, with --users, user_recommendations) written as a new generation, checked "
+          "against the published rows, switched live atomically; older generations beyond "
+          "serving.keep_generations removed.", _handoff,
+          {"--users": "hand off the user recommendations (lookalike_user_recs' feed) instead of the item lists"}),
 ]}
 
 

@@ -205,6 +205,50 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_similar(args) -> int:
+    from pipelines.config import load_config
+    from pipelines.online.handoff import similar
+    from pipelines.tools.summary import format_table
+
+    found = similar(load_config(args.config), args.item_id, experiment=args.experiment, user=args.user,
+                    sink=args.sink)
+    if args.format == "json":
+        print(json.dumps(found, indent=2))
+        return 0
+    arm = f", experiment {found['experiment']} variant {found['variant']}" if found["experiment"] else ""
+    print(f"{found['item_id']}: {found['table']} from {found['sink']}, live generation {found['generation']}{arm}")
+    print(format_table(["rank", "neighbor_id", "score"],
+                       [(n["rank"], n["neighbor_id"], round(n["score"], 4)) for n in found["neighbors"]]))
+    return 0
+
+
+def cmd_serving(args) -> int:
+    from pipelines.config import load_config
+    from pipelines.online import handoff
+    from pipelines.tools.summary import format_table
+
+    cfg = load_config(args.config)
+    if not cfg.serving.sink_names:
+        raise LookalikeError("no online store is configured: set serving.sinks (postgres, redis) and their URLs "
+                             "(docs/serving.md)")
+    if args.action == "status":
+        rows = handoff.status(cfg)
+        if args.format == "json":
+            print(json.dumps(rows, indent=2))
+            return 0
+        print(format_table(["sink", "feed", "live generation", "ds", "run", "switched at", "age (h)", "kept"],
+                           [(r["sink"], r["feed"], r["live"], r["ds"], r["run_id"], r["switched_at"], r["age_hours"],
+                             ",".join(map(str, r["kept"])) or "-") for r in rows]))
+        for store in sorted({r["store"] for r in rows}):
+            print(f"  {store}")
+        return 0
+    if args.to is not None and args.sink is None and len(cfg.serving.sink_names) > 1:
+        raise LookalikeError("--to names one store's generation: give --sink too (generation numbers are per store)")
+    for r in handoff.rollback(cfg, to=args.to, feed=args.feed, sinks=(args.sink,) if args.sink else ()):
+        print(f"{r['sink']}: {r['feed']} now serves generation {r['live']} (ds {r['ds']}); it served {r['was']}")
+    return 0
+
+
 def cmd_spark_conf(args) -> int:
     from pipelines.config import load_config
     from pipelines.spark import spark_conf
@@ -315,6 +359,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dags-folder", help="print the folder of the installed DAG files (for an existing Airflow's "
                        "AIRFLOW__CORE__DAGS_FOLDER, or to link into it)")
     p.set_defaults(func=cmd_dags_folder)
+
+    p = sub.add_parser("similar", help="one item's live list from the online store, as the site reads it")
+    p.add_argument("item_id")
+    p.add_argument("--config")
+    p.add_argument("--experiment", help="read the arm of this running experiment that --user is assigned to")
+    p.add_argument("--user", help="the user whose arm is read (with --experiment)")
+    p.add_argument("--sink", choices=["postgres", "redis"], help="the store to read (default: the first of "
+                                                                  "serving.sinks)")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_similar)
+
+    p = sub.add_parser("serving", help="the online stores: status (what each serves, how old), rollback "
+                       "[--to GENERATION] (an earlier generation live again)")
+    p.add_argument("action", choices=["status", "rollback"])
+    p.add_argument("--config")
+    p.add_argument("--to", type=int, metavar="GENERATION", help="rollback: this generation (default: the one "
+                                                                 "before the live one)")
+    p.add_argument("--sink", choices=["postgres", "redis"], help="rollback: this store only (default: every one)")
+    p.add_argument("--feed", choices=["items", "users"], default="items",
+                   help="rollback: the item lists (default) or the user recommendations")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_serving)
 
     p = sub.add_parser("spark-conf", help="print the Spark settings of the config as spark-submit --conf flags")
     p.add_argument("--config")

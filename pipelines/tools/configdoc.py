@@ -120,11 +120,16 @@ def sections() -> list[tuple[str, str, list[Key]]]:
                                keys(section.__name__, name + ".", section())))
                 named_sections(section, name + ".")
 
+    def section(name: str, value) -> None:  # a section, then its own sections (serving.postgres)
+        doc = ast.get_docstring(classes[type(value).__name__]) or ""
+        result.append((name, doc, keys(type(value).__name__, name + ".", value)))
+        for f in dataclasses.fields(value):
+            if dataclasses.is_dataclass(getattr(value, f.name)):
+                section(f"{name}.{f.name}", getattr(value, f.name))
+
     for f in dataclasses.fields(config_module.Config):
-        value = getattr(defaults, f.name)
-        if dataclasses.is_dataclass(value):
-            doc = ast.get_docstring(classes[type(value).__name__]) or ""
-            result.append((f.name, doc, keys(type(value).__name__, f.name + ".", value)))
+        if dataclasses.is_dataclass(getattr(defaults, f.name)):
+            section(f.name, getattr(defaults, f.name))
     named_sections(config_module.Config, "")
     return result
 

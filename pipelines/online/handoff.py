@@ -1,0 +1,302 @@
+"""The hand-off: a published run of a feed becomes the live generation of every configured store.
+
+For each store in ``serving.sinks``: the feed's published tables of the ds (the run the manifest
+points to) are written as a new generation, checked (the lists and their members against the
+published rows, a sample of lists against the Parquet rows), switched live in one atomic step, and
+the generations beyond ``serving.keep_generations`` removed. A generation left by a hand-off that
+died (still ``writing`` or ``ready``) is removed first, so reruns converge and leave no orphan.
+
+A store that is down fails the hand-off as transient (the DAG retries it with backoff); the other
+stores are still handed to, and the warehouse's tables stay published: the store keeps serving
+its live generation. What each store serves is recorded beside the ds's run record
+(``Warehouse.write_handoff_record``).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines import faults
+from pipelines.config import Config
+from pipelines.errors import LookalikeError, TransientError, classify, describe
+from pipelines.online.lists import (ITEMS, LIST_TABLES, USERS, ListTable, empty_lists, feed_tables, lists_of,
+                                    same_list, sample_rows)
+from pipelines.online.store import LIVE, READY, RETIRED, WRITING, Generation, open_store
+from pipelines.storage import Warehouse
+
+log = logging.getLogger(__name__)
+
+LEAD = {ITEMS: "item_neighbors", USERS: "user_recommendations"}  # the table whose publish a feed follows
+
+
+class HandoffCheckFailed(LookalikeError):
+    """A written generation does not hold what was published; it was removed and nothing switched."""
+
+
+class SinkFailed(TransientError):
+    """One or more stores could not take the hand-off; the warehouse's tables are published all the same."""
+
+
+def published_lists(wh: Warehouse, ds: str, feed: str, names: tuple[str, ...]) -> tuple[str, dict, dict]:
+    """(run id, table → lists, table → published rows) of the feed's run published for ``ds``.
+
+    A table the run did not publish (no experiment ran: no arms) is handed off empty."""
+    lead = wh.entries(LEAD[feed]).get(ds)
+    if lead is None:
+        raise LookalikeError(f"handoff {ds}: {LEAD[feed]} has no published partition ds={ds}; a night is handed "
+                             f"off only after its publish (`lookalike publish --ds {ds}`)")
+    lists, rows = {}, {}
+    for spec in feed_tables(feed, names):
+        entry = wh.entries(spec.name).get(ds)
+        if entry is None or entry["run_id"] != lead["run_id"]:
+            lists[spec.name], rows[spec.name] = empty_lists(spec), 0
+            continue
+        columns = [*spec.keys, "rank", spec.member, "score"]
+        lists[spec.name] = lists_of(wh.read_partition(spec.name, ds, columns=columns), spec)
+        rows[spec.name] = entry["rows"]
+    return lead["run_id"], lists, rows
+
+
+def run_handoff(cfg: Config, ds: str, feed: str = ITEMS) -> dict:
+    """Hand the feed's published run of ``ds`` to every configured store."""
+    sinks = cfg.serving.sink_names
+    specs = feed_tables(feed, cfg.serving.table_names)
+    if not sinks or not specs:
+        why = "no serving.sinks configured" if not sinks else f"serving.tables names no table of the {feed} feed"
+        log.info("handoff %s (%s): nothing to do: %s", ds, feed, why)
+        return {"ds": ds, "feed": feed, "sinks": {}, "skipped": why}
+    wh = Warehouse.of(cfg)
+    started = time.perf_counter()
+    run_id, lists, rows = published_lists(wh, ds, feed, cfg.serving.table_names)
+    log.info("handoff %s (%s): run %s read from the warehouse in %.1f s: %s", ds, feed, run_id,
+             time.perf_counter() - started, ", ".join(f"{t} {lists[t].num_rows} lists" for t in lists))
+    results, failed = {}, []
+    for name in sinks:
+        try:
+            store = open_store(cfg, name)
+        except LookalikeError as exc:
+            failed.append((name, exc))
+            continue
+        try:
+            results[name] = hand_to(store, feed=feed, ds=ds, run_id=run_id, specs=specs, lists=lists, rows=rows,
+                                    keep=cfg.serving.keep_generations, sample=cfg.serving.check_sample)
+        except Exception as exc:  # noqa: BLE001 - one store down must not keep the others from their night
+            failed.append((name, exc))
+            results[name] = {"error": describe(exc)}
+        finally:
+            store.close()
+    wh.write_handoff_record(ds, feed, {"ds": ds, "feed": feed, "run_id": run_id, "sinks": results,
+                                       "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    if failed:
+        _raise_failed(ds, feed, failed, results)
+    return {"ds": ds, "feed": feed, "run_id": run_id, "sinks": results}
+
+
+def _raise_failed(ds: str, feed: str, failed: list, results: dict) -> None:
+    what = "; ".join(f"{name}: {describe(exc)}" for name, exc in failed)
+    served = ", ".join(f"{name} switched to generation {r['generation']}" for name, r in results.items()
+                       if "generation" in r)
+    message = (f"handoff {ds} ({feed}) failed for {', '.join(n for n, _ in failed)}: {what}. The night is published "
+               f"in the warehouse; a failed store keeps serving its live generation"
+               + (f" ({served})" if served else "") + ". `lookalike serving status` shows what each store serves")
+    if all(classify(exc) != "transient" for _, exc in failed):
+        raise LookalikeError(message) from failed[0][1]
+    raise SinkFailed(message) from failed[0][1]
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def hand_to(store, *, feed: str, ds: str, run_id: str, specs: tuple[ListTable, ...], lists: dict[str, pa.Table],
+            rows: dict[str, int], keep: int, sample: int) -> dict:
+    """Write, check and switch one store; returns what it serves now."""
+    everything = tuple(t for t in LIST_TABLES if t.feed == feed)
+    generations = store.generations(feed)
+    live = next((g for g in generations if g.state == LIVE), None)
+    for dead in (g for g in generations if g.state in (WRITING, READY)):
+        log.info("handoff: %s: removing generation %d (%s), left by a hand-off that did not finish", store.name,
+                 dead.number, dead.state)
+        store.drop(dead.number, everything)
+    for number in getattr(store, "orphans", lambda: [])():
+        store.drop(number, everything)
+    if live is not None and (live.ds, live.run_id) == (ds, run_id):
+        log.info("handoff %s: %s already serves run %s as generation %d", ds, store.name, run_id, live.number)
+        return _served(live, switch_s=0.0, write_s=0.0, note="already live")
+    if live is not None and live.ds > ds:
+        log.warning("handoff %s: %s serves the newer ds %s (generation %d); left as it is (`lookalike serving "
+                    "rollback` switches back on purpose)", ds, store.name, live.ds, live.number)
+        return _served(live, switch_s=0.0, write_s=0.0, note=f"serves the newer ds {live.ds}; not switched")
+    number = store.begin(feed, ds, run_id)
+    started = time.perf_counter()
+    for spec in specs:
+        store.write(number, spec, lists[spec.name])
+        log.info("handoff %s: %s generation %d: %s written (%d lists)", ds, store.name, number, spec.name,
+                 lists[spec.name].num_rows)
+    write_s = time.perf_counter() - started
+    faults.point("handoff.before_check")
+    failures = check_generation(store, number, specs, lists, rows, sample=sample)
+    if failures:
+        store.drop(number, everything)
+        raise HandoffCheckFailed(f"handoff {ds}: {store.name} generation {number} does not hold what was published, "
+                                 f"removed, nothing switched: {'; '.join(failures)}")
+    store.finish(number, {spec.name: lists[spec.name].num_rows for spec in specs})
+    faults.point("handoff.before_switch")
+    switch_s = store.switch(feed, number, specs)
+    faults.point("handoff.after_switch")
+    log.info("handoff %s: %s serves generation %d (run %s) after a %.3f s switch", ds, store.name, number, run_id,
+             switch_s)
+    _retain(store, feed, keep, everything)
+    now = next(g for g in store.generations(feed) if g.number == number)
+    return _served(now, switch_s=switch_s, write_s=write_s)
+
+
+def _served(g: Generation, *, switch_s: float, write_s: float, note: str = "") -> dict:
+    out = {"generation": g.number, "ds": g.ds, "run_id": g.run_id, "switched_at": g.switched_at,
+           "lists": g.lists, "write_s": round(write_s, 3), "switch_s": round(switch_s, 4)}
+    return out | ({"note": note} if note else {})
+
+
+def check_generation(store, number: int, specs, lists: dict, rows: dict, *, sample: int) -> list[str]:
+    """What differs between the written generation and the published rows (empty: it holds them)."""
+    failures = []
+    for spec in specs:
+        table = lists[spec.name]
+        members = int(pc.sum(pc.list_value_length(table.column("ids"))).as_py() or 0)
+        if members != rows[spec.name]:
+            failures.append(f"{spec.name}: the lists hold {members} members, {rows[spec.name]} rows were published")
+        found_lists, found_members = store.count(number, spec)
+        if found_lists != table.num_rows:
+            failures.append(f"{spec.name}: {found_lists} lists in the store, {table.num_rows} published")
+        if found_members is not None and found_members != rows[spec.name]:
+            failures.append(f"{spec.name}: {found_members} members in the store, {rows[spec.name]} rows published")
+        picked = sample_rows(table, sample, seed=number).to_pylist()
+        keys = [tuple(row[k] for k in spec.keys) for row in picked]
+        found = store.read(number, spec, keys)
+        wrong = [key for key, row in zip(keys, picked) if not same_list((row["ids"], row["scores"]), found.get(key))]
+        if wrong:
+            failures.append(f"{spec.name}: {len(wrong)} of {len(keys)} sampled lists differ from the Parquet rows "
+                            f"(first: {':'.join(wrong[0])})")
+    return failures
+
+
+def _retain(store, feed: str, keep: int, tables: tuple[ListTable, ...]) -> None:
+    """Keep the live generation and the newest ``keep - 1`` earlier ones; remove the rest."""
+    generations = store.generations(feed)
+    live = [g for g in generations if g.state == LIVE]
+    earlier = [g for g in generations if g.state == RETIRED]
+    for old in earlier[max(keep - len(live), 0):]:
+        store.drop(old.number, tables)
+        log.info("handoff: %s: generation %d (ds %s) removed (serving.keep_generations = %d)", store.name,
+                 old.number, old.ds, keep)
+
+
+# ---- what the operator and the site run ----
+
+def status(cfg: Config) -> list[dict]:
+    """For each configured store and feed: the live generation, its ds, run and age."""
+    out = []
+    for name in cfg.serving.sink_names:
+        store = open_store(cfg, name)
+        try:
+            for feed in (ITEMS, USERS):
+                generations = store.generations(feed)
+                live = next((g for g in generations if g.state == LIVE), None)
+                out.append({"sink": name, "feed": feed, "live": live.number if live else None,
+                            "ds": live.ds if live else None, "run_id": live.run_id if live else None,
+                            "switched_at": live.switched_at if live else None,
+                            "age_hours": _age_hours(live.switched_at) if live else None,
+                            "kept": [g.number for g in generations if g.state == RETIRED],
+                            "store": store.display()})
+        finally:
+            store.close()
+    return out
+
+
+def _age_hours(when: str | None) -> float | None:
+    if not when:
+        return None
+    return round((_now() - datetime.fromisoformat(when)).total_seconds() / 3600, 2)
+
+
+def rollback(cfg: Config, *, to: int | None = None, feed: str = ITEMS, sinks: tuple[str, ...] = ()) -> list[dict]:
+    """Make an earlier generation live again: ``to``, or the newest one before the live one."""
+    out = []
+    for name in sinks or cfg.serving.sink_names:
+        store = open_store(cfg, name)
+        try:
+            generations = store.generations(feed)
+            live = next((g for g in generations if g.state == LIVE), None)
+            kept = [g for g in generations if g.state == RETIRED and (live is None or g.number < live.number)]
+            if to is not None:
+                target = next((g for g in generations if g.number == to), None)
+                if target is None or target.state not in (RETIRED, LIVE):
+                    usable = ", ".join(str(g.number) for g in generations if g.state in (RETIRED, LIVE)) or "none"
+                    raise LookalikeError(f"serving rollback: {name} has no complete {feed} generation {to} "
+                                         f"(generations it can serve: {usable})")
+            elif not kept:
+                raise LookalikeError(f"serving rollback: {name} keeps no {feed} generation before the live one "
+                                     f"({live.number if live else 'none'}); nothing to roll back to")
+            else:
+                target = kept[0]
+            tables = tuple(t for t in LIST_TABLES if t.feed == feed and t.name in target.lists)
+            store.switch(feed, target.number, tables)
+            log.info("serving rollback: %s serves %s generation %d (ds %s) again", name, feed, target.number,
+                     target.ds)
+            out.append({"sink": name, "feed": feed, "live": target.number, "ds": target.ds,
+                        "was": live.number if live else None})
+        finally:
+            store.close()
+    return out
+
+
+def similar(cfg: Config, item_id: str, *, experiment: str | None = None, user: str | None = None,
+            sink: str | None = None) -> dict:
+    """One item's live list, read from the store as the site reads it; with an experiment, the
+    list of the arm the user's published bucket assigns."""
+    sinks = cfg.serving.sink_names
+    if not sinks:
+        raise LookalikeError("lookalike similar reads the online store: configure serving.sinks (postgres, redis)")
+    name = sink or sinks[0]
+    if name not in sinks:
+        raise LookalikeError(f"--sink {name}: not one of the configured serving.sinks ({', '.join(sinks)})")
+    spec, key, variant = _table_and_key(cfg, item_id, experiment, user)
+    store = open_store(cfg, name)
+    try:
+        found = store.lookup(spec, key)
+    finally:
+        store.close()
+    if found is None:
+        raise LookalikeError(f"{item_id!r} has no list in {name}'s live generation of {spec.name}"
+                             + (f" (experiment {experiment}, variant {variant})" if experiment else "")
+                             + ": not on sale, not embedded, or not handed off yet (`lookalike serving status`)")
+    generation, ids, scores = found
+    return {"sink": name, "generation": generation, "table": spec.name, "item_id": item_id,
+            "experiment": experiment, "variant": variant, "neighbors": [
+                {"rank": i + 1, "neighbor_id": n, "score": float(s)} for i, (n, s) in enumerate(zip(ids, scores))]}
+
+
+def _table_and_key(cfg: Config, item_id: str, experiment: str | None, user: str | None):
+    from pipelines.experiments.assignment import Arm, Experiment
+
+    if experiment is None:
+        if user is not None:
+            raise LookalikeError("--user picks an experiment arm: give --experiment NAME too")
+        return next(t for t in LIST_TABLES if t.name == "item_neighbors"), (item_id,), None
+    if user is None:
+        raise LookalikeError("--experiment needs --user USER_ID: the arm is the user's")
+    wh = Warehouse.of(cfg)
+    published = sorted(wh.entries("experiment_variants"))
+    rows = wh.read_partition("experiment_variants", published[-1], filters=[("experiment", "=", experiment)]) \
+        .to_pylist() if published else []
+    if not rows:
+        raise LookalikeError(f"experiment {experiment!r} has no published arms (experiment_variants); it is served "
+                             "once a night inside its dates is published and handed off")
+    arms = tuple(Arm(r["variant"], r["serve"], r["share"], r["bucket_low"], r["bucket_high"], r["is_control"])
+                 for r in sorted(rows, key=lambda r: r["bucket_low"]))
+    variant = Experiment(experiment, rows[0]["salt"], arms, "", "").variant_of(user)
+    return next(t for t in LIST_TABLES if t.name == "item_neighbors_variants"), (experiment, variant, item_id), variant

@@ -1,0 +1,215 @@
+"""The PostgreSQL online store (psycopg 3).
+
+Layout, in the schema ``serving.postgres.schema`` (``lookalike``), documented for the site in
+docs/serving.md::
+
+    generations(generation, feed, ds, run_id, state, lists, created_at, switched_at)
+    live(feed primary key, generation)             the pointer: which generation each feed serves
+    item_neighbors_g<N>(item_id primary key, ids text[], scores real[])
+    item_neighbors_variants_g<N>(experiment, variant, item_id, ids, scores)   primary key (experiment, variant, item_id)
+    user_recommendations_g<N>(user_id primary key, ids, scores)
+    item_neighbors, item_neighbors_variants, user_recommendations   views of the live generation's tables
+
+A generation's tables are loaded with COPY, indexed, analysed and checked while invisible; one
+transaction then updates the ``live`` row and replaces the feed's views. A reader's statement
+sees the views before or after that transaction, never a mixture, and every key on sale in both
+nights is in both tables.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines import faults
+from pipelines.config import PostgresSinkConfig, redact_url
+from pipelines.errors import ConfigError, TransientError
+from pipelines.online.lists import ListTable, plain_ids
+from pipelines.online.store import Generation
+
+log = logging.getLogger(__name__)
+
+COPY_BATCH = 50_000  # lists rendered and sent per COPY write
+
+
+class PostgresStore:
+    name = "postgres"
+
+    def __init__(self, cfg: PostgresSinkConfig, url: str):
+        if not url:
+            raise ConfigError("serving sink postgres: no URL; set serving.postgres.url (postgresql://…) or define "
+                              f"the Airflow Connection {cfg.conn_id!r}")
+        self.url, self.schema, self.timeout = url.replace("postgresql+psycopg://", "postgresql://"), cfg.schema, \
+            cfg.connect_timeout
+        self._conn = None
+
+    def display(self) -> str:
+        return f"postgres {redact_url(self.url)} (schema {self.schema})"
+
+    # ---- connection ----
+    def connect(self):
+        import psycopg
+
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = psycopg.connect(self.url, connect_timeout=self.timeout, autocommit=True)
+            except psycopg.OperationalError as exc:
+                message = str(exc).strip().splitlines()[-1] if str(exc).strip() else exc.__class__.__name__
+                if "password authentication failed" in str(exc) or "does not exist" in str(exc):
+                    raise ConfigError(f"serving sink postgres at {redact_url(self.url)}: {message}") from None
+                raise TransientError(f"serving sink postgres at {redact_url(self.url)} is unreachable: "
+                                     f"{message}") from None
+            self._ensure_schema()
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _execute(self, sql: str, params=(), *, fetch: bool = False):
+        import psycopg
+
+        try:
+            with self.connect().cursor() as cur:
+                cur.execute(sql, params)
+                return cur.fetchall() if fetch else None
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise TransientError(f"serving sink postgres at {redact_url(self.url)}: {exc}") from exc
+
+    def _ensure_schema(self) -> None:
+        s = self.schema
+        with self._conn.cursor() as cur:
+            cur.execute(f"create schema if not exists {s}")
+            cur.execute(f"""create table if not exists {s}.generations (
+                generation bigserial primary key,
+                feed text not null,
+                ds date not null,
+                run_id text not null,
+                state text not null,
+                lists jsonb,
+                created_at timestamptz not null default now(),
+                switched_at timestamptz)""")
+            cur.execute(f"create table if not exists {s}.live (feed text primary key, generation bigint not null)")
+
+    # ---- generations ----
+    def generations(self, feed: str) -> list[Generation]:
+        rows = self._execute(f"select generation, feed, ds::text, run_id, state, coalesce(lists, '{{}}'::jsonb), "
+                             f"created_at, switched_at from {self.schema}.generations where feed = %s "
+                             f"order by generation desc", (feed,), fetch=True)
+        return [Generation(g, f, ds, run, state, lists, _iso(created), _iso(switched))
+                for g, f, ds, run, state, lists, created, switched in rows]
+
+    def begin(self, feed: str, ds: str, run_id: str) -> int:
+        return self._execute(f"insert into {self.schema}.generations (feed, ds, run_id, state) "
+                             f"values (%s, %s, %s, 'writing') returning generation", (feed, ds, run_id),
+                             fetch=True)[0][0]
+
+    def _table(self, spec: ListTable, generation: int) -> str:
+        return f"{self.schema}.{spec.name}_g{generation}"
+
+    def write(self, generation: int, spec: ListTable, lists: pa.Table) -> None:
+        """COPY the lists into the generation's table for ``spec``, then its primary key and statistics."""
+        import psycopg
+
+        table = self._table(spec, generation)
+        keys = ", ".join(f"{k} text not null" for k in spec.keys)
+        try:
+            conn = self.connect()
+            with conn.cursor() as cur:
+                cur.execute(f"drop table if exists {table}")
+                cur.execute(f"create table {table} ({keys}, ids text[] not null, scores real[] not null)")
+                columns = ", ".join([*spec.keys, "ids", "scores"])
+                with cur.copy(f"copy {table} ({columns}) from stdin") as copy:
+                    if plain_ids(lists, spec):
+                        for start in range(0, lists.num_rows, COPY_BATCH):
+                            copy.write(_copy_text(lists.slice(start, COPY_BATCH), spec))
+                            faults.point("handoff.postgres_mid_copy")
+                    else:  # ids that need quoting: psycopg's own adaptation, row by row
+                        for row in lists.to_pylist():
+                            copy.write_row([*(row[k] for k in spec.keys), row["ids"], row["scores"]])
+                cur.execute(f"alter table {table} add primary key ({', '.join(spec.keys)})")
+                cur.execute(f"analyze {table}")
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise TransientError(f"serving sink postgres at {redact_url(self.url)}: {exc}") from exc
+
+    def finish(self, generation: int, lists: dict[str, int]) -> None:
+        import json
+
+        self._execute(f"update {self.schema}.generations set state = 'ready', lists = %s where generation = %s",
+                      (json.dumps(lists), generation))
+
+    def count(self, generation: int, spec: ListTable) -> tuple[int, int]:
+        """(lists, members) in the generation's table."""
+        rows = self._execute(f"select count(*), coalesce(sum(cardinality(ids)), 0) from {self._table(spec, generation)}",
+                             fetch=True)
+        return int(rows[0][0]), int(rows[0][1])
+
+    def read(self, generation: int, spec: ListTable, keys: list[tuple]) -> dict[tuple, tuple[list, list]]:
+        """The lists of ``keys`` in the generation's table (missing keys left out)."""
+        if not keys:
+            return {}
+        where = " and ".join(f"t.{k} = v.{k}" for k in spec.keys)
+        values = ", ".join(["(" + ", ".join(["%s"] * len(spec.keys)) + ")"] * len(keys))
+        rows = self._execute(f"select {', '.join('t.' + k for k in spec.keys)}, t.ids, t.scores "
+                             f"from {self._table(spec, generation)} t join (values {values}) "
+                             f"as v({', '.join(spec.keys)}) on {where}",
+                             [part for key in keys for part in key], fetch=True)
+        n = len(spec.keys)
+        return {tuple(row[:n]): (row[n], row[n + 1]) for row in rows}
+
+    def switch(self, feed: str, generation: int, tables: tuple[ListTable, ...]) -> float:
+        """Make ``generation`` the feed's live one in one transaction: the pointer row and the views.
+        Returns the seconds the transaction took."""
+        import psycopg
+
+        s = self.schema
+        started = time.perf_counter()
+        try:
+            conn = self.connect()
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute(f"lock table {s}.live in exclusive mode")
+                cur.execute(f"update {s}.generations set state = 'retired' where feed = %s and state = 'live'", (feed,))
+                cur.execute(f"update {s}.generations set state = 'live', switched_at = now() where generation = %s",
+                            (generation,))
+                cur.execute(f"insert into {s}.live (feed, generation) values (%s, %s) on conflict (feed) "
+                            f"do update set generation = excluded.generation", (feed, generation))
+                for spec in tables:
+                    cur.execute(f"create or replace view {s}.{spec.name} as select * from {self._table(spec, generation)}")
+                faults.point("handoff.postgres_in_switch")
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise TransientError(f"serving sink postgres at {redact_url(self.url)}: {exc}") from exc
+        return time.perf_counter() - started
+
+    def drop(self, generation: int, tables: tuple[ListTable, ...]) -> None:
+        for spec in tables:
+            self._execute(f"drop table if exists {self._table(spec, generation)}")
+        self._execute(f"delete from {self.schema}.generations where generation = %s", (generation,))
+
+    # ---- the site's read path ----
+    def lookup(self, spec: ListTable, key: tuple) -> tuple[int, list, list] | None:
+        """(live generation, ids, scores) of ``key``, read as a site does: one statement on the view."""
+        where = " and ".join(f"t.{k} = %s" for k in spec.keys)
+        rows = self._execute(f"select l.generation, t.ids, t.scores from {self.schema}.{spec.name} t, "
+                             f"{self.schema}.live l where l.feed = %s and {where}", (spec.feed, *key), fetch=True)
+        return (int(rows[0][0]), rows[0][1], rows[0][2]) if rows else None
+
+
+def _iso(value) -> str | None:
+    return value.astimezone(timezone.utc).isoformat(timespec="seconds") if isinstance(value, datetime) else None
+
+
+def _copy_text(lists: pa.Table, spec: ListTable) -> bytes:
+    """COPY's text format for lists whose ids need no quoting (``plain_ids``): one line per list,
+    ``key<TAB>…{id1,id2}<TAB>{0.93,0.91}``, rendered by Arrow's string kernels, not row by row."""
+    ids = pc.binary_join_element_wise("{", pc.binary_join(lists.column("ids"), ","), "}", "")
+    scores = pc.binary_join_element_wise(
+        "{", pc.binary_join(pc.cast(lists.column("scores"), pa.list_(pa.string())), ","), "}", "")
+    line = pc.binary_join_element_wise(*(lists.column(k) for k in spec.keys), ids, scores, "\t")
+    return ("\n".join(line.to_pylist()) + "\n").encode() if len(line) else b""

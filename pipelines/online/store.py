@@ -1,0 +1,43 @@
+"""What every online store offers the hand-off (``pipelines/online/handoff.py``), and the one place a
+store is chosen from the config: ``open_store(cfg, name)``.
+
+A store keeps *generations*: each is one published run of a feed (``items``: item_neighbors and
+the experiment arms, from lookalike_nightly; ``users``: user_recommendations, from
+lookalike_user_recs), written completely and checked while invisible, then made live in one atomic
+step; the site reads the live one (docs/serving.md).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from pipelines.config import Config
+
+WRITING, READY, LIVE, RETIRED = "writing", "ready", "live", "retired"
+
+
+@dataclass(frozen=True)
+class Generation:
+    number: int
+    feed: str
+    ds: str
+    run_id: str
+    state: str  # writing (or its writer died), ready (checked, not yet switched), live, retired (was live)
+    lists: dict  # table → lists written
+    created_at: str | None = None
+    switched_at: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def open_store(cfg: Config, name: str):
+    """The store ``name`` (postgres | redis) of ``cfg.serving``, not yet connected."""
+    if name == "postgres":
+        from pipelines.online.postgres_store import PostgresStore
+
+        return PostgresStore(cfg.serving.postgres, cfg.serving.postgres.url)
+    if name == "redis":
+        from pipelines.online.redis_store import RedisStore
+
+        return RedisStore(cfg.serving.redis, cfg.serving.redis.url)
+    raise ValueError(f"unknown store {name!r}")
