@@ -4,7 +4,7 @@
 One run per `lookalike.snapshot` partition (a finished `lookalike_extract`, scheduled or
 backfilled: the run's partition key is its ds), or a manual `{"ds": "YYYY-MM-DD"}`:
 
-`embed` → `neighbors` → `experiments` → `publish` → `report`
+`embed` → `neighbors` → `experiments` → `publish` → (`handoff`, `report`)
 
 - **embed** runs the serving model over the catalogue (incremental; on Spark).
 - **neighbors** builds the top-k table with FAISS, tuned to the recall target.
@@ -13,6 +13,10 @@ backfilled: the run's partition key is its ds), or a manual `{"ds": "YYYY-MM-DD"
 - **publish** checks every table and commits them atomically; a failed check publishes nothing.
   On success it emits an Asset event per published table (`lookalike.<table>`, extra: ds, run
   id, rows, location) for downstream DAGs; `lookalike_user_recs` follows each published day.
+- **handoff** hands the published item lists (and each experiment arm's) to the online stores
+  (`serving.sinks`: PostgreSQL, Redis) as a new generation, checked, then switched live
+  atomically. It runs only after a successful publish, so a refused night leaves the stores
+  serving the previous one; a store that is down fails this task alone (retried with backoff).
 - **report** writes the run's HTML gallery.
 
 Every task reads and writes the partition of its ds only; rerunning a ds replaces it.
@@ -64,12 +68,19 @@ def lookalike_nightly():
         return tasks.publish(get_current_context())
 
     @task
+    def handoff() -> dict:
+        from pipelines.orchestration import tasks
+
+        return tasks.handoff(get_current_context(), "items")
+
+    @task
     def report() -> dict:
         from pipelines.orchestration import tasks
 
         return tasks.report(get_current_context())
 
-    embed() >> neighbors() >> experiments() >> publish() >> report()
+    published = publish()
+    embed() >> neighbors() >> experiments() >> published >> [handoff(), report()]
 
 
 lookalike_nightly()

@@ -4,7 +4,7 @@
 One run per day `lookalike_nightly` publishes (its `lookalike.item_embeddings` partition), or a
 manual `{"ds": "YYYY-MM-DD"}`:
 
-`userrec` → `publish`
+`userrec` → `publish` → `handoff`
 
 - **userrec** trains the PixRec-style user model on the ds's interaction log (item tower over the
   production SigLIP's image and prompt-text embeddings, causal user tower, mixed contrastive
@@ -12,6 +12,9 @@ manual `{"ds": "YYYY-MM-DD"}`:
   variants, and ranks the on-sale items for every active user.
 - **publish** checks the recommendations and commits `user_recommendations` and the ds's
   `eval_metrics` (with the `userrec_*` systems) atomically; it emits their Asset events.
+- **handoff** hands the published recommendations to the online stores (`serving.sinks`) as a new
+  generation of the `users` feed, switched live atomically (the item lists' `handoff` is
+  lookalike_nightly's, right after its publish: each feed follows the publish that made it).
 
 Rerunning a ds replaces its partitions.
 """
@@ -48,7 +51,13 @@ def lookalike_user_recs():
 
         return tasks.publish_user_recs(get_current_context())
 
-    userrec() >> publish()
+    @task
+    def handoff() -> dict:
+        from pipelines.orchestration import tasks
+
+        return tasks.handoff(get_current_context(), "users")
+
+    userrec() >> publish() >> handoff()
 
 
 lookalike_user_recs()

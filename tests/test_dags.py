@@ -32,8 +32,9 @@ def test_edges_are_exactly_the_pipeline(dagbag):
     assert dagbag.dags["lookalike_extract"].task_ids == ["extract"]
     assert _edges(dagbag.dags["lookalike_finetune"]) == {("train", "evaluate")}
     assert _edges(dagbag.dags["lookalike_nightly"]) == {("embed", "neighbors"), ("neighbors", "experiments"),
-                                                       ("experiments", "publish"), ("publish", "report")}
-    assert _edges(dagbag.dags["lookalike_user_recs"]) == {("userrec", "publish")}
+                                                       ("experiments", "publish"), ("publish", "report"),
+                                                       ("publish", "handoff")}
+    assert _edges(dagbag.dags["lookalike_user_recs"]) == {("userrec", "publish"), ("publish", "handoff")}
 
 
 def test_dags_are_chained_by_assets(dagbag):

@@ -1,6 +1,7 @@
 """Credentials inside Airflow: the listings database from an Airflow Connection (``airflow.source_conn_id``,
-default ``lookalike_source``) and the object store from an AWS connection (``airflow.aws_conn_id``,
-default ``aws_default``), so secrets backends, ``AIRFLOW_CONN_*`` variables and the UI all work,
+default ``lookalike_source``), the object store from an AWS connection (``airflow.aws_conn_id``,
+default ``aws_default``) and the online stores from theirs (``serving.postgres.conn_id``, default
+``lookalike_online``; ``serving.redis.conn_id``, default ``lookalike_redis``), so secrets backends, ``AIRFLOW_CONN_*`` variables and the UI all work,
 and every secret found is registered with Airflow's secret masker.
 
 A connection that is not defined leaves the config (``source.url``) and the usual ``AWS_*``
@@ -58,20 +59,43 @@ def aws_environ(conn) -> dict[str, str]:
     return {name: str(value) for name, value in env.items() if value}
 
 
-def mask_secrets(source_url: str, environ: Mapping[str, str]) -> None:
-    """Register every credential this task can see with Airflow's secret masker: the source
-    URL's password (and the URL) and the object store's secrets in ``environ``."""
+def online_url(conn, sink: str) -> str:
+    """The URL of an online store's Connection: a libpq URL through the postgres provider's hook, or a
+    redis:// URL from the fields the Redis provider documents (host, port, login, password, extra ``db``
+    and ``ssl``)."""
+    if sink == "postgres":
+        from sqlalchemy.engine import make_url
+
+        return make_url(source_url(conn)).set(drivername="postgresql").render_as_string(hide_password=False)
+    from urllib.parse import quote
+
+    extra = conn.extra_dejson or {}
+    auth = f"{quote(conn.login or '', safe='')}:{quote(conn.password, safe='')}@" if conn.password else ""
+    scheme = "rediss" if str(extra.get("ssl", "")).lower() in ("1", "true", "yes") else "redis"
+    return f"{scheme}://{auth}{conn.host or 'localhost'}:{conn.port or 6379}/{extra.get('db', 0)}"
+
+
+def mask_url(url: str) -> None:
+    """Register a URL's password, and the URL, with Airflow's secret masker."""
     from airflow.sdk.log import mask_secret
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
-        password = make_url(source_url).password
+        password = make_url(url).password
     except ArgumentError:
         password = None
     if password:
         mask_secret(password)
-        mask_secret(source_url)
+        mask_secret(url)
+
+
+def mask_secrets(source_url: str, environ: Mapping[str, str]) -> None:
+    """Register every credential this task can see with Airflow's secret masker: the source
+    URL's password (and the URL) and the object store's secrets in ``environ``."""
+    from airflow.sdk.log import mask_secret
+
+    mask_url(source_url)
     for name in SECRET_ENV:
         if environ.get(name):
             mask_secret(environ[name])
@@ -90,6 +114,13 @@ def airflow_environ(environ: Mapping[str, str]) -> dict[str, str]:
     if aws is not None:
         out.update(aws_environ(aws))
         log.info("object store: Airflow connection %r", aws.conn_id)
+    for sink in cfg.serving.sink_names:  # the online stores the hand-off writes to
+        settings = getattr(cfg.serving, sink)
+        conn = _connection(settings.conn_id) if settings.conn_id else None
+        if conn is not None:
+            out[f"LOOKALIKE_SERVING__{sink.upper()}__URL"] = online_url(conn, sink)
+            log.info("online store %s: Airflow connection %r", sink, conn.conn_id)
+        mask_url(out.get(f"LOOKALIKE_SERVING__{sink.upper()}__URL") or settings.url)
     mask_secrets(url, out)
     return out
 

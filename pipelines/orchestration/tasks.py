@@ -195,6 +195,15 @@ def publish_user_recs(context: dict) -> dict:
 
 
 @fail_fast_on_bad_input
+def handoff(context: dict, feed: str) -> dict:
+    """Hand the ds's published ``feed`` (items, users) to the online stores; a store that is down fails
+    this task alone (transient: retried with backoff), the published tables stand."""
+    from pipelines.online.handoff import run_handoff
+
+    return run_handoff(config_for(context), partition_date(context), feed)
+
+
+@fail_fast_on_bad_input
 def report(context: dict) -> dict:
     from pipelines.tools.report import build_report
 
