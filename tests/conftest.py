@@ -232,7 +232,7 @@ def rest_call(base: str, method: str, path: str, body: dict | None = None, token
         return json.loads(response.read() or b"null")
 
 
-REDIS_PASSWORD = "lookalike-test-redis"
+REDIS_PASSWORD = "redis-" + __import__("secrets").token_hex(8)  # searched for in files and logs by tests
 
 
 @pytest.fixture(scope="session")

@@ -84,6 +84,19 @@ def _drift(record: dict | None) -> list[str]:
     return lines + [f"  beyond a bound: {b}" for b in gate["breaches"]] + [""]
 
 
+def _serving(cfg: Config, record: dict | None) -> list[str]:
+    """What each online store serves after this ds's hand-offs (the run record's ``serving``)."""
+    if not cfg.serving.sink_names:
+        return ["Online stores: none configured (serving.sinks; docs/serving.md)", ""]
+    handed = (record or {}).get("serving") or {}
+    if not handed:
+        return ["Online stores: this ds was not handed off (`lookalike handoff --ds`)", ""]
+    rows = [(sink, feed, r.get("generation"), r.get("ds"), r.get("switch_s"), r.get("note") or r.get("error") or "")
+            for feed, done in sorted(handed.items()) for sink, r in sorted(done["sinks"].items())]
+    return ["Online stores (what the site reads now):",
+            format_table(["store", "feed", "live generation", "ds", "switch (s)", "note"], rows), ""]
+
+
 def run_summary(cfg: Config, ds: str, config_path: str | None = None) -> str:
     wh = Warehouse.of(cfg)
     lines = [f"Lookalike run for ds={ds}", ""]
@@ -152,7 +165,9 @@ def run_summary(cfg: Config, ds: str, config_path: str | None = None) -> str:
         lines += [f"Neighbours: {n['rows'] // n['k']} items x {n['k']}, index {'+'.join(n['index'])} "
                   f"({group.get('reason', '')}), {describe_recall(n)}, {n['seconds']:.1f} s; "
                   f"{n['same_image_rows']} neighbour rows share the item's exact photo (same_image)", ""]
-    lines += _drift(wh.run_record(ds))
+    record = wh.run_record(ds)
+    lines += _drift(record)
+    lines += _serving(cfg, record)
     lines += _experiments(wh, ds)
     lines += _user_recs(wh, ds)
     decision = wh.work(ds, "model_decision.json")
@@ -170,6 +185,10 @@ def run_summary(cfg: Config, ds: str, config_path: str | None = None) -> str:
         "  lookalike query --file sql/analytics/user_history_and_recommendations.sql --var user_id=<a user_id>",
         f"  lookalike report --ds {ds} --out report.html   # the HTML gallery again, anywhere",
     ]
+    if cfg.serving.sink_names:
+        config = f" --config {config_path}" if config_path else ""
+        lines += [f"  lookalike serving status{config}   # what each online store serves, and how old it is",
+                  f"  lookalike similar{config} <an item_id>   # one item's list, read as the site reads it"]
     if ds in wh.entries("experiment_variants"):
         name = wh.read_partition("experiment_variants", ds).column("experiment")[0].as_py()
         config = f" --config {config_path}" if config_path else ""  # the experiments are in the config

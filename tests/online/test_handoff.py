@@ -20,6 +20,7 @@ from pipelines.online.lists import BY_NAME, lists_of, same_list
 from pipelines.online.store import LIVE, open_store
 from pipelines.storage import Warehouse
 from pipelines.tools.cli import main as cli
+from tests.conftest import REDIS_PASSWORD
 from tests.online.nights import ARMS, night_tables, publish_night
 
 DAYS = ("2026-11-01", "2026-11-02", "2026-11-03")
@@ -214,7 +215,7 @@ def test_misconfigured_stores_fail_with_their_name(online, tmp_path, redis_url):
         load_config(_path(good), environ={"LOOKALIKE_SERVING__REDIS__HOSTNAME": "x"})
     with pytest.raises(ConfigError, match="serving.sinks: unknown 'memcached'"):
         load_config(_path(good), environ={"LOOKALIKE_SERVING__SINKS": "redis,memcached"})
-    wrong_password = redis_url.replace("lookalike-test-redis", "not-the-password")
+    wrong_password = redis_url.replace(REDIS_PASSWORD, "not-the-password")
     for environ, kind, pattern in (
             ({"LOOKALIKE_SERVING__SINKS": "redis", "LOOKALIKE_SERVING__REDIS__URL": "redis://127.0.0.1:1/0"},
              TransientError, "serving sink redis at redis://127.0.0.1:1/0 is unreachable"),
