@@ -79,6 +79,14 @@ def simulate_ab(cfg: Config, name: str, *, days: int, ds: str | None = None, see
     and write the log into the source; with ``calibrate`` K, run K seeded simulations in memory
     instead and count how often the CTR lift's 95% interval covers 0."""
     site = simulate.load_site(cfg, name, ds, attributes)
+    read_from = "warehouse"
+    if cfg.serving.sink_names:  # a store is configured: show what the site would read from it
+        from pipelines.online.handoff import live_modules
+
+        read_from, modules = live_modules(cfg, name, [arm.variant for arm in site.experiment.arms], site.pages,
+                                          simulate.MODULE_SLOTS)
+        site = simulate.with_modules(site, modules)
+        progress(f"simulate-ab: the arms' lists are read from the online store {read_from}, as the site reads them")
     users = simulate.source_users(cfg.source.url)
     if not users:
         raise LookalikeError("the source's interactions table has no users to play")
@@ -88,7 +96,8 @@ def simulate_ab(cfg: Config, name: str, *, days: int, ds: str | None = None, see
         written = simulate.write_log(cfg.source.url, frame, name, start, days)
         counts = frame[frame["source_item_id"].notna() | (frame["event"] == "purchase")]["event"].value_counts()
         end = (date.fromisoformat(start) + timedelta(days=days)).isoformat()
-        return {"experiment": name, "neighbours_of": site.ds, "days": [start, end], "users": len(users),
+        return {"experiment": name, "neighbours_of": site.ds, "lists_from": read_from, "days": [start, end],
+                "users": len(users),
                 "events": written, **{e: int(counts.get(e, 0)) for e in ("impression", "click", "purchase")},
                 "by_variant": frame.drop_duplicates("user_id")["variant"].value_counts().to_dict()}
     prices = published_prices(Warehouse.of(cfg))

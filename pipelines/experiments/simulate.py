@@ -84,6 +84,14 @@ def load_site(cfg: Config, name: str, ds: str | None = None, attributes: Path | 
     return Site(experiment, ds, modules, pages, _attributes(cfg, attributes))
 
 
+def with_modules(site: Site, modules: dict[str, dict[str, list[str]]]) -> Site:
+    """``site`` showing ``modules`` (read elsewhere: an online store) on the pages every arm has one for."""
+    pages = sorted(set.intersection(*(set(m) for m in modules.values())))
+    if not pages:
+        raise LookalikeError(f"experiment {site.experiment.name!r}: no item has a list in every arm")
+    return Site(site.experiment, site.ds, modules, pages, site.attrs)
+
+
 def _attributes(cfg: Config, path: Path | None) -> dict[str, dict]:
     if path is None:
         if not cfg.source.url.startswith("sqlite:///"):

@@ -280,6 +280,28 @@ def similar(cfg: Config, item_id: str, *, experiment: str | None = None, user: s
                 {"rank": i + 1, "neighbor_id": n, "score": float(s)} for i, (n, s) in enumerate(zip(ids, scores))]}
 
 
+def live_modules(cfg: Config, experiment: str, variants: list[str], items: list[str], slots: int,
+                 sink: str | None = None) -> tuple[str, dict[str, dict[str, list[str]]]]:
+    """(store, variant → item → the first ``slots`` ids) of an experiment's arms, each list looked up
+    in the store's live generation one item at a time, as the site does."""
+    name = sink or cfg.serving.sink_names[0]
+    spec = next(t for t in LIST_TABLES if t.name == "item_neighbors_variants")
+    store = open_store(cfg, name)
+    modules: dict[str, dict[str, list[str]]] = {variant: {} for variant in variants}
+    try:
+        for variant in variants:
+            for item in items:
+                found = store.lookup(spec, (experiment, variant, item))
+                if found is not None:
+                    modules[variant][item] = list(found[1][:slots])
+    finally:
+        store.close()
+    if not any(modules.values()):
+        raise LookalikeError(f"experiment {experiment!r}: {name}'s live generation holds no list of its arms; hand "
+                             "the night off first (`lookalike handoff --ds`) or check `lookalike serving status`")
+    return name, modules
+
+
 def _table_and_key(cfg: Config, item_id: str, experiment: str | None, user: str | None):
     from pipelines.experiments.assignment import Arm, Experiment
 

@@ -129,3 +129,35 @@ def test_the_next_night_publishes_what_ab_report_reads(night):
     assert nightly[("random", "ctr")]["first_day"] == DS and nightly[("random", "ctr")]["last_day"] < later
     page = build_report(cfg, later).read_text()  # the A/B section: the table and the lift by ds
     assert "<h3>look</h3>" in page and "lift vs control" in page and "CTR lift vs control by ds" in page
+
+
+def test_the_night_handed_off_serves_every_arm_and_simulate_ab_reads_the_store(night, postgres_url, redis_url):
+    """The real night in both online stores: every item's production list and every arm's list equal the
+    published rows; simulate-ab, with a store configured, reads the arms from it and plays the same site."""
+    from dataclasses import replace
+
+    from pipelines.config import PostgresSinkConfig, RedisSinkConfig, ServingConfig
+    from pipelines.online.handoff import run_handoff, similar
+
+    cfg, _ = night
+    wh = Warehouse.of(cfg)
+    if DS not in wh.entries("experiment_variants"):
+        run_publish(cfg, DS)
+    served = replace(cfg, serving=ServingConfig(sinks="postgres,redis",
+                                                postgres=PostgresSinkConfig(url=postgres_url, schema="night"),
+                                                redis=RedisSinkConfig(url=redis_url, prefix="night")))
+    result = run_handoff(served, DS)
+    assert {sink: r["ds"] for sink, r in result["sinks"].items()} == {"postgres": DS, "redis": DS}
+    variants = wh.read_partition("item_neighbors_variants", DS).sort_by([("item_id", "ascending"), ("rank", "ascending")])
+    lists = {}
+    for row in variants.to_pylist():
+        lists.setdefault((row["variant"], row["item_id"]), []).append(row["neighbor_id"])
+    users = {variant: next(f"u{i}" for i in range(1000) if (bucket("look", f"u{i}") < 5000) == (variant == "baseline"))
+             for variant in ("baseline", "random")}
+    for sink in ("postgres", "redis"):
+        for (variant, item), ids in lists.items():
+            found = similar(served, item, experiment="look", user=users[variant], sink=sink)
+            assert (found["variant"], [n["neighbor_id"] for n in found["neighbors"]]) == (variant, ids)
+    from_warehouse = simulate_ab(cfg, "look", days=7, seed=3, calibrate=2, progress=lambda *_: None)
+    from_store = simulate_ab(served, "look", days=7, seed=3, calibrate=2, progress=lambda *_: None)
+    assert from_store == from_warehouse
