@@ -1,5 +1,6 @@
 """The compose stack, running: the DAGs triggered through the real api-server run on the Celery
-workers (train on the gpu-queue worker), embed on the Spark cluster, and publish to the S3 server.
+workers (train on the gpu-queue worker), embed on the Spark cluster, publish to the S3 server and
+hand the night off to the online PostgreSQL database and Redis.
 
 Run by ``make stack-test`` (scripts/stack-test.sh), which builds the images, brings the stack up
 with the test-only override docker/stack-test/compose.yml and sets ``LOOKALIKE_STACK_FILE``;
@@ -30,8 +31,8 @@ S3 = "http://127.0.0.1:9000"
 DAGS = {
     "lookalike_extract": {"extract"},
     "lookalike_finetune": {"train", "evaluate"},
-    "lookalike_nightly": {"embed", "neighbors", "experiments", "publish", "report"},
-    "lookalike_user_recs": {"userrec", "publish"},
+    "lookalike_nightly": {"embed", "neighbors", "experiments", "publish", "handoff", "report"},
+    "lookalike_user_recs": {"userrec", "publish", "handoff"},
 }
 # The seeded sample ends yesterday; the run is for today's partition (window [today - 90 d, today)).
 DS = datetime.now(timezone.utc).date().isoformat()
@@ -159,11 +160,16 @@ def test_embed_ran_on_the_spark_cluster(runs):
     assert finished, f"executor log of {app_id} shows no finished task:\n{stderr[-3000:]}"
 
 
+def _s3_env() -> dict:
+    """The host's `lookalike` pointed at the stack's warehouse on its S3 server."""
+    return {**os.environ, "LOOKALIKE_WAREHOUSE": "s3://lookalike/warehouse", "AWS_ENDPOINT_URL": S3,
+            "AWS_ACCESS_KEY_ID": os.environ.get("MINIO_ROOT_USER", "lookalike"),
+            "AWS_SECRET_ACCESS_KEY": os.environ.get("MINIO_ROOT_PASSWORD", "lookalike-secret"),
+            "AWS_DEFAULT_REGION": "us-east-1"}
+
+
 def test_every_table_is_published_to_the_s3_server(runs):
-    env = {**os.environ, "LOOKALIKE_WAREHOUSE": "s3://lookalike/warehouse", "AWS_ENDPOINT_URL": S3,
-           "AWS_ACCESS_KEY_ID": os.environ.get("MINIO_ROOT_USER", "lookalike"),
-           "AWS_SECRET_ACCESS_KEY": os.environ.get("MINIO_ROOT_PASSWORD", "lookalike-secret"),
-           "AWS_DEFAULT_REGION": "us-east-1"}
+    env = _s3_env()
     from pipelines.publish.stage import EXPERIMENT_TABLES
     from pipelines.schemas import PUBLISHED
 
@@ -182,3 +188,27 @@ def test_every_table_is_published_to_the_s3_server(runs):
     k = 20  # neighbors.k, the stack's default
     assert counts["item_neighbors"] == k * counts["item_embeddings"], counts
     print("published rows: " + json.dumps(counts), file=sys.stderr)
+
+
+# Outside Airflow (a CLI in a container), the online stores' URLs come from the config, as at a site.
+ONLINE = {"LOOKALIKE_SERVING__POSTGRES__URL": "postgresql://lookalike_site:lookalike-site@postgres:5432/online",
+          "LOOKALIKE_SERVING__REDIS__URL": "redis://redis:6379/1"}
+
+
+def test_the_night_is_handed_off_and_the_site_reads_one_list_back(runs):
+    proc = subprocess.run([str(REPO / ".venv" / "bin" / "lookalike"), "query", "--format", "json",
+                           "select item_id, neighbor_id from item_neighbors where rank <= 20 order by item_id, rank"
+                           " limit 20"], capture_output=True, text=True, timeout=300, env=_s3_env(), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(proc.stdout)
+    item = rows[0]["item_id"]
+    published = [r["neighbor_id"] for r in rows if r["item_id"] == item]
+    env = [flag for name, value in ONLINE.items() for flag in ("-e", f"{name}={value}")]
+    for sink in ("postgres", "redis"):
+        shown = json.loads(compose("exec", "-T", *env, "airflow-worker", "lookalike", "similar", item, "--sink", sink,
+                                   "--format", "json", timeout=300))
+        assert [n["neighbor_id"] for n in shown["neighbors"]] == published, (sink, shown)
+    status = json.loads(compose("exec", "-T", *env, "airflow-worker", "lookalike", "serving", "status", "--format",
+                                "json", timeout=300))
+    assert {(r["sink"], r["feed"]): r["ds"] for r in status} == {(s, f): DS for s in ("postgres", "redis")
+                                                                 for f in ("items", "users")}
