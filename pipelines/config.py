@@ -133,6 +133,16 @@ class NeighborsConfig:
     threads: int = 0  # FAISS threads; 0 = all cores (1 per Spark task on Spark)
     spark_min_items: int = 0  # > 0: from this many items on, the all-items search runs as Spark tasks on spark.master
     seed: int = 0  # the index's training sample and the recall queries
+    # Each list keeps this many neighbours beyond k (and a bar below which nothing was missed), so the
+    # next night can update it from what changed instead of searching every item again
+    margin: int = 10
+    # The next night updates the lists when at most this share of the catalogue was added, changed or
+    # removed (and the served model and the neighbour settings are the same); more: a full rebuild
+    incremental_max_change: float = 0.1
+    full_rebuild_days: int = 7  # a full rebuild at least this often (days since the last one)
+    # Approximate indexes: the kept lists were searched in an index trained on the night of the last full
+    # rebuild; once this share of the catalogue changed since then, rebuild in full (a new index)
+    max_changed_since_full: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -475,6 +485,10 @@ INTERVALS: dict[str, tuple[float, float, bool, bool]] = {
     "extract.events_refetch_days": (0, math.inf, True, False),
     "extract.decode_processes": (0, math.inf, True, False),
     "extract.spark_min_rows": (0, math.inf, True, False),
+    "neighbors.margin": (0, math.inf, True, False),
+    "neighbors.incremental_max_change": (0.0, 1.0, True, True),
+    "neighbors.full_rebuild_days": (1, math.inf, True, False),
+    "neighbors.max_changed_since_full": (0.0, 1.0, True, True),
     "ab.conversion_window_hours": (0.0, math.inf, False, False),
     "ab.srm_alpha": (0.0, 1.0, False, False),
     "ab.min_power": (0.0, 1.0, False, False),

@@ -266,6 +266,10 @@ class Warehouse:
 
         return self.work_root / f"ds={ds}" / checked(name)
 
+    def work_days(self) -> list[str]:
+        """Every ds with a work area, oldest first."""
+        return sorted(p.name.removeprefix("ds=") for p in self.work_root.glob("ds=*") if p.is_dir())
+
     def fresh_work(self, ds: str, name: str) -> Path:
         """An empty work folder for ``name``: a rerun replaces, never appends."""
         path = self.work(ds, name)

@@ -32,6 +32,8 @@ OUTPUTS = (
     Output("embed_output", "embed", (), "what the Spark embedding wrote, before the merge"),
     Output("embed_stats.json", "embed", ("publish", "summary"), "reused and computed counts, timings"),
     Output("item_neighbors", "neighbors", ("publish",), "top-k neighbours per item"),
+    Output("neighbor_lists", "neighbors", ("neighbors",),
+           "each item's list with its margin and bar: the next night updates it from what changed"),
     Output("_neighbors_search", "neighbors", (), "the index, vectors and parts while the Spark search runs"),
     Output("neighbors_stats.json", "neighbors", ("publish", "summary"), "index, recall, timings"),
     Output("item_neighbors_variants", "experiments", ("publish",), "each running experiment arm's top-k neighbours"),

@@ -124,7 +124,7 @@ def _group(loaded: _Loaded, folder: str, g: int, threads: int) -> tuple[Searcher
 def search_ranges(batches: Iterator[pa.RecordBatch], folder: str, parts: str, threads: int) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: (group, start, stop) rows → each range searched, its rows written to
     ``parts/part-<group>-<start>.parquet`` (a retried task writes the same file again), its counts."""
-    from pipelines.neighbors.stage import neighbor_table
+    from pipelines.neighbors.output import neighbor_table
 
     loaded = _load(folder)
     k = loaded.meta["k"]
@@ -134,7 +134,7 @@ def search_ranges(batches: Iterator[pa.RecordBatch], folder: str, parts: str, th
             searcher, members, candidates = _group(loaded, folder, g, threads)
             tables = [neighbor_table(loaded.meta["ds"], loaded.meta["version"], loaded.ids, loaded.images,
                                      qpos, npos, scores, k)
-                      for qpos, npos, scores in search_blocks(searcher, loaded.vectors, members[start:stop], k,
+                      for qpos, npos, scores, _ in search_blocks(searcher, loaded.vectors, members[start:stop], k,
                                                               n_candidates=len(candidates),
                                                               exclusions=loaded.exclusions, block=stop - start,
                                                               progress_every=float("inf"))]

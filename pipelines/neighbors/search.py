@@ -13,9 +13,12 @@ An approximate index's search knob (``nprobe`` or ``efSearch``) is raised step b
 recall@k against exact search on a sample of queries reaches the target; the sample's recall is
 returned and recorded with the run. Where the index cannot reach the target, or reaches it no
 faster than exact search (data without cluster structure), exact search is used instead. Every item is then searched in blocks, and each block's
-rows are filtered (self by position, optionally the same seller or the same photo) and handed
+rows are filtered (self by position, optionally the same seller or the same photo), put in
+canonical order (score descending, then item order, so ties are ordered by item id) and handed
 to the caller before the next block is searched, so memory holds the vectors, the index and
 one block of results. A row that filtering left short is searched again with a deeper list.
+Each list may keep a margin beyond k with a bar (:class:`Lists`), from which
+:mod:`pipelines.neighbors.incremental` updates it the next night.
 """
 from __future__ import annotations
 
@@ -275,6 +278,104 @@ def tune(searcher: Searcher, vectors: np.ndarray, queries: np.ndarray, candidate
             "use_exact": not (reached and pays)}
 
 
+# ---------------------------------------------------------------- lists with a margin
+
+EXTRA = 8  # candidates fetched beyond the list length, so that a few filtered ones cost no second search
+
+
+NO_POS = -1  # a bar's position when nothing at its score is known: only higher scores are certain
+
+
+@dataclass
+class Lists:
+    """Every query item's list: positions (N, L) into the vectors (-1: empty) and scores (N, L) float32
+    (-inf: empty) in canonical order (score descending, then position ascending), and a bar per row,
+    (bar (N,) float32, bar_pos (N,) int64): every candidate not in the row ranks at or below it in that
+    order. An entry ranks above the bar when its score is higher, or equal with a lower position (never
+    when bar_pos is ``NO_POS``): such entries are *certain*, exactly the candidates above the bar."""
+    pos: np.ndarray
+    scores: np.ndarray
+    bar: np.ndarray
+    bar_pos: np.ndarray
+
+    @property
+    def length(self) -> int:
+        return self.pos.shape[1]
+
+    def certain(self) -> np.ndarray:
+        """(N,) the number of entries above the bar: the list's exactly known prefix."""
+        above = (self.scores > self.bar[:, None]) | ((self.scores == self.bar[:, None]) &
+                                                     (self.pos < self.bar_pos[:, None]))
+        return ((self.pos >= 0) & above).sum(axis=1)
+
+    def top_k(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(positions (N, k), scores (N, k)): the certain top-k of each list; -1 / NaN beyond what is certain."""
+        pos, scores = self.pos[:, :k].copy(), self.scores[:, :k].astype(np.float32)
+        known = np.arange(k)[None, :] < self.certain()[:, None]
+        return np.where(known, pos, -1), np.where(known, scores, np.nan).astype(np.float32)
+
+    @classmethod
+    def empty(cls, n: int, length: int) -> "Lists":
+        return cls(np.full((n, length), -1, np.int64), np.full((n, length), -np.inf, np.float32),
+                   np.full(n, np.inf, np.float32), np.full(n, NO_POS, np.int64))
+
+    def take(self, rows: np.ndarray) -> "Lists":
+        return Lists(self.pos[rows], self.scores[rows], self.bar[rows], self.bar_pos[rows])
+
+    def put(self, rows: np.ndarray, other: "Lists") -> None:
+        self.pos[rows], self.scores[rows] = other.pos, other.scores
+        self.bar[rows], self.bar_pos[rows] = other.bar, other.bar_pos
+
+
+def higher_bar(bar: np.ndarray, bar_pos: np.ndarray, other: np.ndarray,
+               other_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the bar that ranks higher (the one fewer entries clear)."""
+    take = (other > bar) | ((other == bar) & (other_pos < bar_pos))
+    return np.where(take, other, bar).astype(np.float32), np.where(take, other_pos, bar_pos).astype(np.int64)
+
+
+def canonical(scores: np.ndarray, pos: np.ndarray, length: int, bar: np.ndarray, bar_pos: np.ndarray) -> Lists:
+    """The first ``length`` entries of each row in canonical order (score descending, position ascending,
+    empty entries last), the row's bar raised to the first entry cut."""
+    scores = np.where(pos >= 0, scores, -np.inf).astype(np.float32)
+    order = np.lexsort((np.where(pos >= 0, pos, np.iinfo(np.int64).max), -scores.astype(np.float64)), axis=1)
+    scores, pos = np.take_along_axis(scores, order, 1), np.take_along_axis(pos, order, 1)
+    bar, bar_pos = bar.astype(np.float32), bar_pos.astype(np.int64)
+    if scores.shape[1] > length:
+        cut = pos[:, length] >= 0
+        bar, bar_pos = higher_bar(bar, bar_pos, np.where(cut, scores[:, length], -np.inf),
+                                  np.where(cut, pos[:, length], NO_POS))
+        scores, pos = scores[:, :length], pos[:, :length]
+    elif scores.shape[1] < length:
+        pad = length - scores.shape[1]
+        scores = np.hstack([scores, np.full((len(scores), pad), -np.inf, np.float32)])
+        pos = np.hstack([pos, np.full((len(pos), pad), -1, np.int64)])
+    return Lists(pos, scores, bar, bar_pos)
+
+
+def full_lists(searcher: Searcher, vectors: np.ndarray, queries: np.ndarray, *, n_candidates: int, k: int,
+               length: int, exclusions: Exclusions | None = None) -> Lists:
+    """Each query's list of ``length`` searched against every candidate of ``searcher``; a row with fewer
+    than k certain entries is searched again with a doubled depth until it has k or saw everything."""
+    exclusions = exclusions or Exclusions()
+    out = Lists.empty(len(queries), length)
+    todo, depth = np.arange(len(queries)), min(length + 1 + EXTRA, n_candidates)
+    while len(todo):
+        s, p = searcher.search(vectors[queries[todo]], depth)
+        seen_all = depth >= n_candidates
+        bar = np.where(p[:, depth - 1] >= 0, s[:, depth - 1], -np.inf) if not seen_all else \
+            np.full(len(todo), -np.inf, np.float32)
+        valid = _keep(p, queries[todo], exclusions)
+        rows = canonical(s, np.where(valid, p, -1), length, bar, np.full(len(todo), NO_POS, np.int64))
+        out.put(todo, rows)
+        short = rows.certain() < k
+        if depth >= n_candidates or not short.any():
+            break
+        todo, depth = todo[short], min(depth * 2, n_candidates)
+    return out
+
+
+
 # ---------------------------------------------------------------- all-items search
 
 @dataclass
@@ -297,33 +398,23 @@ def _keep(pos: np.ndarray, queries: np.ndarray, exclusions: Exclusions) -> np.nd
 
 
 def search_blocks(searcher: Searcher, vectors: np.ndarray, queries: np.ndarray, k: int, *, n_candidates: int,
-                  exclusions: Exclusions | None = None, block: int = 16_384,
-                  progress_every: float = 30.0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield (query positions (B,), neighbour positions (B, k), scores (B, k)) block by block.
+                  exclusions: Exclusions | None = None, block: int = 16_384, margin: int = 0,
+                  progress_every: float = 30.0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, Lists]]:
+    """Yield (query positions (B,), neighbour positions (B, k), scores (B, k), the lists with their
+    margin (B, k + margin)) block by block.
 
-    A row with fewer than k neighbours after filtering is padded with -1 / NaN; such a row is
-    first searched again with a doubled list length until it is full or every candidate was seen.
+    Each block's lists come from :func:`full_lists`: canonical order (score descending, then item
+    order), filtered, a row short of k certain entries searched again deeper. A row with fewer than
+    k neighbours is padded with -1 / NaN.
     """
     exclusions = exclusions or Exclusions()
-    depth = min(k + 1 + (8 if exclusions.codes else 0), n_candidates)
     started = last = time.monotonic()
     for start in range(0, len(queries), block):
         qpos = queries[start:start + block]
-        out_p = np.full((len(qpos), k), -1, np.int64)
-        out_s = np.full((len(qpos), k), np.nan, np.float32)
-        todo, kk = np.arange(len(qpos)), depth
-        while len(todo):
-            s, p = searcher.search(vectors[qpos[todo]], kk)
-            valid = _keep(p, qpos[todo], exclusions)
-            first = np.argsort(~valid, axis=1, kind="stable")[:, :k]  # the first k kept, order preserved
-            taken = np.take_along_axis(valid, first, 1)
-            out_p[todo] = np.where(taken, np.take_along_axis(p, first, 1), -1)
-            out_s[todo] = np.where(taken, np.take_along_axis(s, first, 1), np.nan)
-            short = valid.sum(1) < k
-            if kk >= n_candidates or not short.any():
-                break
-            todo, kk = todo[short], min(kk * 2, n_candidates)
-        yield qpos, out_p, out_s
+        lists = full_lists(searcher, vectors, qpos, n_candidates=n_candidates, k=k, length=k + margin,
+                           exclusions=exclusions)
+        npos, scores = lists.top_k(k)
+        yield qpos, npos, scores, lists
         now = time.monotonic()
         if now - last >= progress_every:
             last = now

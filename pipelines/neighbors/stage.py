@@ -28,6 +28,7 @@ from pipelines import faults, schemas
 from pipelines.config import Config, NeighborsConfig
 from pipelines.errors import LookalikeError
 from pipelines.neighbors import distributed
+from pipelines.neighbors.output import LISTS, StreamingParquet, lists_table, neighbor_table
 from pipelines.neighbors.search import Exclusions, Plan, build_searcher, plan_index, search_blocks, tune
 from pipelines.storage import Warehouse, atomic_write_text
 
@@ -55,26 +56,6 @@ def _codes(ids: pa.Array, lookup: pa.Table, column: str) -> np.ndarray:
     return np.where(idx >= 0, codes[np.clip(idx, 0, None)], -1)
 
 
-def neighbor_table(ds: str, version: str, ids: pa.Array, image_codes: np.ndarray,
-                   qpos: np.ndarray, npos: np.ndarray, scores: np.ndarray, k: int) -> pa.Table:
-    """The ``item_neighbors`` rows of one block (rows whose list is complete)."""
-    full = (npos >= 0).all(axis=1)
-    qpos, npos, scores = qpos[full], npos[full], scores[full]
-    n = len(qpos)
-    q_rep = np.repeat(qpos, k)
-    flat = npos.ravel()
-    same = (image_codes[q_rep] == image_codes[flat]) & (image_codes[q_rep] >= 0)
-    return pa.table({
-        "ds": pa.array([ds] * (n * k), pa.string()),
-        "item_id": ids.take(pa.array(q_rep)),
-        "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n),
-        "neighbor_id": ids.take(pa.array(flat)),
-        "score": scores.ravel(),
-        "same_image": same,
-        "model_version": pa.array([version] * (n * k), pa.string()),
-    }, schema=schemas.ITEM_NEIGHBORS)
-
-
 def _cuda_device(setting: str) -> str | None:
     if setting == "cpu":
         return None
@@ -92,14 +73,15 @@ def _cuda_device(setting: str) -> str | None:
 def build_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfig, on_sale: np.ndarray,
                     writer, ds: str, version: str, categories: np.ndarray | None = None,
                     sellers: np.ndarray | None = None, images: np.ndarray | None = None,
-                    spark: tuple[Config, Path, Path] | None = None) -> dict:
+                    spark: tuple[Config, Path, Path] | None = None, lists_writer=None) -> dict:
     """Search every item's top-k on-sale neighbours and write them with ``writer.write_table``.
 
     Returns the run's statistics. ``categories``/``sellers``/``images`` are integer codes per
     item (-1 = unknown), used by the same-category, same-seller and same-image options. With
     ``spark`` = (config, search folder, output folder) the indexes are planned, built and tuned
     here, and the search runs as Spark tasks that write their parts into the output folder
-    (:mod:`pipelines.neighbors.distributed`); ``writer`` is not used.
+    (:mod:`pipelines.neighbors.distributed`); ``writer`` is not used. ``lists_writer``, when
+    given, gets each block's lists with their margin (``neighbor_lists``) for the next night.
     """
     k = ncfg.k
     n, dim = vectors.shape
@@ -148,8 +130,11 @@ def build_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfig
             folder.add_group(members, candidates, plan, searcher, tuning)
             del searcher
             continue
-        for qpos, npos, scores in search_blocks(searcher, vectors, members, k, n_candidates=len(candidates),
-                                                exclusions=exclusions, block=ncfg.block_size):
+        for qpos, npos, scores, lists in search_blocks(searcher, vectors, members, k, n_candidates=len(candidates),
+                                                       exclusions=exclusions, block=ncfg.block_size,
+                                                       margin=ncfg.margin if lists_writer else 0):
+            if lists_writer is not None:
+                lists_writer.write_table(lists_table(ids, qpos, lists))
             table = neighbor_table(ds, version, ids, images, qpos, npos, scores, k)
             stats["short_items"] += len(qpos) - table.num_rows // k
             stats["rows"] += table.num_rows
@@ -183,37 +168,18 @@ def describe_recall(stats: dict) -> str:
     approximate = [g for g in stats.get("groups", []) if not g.get("exact")]
     if not approximate:
         return "exact search"
+    if "sample" not in approximate[0]:  # an update that searched nothing again: the kept lists' index
+        return f"lists kept from {stats.get('previous_ds')}'s {approximate[0]['index']} search"
     group = approximate[0]
     return (f"recall@{stats['k']} {stats['recall_at_k']:.3f} against exact search on {group['sample']} sampled "
             f"queries ({group['knob']}={group['value']})")
 
 
-class StreamingParquet:
-    """One Parquet file written block by block, moved into place only when complete."""
+def run_neighbors(cfg: Config, ds: str, full: bool = False) -> dict[str, str]:
+    """The ds's item_neighbors (and the lists the next night starts from): updated from the previous
+    night's lists when little changed, else searched in full (``pipelines.neighbors.update.decide``)."""
+    from pipelines.neighbors import update
 
-    def __init__(self, path, schema: pa.Schema):
-        self.path = path
-        self.tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
-
-    def write_table(self, table: pa.Table) -> None:
-        if table.num_rows:
-            self.writer.write_table(table)
-            faults.point("neighbors.mid_stream")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        self.writer.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
-        return False
-
-
-def run_neighbors(cfg: Config, ds: str) -> dict[str, str]:
     wh = Warehouse.of(cfg)
     emb = wh.work(ds, "item_embeddings")
     if not emb.exists():
@@ -223,23 +189,61 @@ def run_neighbors(cfg: Config, ds: str) -> dict[str, str]:
                                                               "image_sha256"])
     on_sale_ids = catalog.filter(pc.equal(catalog.column("status"), "on_sale")).column("item_id")
     on_sale = pc.is_in(ids, value_set=on_sale_ids).to_numpy(zero_copy_only=False)
-    out = wh.fresh_work(ds, "item_neighbors")
-    shutil.rmtree(wh.work(ds, distributed.SEARCH_DIR), ignore_errors=True)  # left by a killed Spark search
     codes = {"categories": _codes(ids, catalog, "category"), "sellers": _codes(ids, catalog, "seller_id"),
              "images": _codes(ids, catalog, "image_sha256")}
-    if 0 < cfg.neighbors.spark_min_items <= len(ids):
+    ncfg = cfg.neighbors
+    on_spark = 0 < ncfg.spark_min_items <= len(ids)
+    previous = update.find_previous(wh, ds)
+    change = None
+    if previous is not None and not full:
+        was, fresh, removed, kept = update.load_previous(wh, previous, ids, vectors, catalog, load_embeddings)
+        change = (int(fresh.sum()) + removed) / max(len(ids), 1)
+    approximate = not plan_index(int(on_sale.sum()), vectors.shape[1], kind=ncfg.index,
+                                 exact_max_items=ncfg.exact_max_items, memory_budget_mb=ncfg.memory_budget_mb).exact
+    mode, why = update.decide(ncfg, ds, version, previous, change_share=change, approximate=approximate, full=full)
+    if mode == "incremental" and on_spark:
+        mode, why = "full", "the update runs in one process; the catalogue is searched on Spark (neighbors.spark_min_items)"
+    out = wh.fresh_work(ds, "item_neighbors")
+    lists_out = wh.fresh_work(ds, "neighbor_lists")
+    shutil.rmtree(wh.work(ds, distributed.SEARCH_DIR), ignore_errors=True)  # left by a killed Spark search
+    log.info("neighbors %s: %s: %s", ds, "updating the lists" if mode == "incremental" else "searching every item",
+             why)
+    if on_spark:
         search = wh.fresh_work(ds, distributed.SEARCH_DIR)
-        stats = build_neighbors(vectors, ids, ncfg=cfg.neighbors, on_sale=on_sale, writer=None, ds=ds,
+        stats = build_neighbors(vectors, ids, ncfg=ncfg, on_sale=on_sale, writer=None, ds=ds,
                                 version=version, spark=(cfg, search, out), **codes)
     else:
-        with StreamingParquet(out / "part-0.parquet", schemas.ITEM_NEIGHBORS) as writer:
-            stats = build_neighbors(vectors, ids, ncfg=cfg.neighbors, on_sale=on_sale, writer=writer, ds=ds,
-                                    version=version, **codes)
+        with StreamingParquet(out / "part-0.parquet", schemas.ITEM_NEIGHBORS) as writer, \
+                StreamingParquet(lists_out / "part-0.parquet", LISTS) as lists_writer:
+            if mode == "incremental":
+                stats = update.update_neighbors(vectors, ids, ncfg=ncfg, on_sale=on_sale, previous=kept, fresh=fresh,
+                                                writer=writer, lists_writer=lists_writer, ds=ds, version=version,
+                                                **codes)
+            else:
+                stats = build_neighbors(vectors, ids, ncfg=ncfg, on_sale=on_sale, writer=writer, ds=ds,
+                                        version=version, lists_writer=lists_writer, **codes)
+    stats.update(mode=mode, why=why, previous_ds=previous.ds if previous else None,
+                 change_share=None if change is None else round(change, 5))
+    if not on_spark:  # what the next night's update starts from
+        last = previous.stats["lists"] if mode == "incremental" else None
+        stats["lists"] = {"k": ncfg.k, "margin": ncfg.margin, "version": version, "settings": update.settings_of(ncfg),
+                          "last_full": last["last_full"] if last else ds,
+                          "changed_since_full": round(last.get("changed_since_full", 0.0) + change, 5) if last else 0.0}
+    else:
+        shutil.rmtree(lists_out, ignore_errors=True)
     atomic_write_text(wh.work(ds, "neighbors_stats.json"), json.dumps(stats, indent=2))
     if stats["short_items"]:
         log.warning("neighbors %s: %d items have fewer than %d candidates and are left out",
-                    ds, stats["short_items"], cfg.neighbors.k)
-    log.info("neighbors %s: %d items x %d neighbours, index %s, %s, %.1f s%s", ds, stats["rows"] // cfg.neighbors.k,
-             cfg.neighbors.k, "+".join(stats["index"]), describe_recall(stats), stats["seconds"],
+                    ds, stats["short_items"], ncfg.k)
+    log.info("neighbors %s: %d items x %d neighbours (%s), index %s, %s, %.1f s%s", ds, stats["rows"] // ncfg.k,
+             ncfg.k, describe_mode(stats), "+".join(stats["index"]), describe_recall(stats), stats["seconds"],
              f" ({stats['spark']['tasks']} Spark tasks)" if "spark" in stats else "")
-    return {"item_neighbors": str(out), "recall_at_k": stats["recall_at_k"]}
+    return {"item_neighbors": str(out), "recall_at_k": stats["recall_at_k"], "mode": mode, "why": why}
+
+
+def describe_mode(stats: dict) -> str:
+    """Whether the night updated its lists or searched every item, and why, in words."""
+    if stats.get("mode") == "incremental":
+        return (f"updated from {stats['previous_ds']}'s lists: {stats['fresh']} items added or changed searched, "
+                f"{stats['kept']} kept, {stats['ran_out']} whose margin ran out searched again; {stats['why']}")
+    return f"every item searched: {stats.get('why', 'a full rebuild')}"

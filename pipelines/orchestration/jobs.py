@@ -59,7 +59,7 @@ def _embed(cfg, ds, args):
 def _neighbors(cfg, ds, args):
     from pipelines.neighbors.stage import run_neighbors
 
-    return run_neighbors(cfg, ds)
+    return run_neighbors(cfg, ds, full=args.full)
 
 
 def _experiments(cfg, ds, args):
@@ -108,7 +108,9 @@ STAGES = {stage.name: stage for stage in [
           "candidate.", _evaluate),
     Stage("embed", "Embed one ds's active catalogue with the serving model, on Spark (spark.master; "
           "spark-submit jobs/embed.py).", _embed),
-    Stage("neighbors", "Build one ds's top-k neighbour table from its embeddings with FAISS.", _neighbors),
+    Stage("neighbors", "Build one ds's top-k neighbour table from its embeddings with FAISS: updated from the "
+          "previous night's lists when little changed (neighbors.incremental_max_change), else every item searched.",
+          _neighbors, {"--full": "search every item, whatever changed"}),
     Stage("experiments", "For each experiment running on one ds (experiments.*): every arm's neighbour table "
           "(item_neighbors_variants), the arms and their hash buckets (experiment_variants) and the analysis of "
           "the logged events so far (ab_results), for publish. Nothing when no experiment runs.", _experiments),

@@ -5,7 +5,7 @@ import json
 
 from pipelines.config import Config
 from pipelines.extract import photos
-from pipelines.neighbors.stage import describe_recall
+from pipelines.neighbors.stage import describe_mode, describe_recall
 from pipelines.storage import PUBLISHED_TABLES, Warehouse
 
 METRIC_LABELS = {("ndcg", 5): "nDCG@5", ("ndcg", 10): "nDCG@10", ("precision", 1): "P@1", ("precision", 3): "P@3",
@@ -164,7 +164,8 @@ def run_summary(cfg: Config, ds: str, config_path: str | None = None) -> str:
         group = n["groups"][0] if n["groups"] else {}
         lines += [f"Neighbours: {n['rows'] // n['k']} items x {n['k']}, index {'+'.join(n['index'])} "
                   f"({group.get('reason', '')}), {describe_recall(n)}, {n['seconds']:.1f} s; "
-                  f"{n['same_image_rows']} neighbour rows share the item's exact photo (same_image)", ""]
+                  f"{n['same_image_rows']} neighbour rows share the item's exact photo (same_image)",
+                  f"  {describe_mode(n)}", ""]
     record = wh.run_record(ds)
     lines += _drift(record)
     lines += _serving(cfg, record)

@@ -88,7 +88,7 @@ def test_an_approximate_index_written_once_searches_on_spark_as_in_process(cfg, 
     searcher = build_searcher(vectors, candidates, plan)
     searcher.set_knob(knob)
     exclusions = Exclusions([codes["sellers"]])
-    local = [neighbor_table("2026-11-21", "v1", ids, codes["images"], *block, K)
+    local = [neighbor_table("2026-11-21", "v1", ids, codes["images"], *block[:3], K)
              for block in search_blocks(searcher, vectors, members, K, n_candidates=len(candidates),
                                         exclusions=exclusions, block=700)]
     folder = distributed.SearchFolder(tmp_path / distributed.SEARCH_DIR, vectors, ids, codes["images"], exclusions,
@@ -99,7 +99,7 @@ def test_an_approximate_index_written_once_searches_on_spark_as_in_process(cfg, 
     searched = distributed.search_on_spark(cfg, folder, out)
     assert searched["tasks"] == 5 and searched["groups"][0]["rows"] == sum(t.num_rows for t in local)
     exact = build_searcher(vectors, candidates, plan_index(len(candidates), DIM, kind="flat"))
-    exact_rows = pa.concat_tables([neighbor_table("2026-11-21", "v1", ids, codes["images"], *block, K)
+    exact_rows = pa.concat_tables([neighbor_table("2026-11-21", "v1", ids, codes["images"], *block[:3], K)
                                    for block in search_blocks(exact, vectors, members, K, n_candidates=len(candidates),
                                                               exclusions=exclusions, block=700)])
     assert not _sorted(exact_rows).equals(_sorted(pa.concat_tables(local)))  # approximate: the index mattered

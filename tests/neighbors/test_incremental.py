@@ -6,16 +6,25 @@ search is within 0.005 of a full rebuild's with the same index."""
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from pipelines.neighbors import incremental
-from pipelines.neighbors.incremental import Lists, full_lists, update_lists
-from pipelines.neighbors.search import Exclusions, FlatSearcher
+from pipelines.neighbors import search as incremental
+from pipelines.neighbors.incremental import update_lists
+from pipelines.neighbors.output import lists_table, read_lists
+from pipelines.neighbors.search import Exclusions, FlatSearcher, Lists, full_lists
 
 K, MARGIN = 5, 3
 
 
-def _unit(rng, n, dim):
+PALETTE = {}
+
+
+def _unit(rng, n, dim, palette=0):
+    """n unit vectors; with a palette, drawn from that many directions only (reposts: ties everywhere)."""
+    if palette:
+        colours = PALETTE.setdefault((dim, palette), _unit(np.random.default_rng(palette), palette, dim))
+        return colours[rng.integers(0, palette, n)].copy()
     v = rng.standard_normal((n, dim)).astype(np.float32)
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
@@ -58,7 +67,7 @@ def _next_day(day: Day, rng, c, serial: int) -> tuple[Day, np.ndarray, np.ndarra
     added = c["added"]
     ids = np.concatenate([day.ids[keep], [f"d{serial}-{i:03d}" for i in range(added)]])
     order = np.argsort(ids, kind="stable")
-    new_vectors = _unit(rng, added, dim)
+    new_vectors = _unit(rng, added, dim, c["palette"])
     if c["duplicates"] and added and n:  # a repost: the same photo again, the same vector
         new_vectors[0] = day.vectors[0]
     vectors = np.vstack([day.vectors[keep], new_vectors])[order]
@@ -72,7 +81,7 @@ def _next_day(day: Day, rng, c, serial: int) -> tuple[Day, np.ndarray, np.ndarra
     for i in moved:  # a new photo, another seller or category, off or back on sale
         what = rng.integers(0, 4)
         if what == 0:
-            tomorrow.vectors[i] = _unit(rng, 1, dim)[0]
+            tomorrow.vectors[i] = _unit(rng, 1, dim, c["palette"])[0]
         elif what == 1:
             tomorrow.on_sale[i] = ~tomorrow.on_sale[i]
         elif what == 2 and tomorrow.sellers is not None:
@@ -82,14 +91,14 @@ def _next_day(day: Day, rng, c, serial: int) -> tuple[Day, np.ndarray, np.ndarra
     return tomorrow, was, fresh
 
 
-def _remap(previous: Lists, was: np.ndarray) -> Lists:
-    """Yesterday's lists in today's numbering: rows of new items empty, departed neighbours -1."""
-    today_of = np.full(len(previous.pos) + 1, -1, np.int64)
-    today_of[was[was >= 0]] = np.flatnonzero(was >= 0)
-    out = Lists.empty(len(was), previous.length)
-    rows = np.flatnonzero(was >= 0)
-    out.pos[rows] = today_of[previous.pos[was[rows]]]
-    out.scores[rows], out.bar[rows] = previous.scores[was[rows]], previous.bar[was[rows]]
+def _carried(lists: Lists, was: np.ndarray, yesterday_ids: np.ndarray, today_ids: np.ndarray) -> Lists:
+    """Yesterday's lists as the stage carries them to today: written as neighbor_lists rows and read back
+    in today's numbering (rows of new items empty, departed neighbours -1, bars re-placed)."""
+    table = lists_table(pa.array(yesterday_ids), np.arange(len(yesterday_ids)), lists)
+    rows, stored = read_lists(table, pa.array(today_ids), lists.length)
+    out = Lists.empty(len(today_ids), lists.length)
+    here = rows >= 0
+    out.put(rows[here], stored.take(np.flatnonzero(here)))
     return out
 
 
@@ -97,6 +106,7 @@ def _remap(previous: Lists, was: np.ndarray) -> Lists:
 def histories(draw):
     return {"seed": draw(st.integers(0, 2**31 - 1)), "n": draw(st.integers(1, 50)),
             "dim": draw(st.sampled_from([2, 3, 8])), "duplicates": draw(st.booleans()),
+            "palette": draw(st.sampled_from([0, 0, 2, 5])),
             "added": draw(st.integers(0, 30)), "changed": draw(st.floats(0, 0.4)), "removed": draw(st.floats(0, 0.4)),
             "sellers": draw(st.booleans()), "photos": draw(st.booleans()), "by_category": draw(st.booleans()),
             "off_sale": draw(st.floats(0, 0.3)), "days": draw(st.integers(1, 3)),
@@ -116,13 +126,14 @@ def test_day_after_day_the_update_equals_a_full_rebuild_with_exact_search(c):
 def _check_history(c):
     rng = np.random.default_rng(c["seed"])
     n = c["n"]
-    day = Day(np.array([f"a-{i:03d}" for i in range(n)]), _unit(rng, n, c["dim"]), rng.random(n) >= c["off_sale"],
+    day = Day(np.array([f"a-{i:03d}" for i in range(n)]), _unit(rng, n, c["dim"], c["palette"]), rng.random(n) >= c["off_sale"],
               rng.integers(0, 3, n), rng.integers(0, 4, n) if c["sellers"] else None,
               np.where(rng.random(n) < 0.3, 0, np.arange(n)) if c["photos"] else None)
     lists = _lists(day, c["by_category"])
     for serial in range(1, c["days"] + 1):
+        yesterday_ids = day.ids
         day, was, fresh = _next_day(day, rng, c, serial)
-        previous = _remap(lists, was)
+        previous = _carried(lists, was, yesterday_ids, day.ids)
         lists = Lists.empty(len(day.ids), K + MARGIN)
         for members in day.groups(c["by_category"]):
             candidates = members[day.on_sale[members]]

@@ -44,8 +44,8 @@ def test_exact_search_in_chunks_matches_brute_force_on_a_candidate_subset():
     searcher = FlatSearcher(vectors, candidates, chunk=37)  # several chunks merged
     queries = np.arange(300)
     blocks = list(search_blocks(searcher, vectors, queries, 5, n_candidates=len(candidates), block=64))
-    got = np.vstack([p for _, p, _ in blocks])
-    scores = np.vstack([s for _, _, s in blocks])
+    got = np.vstack([p for _, p, _, _ in blocks])
+    scores = np.vstack([s for _, _, s, _ in blocks])
     expected, expected_scores = _brute(vectors, candidates, 5)
     assert (got == expected).all()
     assert np.allclose(scores, expected_scores, atol=1e-5)

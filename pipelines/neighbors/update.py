@@ -1,0 +1,192 @@
+"""The night's neighbours from the previous night's lists, when little changed.
+
+``decide`` says whether tonight updates the lists or rebuilds them in full, and why:
+
+- in full on request (``lookalike neighbors --full``), when no earlier night kept its lists
+  (``neighbor_lists`` in its work area), when the served model or the neighbour settings changed,
+  every ``neighbors.full_rebuild_days`` days, when more than ``neighbors.incremental_max_change``
+  of the catalogue was added, changed or removed since the previous night, and, with an
+  approximate index, once ``neighbors.max_changed_since_full`` of the catalogue changed since the
+  last full rebuild (the kept lists came from an index trained on that night's vectors: a new
+  index, trained on today's, is due);
+- otherwise by :func:`update_neighbors`: an item is *fresh* when it is new or its vector, sale
+  status, category, seller or photo changed (``changes``); the rest keep their lists, less what
+  left, with the fresh items inserted where they now belong
+  (:func:`pipelines.neighbors.incremental.update_lists`).
+
+Both write ``item_neighbors`` and ``neighbor_lists`` the same way, and ``neighbors_stats.json``
+says which it did and why (the run record and the summary show it).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines.config import NeighborsConfig
+from pipelines.neighbors.incremental import update_lists
+from pipelines.neighbors.output import lists_table, neighbor_table, read_lists
+from pipelines.neighbors.search import Exclusions, Lists, Plan, build_searcher, plan_index, tune
+from pipelines.storage import Warehouse
+
+log = logging.getLogger(__name__)
+
+# The settings a kept list depends on: any change rebuilds in full.
+SETTINGS = ("k", "margin", "index", "recall_target", "exact_max_items", "memory_budget_mb", "same_category",
+            "exclude_same_seller", "drop_same_image", "seed")
+ATTRIBUTES = ("status", "category", "seller_id", "image_sha256")  # a change makes an item fresh
+
+
+def settings_of(ncfg: NeighborsConfig) -> dict:
+    return {key: getattr(ncfg, key) for key in SETTINGS}
+
+
+@dataclass
+class Previous:
+    ds: str
+    stats: dict  # its neighbors_stats.json, with "lists"
+
+
+def find_previous(wh: Warehouse, ds: str) -> Previous | None:
+    """The newest earlier night whose work area kept its lists, embeddings and catalogue."""
+    for day in reversed([d for d in wh.work_days() if d < ds]):
+        stats = wh.work(day, "neighbors_stats.json")
+        if all(wh.work(day, name).exists() for name in ("neighbor_lists", "item_embeddings", "catalog")) \
+                and stats.exists():
+            found = json.loads(stats.read_text())
+            if found.get("lists"):
+                return Previous(day, found)
+    return None
+
+
+def changes(prev_ids: pa.Array, prev_vectors: np.ndarray, prev_catalog: pa.Table, ids: pa.Array,
+            vectors: np.ndarray, catalog: pa.Table) -> tuple[np.ndarray, np.ndarray, int]:
+    """(was: the previous night's row of each item or -1, fresh (N,) bool, removed: items gone)."""
+    was = pc.index_in(ids, value_set=prev_ids).to_numpy(zero_copy_only=False)
+    was = np.nan_to_num(was.astype(float), nan=-1).astype(np.int64)
+    kept = was >= 0
+    same = np.zeros(len(ids), dtype=bool)
+    same[kept] = (prev_vectors[was[kept]] == vectors[kept]).all(axis=1)
+    for column in ATTRIBUTES:
+        same &= _values(ids, catalog, column) == _values(ids, prev_catalog, column)
+    return was, ~same, int(len(prev_ids) - kept.sum())
+
+
+def _values(ids: pa.Array, catalog: pa.Table, column: str) -> np.ndarray:
+    """``catalog[column]`` per item of ``ids`` as text ("" for null, "\\0" for an item not in it)."""
+    where = pc.index_in(ids, value_set=catalog.column("item_id"))
+    values = pc.take(catalog.column(column).cast(pa.string()).combine_chunks(), where)
+    values = pc.if_else(pc.is_null(where), "\0", pc.fill_null(values, ""))
+    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=object)
+
+
+def decide(ncfg: NeighborsConfig, ds: str, version: str, previous: Previous | None, *, change_share: float | None,
+           approximate: bool, full: bool) -> tuple[str, str]:
+    """("incremental" | "full", why)."""
+    if full:
+        return "full", "a full rebuild was asked for (lookalike neighbors --full)"
+    if previous is None:
+        return "full", "no earlier night kept its lists"
+    kept = previous.stats["lists"]
+    if kept["version"] != version:
+        return "full", f"the served model changed ({kept['version']} -> {version})"
+    changed = sorted(key for key, value in settings_of(ncfg).items() if kept["settings"].get(key) != value)
+    if changed:
+        return "full", f"the neighbour settings changed since {previous.ds} ({', '.join(changed)})"
+    days = (date.fromisoformat(ds) - date.fromisoformat(kept["last_full"])).days
+    if days >= ncfg.full_rebuild_days:
+        return "full", (f"{days} days since the last full rebuild ({kept['last_full']}); "
+                        f"neighbors.full_rebuild_days = {ncfg.full_rebuild_days}")
+    if change_share > ncfg.incremental_max_change:
+        return "full", (f"{change_share:.1%} of the catalogue changed since {previous.ds} "
+                        f"(> neighbors.incremental_max_change {ncfg.incremental_max_change:.0%})")
+    since = kept.get("changed_since_full", 0.0) + change_share
+    if approximate and since > ncfg.max_changed_since_full:
+        return "full", (f"{since:.1%} of the catalogue changed since the index was trained ({kept['last_full']}; > "
+                        f"neighbors.max_changed_since_full {ncfg.max_changed_since_full:.0%})")
+    return "incremental", f"{change_share:.2%} of the catalogue changed since {previous.ds}"
+
+
+def load_previous(wh: Warehouse, previous: Previous, ids: pa.Array, vectors: np.ndarray, catalog: pa.Table,
+                  load_embeddings) -> tuple[np.ndarray, np.ndarray, int, Lists]:
+    """(was, fresh, removed, the previous lists in tonight's rows and numbering)."""
+    prev_ids, prev_vectors, _ = load_embeddings(wh.work(previous.ds, "item_embeddings"))
+    prev_catalog = pq.read_table(wh.work(previous.ds, "catalog"), columns=["item_id", *ATTRIBUTES])
+    was, fresh, removed = changes(prev_ids, prev_vectors, prev_catalog, ids, vectors, catalog)
+    length = previous.stats["lists"]["k"] + previous.stats["lists"]["margin"]
+    rows, stored = read_lists(wh.work(previous.ds, "neighbor_lists"), ids, length)
+    lists = Lists.empty(len(ids), length)
+    here = rows >= 0
+    lists.put(rows[here], stored.take(np.flatnonzero(here)))
+    return was, fresh, removed, lists
+
+
+def update_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfig, on_sale: np.ndarray,
+                     previous: Lists, fresh: np.ndarray, writer, lists_writer, ds: str, version: str,
+                     categories: np.ndarray | None = None, sellers: np.ndarray | None = None,
+                     images: np.ndarray | None = None) -> dict:
+    """Tonight's lists from ``previous`` (tonight's numbering), each group as the full search groups
+    them; rows to ``writer`` (item_neighbors) and ``lists_writer`` (neighbor_lists). Returns statistics
+    in the shape of ``build_neighbors``'."""
+    k, n = ncfg.k, len(vectors)
+    images = images if images is not None else np.full(n, -1, np.int64)
+    exclusions = Exclusions()
+    if ncfg.exclude_same_seller and sellers is not None:
+        exclusions.add(sellers)
+    if ncfg.drop_same_image:
+        exclusions.add(images)
+    groups = [np.arange(n)]
+    if ncfg.same_category and categories is not None:
+        groups = [np.flatnonzero(categories == c) for c in np.unique(categories)]
+    stats = {"items": n, "dim": vectors.shape[1], "k": k, "candidates": int(on_sale.sum()), "groups": [], "rows": 0,
+             "short_items": 0, "same_image_rows": 0, "executor": "in-process", "kept": 0, "fresh": 0, "ran_out": 0}
+    started = time.monotonic()
+    for members in groups:
+        candidates = members[on_sale[members]]
+        if len(candidates) == 0:
+            stats["short_items"] += len(members)
+            continue
+        plan = plan_index(len(candidates), vectors.shape[1], kind=ncfg.index, exact_max_items=ncfg.exact_max_items,
+                          memory_budget_mb=ncfg.memory_budget_mb)
+        group = {"items": len(members), "candidates": len(candidates), "index": plan.kind, "reason": plan.reason,
+                 "nlist": plan.nlist, "recall_at_k": 1.0 if plan.exact else None, "exact": plan.exact}
+
+        def searcher(plan=plan, candidates=candidates, members=members, group=group):
+            built = build_searcher(vectors, candidates, plan, seed=ncfg.seed)
+            tuning = tune(built, vectors, members, candidates, k, target=ncfg.recall_target,
+                          sample=ncfg.recall_sample, seed=ncfg.seed)
+            if tuning.get("use_exact"):
+                group.update(index="flat", reason=f"{plan.kind} did not pay on the tuning sample")
+                return build_searcher(vectors, candidates, Plan("flat"))
+            group.update(tuning)
+            return built
+
+        lists, counts = update_lists(vectors, candidates, members, previous.take(members), fresh, k=k,
+                                     searcher=searcher, exclusions=exclusions, block=ncfg.block_size)
+        for key in ("kept", "fresh", "ran_out"):
+            stats[key] += counts[key]
+        for start in range(0, len(members), ncfg.block_size):
+            rows = np.arange(start, min(start + ncfg.block_size, len(members)))
+            block = lists.take(rows)
+            npos, scores = block.top_k(k)
+            table = neighbor_table(ds, version, ids, images, members[rows], npos, scores, k)
+            stats["short_items"] += len(rows) - table.num_rows // k
+            stats["rows"] += table.num_rows
+            stats["same_image_rows"] += int(pc.sum(table.column("same_image")).as_py() or 0)
+            writer.write_table(table)
+            lists_writer.write_table(lists_table(ids, members[rows], block))
+        stats["groups"].append(group)
+    stats["seconds"] = round(time.monotonic() - started, 2)
+    weights = [g["items"] for g in stats["groups"] if g.get("recall_at_k") is not None]
+    stats["recall_at_k"] = round(float(np.average([g["recall_at_k"] for g in stats["groups"]
+                                                   if g.get("recall_at_k") is not None], weights=weights)), 4) \
+        if weights else None
+    stats["index"] = sorted({g["index"] for g in stats["groups"]})
+    return stats
