@@ -34,6 +34,8 @@ OUTPUTS = (
     Output("item_neighbors", "neighbors", ("publish",), "top-k neighbours per item"),
     Output("neighbor_lists", "neighbors", ("neighbors",),
            "each item's list with its margin and bar: the next night updates it from what changed"),
+    Output("neighbor_index", "neighbors", ("neighbors",),
+           "an approximate index keyed by item, carried forward night to night between full rebuilds"),
     Output("_neighbors_search", "neighbors", (), "the index, vectors and parts while the Spark search runs"),
     Output("neighbors_stats.json", "neighbors", ("publish", "summary"), "index, recall, timings"),
     Output("item_neighbors_variants", "experiments", ("publish",), "each running experiment arm's top-k neighbours"),

@@ -48,13 +48,15 @@ def _dedupe(pos: np.ndarray) -> np.ndarray:
 
 def update_lists(vectors: np.ndarray, candidates: np.ndarray, queries: np.ndarray, previous: Lists,
                  fresh: np.ndarray, *, k: int, searcher: Searcher | Callable[[], Searcher],
-                 exclusions: Exclusions | None = None, block: int = 16_384) -> tuple[Lists, dict]:
+                 exclusions: Exclusions | None = None, block: int = 16_384,
+                 reverse_for: Callable[[np.ndarray], Searcher] | None = None) -> tuple[Lists, dict]:
     """Today's lists of ``queries`` from yesterday's (``previous``, one row per query, positions already
     in today's numbering, -1 where the neighbour left the catalogue).
 
     ``candidates``: positions that may be neighbours; ``fresh`` (N,) bool: added or changed today
     (vector, filter codes or sale status); ``searcher``: today's search over every candidate (exact
-    for exact results), or a function that builds it, called only when some list needs it.
+    for exact results), or a function that builds it, called only when some list needs it;
+    ``reverse_for(fresh candidates)`` builds the reverse search's index (default: exact search).
     Returns (lists, counts of what was done)."""
     exclusions = exclusions or Exclusions()
     length = previous.length
@@ -63,7 +65,7 @@ def update_lists(vectors: np.ndarray, candidates: np.ndarray, queries: np.ndarra
     new = candidates[fresh[candidates]]  # the reverse search's index
     stay = np.flatnonzero(~fresh[queries])  # rows whose own vector is yesterday's
     out = Lists.empty(len(queries), length)
-    reverse = FlatSearcher(vectors, new) if len(new) else None
+    reverse = (reverse_for or (lambda fresh_ones: FlatSearcher(vectors, fresh_ones)))(new) if len(new) else None
     r = min(length + search.EXTRA, len(new))
     for start in range(0, len(stay), block):
         rows = stay[start:start + block]

@@ -172,6 +172,47 @@ class FaissIndexSearcher(Searcher):
         return s, p
 
 
+class KeyedSearcher(Searcher):
+    """A FAISS index whose ids are stable item keys (:func:`item_keys`), not positions: it outlives the
+    night it was built on (removals and additions by key); its results are mapped to today's positions
+    (-1 for a key that is not among today's items)."""
+
+    def __init__(self, index, keys: np.ndarray, knob: str, value: int):
+        self.index, self.knob = index, knob
+        self.order = np.argsort(keys, kind="stable")
+        self.sorted_keys = keys[self.order]
+        self.set_knob(value)
+
+    def set_knob(self, value: int) -> None:
+        self.index.nprobe = value
+
+    def search(self, queries, k):
+        s, ids = self.index.search(queries, k)
+        at = np.clip(np.searchsorted(self.sorted_keys, ids), 0, len(self.sorted_keys) - 1)
+        found = (ids >= 0) & (self.sorted_keys[at] == ids)
+        return s, np.where(found, self.order[at], -1)
+
+
+def item_keys(ids) -> np.ndarray:
+    """A stable 63-bit key per item id (BLAKE2b): the ids of a kept FAISS index."""
+    import hashlib
+
+    return np.array([int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little") >> 1
+                     for i in ids.to_pylist()], dtype=np.int64)
+
+
+def rekey(index, keys: np.ndarray) -> None:
+    """Replace the ids of an inverted-file index built with positions by ``keys[position]``, in place."""
+    import faiss
+
+    invlists = faiss.extract_index_ivf(index).invlists
+    for list_no in range(invlists.nlist):
+        size = invlists.list_size(list_no)
+        if size:
+            ids = faiss.rev_swig_ptr(invlists.get_ids(list_no), size)
+            ids[:] = keys[ids]
+
+
 def _pad(s: np.ndarray, p: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if s.shape[1] < k:
         s = np.hstack([s, np.full((len(s), k - s.shape[1]), -np.inf, np.float32)])

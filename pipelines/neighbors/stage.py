@@ -73,7 +73,7 @@ def _cuda_device(setting: str) -> str | None:
 def build_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfig, on_sale: np.ndarray,
                     writer, ds: str, version: str, categories: np.ndarray | None = None,
                     sellers: np.ndarray | None = None, images: np.ndarray | None = None,
-                    spark: tuple[Config, Path, Path] | None = None, lists_writer=None) -> dict:
+                    spark: tuple[Config, Path, Path] | None = None, lists_writer=None, keep_index=None) -> dict:
     """Search every item's top-k on-sale neighbours and write them with ``writer.write_table``.
 
     Returns the run's statistics. ``categories``/``sellers``/``images`` are integer codes per
@@ -81,7 +81,9 @@ def build_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfig
     ``spark`` = (config, search folder, output folder) the indexes are planned, built and tuned
     here, and the search runs as Spark tasks that write their parts into the output folder
     (:mod:`pipelines.neighbors.distributed`); ``writer`` is not used. ``lists_writer``, when
-    given, gets each block's lists with their margin (``neighbor_lists``) for the next night.
+    given, gets each block's lists with their margin (``neighbor_lists``) for the next night;
+    ``keep_index(index, plan, tuning)``, when given, gets a single group's inverted-file index once it
+    has searched every item (the next nights carry it forward).
     """
     k = ncfg.k
     n, dim = vectors.shape
@@ -141,6 +143,8 @@ def build_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfig
             stats["same_image_rows"] += int(pc.sum(table.column("same_image")).as_py() or 0)
             writer.write_table(table)
         group["search_seconds"] = round(time.monotonic() - t2, 2)
+        if keep_index is not None and len(groups) == 1 and plan.kind in ("ivf", "ivfpq") and not tuning.get("exact"):
+            keep_index(searcher.index, plan, tuning)
         del searcher
     if folder is not None:
         try:
@@ -205,6 +209,7 @@ def run_neighbors(cfg: Config, ds: str, full: bool = False) -> dict[str, str]:
         mode, why = "full", "the update runs in one process; the catalogue is searched on Spark (neighbors.spark_min_items)"
     out = wh.fresh_work(ds, "item_neighbors")
     lists_out = wh.fresh_work(ds, "neighbor_lists")
+    index_out = wh.fresh_work(ds, "neighbor_index")
     shutil.rmtree(wh.work(ds, distributed.SEARCH_DIR), ignore_errors=True)  # left by a killed Spark search
     log.info("neighbors %s: %s: %s", ds, "updating the lists" if mode == "incremental" else "searching every item",
              why)
@@ -218,10 +223,19 @@ def run_neighbors(cfg: Config, ds: str, full: bool = False) -> dict[str, str]:
             if mode == "incremental":
                 stats = update.update_neighbors(vectors, ids, ncfg=ncfg, on_sale=on_sale, previous=kept, fresh=fresh,
                                                 writer=writer, lists_writer=lists_writer, ds=ds, version=version,
-                                                **codes)
+                                                kept_index=update.load_index(wh.work(previous.ds, "neighbor_index")),
+                                                index_out=index_out, **codes)
             else:
+                def keep_index(index, plan, tuning):  # keyed by item, for the nights that carry it forward
+                    from pipelines.neighbors.search import rekey
+
+                    keys = update.item_keys_of(ids)
+                    rekey(index, keys)
+                    update.save_index(index, keys[on_sale], index_out, {"kind": plan.kind, "knob": tuning["knob"],
+                                                                        "value": int(tuning["value"]), "built_on": ds})
+
                 stats = build_neighbors(vectors, ids, ncfg=ncfg, on_sale=on_sale, writer=writer, ds=ds,
-                                        version=version, lists_writer=lists_writer, **codes)
+                                        version=version, lists_writer=lists_writer, keep_index=keep_index, **codes)
     stats.update(mode=mode, why=why, previous_ds=previous.ds if previous else None,
                  change_share=None if change is None else round(change, 5))
     if not on_spark:  # what the next night's update starts from

@@ -33,7 +33,8 @@ import pyarrow.parquet as pq
 from pipelines.config import NeighborsConfig
 from pipelines.neighbors.incremental import update_lists
 from pipelines.neighbors.output import lists_table, neighbor_table, read_lists
-from pipelines.neighbors.search import Exclusions, Lists, Plan, build_searcher, plan_index, tune
+from pipelines.neighbors.search import (Exclusions, FlatSearcher, KeyedSearcher, Lists, Plan, build_searcher, plan_index,
+                                        rekey, tune)
 from pipelines.storage import Warehouse
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,18 @@ log = logging.getLogger(__name__)
 SETTINGS = ("k", "margin", "index", "recall_target", "exact_max_items", "memory_budget_mb", "same_category",
             "exclude_same_seller", "drop_same_image", "seed")
 ATTRIBUTES = ("status", "category", "seller_id", "image_sha256")  # a change makes an item fresh
+
+
+_KEYS: dict = {}
+
+
+def item_keys_of(ids: pa.Array) -> np.ndarray:
+    """``search.item_keys`` of tonight's ids, computed once per process."""
+    from pipelines.neighbors.search import item_keys
+
+    if _KEYS.get("ids") is not ids:
+        _KEYS.update(ids=ids, keys=item_keys(ids))
+    return _KEYS["keys"]
 
 
 def settings_of(ncfg: NeighborsConfig) -> dict:
@@ -128,13 +141,54 @@ def load_previous(wh: Warehouse, previous: Previous, ids: pa.Array, vectors: np.
     return was, fresh, removed, lists
 
 
+REVERSE_INDEX_MIN = 2000  # fresh items from which an approximate group's reverse search uses an inverted file
+
+
+def save_index(index, keys: np.ndarray, folder, meta: dict) -> None:
+    """A group's inverted-file index for the next nights, its ids the items' keys (``neighbor_index``)."""
+    import faiss
+
+    folder.mkdir(parents=True, exist_ok=True)
+    faiss.write_index(index, str(folder / "index.faiss"))
+    np.save(folder / "keys.npy", keys)
+    (folder / "index.json").write_text(json.dumps(meta))
+
+
+def load_index(folder) -> tuple[object, np.ndarray, dict] | None:
+    """(index, the keys it holds, its meta) kept by an earlier night, or None."""
+    import faiss
+
+    if not (folder / "index.json").exists():
+        return None
+    return faiss.read_index(str(folder / "index.faiss")), np.load(folder / "keys.npy"), \
+        json.loads((folder / "index.json").read_text())
+
+
+def carry_index(kept, vectors: np.ndarray, keys: np.ndarray, candidates: np.ndarray, fresh: np.ndarray):
+    """The kept index brought to tonight: the keys of items no longer unchanged candidates removed, the
+    fresh candidates added. Returns (index, the keys it holds)."""
+    import faiss
+
+    index, held, meta = kept
+    stay = keys[candidates[~fresh[candidates]]]
+    stale = np.setdiff1d(held, stay)
+    if len(stale):
+        index.remove_ids(faiss.IDSelectorBatch(stale))
+    new = candidates[fresh[candidates]]
+    if len(new):
+        index.add_with_ids(np.ascontiguousarray(vectors[new]), keys[new])
+    return index, np.concatenate([np.intersect1d(held, stay), keys[new]])
+
+
 def update_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfig, on_sale: np.ndarray,
                      previous: Lists, fresh: np.ndarray, writer, lists_writer, ds: str, version: str,
                      categories: np.ndarray | None = None, sellers: np.ndarray | None = None,
-                     images: np.ndarray | None = None) -> dict:
+                     images: np.ndarray | None = None, kept_index=None, index_out=None) -> dict:
     """Tonight's lists from ``previous`` (tonight's numbering), each group as the full search groups
-    them; rows to ``writer`` (item_neighbors) and ``lists_writer`` (neighbor_lists). Returns statistics
-    in the shape of ``build_neighbors``'."""
+    them; rows to ``writer`` (item_neighbors) and ``lists_writer`` (neighbor_lists). With an
+    approximate index, ``kept_index`` (``load_index``) is the earlier night's, carried to tonight
+    (``carry_index``) and saved to ``index_out`` for the next. Returns statistics in the shape of
+    ``build_neighbors``'."""
     k, n = ncfg.k, len(vectors)
     images = images if images is not None else np.full(n, -1, np.int64)
     exclusions = Exclusions()
@@ -157,8 +211,19 @@ def update_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfi
                           memory_budget_mb=ncfg.memory_budget_mb)
         group = {"items": len(members), "candidates": len(candidates), "index": plan.kind, "reason": plan.reason,
                  "nlist": plan.nlist, "recall_at_k": 1.0 if plan.exact else None, "exact": plan.exact}
+        carried = None
+        if not plan.exact and kept_index is not None and len(groups) == 1:
+            t0 = time.monotonic()
+            keys = item_keys_of(ids)
+            carried = carry_index(kept_index, vectors, keys, candidates, fresh)
+            save_index(carried[0], carried[1], index_out, kept_index[2])
+            group.update(index=kept_index[2]["kind"], reason=f"the index of {kept_index[2]['built_on']}, carried "
+                         "forward (removals and additions by item key)", knob="nprobe",
+                         value=kept_index[2]["value"], carry_seconds=round(time.monotonic() - t0, 2))
 
-        def searcher(plan=plan, candidates=candidates, members=members, group=group):
+        def searcher(plan=plan, candidates=candidates, members=members, group=group, carried=carried):
+            if carried is not None:
+                return KeyedSearcher(carried[0], item_keys_of(ids), "nprobe", kept_index[2]["value"])
             built = build_searcher(vectors, candidates, plan, seed=ncfg.seed)
             tuning = tune(built, vectors, members, candidates, k, target=ncfg.recall_target,
                           sample=ncfg.recall_sample, seed=ncfg.seed)
@@ -168,8 +233,17 @@ def update_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfi
             group.update(tuning)
             return built
 
+        def reverse_for(new, exact=plan.exact, members=members):
+            if exact or len(new) < REVERSE_INDEX_MIN:
+                return FlatSearcher(vectors, new)
+            built = build_searcher(vectors, new, plan_index(len(new), vectors.shape[1], kind="ivf"), seed=ncfg.seed)
+            tuning = tune(built, vectors, members, new, k, target=ncfg.recall_target, sample=ncfg.recall_sample,
+                          seed=ncfg.seed)
+            return FlatSearcher(vectors, new) if tuning.get("use_exact") else built
+
         lists, counts = update_lists(vectors, candidates, members, previous.take(members), fresh, k=k,
-                                     searcher=searcher, exclusions=exclusions, block=ncfg.block_size)
+                                     searcher=searcher, exclusions=exclusions, block=ncfg.block_size,
+                                     reverse_for=reverse_for)
         for key in ("kept", "fresh", "ran_out"):
             stats[key] += counts[key]
         for start in range(0, len(members), ncfg.block_size):
