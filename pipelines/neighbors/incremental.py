@@ -35,17 +35,6 @@ from pipelines.neighbors import search
 from pipelines.neighbors.search import (NO_POS, Exclusions, FlatSearcher, Lists, Searcher, _keep, canonical,
                                         full_lists, higher_bar)
 
-def _dedupe(pos: np.ndarray) -> np.ndarray:
-    """``pos`` with a repeated position in a row replaced by -1 (its first occurrence kept)."""
-    order = np.argsort(pos, axis=1, kind="stable")
-    sorted_pos = np.take_along_axis(pos, order, 1)
-    repeat = np.zeros_like(pos, dtype=bool)
-    repeat[:, 1:] = (sorted_pos[:, 1:] == sorted_pos[:, :-1]) & (sorted_pos[:, 1:] >= 0)
-    out = pos.copy()
-    np.put_along_axis(out, order, np.where(repeat, -1, sorted_pos), 1)
-    return out
-
-
 def update_lists(vectors: np.ndarray, candidates: np.ndarray, queries: np.ndarray, previous: Lists,
                  fresh: np.ndarray, *, k: int, searcher: Searcher | Callable[[], Searcher],
                  exclusions: Exclusions | None = None, block: int = 16_384,
@@ -80,7 +69,8 @@ def update_lists(vectors: np.ndarray, candidates: np.ndarray, queries: np.ndarra
                                           np.full(len(rows), NO_POS, np.int64))
             valid = _keep(p, queries[rows], exclusions)
             pos, scores = np.hstack([pos, np.where(valid, p, -1)]), np.hstack([scores, s])
-        out.put(rows, canonical(scores, _dedupe(pos), length, bar, bar_pos))
+        # no entry twice: the kept entries are all unchanged items, the reverse search returns fresh ones
+        out.put(rows, canonical(scores, pos, length, bar, bar_pos))
         faults.point("neighbors.mid_update")
     again = np.flatnonzero(fresh[queries])
     ran_out = stay[out.take(stay).certain() < _reachable(out.take(stay), k)]

@@ -375,11 +375,20 @@ def higher_bar(bar: np.ndarray, bar_pos: np.ndarray, other: np.ndarray,
     return np.where(take, other, bar).astype(np.float32), np.where(take, other_pos, bar_pos).astype(np.int64)
 
 
+def _sort_key(scores: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """One uint64 per entry whose ascending order is the canonical one: the float32 score's bits made
+    order-preserving and inverted (high scores first) above the position (low first; empty last)."""
+    bits = np.ascontiguousarray(scores, np.float32).view(np.uint32)
+    ordered = np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000))  # ascending like the floats
+    position = np.where(pos >= 0, pos, 0xFFFFFFFF).astype(np.uint64)
+    return ((~ordered).astype(np.uint64) << np.uint64(32)) | position
+
+
 def canonical(scores: np.ndarray, pos: np.ndarray, length: int, bar: np.ndarray, bar_pos: np.ndarray) -> Lists:
     """The first ``length`` entries of each row in canonical order (score descending, position ascending,
     empty entries last), the row's bar raised to the first entry cut."""
     scores = np.where(pos >= 0, scores, -np.inf).astype(np.float32)
-    order = np.lexsort((np.where(pos >= 0, pos, np.iinfo(np.int64).max), -scores.astype(np.float64)), axis=1)
+    order = np.argsort(_sort_key(scores, pos), axis=1)
     scores, pos = np.take_along_axis(scores, order, 1), np.take_along_axis(pos, order, 1)
     bar, bar_pos = bar.astype(np.float32), bar_pos.astype(np.int64)
     if scores.shape[1] > length:

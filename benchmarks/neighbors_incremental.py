@@ -1,0 +1,189 @@
+"""The incremental neighbour update against a full rebuild, side by side in one run.
+
+For each n: clustered synthetic unit vectors (``neighbors_scale.clustered_vectors``, k = 20,
+dim 128), a first night searched in full by the stage's own code (``build_neighbors``: index planned,
+built, tuned to recall 0.95, every item searched; its lists with their margin and its inverted file
+kept). Then, for each change share c, a next night with c/3 of the items replaced by new ones, c/3
+moved to new vectors and c/3 sold, computed both ways, each in a subprocess of its own (its peak RSS
+its own, process start and loading the vectors excluded from the time):
+
+- ``full``: ``build_neighbors`` on the next night's vectors (build, tune, search every item);
+- ``incremental``: ``update_neighbors`` from the first night's lists (read from their Parquet) and
+  its index carried forward.
+
+Both write their rows to Parquet, as the stage does. recall@20 of each against exact search on
+2,000 sampled items. 10M is estimated from 100k and 1M (see docs/benchmarks.md).
+
+    .venv/bin/python benchmarks/neighbors_incremental.py --n 100000 1000000 --changes 0.001 0.02 0.1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+K, DIM, MARGIN, SAMPLE = 20, 128, 10, 2000
+
+
+def _ids(n: int, prefix: str = "i"):
+    import pyarrow as pa
+
+    return pa.array([f"{prefix}{i:08d}" for i in range(n)])
+
+
+def first_night(n: int, folder: Path, seed: int) -> dict:
+    """Vectors, lists and the kept index of the first night, into ``folder``."""
+    from pipelines import schemas
+    from pipelines.config import NeighborsConfig
+    from pipelines.neighbors import update
+    from pipelines.neighbors.output import LISTS, StreamingParquet
+    from pipelines.neighbors.search import rekey
+    from pipelines.neighbors.stage import build_neighbors
+    from neighbors_scale import clustered_vectors
+
+    vectors = clustered_vectors(n, DIM, seed=seed)
+    ids = _ids(n)
+    np.save(folder / "day1.npy", vectors)
+    ncfg = NeighborsConfig(k=K, margin=MARGIN, device="cpu", seed=seed)
+
+    def keep(index, plan, tuning):
+        keys = update.item_keys_of(ids)
+        rekey(index, keys)
+        update.save_index(index, keys, folder / "index", {"kind": plan.kind, "knob": "nprobe",
+                                                          "value": int(tuning["value"]), "built_on": "day1"})
+
+    started = time.perf_counter()
+    with StreamingParquet(folder / "day1.parquet", schemas.ITEM_NEIGHBORS) as rows, \
+            StreamingParquet(folder / "lists.parquet", LISTS) as lists:
+        stats = build_neighbors(vectors, ids, ncfg=ncfg, on_sale=np.ones(n, bool), writer=rows, ds="day1",
+                                version="v", lists_writer=lists, keep_index=keep)
+    return {"seconds": round(time.perf_counter() - started, 1), "index": stats["index"]}
+
+
+def next_day(n: int, change: float, seed: int) -> tuple:
+    """(vectors, ids, on_sale, fresh) of the next night: change/3 replaced, moved and sold each."""
+    from neighbors_scale import clustered_vectors
+
+    rng = np.random.default_rng(seed + 7)
+    vectors = clustered_vectors(n, DIM, seed=seed)
+    part = max(1, int(round(n * change / 3)))
+    touched = rng.choice(n, 3 * part, replace=False)
+    replaced, moved, sold = touched[:part], touched[part:2 * part], touched[2 * part:]
+    others = clustered_vectors(2 * part, DIM, seed=seed + 99)  # new photos from the same kind of catalogue
+    vectors[replaced], vectors[moved] = others[:part], others[part:]
+    ids = np.array(_ids(n).to_pylist(), dtype=object)
+    ids[replaced] = [f"n{i:08d}" for i in range(part)]
+    order = np.argsort(ids, kind="stable")
+    on_sale = ~np.isin(order, sold)
+    fresh = np.isin(order, touched)
+    return vectors[order], ids[order], on_sale, fresh
+
+
+def worker(n: int, change: float, mode: str, folder: Path, seed: int) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines import schemas
+    from pipelines.config import NeighborsConfig
+    from pipelines.neighbors import update
+    from pipelines.neighbors.output import LISTS, StreamingParquet, read_lists
+    from pipelines.neighbors.search import FlatSearcher, Lists, recall_at_k
+    from pipelines.neighbors.stage import build_neighbors
+
+    vectors, id_list, on_sale, fresh = next_day(n, change, seed)
+    ids = pa.array(id_list.tolist())
+    ncfg = NeighborsConfig(k=K, margin=MARGIN, device="cpu", seed=seed)
+    out = folder / f"{mode}-{change}.parquet"
+    started = time.perf_counter()
+    with StreamingParquet(out, schemas.ITEM_NEIGHBORS) as rows, \
+            StreamingParquet(folder / f"{mode}-{change}-lists.parquet", LISTS) as lists_out:
+        if mode == "full":
+            stats = build_neighbors(vectors, ids, ncfg=ncfg, on_sale=on_sale, writer=rows, ds="day2", version="v",
+                                    lists_writer=lists_out)
+        else:
+            where, stored = read_lists(folder / "lists.parquet", ids, K + MARGIN)
+            previous = Lists.empty(n, K + MARGIN)
+            here = where >= 0
+            previous.put(where[here], stored.take(np.flatnonzero(here)))
+            stats = update.update_neighbors(vectors, ids, ncfg=ncfg, on_sale=on_sale, previous=previous, fresh=fresh,
+                                            writer=rows, lists_writer=lists_out, ds="day2", version="v",
+                                            kept_index=update.load_index(folder / "index"),
+                                            index_out=folder / f"index-{change}")
+    seconds = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rng = np.random.default_rng(seed + 1000)
+    queries = np.sort(rng.choice(np.flatnonzero(on_sale), size=min(SAMPLE, n), replace=False))
+    _, exact = FlatSearcher(vectors, np.flatnonzero(on_sale)).search(vectors[queries], K + 1)
+    wanted = ids.take(pa.array(queries))
+    import pyarrow.compute as pc
+
+    table = pq.read_table(out, columns=["item_id", "rank", "neighbor_id"], filters=pc.field("item_id").isin(wanted))
+    position = {item: i for i, item in enumerate(id_list.tolist())}
+    row_of = {q: r for r, q in enumerate(queries)}
+    found = np.full((len(queries), K), -1, np.int64)
+    for item, rank, neighbour in zip(*(table.column(c).to_pylist() for c in ("item_id", "rank", "neighbor_id"))):
+        found[row_of[position[item]], rank - 1] = position[neighbour]
+    return {"n": n, "change": change, "mode": mode, "seconds": round(seconds, 2),
+            "recall_at_20": round(recall_at_k(found, exact, queries, K), 4), "peak_rss_mb": round(peak_mb),
+            "fresh": stats.get("fresh"), "ran_out": stats.get("ran_out"), "index": "+".join(stats["index"])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--changes", type=float, nargs="+", default=[0.001, 0.02, 0.1])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="write the rows here")
+    parser.add_argument("--worker", nargs=4, metavar=("N", "CHANGE", "MODE", "FOLDER"), help=argparse.SUPPRESS)
+    parser.add_argument("--first", nargs=2, metavar=("N", "FOLDER"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    if args.worker:
+        n, change, mode, folder = args.worker
+        print(json.dumps(worker(int(n), float(change), mode, Path(folder), args.seed)))
+        return
+    if args.first:
+        print(json.dumps(first_night(int(args.first[0]), Path(args.first[1]), args.seed)))
+        return
+    from pipelines.tools.summary import format_table
+
+    rows = []
+    for n in args.n:
+        with tempfile.TemporaryDirectory() as tmp:
+            first = _run(["--first", str(n), tmp], args.seed)
+            print(f"n={n}: first night {first['seconds']} s ({'+'.join(first['index'])})", flush=True)
+            for change in args.changes:
+                pair = {mode: _run(["--worker", str(n), str(change), mode, tmp], args.seed)
+                        for mode in ("full", "incremental")}
+                for mode in ("full", "incremental"):
+                    rows.append({**pair[mode], "ratio": round(pair[mode]["seconds"] / pair["full"]["seconds"], 3),
+                                 "recall_gap": round(pair[mode]["recall_at_20"] - pair["full"]["recall_at_20"], 4)})
+                    print(rows[-1], flush=True)
+    columns = ["n", "change", "mode", "seconds", "ratio", "recall_at_20", "recall_gap", "peak_rss_mb", "fresh",
+               "ran_out", "index"]
+    print()
+    print(format_table(columns, [tuple(r.get(c) for c in columns) for r in rows]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+def _run(extra: list[str], seed: int) -> dict:
+    done = subprocess.run([sys.executable, __file__, *extra, "--seed", str(seed)], capture_output=True, text=True,
+                          cwd=REPO)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(extra)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    main()
