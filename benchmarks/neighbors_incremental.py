@@ -46,7 +46,7 @@ def first_night(n: int, folder: Path, seed: int) -> dict:
     from pipelines import schemas
     from pipelines.config import NeighborsConfig
     from pipelines.neighbors import update
-    from pipelines.neighbors.output import LISTS, StreamingParquet
+    from pipelines.neighbors.output import ListsCollector, StreamingParquet
     from pipelines.neighbors.search import rekey
     from pipelines.neighbors.stage import build_neighbors
     from neighbors_scale import clustered_vectors
@@ -63,10 +63,11 @@ def first_night(n: int, folder: Path, seed: int) -> dict:
                                                           "value": int(tuning["value"]), "built_on": "day1"})
 
     started = time.perf_counter()
-    with StreamingParquet(folder / "day1.parquet", schemas.ITEM_NEIGHBORS) as rows, \
-            StreamingParquet(folder / "lists.parquet", LISTS) as lists:
+    lists = ListsCollector(n, K + MARGIN)
+    with StreamingParquet(folder / "day1.parquet", schemas.ITEM_NEIGHBORS) as rows:
         stats = build_neighbors(vectors, ids, ncfg=ncfg, on_sale=np.ones(n, bool), writer=rows, ds="day1",
-                                version="v", lists_writer=lists, keep_index=keep)
+                                version="v", lists_out=lists, keep_index=keep)
+    lists.save(folder / "lists")
     return {"seconds": round(time.perf_counter() - started, 1), "index": stats["index"]}
 
 
@@ -96,8 +97,8 @@ def worker(n: int, change: float, mode: str, folder: Path, seed: int) -> dict:
     from pipelines import schemas
     from pipelines.config import NeighborsConfig
     from pipelines.neighbors import update
-    from pipelines.neighbors.output import LISTS, StreamingParquet, read_lists
-    from pipelines.neighbors.search import FlatSearcher, Lists, recall_at_k
+    from pipelines.neighbors.output import ListsCollector, StreamingParquet
+    from pipelines.neighbors.search import FlatSearcher, recall_at_k
     from pipelines.neighbors.stage import build_neighbors
 
     vectors, id_list, on_sale, fresh = next_day(n, change, seed)
@@ -105,20 +106,18 @@ def worker(n: int, change: float, mode: str, folder: Path, seed: int) -> dict:
     ncfg = NeighborsConfig(k=K, margin=MARGIN, device="cpu", seed=seed)
     out = folder / f"{mode}-{change}.parquet"
     started = time.perf_counter()
-    with StreamingParquet(out, schemas.ITEM_NEIGHBORS) as rows, \
-            StreamingParquet(folder / f"{mode}-{change}-lists.parquet", LISTS) as lists_out:
+    lists_out = ListsCollector(n, K + MARGIN)
+    with StreamingParquet(out, schemas.ITEM_NEIGHBORS) as rows:
         if mode == "full":
             stats = build_neighbors(vectors, ids, ncfg=ncfg, on_sale=on_sale, writer=rows, ds="day2", version="v",
-                                    lists_writer=lists_out)
+                                    lists_out=lists_out)
         else:
-            where, stored = read_lists(folder / "lists.parquet", ids, K + MARGIN)
-            previous = Lists.empty(n, K + MARGIN)
-            here = where >= 0
-            previous.put(where[here], stored.take(np.flatnonzero(here)))
+            previous = update.carried_lists(folder / "lists", _ids(n), ids)
             stats = update.update_neighbors(vectors, ids, ncfg=ncfg, on_sale=on_sale, previous=previous, fresh=fresh,
-                                            writer=rows, lists_writer=lists_out, ds="day2", version="v",
+                                            writer=rows, lists_out=lists_out, ds="day2", version="v",
                                             kept_index=update.load_index(folder / "index"),
                                             index_out=folder / f"index-{change}")
+    lists_out.save(folder / f"{mode}-{change}-lists")
     seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rng = np.random.default_rng(seed + 1000)

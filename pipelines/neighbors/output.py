@@ -1,6 +1,7 @@
 """What the neighbors stage writes: ``item_neighbors`` rows from positions and scores, a Parquet file
 streamed block by block and moved into place only when complete, and the lists with their margin
-(``neighbor_lists``: per item its ids, scores and bar) that the next night's update starts from."""
+(``neighbor_lists``: per item its neighbours' positions, scores and bar, as numpy arrays) that the
+next night's update starts from, read back in that night's numbering."""
 from __future__ import annotations
 
 import os
@@ -13,12 +14,6 @@ import pyarrow.parquet as pq
 
 from pipelines import faults, schemas
 from pipelines.neighbors.search import Lists
-
-# One row per query item: its list with the margin, in canonical order, and the bar (search.Lists):
-# its score, and the item at it (null when nothing at that score is known).
-LISTS = pa.schema([pa.field("item_id", pa.string(), nullable=False), pa.field("ids", pa.list_(pa.string())),
-                   pa.field("scores", pa.list_(pa.float32())), pa.field("bar", pa.float32()),
-                   pa.field("bar_id", pa.string())])
 
 
 def neighbor_table(ds: str, version: str, ids: pa.Array, image_codes: np.ndarray,
@@ -66,52 +61,41 @@ class StreamingParquet:
         return False
 
 
-def lists_table(ids: pa.Array, qpos: np.ndarray, lists: Lists) -> pa.Table:
-    """``neighbor_lists`` rows of one block: each query's ids and scores (empty entries left out), its bar."""
-    valid = lists.pos >= 0
-    counts = valid.sum(axis=1)
-    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
-    flat_pos = lists.pos[valid]
-    return pa.table({"item_id": ids.take(pa.array(qpos)),
-                     "ids": pa.ListArray.from_arrays(offsets, ids.take(pa.array(flat_pos))),
-                     "scores": pa.ListArray.from_arrays(offsets, pa.array(lists.scores[valid], pa.float32())),
-                     "bar": pa.array(lists.bar, pa.float32()),
-                     "bar_id": _bar_ids(ids, lists.bar_pos)}, schema=LISTS)
+class ListsCollector:
+    """The night's lists with their margin, filled block by block (rows: the night's items in id order),
+    saved as ``neighbor_lists``: positions into that order (int32) and scores (N, L), each row's bar and
+    its position. The stage writes ``neighbors_stats.json`` after it: lists without it are not used."""
+
+    def __init__(self, n: int, length: int):
+        self.lists = Lists.empty(n, length)
+
+    def write(self, qpos: np.ndarray, lists: Lists) -> None:
+        self.lists.put(qpos, lists)
+
+    def save(self, folder) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(folder / "lists.npz", pos=self.lists.pos.astype(np.int32), scores=self.lists.scores,
+                 bar=self.lists.bar, bar_pos=self.lists.bar_pos)
 
 
-def _bar_ids(ids: pa.Array, bar_pos: np.ndarray) -> pa.Array:
-    """The id at each bar's position. A bar past the last item keeps no id: nothing at its score counts
-    as certain (a stricter bar is always safe). A bar at an insertion point (its item left) names the
-    next item: among items that were there yesterday, the same ones rank above it, and new ones are
-    fresh, searched on their own."""
-    named = (bar_pos >= 0) & (bar_pos < len(ids))
-    taken = ids.take(pa.array(np.where(named, bar_pos, 0))) if len(ids) else pa.array([None] * len(bar_pos), pa.string())
-    return pc.if_else(pa.array(named), taken, pa.scalar(None, pa.string()))
+def _index_in(values: pa.Array, value_set: pa.Array) -> np.ndarray:
+    """The position of each value in ``value_set``, -1 where absent."""
+    found = pc.index_in(values, value_set=value_set).to_numpy(zero_copy_only=False)
+    return np.nan_to_num(found.astype(float), nan=-1).astype(np.int64)
 
 
-def read_lists(source, ids: pa.Array, length: int) -> tuple[np.ndarray, Lists]:
-    """(today's row of each stored list or -1, the stored lists in today's numbering: neighbours no longer
-    among ``ids`` (sorted) become -1, each bar's item its position or where it would be) from a
-    ``neighbor_lists`` folder or table."""
-    table = source if isinstance(source, pa.Table) else pq.read_table(source)
-    row = pc.index_in(table.column("item_id"), value_set=ids).to_numpy(zero_copy_only=False)
-    row = np.nan_to_num(row.astype(float), nan=-1).astype(np.int64)
-    flat = pc.list_flatten(table.column("ids"))
-    pos = pc.index_in(flat, value_set=ids).to_numpy(zero_copy_only=False)
-    pos = np.nan_to_num(pos.astype(float), nan=-1).astype(np.int64)
-    scores = pc.list_flatten(table.column("scores")).to_numpy(zero_copy_only=False).astype(np.float32)
-    counts = pc.list_value_length(table.column("ids")).to_numpy(zero_copy_only=False)
-    lists = Lists.empty(table.num_rows, length)
-    column = np.arange(len(pos)) - np.repeat(np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
-    line = np.repeat(np.arange(table.num_rows), counts)
-    fits = column < length
-    lists.pos[line[fits], column[fits]] = pos[fits]
-    lists.scores[line[fits], column[fits]] = scores[fits]
-    lists.bar[:] = table.column("bar").to_numpy(zero_copy_only=False)
-    # the bar's item in today's numbering: its position, or where it would be (ids are sorted)
-    bar_ids = table.column("bar_id").to_numpy(zero_copy_only=False)
-    named = np.array([b is not None for b in bar_ids], dtype=bool)
-    if named.any():
-        today = ids.to_numpy(zero_copy_only=False).astype(object)
-        lists.bar_pos[named] = np.searchsorted(today, bar_ids[named].astype(object), side="left")
-    return row, lists
+def read_lists(folder, previous_ids: pa.Array, ids: pa.Array) -> tuple[np.ndarray, Lists]:
+    """(the previous night's row of each of tonight's items or -1, the previous night's lists in its own
+    row order, in tonight's numbering: neighbours no longer among ``ids`` become -1; a bar's item its
+    position tonight, or where it would be if it left, ids being sorted) from a ``neighbor_lists`` folder."""
+    with np.load(folder / "lists.npz") as saved:
+        pos, scores, bar, bar_pos = saved["pos"], saved["scores"], saved["bar"], saved["bar_pos"]
+    today_of = np.append(_index_in(previous_ids, ids), -1)  # the last entry: for -1 (empty)
+    mapped = today_of[np.where(pos >= 0, pos, len(today_of) - 1)]
+    named = bar_pos >= 0
+    moved = np.where(named, today_of[np.where(named, bar_pos, len(today_of) - 1)], bar_pos)
+    left = named & (moved < 0)
+    if left.any():  # the bar's item left: where it would be among tonight's (sorted) ids
+        gone = previous_ids.take(pa.array(bar_pos[left])).to_numpy(zero_copy_only=False).astype(object)
+        moved[left] = np.searchsorted(ids.to_numpy(zero_copy_only=False).astype(object), gone)
+    return _index_in(ids, previous_ids), Lists(mapped.astype(np.int64), scores, bar, moved.astype(np.int64))

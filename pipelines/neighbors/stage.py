@@ -28,7 +28,7 @@ from pipelines import faults, schemas
 from pipelines.config import Config, NeighborsConfig
 from pipelines.errors import LookalikeError
 from pipelines.neighbors import distributed
-from pipelines.neighbors.output import LISTS, StreamingParquet, lists_table, neighbor_table
+from pipelines.neighbors.output import ListsCollector, StreamingParquet, neighbor_table
 from pipelines.neighbors.search import Exclusions, Plan, build_searcher, plan_index, search_blocks, tune
 from pipelines.storage import Warehouse, atomic_write_text
 
@@ -73,15 +73,16 @@ def _cuda_device(setting: str) -> str | None:
 def build_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfig, on_sale: np.ndarray,
                     writer, ds: str, version: str, categories: np.ndarray | None = None,
                     sellers: np.ndarray | None = None, images: np.ndarray | None = None,
-                    spark: tuple[Config, Path, Path] | None = None, lists_writer=None, keep_index=None) -> dict:
+                    spark: tuple[Config, Path, Path] | None = None, lists_out: ListsCollector | None = None,
+                    keep_index=None) -> dict:
     """Search every item's top-k on-sale neighbours and write them with ``writer.write_table``.
 
     Returns the run's statistics. ``categories``/``sellers``/``images`` are integer codes per
     item (-1 = unknown), used by the same-category, same-seller and same-image options. With
     ``spark`` = (config, search folder, output folder) the indexes are planned, built and tuned
     here, and the search runs as Spark tasks that write their parts into the output folder
-    (:mod:`pipelines.neighbors.distributed`); ``writer`` is not used. ``lists_writer``, when
-    given, gets each block's lists with their margin (``neighbor_lists``) for the next night;
+    (:mod:`pipelines.neighbors.distributed`); ``writer`` is not used. ``lists_out``, when
+    given, collects each block's lists with their margin (``neighbor_lists``) for the next night;
     ``keep_index(index, plan, tuning)``, when given, gets a single group's inverted-file index once it
     has searched every item (the next nights carry it forward).
     """
@@ -134,9 +135,9 @@ def build_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfig
             continue
         for qpos, npos, scores, lists in search_blocks(searcher, vectors, members, k, n_candidates=len(candidates),
                                                        exclusions=exclusions, block=ncfg.block_size,
-                                                       margin=ncfg.margin if lists_writer else 0):
-            if lists_writer is not None:
-                lists_writer.write_table(lists_table(ids, qpos, lists))
+                                                       margin=ncfg.margin if lists_out else 0):
+            if lists_out is not None:
+                lists_out.write(qpos, lists)
             table = neighbor_table(ds, version, ids, images, qpos, npos, scores, k)
             stats["short_items"] += len(qpos) - table.num_rows // k
             stats["rows"] += table.num_rows
@@ -218,11 +219,11 @@ def run_neighbors(cfg: Config, ds: str, full: bool = False) -> dict[str, str]:
         stats = build_neighbors(vectors, ids, ncfg=ncfg, on_sale=on_sale, writer=None, ds=ds,
                                 version=version, spark=(cfg, search, out), **codes)
     else:
-        with StreamingParquet(out / "part-0.parquet", schemas.ITEM_NEIGHBORS) as writer, \
-                StreamingParquet(lists_out / "part-0.parquet", LISTS) as lists_writer:
+        lists = ListsCollector(len(ids), ncfg.k + ncfg.margin)
+        with StreamingParquet(out / "part-0.parquet", schemas.ITEM_NEIGHBORS) as writer:
             if mode == "incremental":
                 stats = update.update_neighbors(vectors, ids, ncfg=ncfg, on_sale=on_sale, previous=kept, fresh=fresh,
-                                                writer=writer, lists_writer=lists_writer, ds=ds, version=version,
+                                                writer=writer, lists_out=lists, ds=ds, version=version,
                                                 kept_index=update.load_index(wh.work(previous.ds, "neighbor_index")),
                                                 index_out=index_out, **codes)
             else:
@@ -235,7 +236,8 @@ def run_neighbors(cfg: Config, ds: str, full: bool = False) -> dict[str, str]:
                                                                         "value": int(tuning["value"]), "built_on": ds})
 
                 stats = build_neighbors(vectors, ids, ncfg=ncfg, on_sale=on_sale, writer=writer, ds=ds,
-                                        version=version, lists_writer=lists_writer, keep_index=keep_index, **codes)
+                                        version=version, lists_out=lists, keep_index=keep_index, **codes)
+        lists.save(lists_out)
     stats.update(mode=mode, why=why, previous_ds=previous.ds if previous else None,
                  change_share=None if change is None else round(change, 5))
     if not on_spark:  # what the next night's update starts from

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from pipelines.config import NeighborsConfig
 from pipelines.neighbors.incremental import update_lists
-from pipelines.neighbors.output import lists_table, neighbor_table, read_lists
+from pipelines.neighbors.output import ListsCollector, neighbor_table, read_lists
 from pipelines.neighbors.search import (Exclusions, FlatSearcher, KeyedSearcher, Lists, Plan, build_searcher, plan_index,
                                         rekey, tune)
 from pipelines.storage import Warehouse
@@ -133,12 +133,16 @@ def load_previous(wh: Warehouse, previous: Previous, ids: pa.Array, vectors: np.
     prev_ids, prev_vectors, _ = load_embeddings(wh.work(previous.ds, "item_embeddings"))
     prev_catalog = pq.read_table(wh.work(previous.ds, "catalog"), columns=["item_id", *ATTRIBUTES])
     was, fresh, removed = changes(prev_ids, prev_vectors, prev_catalog, ids, vectors, catalog)
-    length = previous.stats["lists"]["k"] + previous.stats["lists"]["margin"]
-    rows, stored = read_lists(wh.work(previous.ds, "neighbor_lists"), ids, length)
-    lists = Lists.empty(len(ids), length)
-    here = rows >= 0
-    lists.put(rows[here], stored.take(np.flatnonzero(here)))
-    return was, fresh, removed, lists
+    return was, fresh, removed, carried_lists(wh.work(previous.ds, "neighbor_lists"), prev_ids, ids)
+
+
+def carried_lists(folder, previous_ids: pa.Array, ids: pa.Array) -> Lists:
+    """The previous night's lists in tonight's rows and numbering (new items' rows empty)."""
+    was, stored = read_lists(folder, previous_ids, ids)
+    lists = Lists.empty(len(ids), stored.length)
+    here = np.flatnonzero(was >= 0)
+    lists.put(here, stored.take(was[here]))
+    return lists
 
 
 REVERSE_INDEX_MIN = 2000  # fresh items from which an approximate group's reverse search uses an inverted file
@@ -181,11 +185,11 @@ def carry_index(kept, vectors: np.ndarray, keys: np.ndarray, candidates: np.ndar
 
 
 def update_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfig, on_sale: np.ndarray,
-                     previous: Lists, fresh: np.ndarray, writer, lists_writer, ds: str, version: str,
+                     previous: Lists, fresh: np.ndarray, writer, lists_out: ListsCollector, ds: str, version: str,
                      categories: np.ndarray | None = None, sellers: np.ndarray | None = None,
                      images: np.ndarray | None = None, kept_index=None, index_out=None) -> dict:
     """Tonight's lists from ``previous`` (tonight's numbering), each group as the full search groups
-    them; rows to ``writer`` (item_neighbors) and ``lists_writer`` (neighbor_lists). With an
+    them; rows to ``writer`` (item_neighbors), lists to ``lists_out`` (neighbor_lists). With an
     approximate index, ``kept_index`` (``load_index``) is the earlier night's, carried to tonight
     (``carry_index``) and saved to ``index_out`` for the next. Returns statistics in the shape of
     ``build_neighbors``'."""
@@ -255,7 +259,7 @@ def update_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfi
             stats["rows"] += table.num_rows
             stats["same_image_rows"] += int(pc.sum(table.column("same_image")).as_py() or 0)
             writer.write_table(table)
-            lists_writer.write_table(lists_table(ids, members[rows], block))
+        lists_out.write(members, lists)
         stats["groups"].append(group)
     stats["seconds"] = round(time.monotonic() - started, 2)
     weights = [g["items"] for g in stats["groups"] if g.get("recall_at_k") is not None]

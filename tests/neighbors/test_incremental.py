@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from pipelines.neighbors import search as incremental
 from pipelines.neighbors.incremental import update_lists
-from pipelines.neighbors.output import lists_table, read_lists
+from pipelines.neighbors.output import ListsCollector
+from pipelines.neighbors.update import carried_lists
 from pipelines.neighbors.search import Exclusions, FlatSearcher, Lists, full_lists
 
 K, MARGIN = 5, 3
@@ -91,15 +92,13 @@ def _next_day(day: Day, rng, c, serial: int) -> tuple[Day, np.ndarray, np.ndarra
     return tomorrow, was, fresh
 
 
-def _carried(lists: Lists, was: np.ndarray, yesterday_ids: np.ndarray, today_ids: np.ndarray) -> Lists:
-    """Yesterday's lists as the stage carries them to today: written as neighbor_lists rows and read back
-    in today's numbering (rows of new items empty, departed neighbours -1, bars re-placed)."""
-    table = lists_table(pa.array(yesterday_ids), np.arange(len(yesterday_ids)), lists)
-    rows, stored = read_lists(table, pa.array(today_ids), lists.length)
-    out = Lists.empty(len(today_ids), lists.length)
-    here = rows >= 0
-    out.put(rows[here], stored.take(np.flatnonzero(here)))
-    return out
+def _carried(lists: Lists, folder, yesterday_ids: np.ndarray, today_ids: np.ndarray) -> Lists:
+    """Yesterday's lists as the stage carries them to today: saved as neighbor_lists and read back in
+    today's numbering (rows of new items empty, departed neighbours -1, bars re-placed)."""
+    saved = ListsCollector(len(yesterday_ids), lists.length)
+    saved.write(np.arange(len(yesterday_ids)), lists)
+    saved.save(folder)
+    return carried_lists(folder, pa.array(yesterday_ids, pa.string()), pa.array(today_ids, pa.string()))
 
 
 @st.composite
@@ -124,6 +123,10 @@ def test_day_after_day_the_update_equals_a_full_rebuild_with_exact_search(c):
 
 
 def _check_history(c):
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp(prefix="lists-"))
     rng = np.random.default_rng(c["seed"])
     n = c["n"]
     day = Day(np.array([f"a-{i:03d}" for i in range(n)]), _unit(rng, n, c["dim"], c["palette"]), rng.random(n) >= c["off_sale"],
@@ -133,7 +136,7 @@ def _check_history(c):
     for serial in range(1, c["days"] + 1):
         yesterday_ids = day.ids
         day, was, fresh = _next_day(day, rng, c, serial)
-        previous = _carried(lists, was, yesterday_ids, day.ids)
+        previous = _carried(lists, folder, yesterday_ids, day.ids)
         lists = Lists.empty(len(day.ids), K + MARGIN)
         for members in day.groups(c["by_category"]):
             candidates = members[day.on_sale[members]]
@@ -177,7 +180,6 @@ def test_with_an_inverted_file_the_update_keeps_a_full_rebuilds_recall(tmp_path)
     against exact search is within 0.005 of a full rebuild's with the same index on the same vectors."""
     from pipelines.config import NeighborsConfig
     from pipelines.neighbors import update
-    from pipelines.neighbors.output import lists_table, read_lists
     from pipelines.neighbors.search import build_searcher, plan_index, recall_at_k, rekey
     from tests.neighbors.test_search import ListWriter, _clustered
 
@@ -217,14 +219,14 @@ def test_with_an_inverted_file_the_update_keeps_a_full_rebuilds_recall(tmp_path)
     today_ids, today_vectors = pa.array(today_ids[order].tolist()), today_vectors[order]
     on_sale = ~np.isin(order, sold)
     fresh = np.isin(order, np.concatenate([moved, replaced, sold]))
-    rows, stored = read_lists(lists_table(ids, np.arange(n), first), today_ids, length)
-    previous = Lists.empty(n, length)
-    here = rows >= 0
-    previous.put(rows[here], stored.take(np.flatnonzero(here)))
+    kept = ListsCollector(n, length)
+    kept.write(np.arange(n), first)
+    kept.save(tmp_path / "lists")
+    previous = carried_lists(tmp_path / "lists", ids, today_ids)
 
     got = ListWriter()
     stats = update.update_neighbors(today_vectors, today_ids, ncfg=ncfg, on_sale=on_sale, previous=previous,
-                                    fresh=fresh, writer=got, lists_writer=ListWriter(), ds="d2", version="v",
+                                    fresh=fresh, writer=got, lists_out=ListsCollector(n, length), ds="d2", version="v",
                                     kept_index=update.load_index(tmp_path / "kept"), index_out=tmp_path / "carried")
     assert stats["fresh"] == 1500 and "carried forward" in stats["groups"][0]["reason"]
     rebuilt, _ = full(today_vectors, today_ids, on_sale)
