@@ -9,6 +9,10 @@ The points: ``extract.mid_write`` (snapshot written, catalogue not), ``train.mid
 checkpoint written but not renamed in), ``embed.mid_spark`` (the driver, while a Spark job of the
 embedding runs), ``neighbors.mid_stream`` (the first block of lists written, the file not closed),
 ``neighbors.mid_spark`` (the driver, once a Spark task of the search wrote its part),
+``neighbors.mid_update`` (the night's update of the kept lists, after its first block),
+``handoff.postgres_mid_copy``, ``handoff.redis_mid_write``, ``handoff.before_check``,
+``handoff.postgres_in_switch`` (inside the switch's transaction), ``handoff.before_switch``,
+``handoff.after_switch`` (the online hand-off, tests/online/test_faults.py),
 ``publish.between_tables``, ``publish.before_commit``, ``publish.during_switch`` (local: the new
 manifest written but not renamed in; S3: before the conditional PUT) and ``publish.after_switch``
 (before the run record and the clean-up), the publish points in both publish tasks.

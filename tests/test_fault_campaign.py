@@ -2,7 +2,8 @@
 mid-stream, and the user-recommendation publish. Each job is SIGKILLed at its crash point
 (``LOOKALIKE_FAULT``); then nothing published changed, no process of the job is left, and a rerun
 converges to what an uninterrupted run wrote. (Extract and the nightly publish: tests/extract/,
-tests/publish/test_stage.py.)"""
+tests/publish/test_stage.py; the neighbours' update of the kept lists: tests/neighbors/test_night.py;
+the online hand-off: tests/online/test_faults.py.)"""
 import hashlib
 import json
 import os
