@@ -54,9 +54,8 @@ def first_night(n: int, folder: Path, seed: int) -> dict:
     from pipelines.neighbors.stage import build_neighbors
     from neighbors_scale import clustered_vectors
 
-    vectors = clustered_vectors(n, DIM, seed=seed)
+    vectors = _pool(n, seed)[:n]
     ids = _ids(n)
-    np.save(folder / "day1.npy", vectors)
     ncfg = NeighborsConfig(k=K, margin=MARGIN, device="cpu", seed=seed)
 
     def keep(index, plan, tuning):
@@ -74,16 +73,23 @@ def first_night(n: int, folder: Path, seed: int) -> dict:
     return {"seconds": round(time.perf_counter() - started, 1), "index": stats["index"]}
 
 
-def next_day(n: int, change: float, seed: int) -> tuple:
-    """(vectors, ids, on_sale, fresh) of the next night: change/3 replaced, moved and sold each."""
+def _pool(n: int, seed: int) -> np.ndarray:
+    """The first night's n vectors and, after them, the new photos of the next nights: one catalogue's
+    clusters (the same categories and sub-clusters), so what arrives looks like what is there."""
     from neighbors_scale import clustered_vectors
 
+    return clustered_vectors(int(n * 1.1) + 10, DIM, seed=seed)
+
+
+def next_day(n: int, change: float, seed: int) -> tuple:
+    """(vectors, ids, on_sale, fresh) of the next night: change/3 replaced, moved and sold each."""
     rng = np.random.default_rng(seed + 7)
-    vectors = clustered_vectors(n, DIM, seed=seed)
+    pool = _pool(n, seed)
+    vectors = pool[:n].copy()
     part = max(1, int(round(n * change / 3)))
     touched = rng.choice(n, 3 * part, replace=False)
     replaced, moved, sold = touched[:part], touched[part:2 * part], touched[2 * part:]
-    others = clustered_vectors(2 * part, DIM, seed=seed + 99)  # new photos from the same kind of catalogue
+    others = pool[n:n + 2 * part]  # new photos from the same catalogue
     vectors[replaced], vectors[moved] = others[:part], others[part:]
     ids = np.array(_ids(n).to_pylist(), dtype=object)
     ids[replaced] = [f"n{i:08d}" for i in range(part)]
