@@ -200,12 +200,14 @@ def run_neighbors(cfg: Config, ds: str, full: bool = False) -> dict[str, str]:
     on_spark = 0 < ncfg.spark_min_items <= len(ids)
     previous = update.find_previous(wh, ds)
     change = None
-    if previous is not None and not full:
+    why = update.rebuild_reason(ncfg, ds, version, vectors.shape[1], previous, full=full)
+    mode = "full"
+    if why is None:
         was, fresh, removed, kept = update.load_previous(wh, previous, ids, vectors, catalog, load_embeddings)
         change = (int(fresh.sum()) + removed) / max(len(ids), 1)
-    approximate = not plan_index(int(on_sale.sum()), vectors.shape[1], kind=ncfg.index,
-                                 exact_max_items=ncfg.exact_max_items, memory_budget_mb=ncfg.memory_budget_mb).exact
-    mode, why = update.decide(ncfg, ds, version, previous, change_share=change, approximate=approximate, full=full)
+        approximate = not plan_index(int(on_sale.sum()), vectors.shape[1], kind=ncfg.index,
+                                     exact_max_items=ncfg.exact_max_items, memory_budget_mb=ncfg.memory_budget_mb).exact
+        mode, why = update.decide(ncfg, previous, change_share=change, approximate=approximate)
     if mode == "incremental" and on_spark:
         mode, why = "full", "the update runs in one process; the catalogue is searched on Spark (neighbors.spark_min_items)"
     out = wh.fresh_work(ds, "item_neighbors")

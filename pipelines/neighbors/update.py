@@ -100,23 +100,29 @@ def _values(ids: pa.Array, catalog: pa.Table, column: str) -> np.ndarray:
     return np.asarray(values.to_numpy(zero_copy_only=False), dtype=object)
 
 
-def decide(ncfg: NeighborsConfig, ds: str, version: str, previous: Previous | None, *, change_share: float | None,
-           approximate: bool, full: bool) -> tuple[str, str]:
-    """("incremental" | "full", why)."""
+def rebuild_reason(ncfg: NeighborsConfig, ds: str, version: str, dim: int, previous: Previous | None, *,
+                   full: bool) -> str | None:
+    """Why tonight must search every item whatever changed, or None (the change decides: ``decide``)."""
     if full:
-        return "full", "a full rebuild was asked for (lookalike neighbors --full)"
+        return "a full rebuild was asked for (lookalike neighbors --full)"
     if previous is None:
-        return "full", "no earlier night kept its lists"
+        return "no earlier night kept its lists"
     kept = previous.stats["lists"]
-    if kept["version"] != version:
-        return "full", f"the served model changed ({kept['version']} -> {version})"
+    if kept["version"] != version or previous.stats.get("dim") != dim:
+        return f"the served model changed ({kept['version']} -> {version})"
     changed = sorted(key for key, value in settings_of(ncfg).items() if kept["settings"].get(key) != value)
     if changed:
-        return "full", f"the neighbour settings changed since {previous.ds} ({', '.join(changed)})"
+        return f"the neighbour settings changed since {previous.ds} ({', '.join(changed)})"
     days = (date.fromisoformat(ds) - date.fromisoformat(kept["last_full"])).days
     if days >= ncfg.full_rebuild_days:
-        return "full", (f"{days} days since the last full rebuild ({kept['last_full']}); "
-                        f"neighbors.full_rebuild_days = {ncfg.full_rebuild_days}")
+        return (f"{days} days since the last full rebuild ({kept['last_full']}); "
+                f"neighbors.full_rebuild_days = {ncfg.full_rebuild_days}")
+    return None
+
+
+def decide(ncfg: NeighborsConfig, previous: Previous, *, change_share: float, approximate: bool) -> tuple[str, str]:
+    """("incremental" | "full", why), once nothing else forces a full rebuild (``rebuild_reason``)."""
+    kept = previous.stats["lists"]
     if change_share > ncfg.incremental_max_change:
         return "full", (f"{change_share:.1%} of the catalogue changed since {previous.ds} "
                         f"(> neighbors.incremental_max_change {ncfg.incremental_max_change:.0%})")
