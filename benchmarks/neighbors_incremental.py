@@ -52,7 +52,6 @@ def first_night(n: int, folder: Path, seed: int) -> dict:
     from pipelines.neighbors.output import ListsCollector, StreamingParquet
     from pipelines.neighbors.search import rekey
     from pipelines.neighbors.stage import build_neighbors
-    from neighbors_scale import clustered_vectors
 
     vectors = _pool(n, seed)[:n]
     ids = _ids(n)

@@ -438,6 +438,23 @@ class Exclusions:
         self.codes.append(codes)
 
 
+def filters_of(ncfg, n: int, *, categories: np.ndarray | None, sellers: np.ndarray | None,
+               images: np.ndarray | None) -> tuple[np.ndarray, Exclusions, list[np.ndarray]]:
+    """(photo codes, the exclusions, the groups searched apart) the neighbours settings ask for: the
+    seller's own items and the same photo excluded when configured, one group per category with
+    ``same_category``."""
+    images = images if images is not None else np.full(n, -1, np.int64)
+    exclusions = Exclusions()
+    if ncfg.exclude_same_seller and sellers is not None:
+        exclusions.add(sellers)
+    if ncfg.drop_same_image:
+        exclusions.add(images)
+    groups = [np.arange(n)]
+    if ncfg.same_category and categories is not None:
+        groups = [np.flatnonzero(categories == c) for c in np.unique(categories)]
+    return images, exclusions, groups
+
+
 def _keep(pos: np.ndarray, queries: np.ndarray, exclusions: Exclusions) -> np.ndarray:
     valid = (pos >= 0) & (pos != queries[:, None])
     safe = np.clip(pos, 0, None)

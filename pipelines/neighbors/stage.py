@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +22,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines import faults, schemas
+from pipelines import schemas
 from pipelines.config import Config, NeighborsConfig
 from pipelines.errors import LookalikeError
 from pipelines.neighbors import distributed
 from pipelines.neighbors.output import ListsCollector, StreamingParquet, neighbor_table
-from pipelines.neighbors.search import Exclusions, Plan, build_searcher, plan_index, search_blocks, tune
+from pipelines.neighbors.search import Plan, build_searcher, filters_of, plan_index, search_blocks, tune
 from pipelines.storage import Warehouse, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -88,20 +86,12 @@ def build_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfig
     """
     k = ncfg.k
     n, dim = vectors.shape
-    images = images if images is not None else np.full(n, -1, np.int64)
-    exclusions = Exclusions()
-    if ncfg.exclude_same_seller and sellers is not None:
-        exclusions.add(sellers)
-    if ncfg.drop_same_image:
-        exclusions.add(images)
+    images, exclusions, groups = filters_of(ncfg, n, categories=categories, sellers=sellers, images=images)
     if ncfg.threads:
         import faiss
 
         faiss.omp_set_num_threads(ncfg.threads)
     device = _cuda_device(ncfg.device)
-    groups = [np.arange(n)]
-    if ncfg.same_category and categories is not None:
-        groups = [np.flatnonzero(categories == c) for c in np.unique(categories)]
     stats = {"items": n, "dim": dim, "k": k, "candidates": int(on_sale.sum()), "groups": [], "rows": 0,
              "short_items": 0, "same_image_rows": 0, "executor": "spark" if spark else "in-process"}
     folder = distributed.SearchFolder(spark[1], vectors, ids, images, exclusions, k=k, ds=ds, version=version,

@@ -33,8 +33,8 @@ import pyarrow.parquet as pq
 from pipelines.config import NeighborsConfig
 from pipelines.neighbors.incremental import update_lists
 from pipelines.neighbors.output import ListsCollector, neighbor_table, read_lists
-from pipelines.neighbors.search import (Exclusions, FlatSearcher, KeyedSearcher, Lists, Plan, build_searcher, plan_index,
-                                        rekey, tune)
+from pipelines.neighbors.search import (FlatSearcher, KeyedSearcher, Lists, Plan, build_searcher, filters_of, plan_index,
+                                        tune)
 from pipelines.storage import Warehouse
 
 log = logging.getLogger(__name__)
@@ -200,15 +200,7 @@ def update_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfi
     (``carry_index``) and saved to ``index_out`` for the next. Returns statistics in the shape of
     ``build_neighbors``'."""
     k, n = ncfg.k, len(vectors)
-    images = images if images is not None else np.full(n, -1, np.int64)
-    exclusions = Exclusions()
-    if ncfg.exclude_same_seller and sellers is not None:
-        exclusions.add(sellers)
-    if ncfg.drop_same_image:
-        exclusions.add(images)
-    groups = [np.arange(n)]
-    if ncfg.same_category and categories is not None:
-        groups = [np.flatnonzero(categories == c) for c in np.unique(categories)]
+    images, exclusions, groups = filters_of(ncfg, n, categories=categories, sellers=sellers, images=images)
     stats = {"items": n, "dim": vectors.shape[1], "k": k, "candidates": int(on_sale.sum()), "groups": [], "rows": 0,
              "short_items": 0, "same_image_rows": 0, "executor": "in-process", "kept": 0, "fresh": 0, "ran_out": 0}
     started = time.monotonic()

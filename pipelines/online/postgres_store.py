@@ -28,7 +28,7 @@ from pipelines import faults
 from pipelines.config import PostgresSinkConfig, redact_url
 from pipelines.errors import ConfigError, TransientError
 from pipelines.online.lists import ListTable, plain_ids
-from pipelines.online.store import Generation
+from pipelines.online.store import Generation, required_url
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,9 @@ class PostgresStore:
     name = "postgres"
 
     def __init__(self, cfg: PostgresSinkConfig, url: str):
-        if not url:
-            raise ConfigError("serving sink postgres: no URL; set serving.postgres.url (postgresql://…) or define "
-                              f"the Airflow Connection {cfg.conn_id!r}")
-        self.url, self.schema, self.timeout = url.replace("postgresql+psycopg://", "postgresql://"), cfg.schema, \
-            cfg.connect_timeout
-        self._conn = None
+        url = required_url("postgres", url, cfg.conn_id, "postgresql://…")
+        self.url = url.replace("postgresql+psycopg://", "postgresql://")
+        self.schema, self.timeout, self._conn = cfg.schema, cfg.connect_timeout, None
 
     def display(self) -> str:
         return f"postgres {redact_url(self.url)} (schema {self.schema})"

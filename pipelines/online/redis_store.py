@@ -28,7 +28,7 @@ from pipelines import faults
 from pipelines.config import RedisSinkConfig, redact_url
 from pipelines.errors import ConfigError, TransientError
 from pipelines.online.lists import ListTable, decode_json, encode_json
-from pipelines.online.store import LIVE, READY, RETIRED, WRITING, Generation
+from pipelines.online.store import LIVE, READY, RETIRED, WRITING, Generation, required_url
 
 # The site's read in one round trip: the live generation and the list, atomically.
 LOOKUP_SCRIPT = """
@@ -42,12 +42,9 @@ class RedisStore:
     name = "redis"
 
     def __init__(self, cfg: RedisSinkConfig, url: str):
-        if not url:
-            raise ConfigError("serving sink redis: no URL; set serving.redis.url (redis://…) or define the Airflow "
-                              f"Connection {cfg.conn_id!r}")
-        self.url, self.prefix, self.batch, self.timeout = url, cfg.prefix, cfg.batch, cfg.connect_timeout
-        self._client = None
-        self._lookup = None
+        self.url = required_url("redis", url, cfg.conn_id, "redis://…")
+        self.prefix, self.batch, self.timeout = cfg.prefix, cfg.batch, cfg.connect_timeout
+        self._client = self._lookup = None
 
     def display(self) -> str:
         return f"redis {redact_url(self.url)} (prefix {self.prefix})"

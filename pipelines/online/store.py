@@ -30,6 +30,16 @@ class Generation:
         return asdict(self)
 
 
+def required_url(sink: str, url: str, conn_id: str, example: str) -> str:
+    """``url``, or a clear error naming the sink and the two places its URL may come from."""
+    if not url:
+        from pipelines.errors import ConfigError
+
+        raise ConfigError(f"serving sink {sink}: no URL; set serving.{sink}.url ({example}) or define the "
+                          f"Airflow Connection {conn_id!r}")
+    return url
+
+
 def open_store(cfg: Config, name: str):
     """The store ``name`` (postgres | redis) of ``cfg.serving``, not yet connected."""
     if name == "postgres":

@@ -8,8 +8,6 @@ import random
 import threading
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 
 from pipelines.config import ConfigError, load_config
