@@ -50,7 +50,7 @@ def first_night(n: int, folder: Path, seed: int) -> dict:
     from pipelines.config import NeighborsConfig
     from pipelines.neighbors import update
     from pipelines.neighbors.output import ListsCollector, StreamingParquet
-    from pipelines.neighbors.search import rekey
+    from pipelines.neighbors.search import item_keys, rekey
     from pipelines.neighbors.stage import build_neighbors
 
     vectors = _pool(n, seed)[:n]
@@ -58,7 +58,7 @@ def first_night(n: int, folder: Path, seed: int) -> dict:
     ncfg = NeighborsConfig(k=K, margin=MARGIN, device="cpu", seed=seed)
 
     def keep(index, plan, tuning):
-        keys = update.item_keys_of(ids)
+        keys = item_keys(ids)
         rekey(index, keys)
         update.save_index(index, keys, folder / "index", {"kind": plan.kind, "knob": "nprobe",
                                                           "value": int(tuning["value"]), "built_on": "day1"})
@@ -105,7 +105,7 @@ def worker(n: int, change: float, mode: str, folder: Path, seed: int) -> dict:
     from pipelines import schemas
     from pipelines.config import NeighborsConfig
     from pipelines.neighbors import update
-    from pipelines.neighbors.output import ListsCollector, StreamingParquet
+    from pipelines.neighbors.output import ListsCollector, StreamingParquet, positions_in
     from pipelines.neighbors.search import FlatSearcher, recall_at_k
     from pipelines.neighbors.stage import build_neighbors
 
@@ -133,7 +133,7 @@ def worker(n: int, change: float, mode: str, folder: Path, seed: int) -> dict:
                 lists_out.write(qpos, block)
             stats = {"index": [plan.kind]}
         else:
-            previous = update.carried_lists(folder / "lists", _ids(n), ids)
+            previous = update.carried_lists(folder / "lists", _ids(n), ids, positions_in(ids, _ids(n)))
             stats = update.update_neighbors(vectors, ids, ncfg=ncfg, on_sale=on_sale, previous=previous, fresh=fresh,
                                             writer=rows, lists_out=lists_out, ds="day2", version="v",
                                             kept_index=update.load_index(folder / "index"),

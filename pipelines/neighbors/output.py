@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import faults, schemas
-from pipelines.neighbors.search import Lists
+from pipelines.neighbors.search import NO_POS, Lists
 
 
 def neighbor_table(ds: str, version: str, ids: pa.Array, image_codes: np.ndarray,
@@ -73,24 +73,30 @@ class ListsCollector:
         self.lists.put(qpos, lists)
 
     def save(self, folder) -> None:
+        """A bar past the last item keeps no position: nothing at its score counts as certain (a stricter
+        bar is always safe). A bar at an insertion point (its item left) keeps it: the next item then
+        stands for it, and among items that were there tonight the same ones rank above it (new ones are
+        fresh, searched on their own)."""
+        n = len(self.lists.bar_pos)
+        bar_pos = np.where(self.lists.bar_pos < n, self.lists.bar_pos, NO_POS)
         folder.mkdir(parents=True, exist_ok=True)
         np.savez(folder / "lists.npz", pos=self.lists.pos.astype(np.int32), scores=self.lists.scores,
-                 bar=self.lists.bar, bar_pos=self.lists.bar_pos)
+                 bar=self.lists.bar, bar_pos=bar_pos)
 
 
-def _index_in(values: pa.Array, value_set: pa.Array) -> np.ndarray:
+def positions_in(values: pa.Array, value_set: pa.Array) -> np.ndarray:
     """The position of each value in ``value_set``, -1 where absent."""
     found = pc.index_in(values, value_set=value_set).to_numpy(zero_copy_only=False)
     return np.nan_to_num(found.astype(float), nan=-1).astype(np.int64)
 
 
-def read_lists(folder, previous_ids: pa.Array, ids: pa.Array) -> tuple[np.ndarray, Lists]:
-    """(the previous night's row of each of tonight's items or -1, the previous night's lists in its own
-    row order, in tonight's numbering: neighbours no longer among ``ids`` become -1; a bar's item its
-    position tonight, or where it would be if it left, ids being sorted) from a ``neighbor_lists`` folder."""
+def read_lists(folder, previous_ids: pa.Array, ids: pa.Array) -> Lists:
+    """The previous night's lists, in its own row order and tonight's numbering (neighbours no longer among
+    ``ids`` become -1; a bar's item its position tonight, or where it would be if it left, ids being
+    sorted), from a ``neighbor_lists`` folder."""
     with np.load(folder / "lists.npz") as saved:
         pos, scores, bar, bar_pos = saved["pos"], saved["scores"], saved["bar"], saved["bar_pos"]
-    today_of = np.append(_index_in(previous_ids, ids), -1)  # the last entry: for -1 (empty)
+    today_of = np.append(positions_in(previous_ids, ids), -1)  # the last entry: for -1 (empty)
     mapped = today_of[np.where(pos >= 0, pos, len(today_of) - 1)]
     named = bar_pos >= 0
     moved = np.where(named, today_of[np.where(named, bar_pos, len(today_of) - 1)], bar_pos)
@@ -98,4 +104,4 @@ def read_lists(folder, previous_ids: pa.Array, ids: pa.Array) -> tuple[np.ndarra
     if left.any():  # the bar's item left: where it would be among tonight's (sorted) ids
         gone = previous_ids.take(pa.array(bar_pos[left])).to_numpy(zero_copy_only=False).astype(object)
         moved[left] = np.searchsorted(ids.to_numpy(zero_copy_only=False).astype(object), gone)
-    return _index_in(ids, previous_ids), Lists(mapped.astype(np.int64), scores, bar, moved.astype(np.int64))
+    return Lists(mapped.astype(np.int64), scores, bar, moved.astype(np.int64))

@@ -26,7 +26,7 @@ from pipelines import schemas
 from pipelines.config import Config, NeighborsConfig
 from pipelines.errors import LookalikeError
 from pipelines.neighbors import distributed
-from pipelines.neighbors.output import ListsCollector, StreamingParquet, neighbor_table
+from pipelines.neighbors.output import ListsCollector, StreamingParquet, neighbor_table, positions_in
 from pipelines.neighbors.search import Plan, build_searcher, filters_of, plan_index, search_blocks, tune
 from pipelines.storage import Warehouse, atomic_write_text
 
@@ -46,11 +46,10 @@ def load_embeddings(path) -> tuple[pa.Array, np.ndarray, str]:
 
 def _codes(ids: pa.Array, lookup: pa.Table, column: str) -> np.ndarray:
     """Integer code per item of ``lookup[column]`` (aligned on item_id); -1 where null or unknown."""
-    idx = pc.index_in(ids, value_set=lookup.column("item_id")).to_numpy(zero_copy_only=False)
+    idx = positions_in(ids, lookup.column("item_id").combine_chunks())
     values = lookup.column(column).combine_chunks().dictionary_encode()
     codes = values.indices.to_numpy(zero_copy_only=False)
     codes = np.where(values.is_null().to_numpy(zero_copy_only=False), -1, codes).astype(np.int64)
-    idx = np.nan_to_num(idx.astype(float), nan=-1).astype(np.int64)
     return np.where(idx >= 0, codes[np.clip(idx, 0, None)], -1)
 
 
@@ -220,9 +219,9 @@ def run_neighbors(cfg: Config, ds: str, full: bool = False) -> dict[str, str]:
                                                 index_out=index_out, **codes)
             else:
                 def keep_index(index, plan, tuning):  # keyed by item, for the nights that carry it forward
-                    from pipelines.neighbors.search import rekey
+                    from pipelines.neighbors.search import item_keys, rekey
 
-                    keys = update.item_keys_of(ids)
+                    keys = item_keys(ids)
                     rekey(index, keys)
                     update.save_index(index, keys[on_sale], index_out, {"kind": plan.kind, "knob": tuning["knob"],
                                                                         "value": int(tuning["value"]), "built_on": ds})

@@ -32,9 +32,9 @@ import pyarrow.parquet as pq
 
 from pipelines.config import NeighborsConfig
 from pipelines.neighbors.incremental import update_lists
-from pipelines.neighbors.output import ListsCollector, neighbor_table, read_lists
-from pipelines.neighbors.search import (FlatSearcher, KeyedSearcher, Lists, Plan, build_searcher, filters_of, plan_index,
-                                        tune)
+from pipelines.neighbors.output import ListsCollector, neighbor_table, positions_in, read_lists
+from pipelines.neighbors.search import (FlatSearcher, KeyedSearcher, Lists, Plan, build_searcher, filters_of, item_keys,
+                                        plan_index, tune)
 from pipelines.storage import Warehouse
 
 log = logging.getLogger(__name__)
@@ -43,18 +43,6 @@ log = logging.getLogger(__name__)
 SETTINGS = ("k", "margin", "index", "recall_target", "exact_max_items", "memory_budget_mb", "same_category",
             "exclude_same_seller", "drop_same_image", "seed")
 ATTRIBUTES = ("status", "category", "seller_id", "image_sha256")  # a change makes an item fresh
-
-
-_KEYS: dict = {}
-
-
-def item_keys_of(ids: pa.Array) -> np.ndarray:
-    """``search.item_keys`` of tonight's ids, computed once per process."""
-    from pipelines.neighbors.search import item_keys
-
-    if _KEYS.get("ids") is not ids:
-        _KEYS.update(ids=ids, keys=item_keys(ids))
-    return _KEYS["keys"]
 
 
 def settings_of(ncfg: NeighborsConfig) -> dict:
@@ -82,8 +70,7 @@ def find_previous(wh: Warehouse, ds: str) -> Previous | None:
 def changes(prev_ids: pa.Array, prev_vectors: np.ndarray, prev_catalog: pa.Table, ids: pa.Array,
             vectors: np.ndarray, catalog: pa.Table) -> tuple[np.ndarray, np.ndarray, int]:
     """(was: the previous night's row of each item or -1, fresh (N,) bool, removed: items gone)."""
-    was = pc.index_in(ids, value_set=prev_ids).to_numpy(zero_copy_only=False)
-    was = np.nan_to_num(was.astype(float), nan=-1).astype(np.int64)
+    was = positions_in(ids, prev_ids)
     kept = was >= 0
     same = np.zeros(len(ids), dtype=bool)
     same[kept] = (prev_vectors[was[kept]] == vectors[kept]).all(axis=1)
@@ -139,12 +126,13 @@ def load_previous(wh: Warehouse, previous: Previous, ids: pa.Array, vectors: np.
     prev_ids, prev_vectors, _ = load_embeddings(wh.work(previous.ds, "item_embeddings"))
     prev_catalog = pq.read_table(wh.work(previous.ds, "catalog"), columns=["item_id", *ATTRIBUTES])
     was, fresh, removed = changes(prev_ids, prev_vectors, prev_catalog, ids, vectors, catalog)
-    return was, fresh, removed, carried_lists(wh.work(previous.ds, "neighbor_lists"), prev_ids, ids)
+    return was, fresh, removed, carried_lists(wh.work(previous.ds, "neighbor_lists"), prev_ids, ids, was)
 
 
-def carried_lists(folder, previous_ids: pa.Array, ids: pa.Array) -> Lists:
-    """The previous night's lists in tonight's rows and numbering (new items' rows empty)."""
-    was, stored = read_lists(folder, previous_ids, ids)
+def carried_lists(folder, previous_ids: pa.Array, ids: pa.Array, was: np.ndarray) -> Lists:
+    """The previous night's lists in tonight's rows and numbering (``was``: each item's previous row, or -1
+    for a new item, whose row stays empty)."""
+    stored = read_lists(folder, previous_ids, ids)
     lists = Lists.empty(len(ids), stored.length)
     here = np.flatnonzero(was >= 0)
     lists.put(here, stored.take(was[here]))
@@ -216,16 +204,17 @@ def update_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfi
         carried = None
         if not plan.exact and kept_index is not None and len(groups) == 1:
             t0 = time.monotonic()
-            keys = item_keys_of(ids)
-            carried = carry_index(kept_index, vectors, keys, candidates, fresh)
-            save_index(carried[0], carried[1], index_out, kept_index[2])
+            keys = item_keys(ids)
+            index, held = carry_index(kept_index, vectors, keys, candidates, fresh)
+            save_index(index, held, index_out, kept_index[2])
+            carried = KeyedSearcher(index, keys, "nprobe", kept_index[2]["value"])
             group.update(index=kept_index[2]["kind"], reason=f"the index of {kept_index[2]['built_on']}, carried "
                          "forward (removals and additions by item key)", knob="nprobe",
                          value=kept_index[2]["value"], carry_seconds=round(time.monotonic() - t0, 2))
 
         def searcher(plan=plan, candidates=candidates, members=members, group=group, carried=carried):
             if carried is not None:
-                return KeyedSearcher(carried[0], item_keys_of(ids), "nprobe", kept_index[2]["value"])
+                return carried
             built = build_searcher(vectors, candidates, plan, seed=ncfg.seed)
             tuning = tune(built, vectors, members, candidates, k, target=ncfg.recall_target,
                           sample=ncfg.recall_sample, seed=ncfg.seed)

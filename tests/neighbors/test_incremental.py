@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from pipelines.neighbors import search as incremental
 from pipelines.neighbors.incremental import update_lists
-from pipelines.neighbors.output import ListsCollector
+from pipelines.neighbors.output import ListsCollector, positions_in
 from pipelines.neighbors.update import carried_lists
 from pipelines.neighbors.search import Exclusions, FlatSearcher, Lists, full_lists
 
@@ -92,13 +92,13 @@ def _next_day(day: Day, rng, c, serial: int) -> tuple[Day, np.ndarray, np.ndarra
     return tomorrow, was, fresh
 
 
-def _carried(lists: Lists, folder, yesterday_ids: np.ndarray, today_ids: np.ndarray) -> Lists:
+def _carried(lists: Lists, folder, yesterday_ids: np.ndarray, today_ids: np.ndarray, was: np.ndarray) -> Lists:
     """Yesterday's lists as the stage carries them to today: saved as neighbor_lists and read back in
     today's numbering (rows of new items empty, departed neighbours -1, bars re-placed)."""
     saved = ListsCollector(len(yesterday_ids), lists.length)
     saved.write(np.arange(len(yesterday_ids)), lists)
     saved.save(folder)
-    return carried_lists(folder, pa.array(yesterday_ids, pa.string()), pa.array(today_ids, pa.string()))
+    return carried_lists(folder, pa.array(yesterday_ids, pa.string()), pa.array(today_ids, pa.string()), was)
 
 
 @st.composite
@@ -136,7 +136,7 @@ def _check_history(c):
     for serial in range(1, c["days"] + 1):
         yesterday_ids = day.ids
         day, was, fresh = _next_day(day, rng, c, serial)
-        previous = _carried(lists, folder, yesterday_ids, day.ids)
+        previous = _carried(lists, folder, yesterday_ids, day.ids, was)
         lists = Lists.empty(len(day.ids), K + MARGIN)
         for members in day.groups(c["by_category"]):
             candidates = members[day.on_sale[members]]
@@ -180,7 +180,7 @@ def test_with_an_inverted_file_the_update_keeps_a_full_rebuilds_recall(tmp_path)
     against exact search is within 0.005 of a full rebuild's with the same index on the same vectors."""
     from pipelines.config import NeighborsConfig
     from pipelines.neighbors import update
-    from pipelines.neighbors.search import build_searcher, plan_index, recall_at_k, rekey
+    from pipelines.neighbors.search import build_searcher, item_keys, plan_index, recall_at_k, rekey
     from tests.neighbors.test_search import ListWriter, _clustered
 
     n, dim, k, nprobe = 30_000, 32, 10, 64
@@ -201,7 +201,7 @@ def test_with_an_inverted_file_the_update_keeps_a_full_rebuilds_recall(tmp_path)
                           length=length), searcher.index
 
     first, index = full(vectors[:n], ids, np.ones(n, bool))
-    keys = update.item_keys_of(ids)
+    keys = item_keys(ids)
     rekey(index, keys)
     update.save_index(index, keys, tmp_path / "kept", {"kind": "ivf", "knob": "nprobe", "value": nprobe,
                                                        "built_on": "d1"})
@@ -222,7 +222,7 @@ def test_with_an_inverted_file_the_update_keeps_a_full_rebuilds_recall(tmp_path)
     kept = ListsCollector(n, length)
     kept.write(np.arange(n), first)
     kept.save(tmp_path / "lists")
-    previous = carried_lists(tmp_path / "lists", ids, today_ids)
+    previous = carried_lists(tmp_path / "lists", ids, today_ids, positions_in(today_ids, ids))
 
     got = ListWriter()
     stats = update.update_neighbors(today_vectors, today_ids, ncfg=ncfg, on_sale=on_sale, previous=previous,
