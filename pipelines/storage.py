@@ -296,9 +296,14 @@ class Warehouse:
                 if ds in (None, d) for name in e["files"]]
 
     def read_partition(self, table: str, ds: str, **kwargs) -> pa.Table:
-        files = self.partition_files(table, ds)
-        if not files:
+        entry = self.entries(table).get(ds)
+        if entry is None or not entry["files"]:
             raise LookalikeError(f"{table} has no published partition ds={ds}")
+        return self.read_entry(table, entry, **kwargs)
+
+    def read_entry(self, table: str, entry: dict, **kwargs) -> pa.Table:
+        """The files of one manifest entry (a run's partition), as read from a manifest already in hand."""
+        files = [self.objects.path(f"{table}/{entry['path']}/{name}") for name in entry["files"]]
         return pq.read_table(files, filesystem=self.fs, partitioning=None, **kwargs)
 
     def retired(self, table: str) -> list[str]:

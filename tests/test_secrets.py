@@ -21,18 +21,23 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
+def _own_database(postgres_url: str, role: str, database: str, scheme: str) -> tuple[str, str]:
+    """A database owned by a new role with a random password, on the test cluster: (its URL, the password)."""
+    password = "Pw" + secrets.token_hex(12)
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as con:
+        con.execute(sa.text(f"create role {role} login password '{password}'"))
+        con.execute(sa.text(f"create database {database} owner {role}"))
+    admin.dispose()
+    server = sa.engine.make_url(postgres_url)
+    return f"{scheme}://{role}:{password}@{server.host}:{server.port}/{database}", password
+
+
 @pytest.fixture(scope="module")
 def protected_source(postgres_url, tmp_path_factory):
     """A listings database owned by a role of its own with a random password, holding a small
     sample; (SQLAlchemy URL, the password, the sample's folder)."""
-    password = "Pw" + secrets.token_hex(12)
-    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as con:
-        con.execute(sa.text(f"create role lookalike_src login password '{password}'"))
-        con.execute(sa.text("create database listings_src owner lookalike_src"))
-    admin.dispose()
-    server = sa.engine.make_url(postgres_url)
-    url = f"postgresql+psycopg://lookalike_src:{password}@{server.host}:{server.port}/listings_src"
+    url, password = _own_database(postgres_url, "lookalike_src", "listings_src", "postgresql+psycopg")
     with pytest.raises(sa.exc.OperationalError):  # the password is really checked
         sa.create_engine(url.replace(password, "wrong")).connect()
     sample = tmp_path_factory.mktemp("protected-sample")
@@ -47,14 +52,7 @@ def protected_source(postgres_url, tmp_path_factory):
 @pytest.fixture(scope="module")
 def online_store(postgres_url):
     """The online PostgreSQL database, owned by a role of its own with a random password: (URL, password)."""
-    password = "On" + secrets.token_hex(12)
-    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as con:
-        con.execute(sa.text(f"create role lookalike_site login password '{password}'"))
-        con.execute(sa.text("create database online_store owner lookalike_site"))
-    admin.dispose()
-    server = sa.engine.make_url(postgres_url)
-    return f"postgresql://lookalike_site:{password}@{server.host}:{server.port}/online_store", password
+    return _own_database(postgres_url, "lookalike_site", "online_store", "postgresql")
 
 
 def _files_holding(root: Path, secret: str) -> list[str]:

@@ -45,18 +45,19 @@ def published_lists(wh: Warehouse, ds: str, feed: str, names: tuple[str, ...]) -
     """(run id, table → lists, table → published rows) of the feed's run published for ``ds``.
 
     A table the run did not publish (no experiment ran: no arms) is handed off empty."""
-    lead = wh.entries(LEAD[feed]).get(ds)
+    published = wh.manifest()["tables"]  # read once: every table of the run from the same manifest
+    lead = published.get(LEAD[feed], {}).get(ds)
     if lead is None:
         raise LookalikeError(f"handoff {ds}: {LEAD[feed]} has no published partition ds={ds}; a night is handed "
                              f"off only after its publish (`lookalike publish --ds {ds}`)")
     lists, rows = {}, {}
     for spec in feed_tables(feed, names):
-        entry = wh.entries(spec.name).get(ds)
-        if entry is None or entry["run_id"] != lead["run_id"]:
+        entry = published.get(spec.name, {}).get(ds)
+        if entry is None or entry["run_id"] != lead["run_id"] or not entry["files"]:
             lists[spec.name], rows[spec.name] = empty_lists(spec), 0
             continue
         columns = [*spec.keys, "rank", spec.member, "score"]
-        lists[spec.name] = lists_of(wh.read_partition(spec.name, ds, columns=columns), spec)
+        lists[spec.name] = lists_of(wh.read_entry(spec.name, entry, columns=columns), spec)
         rows[spec.name] = entry["rows"]
     return lead["run_id"], lists, rows
 
@@ -122,7 +123,7 @@ def hand_to(store, *, feed: str, ds: str, run_id: str, specs: tuple[ListTable, .
         log.info("handoff: %s: removing generation %d (%s), left by a hand-off that did not finish", store.name,
                  dead.number, dead.state)
         store.drop(dead.number, everything)
-    for number in getattr(store, "orphans", lambda: [])():
+    for number in store.orphans():
         store.drop(number, everything)
     if live is not None and (live.ds, live.run_id) == (ds, run_id):
         log.info("handoff %s: %s already serves run %s as generation %d", ds, store.name, run_id, live.number)

@@ -17,6 +17,7 @@ nights is in both tables.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from datetime import datetime, timezone
@@ -67,16 +68,24 @@ class PostgresStore:
             self._conn.close()
             self._conn = None
 
-    def _execute(self, sql: str, params=(), *, fetch: bool = False):
+    @contextlib.contextmanager
+    def _cursor(self, *, transaction: bool = False):
+        """A cursor on the connection (in one transaction when asked); a lost connection is closed and
+        raised as transient, the sink named."""
         import psycopg
 
         try:
-            with self.connect().cursor() as cur:
-                cur.execute(sql, params)
-                return cur.fetchall() if fetch else None
+            conn = self.connect()
+            with (conn.transaction() if transaction else contextlib.nullcontext()), conn.cursor() as cur:
+                yield cur
         except psycopg.OperationalError as exc:
             self.close()
             raise TransientError(f"serving sink postgres at {redact_url(self.url)}: {exc}") from exc
+
+    def _execute(self, sql: str, params=(), *, fetch: bool = False):
+        with self._cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if fetch else None
 
     def _ensure_schema(self) -> None:
         s = self.schema
@@ -111,29 +120,22 @@ class PostgresStore:
 
     def write(self, generation: int, spec: ListTable, lists: pa.Table) -> None:
         """COPY the lists into the generation's table for ``spec``, then its primary key and statistics."""
-        import psycopg
-
         table = self._table(spec, generation)
         keys = ", ".join(f"{k} text not null" for k in spec.keys)
-        try:
-            conn = self.connect()
-            with conn.cursor() as cur:
-                cur.execute(f"drop table if exists {table}")
-                cur.execute(f"create table {table} ({keys}, ids text[] not null, scores real[] not null)")
-                columns = ", ".join([*spec.keys, "ids", "scores"])
-                with cur.copy(f"copy {table} ({columns}) from stdin") as copy:
-                    if plain_ids(lists, spec):
-                        for start in range(0, lists.num_rows, COPY_BATCH):
-                            copy.write(_copy_text(lists.slice(start, COPY_BATCH), spec))
-                            faults.point("handoff.postgres_mid_copy")
-                    else:  # ids that need quoting: psycopg's own adaptation, row by row
-                        for row in lists.to_pylist():
-                            copy.write_row([*(row[k] for k in spec.keys), row["ids"], row["scores"]])
-                cur.execute(f"alter table {table} add primary key ({', '.join(spec.keys)})")
-                cur.execute(f"analyze {table}")
-        except psycopg.OperationalError as exc:
-            self.close()
-            raise TransientError(f"serving sink postgres at {redact_url(self.url)}: {exc}") from exc
+        with self._cursor() as cur:
+            cur.execute(f"drop table if exists {table}")
+            cur.execute(f"create table {table} ({keys}, ids text[] not null, scores real[] not null)")
+            columns = ", ".join([*spec.keys, "ids", "scores"])
+            with cur.copy(f"copy {table} ({columns}) from stdin") as copy:
+                if plain_ids(lists, spec):
+                    for start in range(0, lists.num_rows, COPY_BATCH):
+                        copy.write(_copy_text(lists.slice(start, COPY_BATCH), spec))
+                        faults.point("handoff.postgres_mid_copy")
+                else:  # ids that need quoting: psycopg's own adaptation, row by row
+                    for row in lists.to_pylist():
+                        copy.write_row([*(row[k] for k in spec.keys), row["ids"], row["scores"]])
+            cur.execute(f"alter table {table} add primary key ({', '.join(spec.keys)})")
+            cur.execute(f"analyze {table}")
 
     def finish(self, generation: int, lists: dict[str, int]) -> None:
         import json
@@ -163,26 +165,24 @@ class PostgresStore:
     def switch(self, feed: str, generation: int, tables: tuple[ListTable, ...]) -> float:
         """Make ``generation`` the feed's live one in one transaction: the pointer row and the views.
         Returns the seconds the transaction took."""
-        import psycopg
-
         s = self.schema
         started = time.perf_counter()
-        try:
-            conn = self.connect()
-            with conn.transaction(), conn.cursor() as cur:
-                cur.execute(f"lock table {s}.live in exclusive mode")
-                cur.execute(f"update {s}.generations set state = 'retired' where feed = %s and state = 'live'", (feed,))
-                cur.execute(f"update {s}.generations set state = 'live', switched_at = now() where generation = %s",
-                            (generation,))
-                cur.execute(f"insert into {s}.live (feed, generation) values (%s, %s) on conflict (feed) "
-                            f"do update set generation = excluded.generation", (feed, generation))
-                for spec in tables:
-                    cur.execute(f"create or replace view {s}.{spec.name} as select * from {self._table(spec, generation)}")
-                faults.point("handoff.postgres_in_switch")
-        except psycopg.OperationalError as exc:
-            self.close()
-            raise TransientError(f"serving sink postgres at {redact_url(self.url)}: {exc}") from exc
+        with self._cursor(transaction=True) as cur:
+            cur.execute(f"lock table {s}.live in exclusive mode")
+            cur.execute(f"update {s}.generations set state = 'retired' where feed = %s and state = 'live'", (feed,))
+            cur.execute(f"update {s}.generations set state = 'live', switched_at = now() where generation = %s",
+                        (generation,))
+            cur.execute(f"insert into {s}.live (feed, generation) values (%s, %s) on conflict (feed) "
+                        f"do update set generation = excluded.generation", (feed, generation))
+            for spec in tables:
+                cur.execute(f"create or replace view {s}.{spec.name} as select * from {self._table(spec, generation)}")
+            faults.point("handoff.postgres_in_switch")
         return time.perf_counter() - started
+
+    def orphans(self) -> list[int]:
+        """None here: a generation is one row, inserted before its tables (in Redis a number can lose its
+        metadata to a killed writer)."""
+        return []
 
     def drop(self, generation: int, tables: tuple[ListTable, ...]) -> None:
         for spec in tables:
