@@ -1,6 +1,6 @@
 """The night's neighbours from the previous night's lists, when little changed.
 
-``decide`` says whether tonight updates the lists or rebuilds them in full, and why:
+``rebuild_reason`` and ``decide`` say whether tonight updates the lists or rebuilds them in full, and why:
 
 - in full on request (``lookalike neighbors --full``), when no earlier night kept its lists
   (``neighbor_lists`` in its work area), when the served model or the neighbour settings changed,
