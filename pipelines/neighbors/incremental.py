@@ -32,55 +32,144 @@ import numpy as np
 
 from pipelines import faults
 from pipelines.neighbors import search
-from pipelines.neighbors.search import (NO_POS, Exclusions, FlatSearcher, Lists, Searcher, _keep, canonical,
-                                        full_lists, higher_bar)
+from pipelines.neighbors.search import (NO_POS, Exclusions, FlatSearcher, Lists, Searcher, _keep, _sort_key,
+                                        canonical, full_lists, higher_bar)
+
+Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]  # (row, neighbour position, score), one entry each
+
 
 def update_lists(vectors: np.ndarray, candidates: np.ndarray, queries: np.ndarray, previous: Lists,
                  fresh: np.ndarray, *, k: int, searcher: Searcher | Callable[[], Searcher],
                  exclusions: Exclusions | None = None, block: int = 16_384,
-                 reverse_for: Callable[[np.ndarray], Searcher] | None = None) -> tuple[Lists, dict]:
+                 reverse_for: Callable[[np.ndarray], Searcher] | None = None,
+                 from_fresh: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]] | None = None,
+                 ) -> tuple[Lists, dict]:
     """Today's lists of ``queries`` from yesterday's (``previous``, one row per query, positions already
-    in today's numbering, -1 where the neighbour left the catalogue).
+    in today's numbering, -1 where the neighbour left the catalogue). ``previous`` is updated in place
+    and returned.
 
     ``candidates``: positions that may be neighbours; ``fresh`` (N,) bool: added or changed today
     (vector, filter codes or sale status); ``searcher``: today's search over every candidate (exact
-    for exact results), or a function that builds it, called only when some list needs it;
-    ``reverse_for(fresh candidates)`` builds the reverse search's index (default: exact search).
+    for exact results), or a function that builds it, called only when some list needs it.
+
+    The reverse search, by default, has every unchanged query search the fresh candidates
+    (``reverse_for(fresh candidates)`` builds that index; exact search when not given). With an
+    approximate index over every candidate, ``from_fresh(fresh candidates, depth)`` turns it round:
+    each fresh candidate searches that index for its nearest ``depth`` items, and joins those lists it
+    beats. Its cost follows the change, not the catalogue; the queries that are not candidates (not in
+    that index) still search the fresh ones.
     Returns (lists, counts of what was done)."""
     exclusions = exclusions or Exclusions()
-    length = previous.length
+    lists, length = previous, previous.length
     is_candidate = np.zeros(len(vectors), dtype=bool)
     is_candidate[candidates] = True
     new = candidates[fresh[candidates]]  # the reverse search's index
-    stay = np.flatnonzero(~fresh[queries])  # rows whose own vector is yesterday's
-    out = Lists.empty(len(queries), length)
-    reverse = (reverse_for or (lambda fresh_ones: FlatSearcher(vectors, fresh_ones)))(new) if len(new) else None
-    r = min(length + search.EXTRA, len(new))
-    for start in range(0, len(stay), block):
-        rows = stay[start:start + block]
-        old = previous.take(rows)
-        safe = np.clip(old.pos, 0, None)
-        kept = (old.pos >= 0) & ~fresh[safe] & is_candidate[safe]  # stale: removed, changed, off sale
-        pos, scores, bar, bar_pos = np.where(kept, old.pos, -1), old.scores, old.bar, old.bar_pos
-        if reverse is not None:
+    stay = ~fresh[queries]  # rows whose own vector is yesterday's
+    dropped = np.zeros(len(queries), dtype=bool)  # rows that lost entries: to be re-sorted
+    touched = np.zeros(len(queries), dtype=bool)  # rows whose entries changed (re-sorted)
+    raised = np.zeros(len(queries), dtype=bool)  # rows whose bar rose
+
+    def merge(pairs: list[Pairs], rows: np.ndarray) -> None:  # the rows' dropped entries and the pairs
+        changed, rose = _join(lists, pairs, length, also=rows[dropped[rows] & stay[rows] & ~touched[rows]])
+        touched[changed], raised[rose] = True, True
+
+    for start in range(0, len(queries), block):  # stale entries out: removed, changed, off sale
+        rows = slice(start, start + block)
+        pos, scores = lists.pos[rows], lists.scores[rows]
+        safe = np.clip(pos, 0, None)
+        stale = (pos >= 0) & (~is_candidate[safe] | fresh[safe])
+        stale |= (pos < 0) & (scores > -np.inf)  # left the catalogue (no position tonight)
+        pos[stale], scores[stale] = -1, -np.inf
+        dropped[rows] = stale.any(axis=1)
+    if len(new):
+        by_query = np.flatnonzero(stay)
+        if from_fresh is not None:
+            by_query = by_query[~is_candidate[queries[by_query]]]
+        reverse = (reverse_for or (lambda fresh_ones: FlatSearcher(vectors, fresh_ones)))(new) if len(by_query) \
+            else None
+        r = min(length + search.EXTRA, len(new))
+        for start in range(0, len(by_query), block):
+            rows = by_query[start:start + block]
             s, p = reverse.search(vectors[queries[rows]], r)
             if r < len(new):  # fresh items not returned score at most the r-th: nothing at its score is known
-                bar, bar_pos = higher_bar(bar, bar_pos, np.where(p[:, r - 1] >= 0, s[:, r - 1], -np.inf),
-                                          np.full(len(rows), NO_POS, np.int64))
+                lists.bar[rows], lists.bar_pos[rows] = higher_bar(
+                    lists.bar[rows], lists.bar_pos[rows], np.where(p[:, r - 1] >= 0, s[:, r - 1], -np.inf),
+                    np.full(len(rows), NO_POS, np.int64))
+                raised[rows] = True
             valid = _keep(p, queries[rows], exclusions)
-            pos, scores = np.hstack([pos, np.where(valid, p, -1)]), np.hstack([scores, s])
-        # no entry twice: the kept entries are all unchanged items, the reverse search returns fresh ones
-        out.put(rows, canonical(scores, pos, length, bar, bar_pos))
-        faults.point("neighbors.mid_update")
-    again = np.flatnonzero(fresh[queries])
-    ran_out = stay[out.take(stay).certain() < _reachable(out.take(stay), k)]
+            merge([(np.repeat(rows, r), np.where(valid, p, -1).ravel(), s.ravel())], rows)
+            faults.point("neighbors.mid_update")
+        if from_fresh is not None:
+            merge([_pairs_from_fresh(from_fresh, vectors, new, queries, stay, exclusions, length)],
+                  np.zeros(0, np.int64))
+    merge([], np.flatnonzero(dropped))
+    faults.point("neighbors.mid_update")
+    again = np.flatnonzero(~stay)
+    check = np.flatnonzero(stay & (touched | raised | np.isneginf(lists.bar)))
+    sub = lists.take(check)
+    ran_out = check[sub.certain() < _reachable(sub, k)]
     todo = np.concatenate([again, ran_out])
     if len(todo):
         searcher = searcher() if callable(searcher) else searcher
-        out.put(todo, full_lists(searcher, vectors, queries[todo], n_candidates=len(candidates), k=k, length=length,
-                                 exclusions=exclusions))
-    return out, {"kept": int(len(stay) - len(ran_out)), "fresh": int(len(again)), "ran_out": int(len(ran_out)),
-                 "fresh_candidates": int(len(new))}
+        lists.put(todo, full_lists(searcher, vectors, queries[todo], n_candidates=len(candidates), k=k,
+                                   length=length, exclusions=exclusions))
+    return lists, {"kept": int(stay.sum() - len(ran_out)), "fresh": int(len(again)), "ran_out": int(len(ran_out)),
+                   "fresh_candidates": int(len(new)), "touched": int((touched & stay).sum())}
+
+
+def _pairs_from_fresh(from_fresh, vectors: np.ndarray, new: np.ndarray, queries: np.ndarray, stay: np.ndarray,
+                      exclusions: Exclusions, length: int) -> Pairs:
+    """(row, fresh position, score) for each unchanged query among the ``depth`` nearest items of a fresh
+    candidate: the reverse search from the fresh side (a score is symmetric)."""
+    row_of = np.full(len(vectors), -1, np.int64)
+    row_of[queries] = np.arange(len(queries))
+    s, p = from_fresh(new, REVERSE_DEPTH * length)
+    rows = np.where(p >= 0, row_of[np.clip(p, 0, None)], -1)
+    fresh_pos = np.broadcast_to(new[:, None], p.shape)
+    hit = rows >= 0
+    hit[hit] = stay[rows[hit]]
+    rows, fresh_pos, s = rows[hit], fresh_pos[hit], s[hit]
+    valid = _keep(fresh_pos[:, None], queries[rows], exclusions)[:, 0]
+    return rows[valid], fresh_pos[valid], s[valid]
+
+
+REVERSE_DEPTH = 4  # a fresh item's reverse search reaches its 4 x L nearest items (L: the list length)
+
+
+def _join(lists: Lists, pairs: list[Pairs], length: int, also: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge the (row, position, score) entries into their rows in canonical order, in place, and re-sort
+    the rows ``also`` (entries were dropped). An entry ranking below a full row's last one
+    cannot enter it: it only raises that row's bar. Returns (rows re-sorted, rows whose bar alone rose)."""
+    rows, pos, scores = (np.concatenate([p[i] for p in pairs]) if pairs else np.zeros(0) for i in range(3))
+    useful = pos >= 0
+    rows, pos, scores = rows[useful].astype(np.int64), pos[useful].astype(np.int64), \
+        scores[useful].astype(np.float32)
+    order = np.lexsort((_sort_key(scores, pos), rows))  # by row, then canonically
+    rows, pos, scores = rows[order], pos[order], scores[order]
+    last_pos, last_score = lists.pos[rows, -1], lists.scores[rows, -1]
+    enters = (last_pos < 0) | (scores > last_score) | ((scores == last_score) & (pos < last_pos))
+    below = np.flatnonzero(~enters)
+    at = np.zeros(0, np.int64)
+    if len(below):  # the best entry of each row that none enters; rows it enters raise their bar in canonical
+        first = below[np.unique(rows[below], return_index=True)[1]]
+        at = rows[first]
+        lists.bar[at], lists.bar_pos[at] = higher_bar(lists.bar[at], lists.bar_pos[at], scores[first], pos[first])
+    rows, pos, scores = rows[enters], pos[enters], scores[enters]
+    target = np.union1d(rows, also)
+    if not len(target):
+        return target, at
+    starts = np.searchsorted(rows, rows, side="left")
+    rank = np.arange(len(rows)) - starts
+    width = min(length + 1, int(rank.max()) + 1) if len(rows) else 0  # the first cut entry raises the bar
+    keep = rank < width
+    add_pos = np.full((len(target), width), -1, np.int64)
+    add_scores = np.full((len(target), width), -np.inf, np.float32)
+    at = np.searchsorted(target, rows[keep])
+    add_pos[at, rank[keep]], add_scores[at, rank[keep]] = pos[keep], scores[keep]
+    old = lists.take(target)
+    lists.put(target, canonical(np.hstack([old.scores, add_scores]), np.hstack([old.pos, add_pos]), length,
+                                old.bar, old.bar_pos))
+    return target, at
 
 
 def _reachable(lists: Lists, k: int) -> np.ndarray:

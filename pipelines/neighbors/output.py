@@ -36,6 +36,14 @@ def neighbor_table(ds: str, version: str, ids: pa.Array, image_codes: np.ndarray
     }, schema=schemas.ITEM_NEIGHBORS)
 
 
+def write_rows(stats: dict, writer, table: pa.Table, items: int) -> None:
+    """One block's item_neighbors rows to ``writer``, counted in ``stats``."""
+    stats["short_items"] += items - table.num_rows // stats["k"]
+    stats["rows"] += table.num_rows
+    stats["same_image_rows"] += int(pc.sum(table.column("same_image")).as_py() or 0)
+    writer.write_table(table)
+
+
 class StreamingParquet:
     """One Parquet file written block by block, moved into place only when complete."""
 
@@ -70,7 +78,10 @@ class ListsCollector:
         self.lists = Lists.empty(n, length)
 
     def write(self, qpos: np.ndarray, lists: Lists) -> None:
-        self.lists.put(qpos, lists)
+        if len(qpos) == len(self.lists.pos) and np.array_equal(qpos, np.arange(len(qpos))):
+            self.lists = lists  # every row at once, in order: kept as it is, not copied
+        else:
+            self.lists.put(qpos, lists)
 
     def save(self, folder) -> None:
         """A bar past the last item keeps no position: nothing at its score counts as certain (a stricter

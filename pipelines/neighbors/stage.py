@@ -11,6 +11,7 @@ record at publish.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -26,7 +27,7 @@ from pipelines import schemas
 from pipelines.config import Config, NeighborsConfig
 from pipelines.errors import LookalikeError
 from pipelines.neighbors import distributed
-from pipelines.neighbors.output import ListsCollector, StreamingParquet, neighbor_table, positions_in
+from pipelines.neighbors.output import ListsCollector, StreamingParquet, neighbor_table, positions_in, write_rows
 from pipelines.neighbors.search import Plan, build_searcher, filters_of, plan_index, search_blocks, tune
 from pipelines.storage import Warehouse, atomic_write_text
 
@@ -94,7 +95,8 @@ def build_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfig
     stats = {"items": n, "dim": dim, "k": k, "candidates": int(on_sale.sum()), "groups": [], "rows": 0,
              "short_items": 0, "same_image_rows": 0, "executor": "spark" if spark else "in-process"}
     folder = distributed.SearchFolder(spark[1], vectors, ids, images, exclusions, k=k, ds=ds, version=version,
-                                      block=ncfg.block_size) if spark else None
+                                      block=ncfg.block_size, length=k + ncfg.margin if lists_out else 0) \
+        if spark else None
     started = time.monotonic()
     for members in groups:
         candidates = members[on_sale[members]]
@@ -118,27 +120,32 @@ def build_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfig
         group = {"items": len(members), "candidates": len(candidates), "index": plan.kind, "reason": plan.reason,
                  "nlist": plan.nlist, **tuning, "build_seconds": round(t1 - t0, 2), "tune_seconds": round(t2 - t1, 2)}
         stats["groups"].append(group)
+        keep = keep_index is not None and len(groups) == 1 and plan.kind in ("ivf", "ivfpq") \
+            and not tuning.get("exact")
         if folder is not None:  # searched below, on Spark
             folder.add_group(members, candidates, plan, searcher, tuning)
+            if keep:  # written for the tasks first: keeping it re-keys it
+                keep_index(searcher.index, plan, tuning)
             del searcher
             continue
+        writing = 0.0  # forming and writing the rows, lists and index: the same for a full search and an update
         for qpos, npos, scores, lists in search_blocks(searcher, vectors, members, k, n_candidates=len(candidates),
                                                        exclusions=exclusions, block=ncfg.block_size,
                                                        margin=ncfg.margin if lists_out else 0):
+            t3 = time.monotonic()
             if lists_out is not None:
                 lists_out.write(qpos, lists)
-            table = neighbor_table(ds, version, ids, images, qpos, npos, scores, k)
-            stats["short_items"] += len(qpos) - table.num_rows // k
-            stats["rows"] += table.num_rows
-            stats["same_image_rows"] += int(pc.sum(table.column("same_image")).as_py() or 0)
-            writer.write_table(table)
-        group["search_seconds"] = round(time.monotonic() - t2, 2)
-        if keep_index is not None and len(groups) == 1 and plan.kind in ("ivf", "ivfpq") and not tuning.get("exact"):
+            write_rows(stats, writer, neighbor_table(ds, version, ids, images, qpos, npos, scores, k), len(qpos))
+            writing += time.monotonic() - t3
+        group["search_seconds"] = round(time.monotonic() - t2 - writing, 2)
+        t3 = time.monotonic()
+        if keep:
             keep_index(searcher.index, plan, tuning)
+        group["write_seconds"] = round(writing + time.monotonic() - t3, 2)
         del searcher
     if folder is not None:
         try:
-            searched = distributed.search_on_spark(spark[0], folder, spark[2])
+            searched = distributed.search_on_spark(spark[0], folder, spark[2], lists_out)
         finally:
             shutil.rmtree(folder.path, ignore_errors=True)
         for i, group in enumerate(stats["groups"]):
@@ -197,47 +204,39 @@ def run_neighbors(cfg: Config, ds: str, full: bool = False) -> dict[str, str]:
         approximate = not plan_index(int(on_sale.sum()), vectors.shape[1], kind=ncfg.index,
                                      exact_max_items=ncfg.exact_max_items, memory_budget_mb=ncfg.memory_budget_mb).exact
         mode, why = update.decide(ncfg, previous, change_share=change, approximate=approximate)
-    if mode == "incremental" and on_spark:
-        mode, why = "full", "the update runs in one process; the catalogue is searched on Spark (neighbors.spark_min_items)"
     out = wh.fresh_work(ds, "item_neighbors")
     lists_out = wh.fresh_work(ds, "neighbor_lists")
     index_out = wh.fresh_work(ds, "neighbor_index")
     shutil.rmtree(wh.work(ds, distributed.SEARCH_DIR), ignore_errors=True)  # left by a killed Spark search
     log.info("neighbors %s: %s: %s", ds, "updating the lists" if mode == "incremental" else "searching every item",
              why)
-    if on_spark:
-        search = wh.fresh_work(ds, distributed.SEARCH_DIR)
-        stats = build_neighbors(vectors, ids, ncfg=ncfg, on_sale=on_sale, writer=None, ds=ds,
-                                version=version, spark=(cfg, search, out), **codes)
-    else:
-        lists = ListsCollector(len(ids), ncfg.k + ncfg.margin)
-        with StreamingParquet(out / "part-0.parquet", schemas.ITEM_NEIGHBORS) as writer:
-            if mode == "incremental":
-                stats = update.update_neighbors(vectors, ids, ncfg=ncfg, on_sale=on_sale, previous=kept, fresh=fresh,
-                                                writer=writer, lists_out=lists, ds=ds, version=version,
-                                                kept_index=update.load_index(wh.work(previous.ds, "neighbor_index")),
-                                                index_out=index_out, **codes)
-            else:
-                def keep_index(index, plan, tuning):  # keyed by item, for the nights that carry it forward
-                    from pipelines.neighbors.search import item_keys, rekey
+    lists = ListsCollector(len(ids), ncfg.k + ncfg.margin)
+    spark = (cfg, wh.fresh_work(ds, distributed.SEARCH_DIR), out) if on_spark else None
+    with contextlib.nullcontext() if on_spark else StreamingParquet(out / "part-0.parquet",
+                                                                    schemas.ITEM_NEIGHBORS) as writer:
+        if mode == "incremental":
+            stats = update.update_neighbors(vectors, ids, ncfg=ncfg, on_sale=on_sale, previous=kept, fresh=fresh,
+                                            writer=writer, lists_out=lists, ds=ds, version=version,
+                                            kept_index=update.load_index(wh.work(previous.ds, "neighbor_index")),
+                                            index_out=index_out, spark=spark, **codes)
+        else:
+            def keep_index(index, plan, tuning):  # keyed by item, for the nights that carry it forward
+                from pipelines.neighbors.search import item_keys, rekey
 
-                    keys = item_keys(ids)
-                    rekey(index, keys)
-                    update.save_index(index, keys[on_sale], index_out, {"kind": plan.kind, "knob": tuning["knob"],
-                                                                        "value": int(tuning["value"]), "built_on": ds})
+                keys = item_keys(ids)
+                rekey(index, keys)
+                update.save_index(index, keys[on_sale], index_out, {"kind": plan.kind, "knob": tuning["knob"],
+                                                                    "value": int(tuning["value"]), "built_on": ds})
 
-                stats = build_neighbors(vectors, ids, ncfg=ncfg, on_sale=on_sale, writer=writer, ds=ds,
-                                        version=version, lists_out=lists, keep_index=keep_index, **codes)
-        lists.save(lists_out)
+            stats = build_neighbors(vectors, ids, ncfg=ncfg, on_sale=on_sale, writer=writer, ds=ds, version=version,
+                                    lists_out=lists, keep_index=keep_index, spark=spark, **codes)
+    lists.save(lists_out)
     stats.update(mode=mode, why=why, previous_ds=previous.ds if previous else None,
                  change_share=None if change is None else round(change, 5))
-    if not on_spark:  # what the next night's update starts from
-        last = previous.stats["lists"] if mode == "incremental" else None
-        stats["lists"] = {"k": ncfg.k, "margin": ncfg.margin, "version": version, "settings": update.settings_of(ncfg),
-                          "last_full": last["last_full"] if last else ds,
-                          "changed_since_full": round(last.get("changed_since_full", 0.0) + change, 5) if last else 0.0}
-    else:
-        shutil.rmtree(lists_out, ignore_errors=True)
+    last = previous.stats["lists"] if mode == "incremental" else None  # what the next night's update starts from
+    stats["lists"] = {"k": ncfg.k, "margin": ncfg.margin, "version": version, "settings": update.settings_of(ncfg),
+                      "last_full": last["last_full"] if last else ds,
+                      "changed_since_full": round(last.get("changed_since_full", 0.0) + change, 5) if last else 0.0}
     atomic_write_text(wh.work(ds, "neighbors_stats.json"), json.dumps(stats, indent=2))
     if stats["short_items"]:
         log.warning("neighbors %s: %d items have fewer than %d candidates and are left out",

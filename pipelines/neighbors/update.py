@@ -32,9 +32,9 @@ import pyarrow.parquet as pq
 
 from pipelines.config import NeighborsConfig
 from pipelines.neighbors.incremental import update_lists
-from pipelines.neighbors.output import ListsCollector, neighbor_table, positions_in, read_lists
-from pipelines.neighbors.search import (FlatSearcher, KeyedSearcher, Lists, Plan, build_searcher, filters_of, item_keys,
-                                        plan_index, tune)
+from pipelines.neighbors.output import ListsCollector, neighbor_table, positions_in, read_lists, write_rows
+from pipelines.neighbors.search import (KEY_SCHEME, NO_POS, FlatSearcher, KeyedSearcher, Lists, Plan, build_searcher,
+                                        filters_of, item_keys, plan_index, tune)
 from pipelines.storage import Warehouse
 
 log = logging.getLogger(__name__)
@@ -133,9 +133,11 @@ def carried_lists(folder, previous_ids: pa.Array, ids: pa.Array, was: np.ndarray
     """The previous night's lists in tonight's rows and numbering (``was``: each item's previous row, or -1
     for a new item, whose row stays empty)."""
     stored = read_lists(folder, previous_ids, ids)
-    lists = Lists.empty(len(ids), stored.length)
-    here = np.flatnonzero(was >= 0)
-    lists.put(here, stored.take(was[here]))
+    new = was < 0
+    if new.all():
+        return Lists.empty(len(ids), stored.length)
+    lists = stored.take(np.where(new, 0, was))
+    lists.pos[new], lists.scores[new], lists.bar[new], lists.bar_pos[new] = -1, -np.inf, np.inf, NO_POS
     return lists
 
 
@@ -149,48 +151,70 @@ def save_index(index, keys: np.ndarray, folder, meta: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     faiss.write_index(index, str(folder / "index.faiss"))
     np.save(folder / "keys.npy", keys)
-    (folder / "index.json").write_text(json.dumps(meta))
+    (folder / "index.json").write_text(json.dumps({**meta, "keys": KEY_SCHEME}))
 
 
 def load_index(folder) -> tuple[object, np.ndarray, dict] | None:
-    """(index, the keys it holds, its meta) kept by an earlier night, or None."""
+    """(index, the keys it holds, its meta) kept by an earlier night, or None (none kept, or keyed by
+    another scheme than :data:`~pipelines.neighbors.search.KEY_SCHEME`)."""
     import faiss
 
     if not (folder / "index.json").exists():
         return None
-    return faiss.read_index(str(folder / "index.faiss")), np.load(folder / "keys.npy"), \
-        json.loads((folder / "index.json").read_text())
+    meta = json.loads((folder / "index.json").read_text())
+    if meta.get("keys") != KEY_SCHEME:
+        log.info("neighbors: the index kept in %s is keyed by %s, not %s: not carried forward", folder,
+                 meta.get("keys", "an earlier scheme"), KEY_SCHEME)
+        return None
+    return faiss.read_index(str(folder / "index.faiss")), np.load(folder / "keys.npy"), meta
 
 
 def carry_index(kept, vectors: np.ndarray, keys: np.ndarray, candidates: np.ndarray, fresh: np.ndarray):
     """The kept index brought to tonight: the keys of items no longer unchanged candidates removed, the
-    fresh candidates added. Returns (index, the keys it holds)."""
+    fresh candidates added. Returns (index, the keys it holds: tonight's candidates'), or None when the
+    kept index lacks some unchanged candidate (it was not kept by the night before)."""
     import faiss
 
     index, held, meta = kept
-    stay = keys[candidates[~fresh[candidates]]]
-    stale = np.setdiff1d(held, stay)
+    stay = np.sort(keys[candidates[~fresh[candidates]]])
+    at = np.clip(np.searchsorted(stay, held), 0, max(len(stay) - 1, 0))
+    kept_here = (stay[at] == held) if len(stay) else np.zeros(len(held), bool)
+    if int(kept_here.sum()) != len(stay):
+        log.warning("neighbors: the kept index lacks %d of tonight's unchanged items: not carried forward",
+                    len(stay) - int(kept_here.sum()))
+        return None
+    stale = held[~kept_here]
     if len(stale):
         index.remove_ids(faiss.IDSelectorBatch(stale))
     new = candidates[fresh[candidates]]
     if len(new):
         index.add_with_ids(np.ascontiguousarray(vectors[new]), keys[new])
-    return index, np.concatenate([np.intersect1d(held, stay), keys[new]])
+    return index, keys[candidates]
 
 
 def update_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfig, on_sale: np.ndarray,
                      previous: Lists, fresh: np.ndarray, writer, lists_out: ListsCollector, ds: str, version: str,
                      categories: np.ndarray | None = None, sellers: np.ndarray | None = None,
-                     images: np.ndarray | None = None, kept_index=None, index_out=None) -> dict:
+                     images: np.ndarray | None = None, kept_index=None, index_out=None,
+                     spark: tuple | None = None) -> dict:
     """Tonight's lists from ``previous`` (tonight's numbering), each group as the full search groups
     them; rows to ``writer`` (item_neighbors), lists to ``lists_out`` (neighbor_lists). With an
     approximate index, ``kept_index`` (``load_index``) is the earlier night's, carried to tonight
-    (``carry_index``) and saved to ``index_out`` for the next. Returns statistics in the shape of
-    ``build_neighbors``'."""
+    (``carry_index``) and saved to ``index_out`` for the next. With ``spark`` = (config, search folder,
+    output folder), as for ``build_neighbors``, the driver prepares each group and the lists are updated
+    as Spark tasks, range by range, by the same code (:mod:`pipelines.neighbors.distributed`).
+    Returns statistics in the shape of ``build_neighbors``'."""
+    from pipelines.neighbors import distributed
+    from pipelines.neighbors.incremental import REVERSE_DEPTH
+
     k, n = ncfg.k, len(vectors)
     images, exclusions, groups = filters_of(ncfg, n, categories=categories, sellers=sellers, images=images)
     stats = {"items": n, "dim": vectors.shape[1], "k": k, "candidates": int(on_sale.sum()), "groups": [], "rows": 0,
-             "short_items": 0, "same_image_rows": 0, "executor": "in-process", "kept": 0, "fresh": 0, "ran_out": 0}
+             "short_items": 0, "same_image_rows": 0, "executor": "spark" if spark else "in-process", "kept": 0,
+             "fresh": 0, "ran_out": 0, "touched": 0}
+    length = ncfg.k + ncfg.margin
+    folder = distributed.SearchFolder(spark[1], vectors, ids, images, exclusions, k=k, ds=ds, version=version,
+                                      block=ncfg.block_size, length=length, fresh=fresh) if spark else None
     started = time.monotonic()
     for members in groups:
         candidates = members[on_sale[members]]
@@ -201,16 +225,19 @@ def update_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfi
                           memory_budget_mb=ncfg.memory_budget_mb)
         group = {"items": len(members), "candidates": len(candidates), "index": plan.kind, "reason": plan.reason,
                  "nlist": plan.nlist, "recall_at_k": 1.0 if plan.exact else None, "exact": plan.exact}
-        carried = None
+        carried, saving = None, 0.0
         if not plan.exact and kept_index is not None and len(groups) == 1:
             t0 = time.monotonic()
             keys = item_keys(ids)
-            index, held = carry_index(kept_index, vectors, keys, candidates, fresh)
-            save_index(index, held, index_out, kept_index[2])
-            carried = KeyedSearcher(index, keys, "nprobe", kept_index[2]["value"])
-            group.update(index=kept_index[2]["kind"], reason=f"the index of {kept_index[2]['built_on']}, carried "
-                         "forward (removals and additions by item key)", knob="nprobe",
-                         value=kept_index[2]["value"], carry_seconds=round(time.monotonic() - t0, 2))
+            brought = carry_index(kept_index, vectors, keys, candidates, fresh)
+            if brought is not None:
+                t1 = time.monotonic()
+                save_index(*brought, index_out, kept_index[2])
+                saving = time.monotonic() - t1
+                carried = KeyedSearcher(brought[0], keys, "nprobe", kept_index[2]["value"])
+                group.update(index=kept_index[2]["kind"], reason=f"the index of {kept_index[2]['built_on']}, carried "
+                             "forward (removals and additions by item key)", knob="nprobe",
+                             value=kept_index[2]["value"], carry_seconds=round(time.monotonic() - t0 - saving, 2))
 
         def searcher(plan=plan, candidates=candidates, members=members, group=group, carried=carried):
             if carried is not None:
@@ -232,22 +259,49 @@ def update_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfi
                           seed=ncfg.seed)
             return FlatSearcher(vectors, new) if tuning.get("use_exact") else built
 
-        lists, counts = update_lists(vectors, candidates, members, previous.take(members), fresh, k=k,
-                                     searcher=searcher, exclusions=exclusions, block=ncfg.block_size,
-                                     reverse_for=reverse_for)
-        for key in ("kept", "fresh", "ran_out"):
+        def from_fresh(new, depth, carried=carried):  # the fresh items search the carried index
+            return carried.search(np.ascontiguousarray(vectors[new]), depth)
+
+        whole = len(groups) == 1  # the lists are updated in place, not copied
+        if folder is not None:  # updated below, on Spark: what every task shares, prepared once
+            new = candidates[fresh[candidates]]
+            stay_outside = (~fresh[members] & ~on_sale[members]).any()  # searches the fresh items itself
+            ready = searcher()
+            reverse = reverse_for(new) if len(new) and (carried is None or stay_outside) else None
+            pairs = (new, *from_fresh(new, REVERSE_DEPTH * length)) if carried is not None and len(new) else None
+            folder.add_group(members, candidates, plan, ready, group, update=distributed.GroupUpdate(
+                previous if whole else previous.take(members),
+                None if isinstance(reverse, FlatSearcher) else reverse, pairs))
+            stats["groups"].append(group)
+            continue
+        lists, counts = update_lists(vectors, candidates, members, previous if whole else previous.take(members),
+                                     fresh, k=k, searcher=searcher, exclusions=exclusions, block=ncfg.block_size,
+                                     reverse_for=reverse_for, from_fresh=from_fresh if carried else None)
+        for key in ("kept", "fresh", "ran_out", "touched"):
             stats[key] += counts[key]
+        t0 = time.monotonic()
         for start in range(0, len(members), ncfg.block_size):
             rows = np.arange(start, min(start + ncfg.block_size, len(members)))
             block = lists.take(rows)
             npos, scores = block.top_k(k)
-            table = neighbor_table(ds, version, ids, images, members[rows], npos, scores, k)
-            stats["short_items"] += len(rows) - table.num_rows // k
-            stats["rows"] += table.num_rows
-            stats["same_image_rows"] += int(pc.sum(table.column("same_image")).as_py() or 0)
-            writer.write_table(table)
+            write_rows(stats, writer, neighbor_table(ds, version, ids, images, members[rows], npos, scores, k),
+                        len(rows))
         lists_out.write(members, lists)
         stats["groups"].append(group)
+        group["write_seconds"] = round(time.monotonic() - t0 + saving, 2)
+    if folder is not None:
+        import shutil
+
+        try:
+            searched = distributed.search_on_spark(spark[0], folder, spark[2], lists_out)
+        finally:
+            shutil.rmtree(folder.path, ignore_errors=True)
+        for i, group in enumerate(stats["groups"]):
+            counts = searched["groups"].get(i, {})
+            for key in ("rows", "same_image_rows", "kept", "fresh", "ran_out", "touched"):
+                stats[key] += counts.get(key, 0)
+            stats["short_items"] += group["items"] - counts.get("rows", 0) // k
+        stats["spark"] = {"tasks": searched["tasks"], "seconds": searched["seconds"]}
     stats["seconds"] = round(time.monotonic() - started, 2)
     weights = [g["items"] for g in stats["groups"] if g.get("recall_at_k") is not None]
     stats["recall_at_k"] = round(float(np.average([g["recall_at_k"] for g in stats["groups"]

@@ -104,3 +104,75 @@ def test_an_approximate_index_written_once_searches_on_spark_as_in_process(cfg, 
                                                               exclusions=exclusions, block=700)])
     assert not _sorted(exact_rows).equals(_sorted(pa.concat_tables(local)))  # approximate: the index mattered
     assert _sorted(_spark_rows(out)).equals(_sorted(pa.concat_tables(local)))
+
+
+@pytest.mark.parametrize("case", [
+    {"index": "flat", "exclude_same_seller": True, "drop_same_image": True, "same_category": True},
+    {"index": "auto", "exact_max_items": 500, "exclude_same_seller": True, "drop_same_image": False},
+], ids=["exact-filters-and-categories", "carried-inverted-file"])
+def test_the_nights_update_on_spark_equals_the_update_in_process(cfg, tmp_path, case):
+    """A first night searched in one process keeps its lists (and, approximate, its index); the next
+    night, items replaced, moved and sold, updates them in one process and as Spark tasks: the same rows
+    and the same lists, with the same counts."""
+    from pipelines.neighbors import update
+    from pipelines.neighbors.output import ListsCollector, positions_in
+    from pipelines.neighbors.search import full_lists, item_keys, rekey
+
+    vectors, ids, on_sale, codes = _data(3)
+    ncfg = dataclasses.replace(cfg.neighbors, k=K, margin=4, block_size=700, recall_sample=200, **case)
+    length = K + ncfg.margin
+    first = ListsCollector(N, length)
+
+    if case["index"] == "flat":
+        build_neighbors(vectors, ids, ncfg=ncfg, on_sale=on_sale, writer=Rows(), ds="d1", version="v1",
+                        lists_out=first, **codes)
+    else:  # an inverted file at a fixed nprobe (tuning would find exact search as fast on so few items)
+        candidates = np.flatnonzero(on_sale)
+        searcher = build_searcher(vectors, candidates, plan_index(len(candidates), DIM, kind="ivf"))
+        searcher.set_knob(4)
+        first.write(np.arange(N), full_lists(searcher, vectors, np.arange(N), n_candidates=len(candidates), k=K,
+                                             length=length, exclusions=Exclusions([codes["sellers"]])))
+        keys = item_keys(ids)
+        rekey(searcher.index, keys)
+        update.save_index(searcher.index, keys[on_sale], tmp_path / "kept", {"kind": "ivf", "knob": "nprobe",
+                                                                             "value": 4, "built_on": "d1"})
+    first.save(tmp_path / "lists")
+
+    rng = np.random.default_rng(4)
+    today = vectors.copy()
+    moved = rng.choice(N, 60, replace=False)
+    today[moved] = _data(9)[0][:60]
+    today_ids = np.array(ids.to_pylist(), dtype=object)
+    replaced = rng.choice(np.setdiff1d(np.arange(N), moved), 60, replace=False)
+    today_ids[replaced] = [f"new-{i:05d}" for i in range(60)]
+    today[replaced] = _data(10)[0][:60]
+    sold = rng.choice(np.setdiff1d(np.arange(N), np.concatenate([moved, replaced])), 30, replace=False)
+    today_on_sale = on_sale.copy()
+    today_on_sale[sold] = False
+    order = np.argsort(today_ids)
+    today_ids, today, today_on_sale = pa.array(today_ids[order].tolist()), today[order], today_on_sale[order]
+    today_codes = {name: c[order] for name, c in codes.items()}
+    fresh = np.isin(order, np.concatenate([moved, replaced, sold]))
+
+    def run(spark):
+        previous = update.carried_lists(tmp_path / "lists", ids, today_ids, positions_in(today_ids, ids))
+        lists, local, out = ListsCollector(N, length), Rows(), tmp_path / f"out-{bool(spark)}"
+        out.mkdir()
+        stats = update.update_neighbors(today, today_ids, ncfg=ncfg, on_sale=today_on_sale, previous=previous,
+                                        fresh=fresh, writer=None if spark else local, lists_out=lists, ds="d2",
+                                        version="v1", kept_index=update.load_index(tmp_path / "kept"),
+                                        index_out=tmp_path / f"index-{bool(spark)}",
+                                        spark=(cfg, tmp_path / distributed.SEARCH_DIR, out) if spark else None,
+                                        **today_codes)
+        return stats, lists.lists, _spark_rows(out) if spark else pa.concat_tables(local.tables)
+
+    here, lists_here, rows_here = run(False)
+    there, lists_there, rows_there = run(True)
+    assert not (tmp_path / distributed.SEARCH_DIR).exists() and there["executor"] == "spark"
+    assert _sorted(rows_there).equals(_sorted(rows_here))
+    for name in ("pos", "scores", "bar", "bar_pos"):
+        np.testing.assert_array_equal(getattr(lists_there, name), getattr(lists_here, name))
+    for key in ("rows", "short_items", "same_image_rows", "kept", "fresh", "ran_out", "touched"):
+        assert there[key] == here[key], key
+    assert here["fresh"] == fresh.sum() and here["touched"] > 0
+    assert ("carried forward" in here["groups"][0]["reason"]) == (case["index"] == "auto")

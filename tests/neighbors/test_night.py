@@ -3,6 +3,8 @@ repost of an existing photo), changed (a new photo, another seller) and sold, up
 night's lists instead of searching every item; its item_neighbors equal a full rebuild's, row for
 row, and the summary says which it did and why. An update killed mid-way leaves nothing, and its
 rerun converges to the same lists."""
+import dataclasses
+import json
 import shutil
 import sqlite3
 import subprocess
@@ -87,6 +89,21 @@ def test_the_second_night_updates_the_lists_and_equals_a_full_rebuild(two_nights
     run_publish(cfg, NEXT)
     summary = run_summary(cfg, NEXT)
     assert f"updated from {DS}'s lists" in summary
+
+
+def test_on_spark_the_second_night_updates_its_lists_as_in_one_process(two_nights):
+    """From neighbors.spark_min_items on, both nights run as Spark tasks: the first keeps its lists, the
+    second updates them, and its rows equal the in-process full rebuild's."""
+    cfg, _ = two_nights
+    on_spark = dataclasses.replace(cfg, neighbors=dataclasses.replace(cfg.neighbors, spark_min_items=1))
+    assert run_neighbors(on_spark, DS)["mode"] == "full"
+    updated = run_neighbors(on_spark, NEXT)
+    assert updated["mode"] == "incremental", updated["why"]
+    stats = json.loads(Warehouse.of(cfg).work(NEXT, "neighbors_stats.json").read_text())
+    assert stats["executor"] == "spark" and stats["spark"]["tasks"] >= 1 and stats["fresh"] > 0
+    on_spark_rows = _rows(cfg, NEXT)
+    run_neighbors(cfg, NEXT, full=True)
+    assert on_spark_rows.equals(_rows(cfg, NEXT))
 
 
 def test_an_update_killed_mid_way_leaves_nothing_and_its_rerun_converges(two_nights):
