@@ -9,9 +9,17 @@ trained: the serving rule serves the image baseline), and then a second night af
 ``--changed`` of the listings got a new photo and title and ``--new`` new listings appeared.
 Per stage and night: wall time, peak RSS of the process tree, and rows per second.
 
+With ``--update-nights``, more nights follow, one per share c: c/3 of the listings get a new photo,
+c/3 new listings appear and c/3 are sold. Each night's neighbours stage runs as the night runs it
+(an update of the previous night's lists) and then again with ``--full``; both are reported by
+their compute time (the stage's own, process start and writing the same outputs excluded, reading
+the previous night's lists included), wall time and peak RSS, with their recall estimate.
+
     .venv/bin/python benchmarks/nightly_scale.py --sizes 20000 80000 320000 --json scale.json
     .venv/bin/python benchmarks/nightly_scale.py --sizes 20000 80000 --stages extract
     .venv/bin/python benchmarks/nightly_scale.py --sizes 20000 80000 --stages extract --set extract.decode_processes=0
+    .venv/bin/python benchmarks/nightly_scale.py --sizes 320000 --update-nights 0.001 0.02 0.1 \
+        --set neighbors.incremental_max_change=0.15
 """
 from __future__ import annotations
 
@@ -28,6 +36,7 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,13 +109,61 @@ def change(out: Path, changed: float, new: float) -> dict:
     return {"changed": len(picked), "new": len(fresh)}
 
 
-def run_stage(stage: str, config: Path, ds: str) -> dict:
+def turnover(out: Path, share: float, serial: int, ds: str) -> dict:
+    """Night ``serial``'s source: share/3 of the listings with a new photo, share/3 new, share/3 sold."""
+    con = sqlite3.connect(out / "source.db")
+    rows = con.execute("select * from listings where status = 'on_sale' and image_key like 'c%' "
+                       "order by item_id").fetchall()
+    stamp = f"{ds}T06:00:00"
+    part = max(1, round(len(rows) * share / 3))
+    picked = [rows[i] for i in np.random.default_rng(serial).choice(len(rows), 3 * part, replace=False)]
+    images = out / "images"
+    for row in picked[:part]:
+        path = images / row[8]
+        path.write_bytes(path.read_bytes() + f" changed {serial}".encode())
+    con.executemany("update listings set title = title || ' (new photo)', updated_at = ? where item_id = ?",
+                    [(stamp, row[0]) for row in picked[:part]])
+    fresh = []
+    (images / "new").mkdir(exist_ok=True)
+    for i, row in enumerate(picked[part:2 * part]):
+        key = f"new/{serial}-{i}.jpg"
+        (images / key).write_bytes((images / row[8]).read_bytes() + f"new {serial} {i}".encode())
+        fresh.append((f"new-{serial}-{i:07d}", row[1], row[2], row[3], row[4], row[5], "on_sale", row[7], key, stamp,
+                      stamp))
+    con.executemany("insert into listings values (?,?,?,?,?,?,?,?,?,?,?)", fresh)
+    con.executemany("update listings set status = 'sold', updated_at = ? where item_id = ?",
+                    [(stamp, row[0]) for row in picked[2 * part:]])
+    con.commit()
+    con.close()
+    return {"changed": part, "new": part, "sold": part}
+
+
+def neighbours_both_ways(config: Path, ds: str) -> dict:
+    """The night's neighbours stage as the night runs it, then in full: time, RSS and what it did."""
+    from pipelines.config import load_config
+    from pipelines.storage import Warehouse
+
+    result = {}
+    for how, extra in (("night", ()), ("full", ("--full",))):
+        run = run_stage("neighbors", config, ds, extra)
+        stats = json.loads(Warehouse.of(load_config(config)).work(ds, "neighbors_stats.json").read_text())
+        writing = sum(g.get("write_seconds") or 0.0 for g in stats["groups"])
+        result[how] = {**run, "mode": stats["mode"], "compute_seconds": round(
+            stats["seconds"] + stats.get("previous_seconds", 0.0) - writing, 2), "write_seconds": round(writing, 2),
+            "fresh": stats.get("fresh"), "recall": stats.get("recall_at_k"), "why": stats["why"]}
+        print(f"  {ds} neighbors ({how}): {result[how]['mode']}, compute {result[how]['compute_seconds']} s, "
+              f"{run['seconds']} s, {run['peak_rss_mb']} MB: {stats['why']}", flush=True)
+    return result
+
+
+def run_stage(stage: str, config: Path, ds: str, extra: tuple = ()) -> dict:
     """One ``lookalike <stage>`` process: its wall time and the peak RSS of its process tree (MB)."""
     import psutil
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.tools.cli", stage, "--config", str(config), "--ds", ds],
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.tools.cli", stage, "--config", str(config), "--ds", ds,
+                             *extra],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak, stop = [0.0], threading.Event()
 
@@ -158,7 +215,11 @@ def search_choice(config: Path, ds: str) -> str:
     from pipelines.config import load_config
     from pipelines.storage import Warehouse
 
+    from pipelines.neighbors.stage import describe_mode
+
     stats = json.loads(Warehouse.of(load_config(config)).work(ds, "neighbors_stats.json").read_text())
+    if stats.get("mode") == "incremental":
+        return describe_mode(stats)
     return "; ".join(f"{g['index']}{knob(g)} "
                      f"recall {g['recall_at_k']:.3f}, tuned in {g['tune_seconds']} s, searched in {g['search_seconds']} s"
                      for g in stats["groups"])
@@ -172,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", type=int, default=1500, help="listings of the sample marketplace copied")
     parser.add_argument("--changed", type=float, default=0.02, help="share of listings with a new photo next night")
     parser.add_argument("--new", type=float, default=0.01, help="share of new listings next night")
+    parser.add_argument("--update-nights", type=float, nargs="*", default=[], metavar="SHARE",
+                        help="after the second night, one night per share (a third new photos, a third new "
+                             "listings, a third sold), its neighbours stage run as the night runs it and in full")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="a config key for every stage (repeatable), e.g. extract.decode_processes=0")
     parser.add_argument("--json", type=Path)
@@ -201,8 +265,15 @@ def main(argv: list[str] | None = None) -> int:
             first = night(config, DS, args.stages, made["listings"])
             delta = change(folder, args.changed, args.new)
             second = night(config, NEXT, args.stages, made["listings"] + delta["new"])
+            updates = []
+            for serial, share in enumerate(args.update_nights, start=2):
+                ds = (date.fromisoformat(DS) + timedelta(days=serial)).isoformat()
+                moved = turnover(folder, share, serial, ds)
+                for stage in ("extract", "embed"):
+                    run_stage(stage, config, ds)
+                updates.append({"share": share, **moved, **neighbours_both_ways(config, ds)})
             results.append({"listings": made["listings"], "events": made["events"], **delta,
-                            "first": first, "second": second})
+                            "first": first, "second": second, "updates": updates})
             shutil.rmtree(folder)
     print(f"\nA night by catalogue size; the second night after {args.changed:.0%} of the listings got a new photo "
           f"and {args.new:.0%} were added")
@@ -216,6 +287,16 @@ def main(argv: list[str] | None = None) -> int:
         one = sum(r["first"][s]["seconds"] for s in args.stages)
         two = sum(r["second"][s]["seconds"] for s in args.stages)
         print(f"{r['listings']:>9} {'night':<10}{one:>10.1f}{'':>8}{'':>9}{two:>11.1f}{'':>8}{two / one:>10.2f}")
+    if args.update_nights:
+        print("\nThe neighbours stage on nights after the second: as the night ran it, and in full")
+        print(f"{'listings':>9}{'changed':>9}{'mode':>13}{'compute s':>11}{'full s':>8}{'ratio':>7}"
+              f"{'wall s':>8}{'full':>7}{'RSS MB':>8}{'full':>7}")
+        for r in results:
+            for u in r["updates"]:
+                a, b = u["night"], u["full"]
+                print(f"{r['listings']:>9}{u['share']:>9.1%}{a['mode']:>13}{a['compute_seconds']:>11.2f}"
+                      f"{b['compute_seconds']:>8.2f}{a['compute_seconds'] / b['compute_seconds']:>7.3f}"
+                      f"{a['seconds']:>8.1f}{b['seconds']:>7.1f}{a['peak_rss_mb']:>8}{b['peak_rss_mb']:>7}")
     if len(results) > 1:
         small, large = results[0]["first"]["extract"], results[-1]["first"]["extract"]
         print(f"\nextract peak RSS at {results[-1]['listings']} listings: {large['peak_rss_mb'] / small['peak_rss_mb']:.2f}x "

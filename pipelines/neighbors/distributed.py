@@ -229,9 +229,12 @@ def search_ranges(batches: Iterator[pa.RecordBatch], folder: str, parts: str, th
 
 
 def _driver_search(saved):
-    def from_fresh(new, depth):  # searched once by the driver for every task
-        assert np.array_equal(new, saved["new"]) and depth == saved["p"].shape[1]
-        return saved["s"], saved["p"]
+    every, s, p = saved["new"], saved["s"], saved["p"]
+
+    def from_fresh(new, depth):  # searched once by the driver for every task: its rows of these fresh items
+        at = np.searchsorted(every, new)
+        assert np.array_equal(every[at], new) and depth == p.shape[1]
+        return s[at], p[at]
     return from_fresh
 
 

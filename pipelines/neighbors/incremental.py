@@ -99,9 +99,13 @@ def update_lists(vectors: np.ndarray, candidates: np.ndarray, queries: np.ndarra
             valid = _keep(p, queries[rows], exclusions)
             merge([(np.repeat(rows, r), np.where(valid, p, -1).ravel(), s.ravel())], rows)
             faults.point("neighbors.mid_update")
-        if from_fresh is not None:
-            merge([_pairs_from_fresh(from_fresh, vectors, new, queries, stay, exclusions, length)],
-                  np.zeros(0, np.int64))
+        if from_fresh is not None:  # a block of fresh items at a time: memory holds one block's pairs
+            row_of = np.full(len(vectors), -1, np.int64)
+            row_of[queries] = np.arange(len(queries))
+            for start in range(0, len(new), block):
+                merge([_pairs_from_fresh(from_fresh, new[start:start + block], row_of, queries, stay, exclusions,
+                                         length)], np.zeros(0, np.int64))
+                faults.point("neighbors.mid_update")
     merge([], np.flatnonzero(dropped))
     faults.point("neighbors.mid_update")
     again = np.flatnonzero(~stay)
@@ -117,12 +121,11 @@ def update_lists(vectors: np.ndarray, candidates: np.ndarray, queries: np.ndarra
                    "fresh_candidates": int(len(new)), "touched": int((touched & stay).sum())}
 
 
-def _pairs_from_fresh(from_fresh, vectors: np.ndarray, new: np.ndarray, queries: np.ndarray, stay: np.ndarray,
+def _pairs_from_fresh(from_fresh, new: np.ndarray, row_of: np.ndarray, queries: np.ndarray, stay: np.ndarray,
                       exclusions: Exclusions, length: int) -> Pairs:
-    """(row, fresh position, score) for each unchanged query among the ``depth`` nearest items of a fresh
-    candidate: the reverse search from the fresh side (a score is symmetric)."""
-    row_of = np.full(len(vectors), -1, np.int64)
-    row_of[queries] = np.arange(len(queries))
+    """(row, fresh position, score) for each unchanged query among the nearest items of a fresh candidate
+    (``row_of``: each position's row among the queries, or -1): the reverse search from the fresh side (a
+    score is symmetric)."""
     s, p = from_fresh(new, REVERSE_DEPTH * length)
     rows = np.where(p >= 0, row_of[np.clip(p, 0, None)], -1)
     fresh_pos = np.broadcast_to(new[:, None], p.shape)
@@ -133,7 +136,7 @@ def _pairs_from_fresh(from_fresh, vectors: np.ndarray, new: np.ndarray, queries:
     return rows[valid], fresh_pos[valid], s[valid]
 
 
-REVERSE_DEPTH = 4  # a fresh item's reverse search reaches its 4 x L nearest items (L: the list length)
+REVERSE_DEPTH = 6  # a fresh item's reverse search reaches its 6 x L nearest items (L: the list length)
 
 
 def _join(lists: Lists, pairs: list[Pairs], length: int, also: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -198,8 +198,11 @@ def run_neighbors(cfg: Config, ds: str, full: bool = False) -> dict[str, str]:
     change = None
     why = update.rebuild_reason(ncfg, ds, version, vectors.shape[1], previous, full=full)
     mode = "full"
+    reading = 0.0
     if why is None:
+        t0 = time.monotonic()
         was, fresh, removed, kept = update.load_previous(wh, previous, ids, vectors, catalog, load_embeddings)
+        reading = round(time.monotonic() - t0, 2)
         change = (int(fresh.sum()) + removed) / max(len(ids), 1)
         approximate = not plan_index(int(on_sale.sum()), vectors.shape[1], kind=ncfg.index,
                                      exact_max_items=ncfg.exact_max_items, memory_budget_mb=ncfg.memory_budget_mb).exact
@@ -231,7 +234,7 @@ def run_neighbors(cfg: Config, ds: str, full: bool = False) -> dict[str, str]:
             stats = build_neighbors(vectors, ids, ncfg=ncfg, on_sale=on_sale, writer=writer, ds=ds, version=version,
                                     lists_out=lists, keep_index=keep_index, spark=spark, **codes)
     lists.save(lists_out)
-    stats.update(mode=mode, why=why, previous_ds=previous.ds if previous else None,
+    stats.update(mode=mode, why=why, previous_ds=previous.ds if previous else None, previous_seconds=reading,
                  change_share=None if change is None else round(change, 5))
     last = previous.stats["lists"] if mode == "incremental" else None  # what the next night's update starts from
     stats["lists"] = {"k": ncfg.k, "margin": ncfg.margin, "version": version, "settings": update.settings_of(ncfg),
