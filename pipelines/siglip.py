@@ -188,12 +188,29 @@ def load_model(path: str | Path, *, version: str | None = None) -> LoadedModel:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a Hugging Face model directory (no config.json)")
     model = SiglipModel.from_pretrained(path, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = lowercase_if_expected(AutoTokenizer.from_pretrained(path))
     pre = Preprocess.from_hf(json.loads((path / "preprocessor_config.json").read_text())) \
         if (path / "preprocessor_config.json").exists() else Preprocess(model.config.vision_config.image_size)
     meta = json.loads((path / "lookalike.json").read_text()) if (path / "lookalike.json").exists() else {}
     return LoadedModel(model, tokenizer, pre, int(model.config.text_config.max_position_embeddings),
                        version or meta.get("version") or path.name, path)
+
+
+def lowercase_if_expected(tokenizer):
+    """SigLIP 2's Gemma tokenizer was trained on lowercased text, and its checkpoints expect it lowercased
+    (their tokenizer does not do it): a lowercasing step is put in front of its normaliser, saved with
+    it, so training, embedding and every later load agree. Any other tokenizer is returned as it is."""
+    if "gemma" not in type(tokenizer).__name__.lower():
+        return tokenizer
+    from tokenizers import normalizers
+
+    backend = tokenizer.backend_tokenizer
+    current = backend.normalizer
+    if current is not None and "Lowercase" in repr(current):
+        return tokenizer
+    backend.normalizer = normalizers.Sequence([normalizers.Lowercase(), current] if current else
+                                              [normalizers.Lowercase()])
+    return tokenizer
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int) -> torch.Tensor:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -20,7 +21,8 @@ import torch
 from pipelines import registry
 from pipelines.config import Config
 from pipelines.errors import ConfigError
-from pipelines.siglip import ARCHITECTURES, Preprocess, build_config, init_siglip_head, save_model, train_tokenizer
+from pipelines.siglip import (ARCHITECTURES, Preprocess, build_config, init_siglip_head, lowercase_if_expected,
+                              save_model, train_tokenizer)
 from pipelines.storage import ModelStore, Warehouse
 from pipelines.train.data import (DecodedCache, Pairs, PairStream, SnapshotTexts, StreamPlan, batches_from, fragments,
                                   group_ids, id_hash, is_validation, load_rows, read_texts)
@@ -70,17 +72,56 @@ def initial_model(cfg: Config, texts: list[str], world: World = World()):
             local_model_dir(init)  # one download per host; the others wait, then find it cached
         world.barrier()
         path = local_model_dir(init)
+    elif HUB_NAME.fullmatch(init) and not Path(init).exists():
+        if world.is_main:
+            hub_checkpoint(init)  # one download per host into the Hugging Face cache
+        world.barrier()
+        path = hub_checkpoint(init)
     else:
         path = Path(init)
     if not (path / "config.json").is_file():
-        raise ConfigError(f"model.init={init!r} is neither a named architecture ({', '.join(ARCHITECTURES)}) "
-                         f"nor a Hugging Face checkpoint directory with a config.json")
+        raise ConfigError(f"model.init={init!r} is neither a named architecture ({', '.join(ARCHITECTURES)}), "
+                         f"a Hugging Face model name (org/name) nor a checkpoint directory with a config.json")
+    check_checkpoint(path, init)
     model = SiglipModel.from_pretrained(path, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = lowercase_if_expected(AutoTokenizer.from_pretrained(path))
     pre_file = path / "preprocessor_config.json"
     preprocess = Preprocess.from_hf(json.loads(pre_file.read_text())) if pre_file.exists() \
         else Preprocess(model.config.vision_config.image_size)
     return model, tokenizer, preprocess, f"checkpoint:{init}", _checkpoint_parent(path)
+
+
+HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")  # a Hugging Face model id: org/name
+
+
+def hub_checkpoint(name: str) -> Path:
+    """The folder of Hugging Face model ``name`` in the Hugging Face cache (``HF_HOME``), downloaded the
+    first time; with the hub unreachable or ``HF_HUB_OFFLINE=1``, what the cache holds."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt"]  # config, weights, tokenizer: no other formats
+    try:
+        return Path(snapshot_download(name, allow_patterns=patterns))
+    except RepositoryNotFoundError as exc:
+        raise ConfigError(f"model.init={name!r}: no such model on the Hugging Face hub ({exc})") from exc
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        raise ConfigError(
+            f"model.init={name!r} is not in the Hugging Face cache and the hub cannot be reached ({exc}); fetch it "
+            f"once where the hub is reachable (`hf download {name}`, with the same HF_HOME), or download it "
+            "to a folder or your bucket and point model.init there") from exc
+
+
+def check_checkpoint(path: Path, init: str) -> None:
+    """Refuse a checkpoint this pipeline cannot train: SigLIP 2 NaFlex (variable resolution and patch
+    count) needs its own processor; the fixed-resolution SigLIP 2 checkpoints are plain SigLIP."""
+    model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    if model_type == "siglip2":
+        raise ConfigError(f"model.init={init!r} is a SigLIP 2 NaFlex checkpoint (model_type siglip2), which takes "
+                          "images at their own resolution and patch count; Lookalike trains fixed-resolution "
+                          "SigLIP: use a fixed-resolution checkpoint (e.g. google/siglip2-base-patch16-256)")
+    if model_type != "siglip":
+        raise ConfigError(f"model.init={init!r} is a {model_type!r} checkpoint, not SigLIP (model_type siglip)")
 
 
 EARLY_STOP_MIN_PAIRS = 200  # held-out pairs needed before train.patience may stop a run
