@@ -39,8 +39,9 @@ class SourceConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     """What training starts from."""
-    # A named architecture trained from scratch ("tiny", "small", "siglip-base-patch16-224", …)
-    # or a Hugging Face checkpoint directory, local or s3://.
+    # A named architecture trained from scratch ("tiny", "small", "siglip-base-patch16-224", …),
+    # a Hugging Face model name (org/name, through the Hugging Face cache) or a checkpoint
+    # directory, local or s3://.
     init: str = "small"
 
 

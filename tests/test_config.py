@@ -66,3 +66,13 @@ def test_a_value_outside_a_keys_choices_fails_when_the_config_loads_naming_the_k
     for allowed in CHOICES[key]:
         assert getattr(getattr(load_config(None, environ={f"LOOKALIKE_{section.upper()}__{name.upper()}": allowed}),
                                section), name) == allowed
+
+
+@pytest.mark.parametrize("name", ["lookalike.demo.yaml", "lookalike.production.yaml"])
+def test_the_shipped_configs_load(name):
+    """The demo's and the production start's configs stay valid as keys change."""
+    cfg = load_config(Path(__file__).resolve().parents[1] / name, environ={})
+    if name == "lookalike.production.yaml":
+        from pipelines.train.stage import HUB_NAME
+
+        assert HUB_NAME.fullmatch(cfg.model.init) and cfg.embed.pca_dim == 128 and cfg.train.precision == "bf16"
