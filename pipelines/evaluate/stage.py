@@ -191,10 +191,31 @@ def run_evaluate(cfg: Config, ds: str, model_uri: str) -> dict:
     log.info("evaluate %s: %d queries (%s); nDCG@5 %s", ds, len(queries), protocol,
              ", ".join(f"{s} {v.mean():.3f}" for s, v in summary.items()))
 
-    decision = {"protocol": protocol, "notes": notes,
+    scratch = from_scratch(loaded.path)
+    if scratch:
+        notes.append(scratch)
+        log.warning("evaluate %s: %s", ds, scratch)
+    decision = {"protocol": protocol, "notes": notes, "trained_from_scratch": bool(scratch),
                 **_promotion(cfg, loaded.version, summary, weight, protocol, production is not None)}
     atomic_write_text(wh.work(ds, "model_decision.json"), json.dumps(decision, indent=2))
     return {"eval_metrics": str(out), "queries": len(queries), **decision}
+
+
+def from_scratch(model_dir) -> str | None:
+    """What to expect when the model was trained from scratch (its ``lookalike.json`` names a shape, not
+    a checkpoint), and how to start from pretrained weights; None for a fine-tuned checkpoint."""
+    from pathlib import Path
+
+    from pipelines.siglip import ARCHITECTURES
+
+    meta = Path(model_dir) / "lookalike.json"
+    architecture = json.loads(meta.read_text()).get("architecture") if meta.exists() else None
+    if architecture not in ARCHITECTURES:
+        return None
+    return (f"the model was trained from scratch (model.init: {architecture}): on a catalogue of tens of "
+            "thousands of photos expect it to trail hand-made colour and shape features, which is why the "
+            "baseline or a blend may be served; start from pretrained weights with model.init: "
+            "google/siglip-base-patch16-256-multilingual (docs/models.md, lookalike.production.yaml)")
 
 
 MIN_SEGMENT_QUERIES = 5  # a category with fewer queries gets no row of its own

@@ -120,6 +120,8 @@ def run_publish(cfg: Config, ds: str) -> dict:
     embed_stats = wh.work(ds, "embed_stats.json")
     record["served"] = json.loads(embed_stats.read_text()).get("served") if embed_stats.exists() else None
     record["extract"] = photos.read_marker(wh, ds)
+    decision = wh.work(ds, "model_decision.json")  # the evaluation's verdict on the week's model
+    record["model"] = json.loads(decision.read_text()) if decision.exists() else None
     if not failures:
         record["drift"] = _gate(cfg, wh, ds, files, rows, on_sale=active.num_rows, served=record["served"])
     return _commit(cfg, wh, ds, files, rows, failures, record)

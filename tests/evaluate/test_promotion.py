@@ -67,3 +67,15 @@ def test_a_log_that_cannot_discriminate_is_reported_not_scored(extracted, tmp_pa
     decided = run_evaluate(cfg, DS, tiny_model(store.version_dir("third"), seed=5, version="third"))
     assert decided["protocol"] == "category"  # scored on held-out listings instead of a meaningless 1.000
     assert any("cannot discriminate" in note and "not scored" in note for note in decided["notes"])
+
+
+def test_a_model_trained_from_scratch_says_so_and_how_to_start_from_pretrained_weights(tmp_path):
+    import json
+
+    from pipelines.evaluate.stage import from_scratch
+
+    (tmp_path / "lookalike.json").write_text(json.dumps({"architecture": "small"}))
+    note = from_scratch(tmp_path)
+    assert "trained from scratch (model.init: small)" in note and "google/siglip-base-patch16-256" in note
+    (tmp_path / "lookalike.json").write_text(json.dumps({"architecture": "checkpoint:google/siglip-base"}))
+    assert from_scratch(tmp_path) is None
