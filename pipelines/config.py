@@ -158,7 +158,10 @@ class EvaluateConfig:
     # Weights w of the model in the served blend [√w·model, √(1−w)·image baseline] tried on the log;
     # the best blend is promoted instead of the model alone when it ranks better. Empty: model alone.
     hybrid_weights: str = "0.3,0.5,0.7"
-    category_items: int = 3000  # no module clicks yet: held-out listings scored by shared category
+    category_items: int = 3000  # no module clicks yet: held-out listings scored by category, colour and product group
+    # The most colour@5 a served system may trail the image baseline by, whatever it gains on category
+    # (listings with a colour column): the model alone gives way to the blend, or the baseline stays
+    max_colour_loss: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -480,6 +483,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # Shares that must lie in an interval: (low, high, low inclusive, high inclusive).
 INTERVALS: dict[str, tuple[float, float, bool, bool]] = {
     "train.colour_augment": (0.0, 1.0, True, True),
+    "evaluate.max_colour_loss": (0.0, 1.0, True, True),
     "train.crop_scale": (0.0, 1.0, False, True),
     "train.patch_dropout": (0.0, 1.0, True, False),
     "train.image_positive": (0.0, math.inf, True, False),

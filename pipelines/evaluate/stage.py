@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -43,11 +43,19 @@ from pipelines.storage import ModelStore, Warehouse, atomic_write_text, write_pa
 log = logging.getLogger(__name__)
 
 
+# What a shopper compares on a similar-items module without clicks yet (the listings protocol): the
+# kind of thing (category), its colour and the same product in another variant (product_group);
+# colour and product_group only where the source has those optional listing columns.
+FACETS = ("category", "colour", "product_group")
+SHOPPER = ("shopper", 5)  # the combined score (``score_system``): what promotion and the blend weight use
+
+
 @dataclass
 class Query:
     source: int  # row index of the source item
     candidates: np.ndarray  # (C,) row indices of the items shown
-    relevant: np.ndarray  # (C,) bool: clicked
+    relevant: np.ndarray  # (C,) bool: clicked (by category on the listings protocol)
+    facets: dict[str, np.ndarray] = field(default_factory=dict)  # facet → (C,) bool, the listings protocol
 
 
 def build_queries(events: dict[str, list], index: dict[str, int], min_candidates: int) -> list[Query]:
@@ -76,44 +84,91 @@ def build_queries(events: dict[str, list], index: dict[str, int], min_candidates
 def category_queries(items: dict[str, list], val_fraction: float, limit: int) -> list[Query]:
     """The protocol of a catalogue without module clicks yet: every held-out item (the training
     split's validation items, never trained on) is a query over the other held-out items, and
-    those of its own category are the relevant ones. Up to ``limit`` items, chosen by id hash."""
+    those of its own category are the relevant ones. Each query also carries its relevance by
+    facet (:data:`FACETS`): the same category, the same colour and the same product group, each
+    where the item has a value (the optional listing columns) and another held-out item shares it.
+    Up to ``limit`` items, chosen by id hash."""
     from pipelines.train.data import id_hash, is_validation
 
     pool = [i for i, (item, category) in enumerate(zip(items["item_id"], items["category"]))
             if category and is_validation(item, val_fraction)]
     pool = sorted(sorted(pool, key=lambda i: id_hash(items["item_id"][i]))[:limit])
-    categories = np.array([items["category"][i] for i in pool], dtype=object)
-    rows = np.array(pool)
+    rows = np.array(pool, dtype=np.int64)
+    values = {facet: np.array([items.get(facet, [None] * len(items["item_id"]))[i] or "" for i in pool],
+                              dtype=object) for facet in FACETS}
     queries = []
     for j, row in enumerate(rows):
         others = np.delete(np.arange(len(rows)), j)
-        relevant = categories[others] == categories[j]
-        if relevant.any():
-            queries.append(Query(int(row), rows[others], relevant))
+        relevant = values["category"][others] == values["category"][j]
+        if not relevant.any():
+            continue
+        facets = {}
+        for facet, labels in values.items():
+            if labels[j]:
+                same = labels[others] == labels[j]
+                if same.any():
+                    facets[facet] = same
+        queries.append(Query(int(row), rows[others], relevant, facets))
     return queries
 
 
 def score_system(similarity, queries: list[Query], ids: np.ndarray) -> dict[tuple, np.ndarray]:
-    """Per-query metric values of one system; ``similarity(source, candidates)`` → (C,) scores."""
+    """Per-query metric values of one system; ``similarity(source, candidates)`` → (C,) scores.
+
+    On the listings protocol also, per facet, nDCG@5 and P@5 (``("colour:ndcg", 5)`` …; NaN where a
+    query has no such facet) and the shopper's score ``SHOPPER``: per query the mean nDCG@5 over the
+    facets it has (category, and colour and product group where the catalogue has them), so that a
+    model that gains on the kind of thing but loses colour gains nothing."""
     per_query: dict[tuple, list[float]] = {key: [] for key in REPORTED}
+    with_facets = any(q.facets for q in queries)
+    if with_facets:
+        per_query.update({(f"{facet}:{metric}", 5): [] for facet in FACETS for metric in ("ndcg", "precision")})
+        per_query[SHOPPER] = []
     for q in queries:
-        m = query_metrics(similarity(q.source, q.candidates), q.relevant, ids[q.candidates])
-        for key, value in m.items():
+        scores = similarity(q.source, q.candidates)
+        for key, value in query_metrics(scores, q.relevant, ids[q.candidates]).items():
             per_query[key].append(value)
-    return {key: np.array(v) for key, v in per_query.items()}
+        if with_facets:
+            gained = []
+            for facet in FACETS:
+                m = query_metrics(scores, q.facets[facet], ids[q.candidates]) if facet in q.facets else {}
+                per_query[(f"{facet}:ndcg", 5)].append(m.get(("ndcg", 5), np.nan))
+                per_query[(f"{facet}:precision", 5)].append(m.get(("precision", 5), np.nan) if m else np.nan)
+                if m:
+                    gained.append(m[("ndcg", 5)])
+            per_query[SHOPPER].append(float(np.mean(gained)))
+    return {key: np.array(v, dtype=np.float64) for key, v in per_query.items()}
+
+
+def ranking_score(per_query: dict[tuple, np.ndarray]) -> np.ndarray:
+    """The per-query score that ranks systems: the shopper's score where there are facets, else nDCG@5."""
+    return per_query[SHOPPER] if SHOPPER in per_query else per_query[("ndcg", 5)]
 
 
 def _items(wh: Warehouse, ds: str) -> dict[str, list]:
-    """Snapshot ∪ catalogue rows (item_id, title, category, image), one per item."""
-    seen, cols = set(), {"item_id": [], "title": [], "category": [], "image": []}
+    """Snapshot ∪ catalogue rows (item_id, title, category, image, and colour and product_group when the
+    source has them), one per item."""
+    seen, cols = set(), {"item_id": [], "title": [], "category": [], "image": [], "colour": [], "product_group": []}
     for name in ("listings_snapshot", "catalog"):
-        table = pq.read_table(wh.work(ds, name), columns=list(cols))
+        table = pq.read_table(wh.work(ds, name), columns=[c for c in cols if c not in FACETS[1:]])
+        facets = pq.read_table(wh.work(ds, name), columns=[c for c in FACETS[1:]
+                                                          if c in pq.read_schema(_first_file(wh.work(ds, name))).names])
+        for facet in FACETS[1:]:
+            table = table.append_column(facet, facets.column(facet) if facet in facets.column_names
+                                        else pa.nulls(table.num_rows, pa.string()))
         for row in table.to_pylist():
             if row["item_id"] not in seen:
                 seen.add(row["item_id"])
                 for key in cols:
                     cols[key].append(row[key])
     return cols
+
+
+def _first_file(path):
+    from pathlib import Path
+
+    path = Path(path)
+    return path if path.is_file() else next(iter(sorted(path.rglob("*.parquet"))))
 
 
 def _scored_queries(queries: list[Query], protocol: str) -> tuple[list[Query], str | None]:
@@ -185,7 +240,14 @@ def run_evaluate(cfg: Config, ds: str, model_uri: str) -> dict:
     if weight is not None:
         vectors["hybrid"] = serving.combine(model_vecs, image_vecs, weight)
     rows = _metric_rows(cfg, ds, wh, items, queries, scored, vectors)
-    summary = {system: per_query[("ndcg", 5)] for system, (_, per_query) in scored.items()}
+    summary = {system: ranking_score(per_query) for system, (_, per_query) in scored.items()}
+    facets = {system: {facet: float(np.nanmean(per_query[(f"{facet}:precision", 5)]))
+                       for facet in FACETS if (f"{facet}:precision", 5) in per_query
+                       and not np.isnan(per_query[(f"{facet}:precision", 5)]).all()}
+              for system, (_, per_query) in scored.items()}
+    if protocol == "category" and not any("colour" in f for f in facets.values()):
+        notes.append("colour was not evaluated: the source's listings have no colour column (docs/pipeline.md, "
+                     "'Source contract'); the model was scored by category alone")
     out = wh.fresh_work(ds, "eval_metrics")
     write_parquet(pa.Table.from_pylist(rows, schema=schemas.EVAL_METRICS), out / "part-0.parquet")
     log.info("evaluate %s: %d queries (%s); nDCG@5 %s", ds, len(queries), protocol,
@@ -195,8 +257,8 @@ def run_evaluate(cfg: Config, ds: str, model_uri: str) -> dict:
     if scratch:
         notes.append(scratch)
         log.warning("evaluate %s: %s", ds, scratch)
-    decision = {"protocol": protocol, "notes": notes, "trained_from_scratch": bool(scratch),
-                **_promotion(cfg, loaded.version, summary, weight, protocol, production is not None)}
+    decision = {"protocol": protocol, "notes": notes, "trained_from_scratch": bool(scratch), "facets@5": facets,
+                **_promotion(cfg, loaded.version, summary, weight, protocol, production is not None, facets)}
     atomic_write_text(wh.work(ds, "model_decision.json"), json.dumps(decision, indent=2))
     return {"eval_metrics": str(out), "queries": len(queries), **decision}
 
@@ -234,7 +296,11 @@ def _metric_rows(cfg: Config, ds: str, wh: Warehouse, items: dict, queries: list
     categories = np.array([items["category"][q.source] or "" for q in queries], dtype=object)
     for system, (version, per_query) in scored.items():
         for (metric, k), values in per_query.items():
-            add(system, version, metric, k, values)
+            facet, _, name = metric.rpartition(":")
+            if not facet:
+                add(system, version, metric, k, values)
+            elif not np.isnan(values).all():  # a facet's figure over the queries that have it
+                add(system, version, name, k, values[~np.isnan(values)], f"facet={facet}")
         for category in sorted(set(categories) - {""}):
             mask = categories == category
             if mask.sum() >= MIN_SEGMENT_QUERIES:
@@ -259,50 +325,72 @@ def _hybrid_weight(cfg: Config, queries: list[Query], ids: np.ndarray, model_vec
         blends[w] = score_system(lambda s, c: blend[c] @ blend[s], queries, ids)
     if not blends:
         return None
-    log.info("evaluate: hybrid nDCG@5 by weight on the model: %s",
-             ", ".join(f"{w:g} {v[('ndcg', 5)].mean():.4f}" for w, v in blends.items()))
-    weight = max(blends, key=lambda w: (float(blends[w][("ndcg", 5)].mean()), w))
+    log.info("evaluate: the hybrid's %s by weight on the model: %s", "shopper's score" if SHOPPER in
+             next(iter(blends.values())) else "nDCG@5",
+             ", ".join(f"{w:g} {ranking_score(v).mean():.4f}" for w, v in blends.items()))
+    weight = max(blends, key=lambda w: (float(ranking_score(blends[w]).mean()), w))
     scored["hybrid"] = (serving.hybrid_version(model_version, baseline_version, weight), blends[weight])
     return weight
 
 
 def _promotion(cfg: Config, version: str, per_query: dict[str, np.ndarray], weight: float | None,
-               protocol: str, has_production: bool) -> dict:
+               protocol: str, has_production: bool, facets: dict[str, dict[str, float]] | None = None) -> dict:
     """Promote the candidate when it (alone, or as the hybrid, whichever ranks better) beats the
-    best baseline on nDCG@5 with the 95% paired-bootstrap interval of the difference above zero,
+    best baseline on the ranking score (``ranking_score``: the shopper's score where the catalogue
+    has facets, else nDCG@5) with the 95% paired-bootstrap interval of the difference above zero,
     and, with another system in production, beats it the same way on the same queries (the
     interval's low end above −``evaluate.promote_tolerance``). On clicks the baselines are both;
     by category the image baseline only, as titles name their category (the text baseline is
-    reported, not a bar)."""
+    reported, not a bar). Whatever it gains, a system whose colour@5 (``facets``) trails the image
+    baseline's by more than ``evaluate.max_colour_loss`` is not served: the model alone then gives
+    way to the blend, and with the blend losing colour too the baseline stays."""
     store = ModelStore.at(cfg.models)
+    facets = facets or {}
+    measure = "shopper's score" if protocol == "category" and facets.get("siglip", {}).keys() - {"category"} \
+        else "nDCG@5"
     ndcg = {system: float(values.mean()) for system, values in per_query.items()}
     bars = ("image_baseline", "text_baseline") if protocol == "clicks" else ("image_baseline",)
     best = max(bars, key=lambda b: ndcg[b])
-    as_hybrid = "hybrid" in ndcg and ndcg["hybrid"] > ndcg["siglip"]
-    chosen = "hybrid" if as_hybrid else "siglip"
+
+    def colour_loss(system: str) -> float | None:
+        own, bar = facets.get(system, {}).get("colour"), facets.get("image_baseline", {}).get("colour")
+        return None if own is None or bar is None else bar - own
+
+    fair = {s: colour_loss(s) is None or colour_loss(s) <= cfg.evaluate.max_colour_loss
+            for s in ("siglip", "hybrid") if s in ndcg}
+    eligible = [s for s in fair if fair[s]] or ["siglip"]
+    chosen = max(eligible, key=lambda s: (ndcg[s], s == "siglip"))
+    as_hybrid = chosen == "hybrid"
     score = ndcg[chosen]
     gain_low, gain_high = bootstrap_ci(per_query[chosen] - per_query[best])
     system = f"the model blended with the image baseline at weight {weight:g}" if as_hybrid else "the model"
     beats_baselines = gain_low > 0
+    keeps_colour = fair.get(chosen, True)
     paired = None
     if has_production:
         low, high = bootstrap_ci(per_query[chosen] - per_query["production"])
         paired = {"production_ndcg@5": ndcg["production"], "gain_low": low, "gain_high": high,
                   "queries": len(per_query[chosen])}
     beats_production = paired is None or paired["gain_low"] > -cfg.evaluate.promote_tolerance
-    promoted = beats_baselines and beats_production
+    promoted = beats_baselines and beats_production and keeps_colour
     registry.record_metrics(store, version, {"ndcg@5": score, "ndcg@5_model": ndcg["siglip"], "protocol": protocol,
-                                             "serve_weight": weight if as_hybrid else 1.0})
+                                             "measure": measure, "serve_weight": weight if as_hybrid else 1.0,
+                                             "facets@5": facets.get(chosen)})
     against = f"{best} {ndcg[best]:.4f}, gain 95% interval [{gain_low:+.4f}, {gain_high:+.4f}]"
     if paired:
         against += (f"; production {paired['production_ndcg@5']:.4f} on the same {paired['queries']} queries, "
                     f"gain [{paired['gain_low']:+.4f}, {paired['gain_high']:+.4f}]")
+    if not fair.get("siglip", True):
+        loss = colour_loss("siglip")
+        against += (f"; the model alone loses colour@5 by {loss:.3f} to the image baseline "
+                    f"(> evaluate.max_colour_loss {cfg.evaluate.max_colour_loss:g})")
     if promoted:
-        registry.promote(store, version, reason=f"{system}: nDCG@5 {score:.4f} beats {against}")
+        registry.promote(store, version, reason=f"{system}: {measure} {score:.4f} beats {against}")
     why = [w for w, failed in (("not above the baselines", not beats_baselines),
-                               ("within noise of production or below it", not beats_production)) if failed]
-    reason = (f"promoted, served as {system}: nDCG@5 {score:.4f} beats {against}" if promoted else
-              f"kept as candidate, not served: {system} nDCG@5 {score:.4f} vs {against} ({'; '.join(why)})")
+                               ("within noise of production or below it", not beats_production),
+                               ("it loses colour beyond the bound", not keeps_colour)) if failed]
+    reason = (f"promoted, served as {system}: {measure} {score:.4f} beats {against}" if promoted else
+              f"kept as candidate, not served: {system} {measure} {score:.4f} vs {against} ({'; '.join(why)})")
     log.info("evaluate: model %s %s", version, reason)
-    return {"model_version": version, "promoted": promoted, "decision": reason,
+    return {"model_version": version, "promoted": promoted, "decision": reason, "measure": measure,
             "serve_weight": weight if as_hybrid else 1.0, "vs_production": paired}

@@ -79,3 +79,33 @@ def test_a_model_trained_from_scratch_says_so_and_how_to_start_from_pretrained_w
     assert "trained from scratch (model.init: small)" in note and "google/siglip-base-patch16-256" in note
     (tmp_path / "lookalike.json").write_text(json.dumps({"architecture": "checkpoint:google/siglip-base"}))
     assert from_scratch(tmp_path) is None
+
+
+@pytest.mark.parametrize("hybrid_colour,served", [(0.47, None), (0.49, "hybrid")])
+def test_a_model_that_wins_category_but_loses_colour_is_not_served_alone(tmp_path, sample_dir, hybrid_colour,
+                                                                         served):
+    """The model alone has the best shopper's score thanks to category, but trails the image baseline's
+    colour@5 by far more than evaluate.max_colour_loss (0.02): the blend is served when it keeps colour
+    within the bound, and with the blend losing colour too the baseline stays."""
+    import numpy as np
+
+    from pipelines.evaluate.stage import _promotion
+
+    cfg = load_config(write_config(tmp_path, sample_dir), environ={})
+    store = ModelStore.at(cfg.models)
+    registry.register(store, "candidate", {"snapshot": {"ds": DS}})
+    tiny_model(store.version_dir("candidate"), seed=1, version="candidate")
+    rng = np.random.default_rng(0)
+    per_query = {"siglip": 0.80 + 0.05 * rng.standard_normal(300), "hybrid": 0.70 + 0.05 * rng.standard_normal(300),
+                 "image_baseline": 0.50 + 0.05 * rng.standard_normal(300)}
+    facets = {"siglip": {"category": 0.90, "colour": 0.30}, "hybrid": {"category": 0.80, "colour": hybrid_colour},
+              "image_baseline": {"category": 0.60, "colour": 0.50}}
+    decided = _promotion(cfg, "candidate", per_query, 0.5, "category", False, facets)
+    assert "loses colour@5 by 0.200" in decided["decision"]
+    if served is None:
+        assert not decided["promoted"] and registry.production(store) is None
+        assert "it loses colour beyond the bound" in decided["decision"]
+    else:
+        assert decided["promoted"] and decided["serve_weight"] == 0.5 and registry.production(store) == "candidate"
+        assert "served as the model blended with the image baseline at weight 0.5" in decided["decision"]
+    assert decided["measure"] == "shopper's score"
