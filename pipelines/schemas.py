@@ -17,7 +17,10 @@ LISTING_FIELDS = [
     pa.field("image_key", pa.string()),
     pa.field("created_at", pa.string()),
     pa.field("updated_at", pa.string()),
+    pa.field("colour", pa.string()),  # optional in the source: NULL where it has no such column
+    pa.field("product_group", pa.string()),  # optional: the product a listing's variants share
 ]
+LISTINGS_OPTIONAL = ("colour", "product_group")  # a source without them reads as NULL
 
 # Work-area snapshot and catalogue: listings plus the normalised image (JPEG bytes).
 ITEMS = pa.schema(

@@ -5,9 +5,9 @@ its kind:
 
 - a SigLIP version, ``<models>/siglip/<version>/`` (``lookalike train``);
 - the image baseline, ``<models>/image-baseline/<version>/``: the hand-made features of
-  ``evaluate/baselines.py`` with their standardisation and PCA fitted once, on a sample of the
-  catalogue of the first ds that needed it, so every night projects into the same space and
-  its embeddings are reused like a model's;
+  ``evaluate/baselines.py`` with their PCA fitted once, on a sample of the catalogue of the first
+  ds that needed it, so every night projects into the same space and its embeddings are reused
+  like a model's (fitted again when the features change: ``baselines.FEATURES``);
 - a hybrid, ``<models>/hybrid/<version>/``: a SigLIP version's unit vector scaled by √w beside
   the baseline's scaled by √(1 − w), so that cosine = w · model + (1 − w) · baseline. The
   evaluation chooses w on its log (``evaluate.hybrid_weights``) and promotes the model with it.
@@ -31,12 +31,13 @@ import numpy as np
 from pipelines import registry
 from pipelines.config import Config
 from pipelines.embed.compression import Projection, load_projection, save_projection
+from pipelines.errors import LookalikeError
+from pipelines.evaluate import baselines
 from pipelines.evaluate.baselines import baseline_vectors, fit_baseline
 from pipelines.storage import ModelStore, Warehouse
 
 log = logging.getLogger(__name__)
 
-BASELINE_SIZE = 64  # px at which the hand-made features are computed
 BASELINE = "image_baseline"
 HYBRID = "hybrid"
 SIGLIP = "siglip"
@@ -60,10 +61,12 @@ def ensure_baseline(cfg: Config, ds: str) -> tuple[str, Path]:
     store = ModelStore.at(cfg.models)
     current = registry.baseline(store)
     if current and (store.baseline_dir(current) / "projection.npz").exists():
-        return current, store.baseline_dir(current)
+        fitted = _features_of(store.baseline_dir(current))
+        if fitted == baselines.FEATURES:
+            return current, store.baseline_dir(current)
+        log.info("image baseline %s was fitted with the features %s; fitting the current ones (%s)", current,
+                 fitted, baselines.FEATURES)
     import pyarrow.dataset as pads
-
-    from pipelines.siglip import Preprocess
 
     catalog = Warehouse.of(cfg).work(ds, "catalog")
     if not catalog.exists():
@@ -72,7 +75,7 @@ def ensure_baseline(cfg: Config, ds: str) -> tuple[str, Path]:
     rows = dataset.count_rows()
     picked = np.sort(np.random.default_rng(0).permutation(rows)[: cfg.embed.pca_sample])
     images = dataset.take(picked, columns=["image"]).column("image").to_pylist()
-    decode = Preprocess(BASELINE_SIZE).decode
+    decode = baselines.preprocess().decode
     pixels = []
     for data in images:
         try:
@@ -81,6 +84,7 @@ def ensure_baseline(cfg: Config, ds: str) -> tuple[str, Path]:
             continue
     projection = fit_baseline(np.stack(pixels), cfg.evaluate.baseline_dim)
     digest = hashlib.sha256(projection.mean.tobytes() + projection.components.tobytes()).hexdigest()
+    digest = hashlib.sha256(baselines.FEATURES.encode() + digest.encode()).hexdigest()
     version = f"image-baseline-{ds.replace('-', '')}-{digest[:10]}"
     folder = store.baseline_dir(version)
     staging = folder.with_name(f".{version}.{uuid.uuid4().hex[:8]}.tmp")
@@ -88,7 +92,7 @@ def ensure_baseline(cfg: Config, ds: str) -> tuple[str, Path]:
     save_projection(projection, staging / "projection.npz")
     (staging / "lookalike.json").write_text(json.dumps(
         {"kind": BASELINE, "version": version, "ds": ds, "fitted_on": len(pixels), "dim": projection.dim,
-         "image_size": BASELINE_SIZE}, indent=2))
+         "image_size": baselines.SIZE, "features": baselines.FEATURES}, indent=2))
     try:
         staging.rename(folder)
     except OSError:  # fitted by a concurrent run with the same result
@@ -97,6 +101,12 @@ def ensure_baseline(cfg: Config, ds: str) -> tuple[str, Path]:
     log.info("image baseline %s: fitted on %d catalogue photos of %s (%d dimensions)", version, len(pixels), ds,
              projection.dim)
     return version, folder
+
+
+def _features_of(folder: Path) -> str:
+    """The feature set a fitted baseline folder was fitted with (its ``lookalike.json``)."""
+    meta = folder / "lookalike.json"
+    return json.loads(meta.read_text()).get("features", "hist4+rgb8/standardised") if meta.exists() else "unknown"
 
 
 # ----------------------------------------------------------------------------- hybrids
@@ -172,9 +182,7 @@ class SiglipEmbedder:
 
 class BaselineEmbedder:
     def __init__(self, projection: Projection):
-        from pipelines.siglip import Preprocess
-
-        self.projection, self.preprocess = projection, Preprocess(BASELINE_SIZE)
+        self.projection, self.preprocess = projection, baselines.preprocess()
 
     def decode(self, data: bytes):
         return self.preprocess.decode([data])[0]
@@ -204,6 +212,10 @@ def load_embedder(path: str, device: str = "cpu"):
     """The embedder of a served folder: a SigLIP model (local or s3://), the baseline or a hybrid."""
     kind = kind_of(path) if "://" not in path else SIGLIP
     if kind == BASELINE:
+        if _features_of(Path(path)) != baselines.FEATURES:
+            raise LookalikeError(f"the image baseline in {path} was fitted with the features {_features_of(Path(path))}, "
+                                 f"not this version's {baselines.FEATURES}: the next night fits the current ones "
+                                 "(or run `lookalike embed --ds <ds>`)")
         return BaselineEmbedder(load_projection(Path(path) / "projection.npz"))
     if kind == HYBRID:
         spec = json.loads((Path(path) / "lookalike.json").read_text())

@@ -1,5 +1,6 @@
 """What the nightly run serves: the production model, else the image baseline; never a candidate
 that lost. Real stages on the sample marketplace, from extract to the published tables."""
+import json
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -8,6 +9,7 @@ import pyarrow.parquet as pq
 from pipelines import registry, serving
 from pipelines.config import load_config
 from pipelines.embed.stage import run_embed
+from pipelines.evaluate import baselines
 from pipelines.evaluate.baselines import baseline_vectors, fit_baseline, image_features
 from pipelines.evaluate.stage import run_evaluate
 from pipelines.extract.stage import run_extract
@@ -111,12 +113,13 @@ def test_the_served_baseline_is_the_evaluated_one_and_a_hybrid_blends_the_cosine
     assert np.allclose(vectors, baseline_vectors(serving.load_projection(folder / "projection.npz"), pixels))
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
 
-    # The fitted map is the standardised PCA: components orthonormal once the scale is undone.
+    # The fitted map is a plain PCA of the weighted features: orthonormal components, no feature scaled
+    # up (a rare histogram bin stays as small as it is), the baseline's decoding keeping the aspect ratio.
     projection = fit_baseline(pixels, 8)
-    scale = image_features(pixels).std(axis=0)
-    scale[scale < 1e-6] = 1
-    unscaled = projection.components * scale
-    assert np.allclose(unscaled @ unscaled.T, np.eye(8), atol=1e-4)
+    assert np.allclose(projection.components @ projection.components.T, np.eye(8), atol=1e-4)
+    assert np.allclose(projection.mean, image_features(pixels).mean(axis=0), atol=1e-5)
+    assert embedder.preprocess.pad and json.loads((folder / "lookalike.json").read_text())["features"] \
+        == baselines.FEATURES
 
     rng = np.random.default_rng(0)
     a, b = (v / np.linalg.norm(v, axis=1, keepdims=True) for v in (rng.normal(size=(6, 5)), rng.normal(size=(6, 3))))

@@ -1,46 +1,82 @@
 """The two systems the fine-tuned model must beat.
 
-- ``image_baseline``: hand-made image features with no learning — an RGB colour histogram
-  (4x4x4 bins) and the image downsampled to 8x8 pixels, standardised and reduced by PCA, as the
-  Similar Looks paper's baseline reduces its MobileNet embedding to 128-d. Fitted once, it is
-  also a system the nightly run can serve (pipelines/serving.py).
+- ``image_baseline``: hand-made image features with no learning, chosen by measurement on real
+  product photos (``benchmarks/baseline_features.py``, docs/benchmarks.md):
+
+  - *colour*: an 8x8x8 RGB histogram of the photo's foreground (the pixels that differ from its
+    corner colour, a product photo's background, by more than ``FOREGROUND``), the square roots of
+    the shares (Hellinger), L2-normalised;
+  - *shape*: a 16x16 luminance thumbnail of the photo at its own aspect ratio (padded with its
+    background, not stretched), its mean removed, L2-normalised;
+
+  concatenated with weights √``COLOUR_WEIGHT`` and √(1 − ``COLOUR_WEIGHT``), so that the cosine
+  is ``COLOUR_WEIGHT`` · colour + (1 − ``COLOUR_WEIGHT``) · shape, then reduced by PCA (centred, not
+  whitened: every feature keeps its own scale, so no rare histogram bin is blown up) to
+  ``evaluate.baseline_dim``. Fitted once, it is also a system the nightly run can serve
+  (pipelines/serving.py), and the evaluation scores the same code on the same decoding
+  (``preprocess``).
 - ``text_baseline``: TF-IDF over titles (word unigrams and bigrams), cosine similarity.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from pipelines.embed.compression import Projection
+from pipelines.embed.compression import Projection, fit_projection
+
+FEATURES = "fg-hist8+grey16/w0.35"  # recorded with a fitted baseline: another feature set is fitted anew
+SIZE = 64  # px, the aspect ratio kept: how the baseline decodes a photo (``preprocess``)
+HIST_BINS = 8  # per RGB channel
+FOREGROUND = 40  # sum of |ΔR| + |ΔG| + |ΔB| from the corner colour above which a pixel is the product's
+THUMB = 16  # side of the luminance thumbnail
+COLOUR_WEIGHT = 0.35  # the colour histogram's share of the cosine; the thumbnail has the rest
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
-def colour_histogram(pixels: np.ndarray) -> np.ndarray:
-    """(N, S, S, 3) uint8 → (N, 64) square roots of the shares of pixels in 4x4x4 RGB bins."""
+def preprocess():
+    """The baseline's decoding: ``SIZE`` px square, the photo padded with its background, not stretched."""
+    from pipelines.siglip import Preprocess  # torch, only when photos are decoded
+
+    return Preprocess(SIZE, pad=True)
+
+
+def colour_histogram(pixels: np.ndarray, bins: int = HIST_BINS, foreground: float | None = FOREGROUND) -> np.ndarray:
+    """(N, S, S, 3) uint8 → (N, bins³) L2-normalised square roots of the shares of the photo's pixels in
+    each RGB bin; with ``foreground``, the pixels near the corner colour (the background) count a
+    thousandth as much (a photo that is all background keeps its histogram)."""
+    n = len(pixels)
+    levels = (pixels.astype(np.int64) * bins) // 256
+    codes = ((levels[..., 0] * bins + levels[..., 1]) * bins + levels[..., 2]).reshape(n, -1)
+    weights = np.ones(codes.shape, np.float64)
+    if foreground is not None:
+        corner = pixels[:, :1, :1, :].astype(np.int64)
+        away = np.abs(pixels.astype(np.int64) - corner).sum(axis=-1).reshape(n, -1)
+        weights = np.where(away > foreground, 1.0, 1e-3)
+    flat = (codes + np.arange(n)[:, None] * bins ** 3).ravel()  # one bincount for every photo
+    hist = np.bincount(flat, weights=weights.ravel(), minlength=n * bins ** 3).reshape(n, -1)
+    return _unit(np.sqrt(hist / hist.sum(axis=1, keepdims=True)))
+
+
+def grey_thumbnail(pixels: np.ndarray, side: int = THUMB) -> np.ndarray:
+    """(N, S, S, 3) uint8 → (N, side²) the luminance averaged over side x side cells, less its mean,
+    L2-normalised (a flat photo stays a zero vector)."""
     n, s = pixels.shape[0], pixels.shape[1]
-    bins = (pixels // 64).astype(np.int64)  # 4 levels per channel
-    codes = bins[..., 0] * 16 + bins[..., 1] * 4 + bins[..., 2]
-    hist = np.zeros((n, 64), dtype=np.float32)
-    for i in range(n):
-        hist[i] = np.bincount(codes[i].ravel(), minlength=64)
-    return np.sqrt(hist / (s * s))
+    step = s // side
+    grey = pixels[:, :step * side, :step * side].astype(np.float32) @ LUMA
+    thumb = grey.reshape(n, side, step, side, step).mean(axis=(2, 4)).reshape(n, -1) / 255.0
+    return _unit(thumb - thumb.mean(axis=1, keepdims=True))
 
 
 def image_features(pixels: np.ndarray) -> np.ndarray:
-    """(N, S, S, 3) uint8 → (N, 64 + 192) colour histogram + 8x8 thumbnail features."""
-    n, s = pixels.shape[0], pixels.shape[1]
-    step = s // 8
-    thumb = pixels[:, : step * 8, : step * 8].reshape(n, 8, step, 8, step, 3).mean(axis=(2, 4)) / 255.0
-    return np.concatenate([colour_histogram(pixels), thumb.reshape(n, -1).astype(np.float32)], axis=1)
+    """(N, S, S, 3) uint8 (decoded by ``preprocess``) → (N, 8³ + 16²): the weighted colour and shape
+    features, whose dot products are the blended cosine."""
+    return np.concatenate([np.sqrt(COLOUR_WEIGHT) * colour_histogram(pixels),
+                           np.sqrt(1 - COLOUR_WEIGHT) * grey_thumbnail(pixels)], axis=1).astype(np.float32)
 
 
 def fit_baseline(pixels: np.ndarray, dim: int) -> Projection:
-    """Standardise the hand-made features of (N, S, S, 3) photos and keep ``dim`` principal
-    components, folded into one linear map: ((x − μ) / σ) · Vᵀ = (x − μ) · (V / σ)ᵀ."""
-    feats = image_features(pixels).astype(np.float64)
-    mean, scale = feats.mean(axis=0), feats.std(axis=0)
-    scale[scale < 1e-6] = 1.0  # a constant feature: left as it is, not blown up
-    _, _, vt = np.linalg.svd((feats - mean) / scale, full_matrices=False)
-    dim = min(dim, vt.shape[0])
-    return Projection(mean.astype(np.float32), (vt[:dim] / scale).astype(np.float32))
+    """The PCA of the features of (N, S, S, 3) photos, ``dim`` components (fewer with fewer photos)."""
+    feats = image_features(pixels)
+    return fit_projection(feats, min(dim, len(feats) - 1, feats.shape[1] - 1))
 
 
 def baseline_vectors(projection: Projection, pixels: np.ndarray) -> np.ndarray:
@@ -50,6 +86,10 @@ def baseline_vectors(projection: Projection, pixels: np.ndarray) -> np.ndarray:
 def image_baseline_vectors(pixels: np.ndarray, dim: int) -> np.ndarray:
     """Fitted on ``pixels`` and applied to them: the baseline of a one-off comparison."""
     return baseline_vectors(fit_baseline(pixels, dim), pixels)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def text_baseline_vectors(titles: list[str]) -> np.ndarray:

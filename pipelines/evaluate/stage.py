@@ -34,10 +34,11 @@ from pipelines import registry, schemas, serving
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
 from pipelines.embed.compression import load_projection
+from pipelines.evaluate import baselines
 from pipelines.evaluate.baselines import baseline_vectors, text_baseline_vectors
 from pipelines.extract.stage import read_events
 from pipelines.evaluate.metrics import REPORTED, bootstrap_ci, coverage, discriminates, query_metrics
-from pipelines.siglip import Preprocess, embed_pixels, load_model
+from pipelines.siglip import embed_pixels, load_model
 from pipelines.storage import ModelStore, Warehouse, atomic_write_text, write_parquet
 
 log = logging.getLogger(__name__)
@@ -222,7 +223,7 @@ def run_evaluate(cfg: Config, ds: str, model_uri: str) -> dict:
     model_vecs = embed_pixels(loaded.model, loaded.preprocess.decode(items["image"]), loaded.preprocess)
     baseline_version, baseline_dir = serving.ensure_baseline(cfg, ds)
     image_vecs = baseline_vectors(load_projection(baseline_dir / "projection.npz"),
-                                  Preprocess(serving.BASELINE_SIZE).decode(items["image"]))
+                                  baselines.preprocess().decode(items["image"]))
     text_vecs = text_baseline_vectors(items["title"])
     vectors = {"siglip": model_vecs, "image_baseline": image_vecs}
     systems = {

@@ -373,13 +373,15 @@ def run_extract(cfg: Config, ds: str) -> dict[str, str]:
     start, end = window(ds, cfg.window_days)
     params = {"window_start": start, "window_end": end}
     listing_columns = [f.name for f in schemas.LISTING_FIELDS]
+    optional = optional_columns(cfg.source.url, "listings", schemas.LISTINGS_OPTIONAL)
     staging = wh.fresh_work(ds, "_staging")  # normalised source rows, before the dedup (removed at the end)
     try:
         tallies = {"listings of the window": Tally(), "catalogue listings": Tally(), "events": Tally()}
         for tally, template, staged in ((tallies["listings of the window"], "listings_window.sql", "window"),
                                         (tallies["catalogue listings"], "catalog.sql", "catalog")):
             tally.total = stage_listings(stream_source(cfg.source.url, template, params, sql_dir,
-                                                       expected=listing_columns), staging / f"{staged}.parquet")
+                                                       expected=listing_columns, optional=optional),
+                                         staging / f"{staged}.parquet")
         if tallies["listings of the window"].total == 0:
             raise ExtractError(f"no listings created in [{start}, {end}): check source.url "
                                f"({redact_url(cfg.source.url)}) and the ds ({ds}); window_days is {cfg.window_days}")

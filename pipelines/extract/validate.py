@@ -125,7 +125,10 @@ def normalise_listings(frame: pd.DataFrame) -> pd.DataFrame:
     # An optional column: the source's own version of the photo (docs/pipeline.md, "Source contract").
     frame["image_version"] = frame["image_version"].map(as_text).astype(object) \
         if "image_version" in frame else pd.Series([None] * len(frame), index=frame.index, dtype=object)
-    for name in ("title", "description", "category", "brand", "seller_id"):
+    for name in schemas.LISTINGS_OPTIONAL:  # a frame from a source without them (the templates render NULL)
+        if name not in frame:
+            frame[name] = pd.Series([None] * len(frame), index=frame.index, dtype=object)
+    for name in ("title", "description", "category", "brand", "seller_id", *schemas.LISTINGS_OPTIONAL):
         limit = MAX_TEXT_CHARS.get(name, MAX_OTHER_CHARS)
         frame[name] = frame[name].map(lambda v, limit=limit: clean_text(v, limit)).astype(object)
     prices = frame["price"].map(parse_price)

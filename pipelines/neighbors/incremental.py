@@ -96,8 +96,12 @@ def update_lists(vectors: np.ndarray, candidates: np.ndarray, queries: np.ndarra
                     lists.bar[rows], lists.bar_pos[rows], np.where(p[:, r - 1] >= 0, s[:, r - 1], -np.inf),
                     np.full(len(rows), NO_POS, np.int64))
                 raised[rows] = True
-            valid = _keep(p, queries[rows], exclusions)
-            merge([(np.repeat(rows, r), np.where(valid, p, -1).ravel(), s.ravel())], rows)
+            p = np.where(_keep(p, queries[rows], exclusions), p, -1)
+            enters = _ranks_above(s, p, lists.scores[rows, -1], lists.pos[rows, -1])
+            _raise_bars(lists, rows, np.where(enters, -1, p), s)  # what cannot enter only raises the bar
+            raised[rows] = True
+            hit = enters.any(axis=1)
+            merge([(np.repeat(rows[hit], r), np.where(enters[hit], p[hit], -1).ravel(), s[hit].ravel())], rows)
             faults.point("neighbors.mid_update")
         if from_fresh is not None:  # a block of fresh items at a time: memory holds one block's pairs
             row_of = np.full(len(vectors), -1, np.int64)
@@ -173,6 +177,23 @@ def _join(lists: Lists, pairs: list[Pairs], length: int, also: np.ndarray) -> tu
     lists.put(target, canonical(np.hstack([old.scores, add_scores]), np.hstack([old.pos, add_pos]), length,
                                 old.bar, old.bar_pos))
     return target, at
+
+
+def _ranks_above(scores: np.ndarray, pos: np.ndarray, last_score: np.ndarray, last_pos: np.ndarray) -> np.ndarray:
+    """(B, R) bool: the entries (valid ones, pos >= 0) that rank above their row's last entry in canonical
+    order, or any valid entry where the row is not full (its last entry empty)."""
+    return (pos >= 0) & ((last_pos[:, None] < 0) | (scores > last_score[:, None]) |
+                         ((scores == last_score[:, None]) & (pos < last_pos[:, None])))
+
+
+def _raise_bars(lists: Lists, rows: np.ndarray, pos: np.ndarray, scores: np.ndarray) -> None:
+    """Raise each row's bar to its best valid entry (pos >= 0) in canonical order, in place."""
+    key = np.where(pos >= 0, _sort_key(scores, pos), np.iinfo(np.uint64).max)
+    best = np.argmin(key, axis=1)
+    has = pos[np.arange(len(rows)), best] >= 0
+    at, pick = rows[has], best[has]
+    lists.bar[at], lists.bar_pos[at] = higher_bar(lists.bar[at], lists.bar_pos[at],
+                                                  scores[has, pick], pos[has, pick])
 
 
 def _reachable(lists: Lists, k: int) -> np.ndarray:

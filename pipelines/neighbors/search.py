@@ -281,9 +281,24 @@ def _top_sets(pos: np.ndarray, own: np.ndarray, k: int) -> list[set]:
     return [set(row[(row >= 0) & (row != me)][:k].tolist()) for row, me in zip(pos, own)]
 
 
-def recall_per_query(approx: np.ndarray, exact: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
-    """Share of each query's exact top-k (self excluded) that the approximate top-k found."""
-    return np.array([len(a & e) / len(e) for a, e in zip(_top_sets(approx, own, k), _top_sets(exact, own, k)) if e])
+def recall_per_query(approx: np.ndarray, exact: np.ndarray, own: np.ndarray, k: int,
+                     vectors: np.ndarray | None = None) -> np.ndarray:
+    """Share of each query's exact top-k (self excluded) that the approximate top-k found. With
+    ``vectors``, an approximate neighbour scoring at least the exact k-th score counts as found too:
+    among copies of one photo (reposts, variants with one picture) any k are an exact answer."""
+    if vectors is None:
+        return np.array([len(a & e) / len(e) for a, e in zip(_top_sets(approx, own, k), _top_sets(exact, own, k))
+                         if e])
+    out = []
+    for a_row, e_row, me in zip(approx, exact, own):
+        e = e_row[(e_row >= 0) & (e_row != me)][:k]
+        if not len(e):
+            continue
+        a = a_row[(a_row >= 0) & (a_row != me)][:k]
+        q = vectors[me]
+        tied = (vectors[a] @ q) >= float(vectors[e[-1]] @ q) - 1e-6
+        out.append(min(len(e), int((np.isin(a, e) | tied).sum())) / len(e))
+    return np.array(out)
 
 
 def recall_at_k(approx: np.ndarray, exact: np.ndarray, own: np.ndarray, k: int) -> float:
@@ -316,7 +331,7 @@ def tune(searcher: Searcher, vectors: np.ndarray, queries: np.ndarray, candidate
         started = time.perf_counter()
         _, approx = searcher.search(q, k + 1)
         seconds = time.perf_counter() - started
-        hits = recall_per_query(approx, exact, queries, k)
+        hits = recall_per_query(approx, exact, queries, k, vectors)
         mean = float(hits.mean()) if len(hits) else 1.0
         low = mean - 2 * float(hits.std(ddof=1)) / np.sqrt(len(hits)) if len(hits) > 1 else mean
         trials.append((value, round(mean, 4), round(low, 4), round(seconds, 3)))

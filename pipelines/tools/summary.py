@@ -137,6 +137,13 @@ def run_summary(cfg: Config, ds: str, config_path: str | None = None) -> str:
         lines += [f"Offline evaluation on {on} (model {version}; 95% bootstrap interval):",
                   format_table(["metric", "fine-tuned", "95% CI", *(["hybrid"] if hybrid else []), "image baseline",
                                 "text baseline", "fine-tuned vs best baseline"], table_rows)]
+        facets = decided.get("facets@5") or {}
+        if any(len(f) > 1 for f in facets.values()):  # colour or product group beside category
+            labels = {"category": "type@5", "colour": "colour@5", "product_group": "variant@5"}
+            lines += ["What a shopper sees (share of the top 5 sharing the listing's category, colour, product; "
+                      f"ranked by the {decided.get('measure', 'shopper' + chr(39) + 's score')}):"]
+            lines += [f"  {system:<15}" + ", ".join(f"{labels[f]} {v:.3f}" for f, v in values.items())
+                      for system, values in facets.items()]
         lines += [f"Note: {note}" for note in decided.get("notes", [])] + [""]
     elif decided.get("notes"):
         lines += [f"Offline evaluation: {note}" for note in decided["notes"]] + [""]

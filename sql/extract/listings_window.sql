@@ -11,7 +11,9 @@ select
     seller_id,
     image_key,
     created_at,
-    updated_at
+    updated_at,
+    $colour as colour,
+    $product_group as product_group
 from listings
 where created_at >= :window_start
   and created_at < :window_end

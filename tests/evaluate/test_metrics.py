@@ -43,13 +43,28 @@ def test_queries_group_module_impressions_and_clicks_by_source():
     assert q.source == 0 and list(q.candidates) == [1, 2, 3] and list(q.relevant) == [False, True, False]
 
 
+def test_the_colour_histogram_is_the_products_not_the_backgrounds():
+    """A red and a blue product, each small on the same white background: their foreground histograms
+    differ entirely; over the whole photo the background would make them near-identical."""
+    from pipelines.evaluate.baselines import colour_histogram, grey_thumbnail
+
+    photos = np.full((3, 32, 32, 3), 250, dtype=np.uint8)
+    photos[0, 12:20, 12:20] = (200, 20, 20)
+    photos[1, 12:20, 12:20] = (20, 20, 200)
+    photos[2, 4:28, 12:20] = (200, 20, 20)  # the red one's colour, another shape
+    fg, whole = colour_histogram(photos), colour_histogram(photos, foreground=None)
+    assert fg[0] @ fg[1] < 0.05 and whole[0] @ whole[1] > 0.9 and fg[0] @ fg[2] > 0.99
+    grey = grey_thumbnail(photos)
+    assert grey[0] @ grey[2] < grey[0] @ grey[1] and np.allclose(np.linalg.norm(grey, axis=1), 1, atol=1e-5)
+
+
 def test_baselines_see_colour_and_words():
     red = np.zeros((2, 32, 32, 3), dtype=np.uint8)
     red[..., 0] = 220
     blue = np.zeros((2, 32, 32, 3), dtype=np.uint8)
     blue[..., 2] = 220
     pixels = np.concatenate([red, blue]) + np.random.default_rng(0).integers(0, 20, (4, 32, 32, 3)).astype(np.uint8)
-    assert image_features(pixels).shape == (4, 64 + 192)
+    assert image_features(pixels).shape == (4, 8 ** 3 + 16 * 16)
     v = image_baseline_vectors(pixels, dim=3)
     assert v[0] @ v[1] > v[0] @ v[2]
     t = text_baseline_vectors(["red cotton tee", "red tee", "blue vase", ""])

@@ -109,3 +109,45 @@ def test_a_model_that_wins_category_but_loses_colour_is_not_served_alone(tmp_pat
         assert decided["promoted"] and decided["serve_weight"] == 0.5 and registry.production(store) == "candidate"
         assert "served as the model blended with the image baseline at weight 0.5" in decided["decision"]
     assert decided["measure"] == "shopper's score"
+
+
+def test_a_source_with_colour_and_product_group_is_scored_on_them_and_one_without_says_so(tmp_path, sample_dir):
+    """The optional listing columns flow from the source to the snapshot and the catalogue, and the
+    evaluation without clicks scores them as facets: eval_metrics rows by facet, the shopper's score,
+    the decision's facets. A source without them is scored by category alone, and says so."""
+    import shutil
+    import sqlite3
+
+    sample = tmp_path / "sample"
+    shutil.copytree(sample_dir, sample)
+    colours = ("red", "blue", "black", "white", "green", "navy", "grey", "pink", "beige", "brown")
+    with sqlite3.connect(sample / "marketplace.db") as con:
+        con.execute("update interactions set source_item_id = null")  # no module clicks yet: a first install
+        con.execute("alter table listings add column colour text")
+        con.execute("alter table listings add column product_group text")
+        for item, title, category in con.execute("select item_id, title, category from listings").fetchall():
+            colour = next((c for c in colours if c in (title or "").lower().split()), None)
+            con.execute("update listings set colour = ?, product_group = ? where item_id = ?",
+                        (colour, f"{category}-{int(item[-2:], 16) % 40 if item[-2:].isalnum() else 0}", item))
+    cfg = load_config(write_config(tmp_path, sample), environ={})
+    run_extract(cfg, DS)
+    catalog = pq.read_table(Warehouse.of(cfg).work(DS, "catalog"), columns=["colour", "product_group"])
+    assert catalog.column("colour").null_count < catalog.num_rows and catalog.column("product_group").null_count == 0
+    store = ModelStore.at(cfg.models)
+    registry.register(store, "candidate", {"snapshot": {"ds": DS}})
+    decided = run_evaluate(cfg, DS, tiny_model(store.version_dir("candidate"), seed=2, version="candidate"))
+    assert decided["protocol"] == "category" and decided["measure"] == "shopper's score"
+    assert {"category", "colour", "product_group"} <= set(decided["facets@5"]["image_baseline"])
+    rows = pq.read_table(Warehouse.of(cfg).work(DS, "eval_metrics"), partitioning=None).to_pylist()
+    assert {("precision", "facet=colour"), ("ndcg", "facet=product_group"), ("shopper", None)} <= \
+        {(r["metric"], r["segment"]) for r in rows if r["system"] == "image_baseline"}
+    assert not any("colour was not evaluated" in note for note in decided["notes"])
+
+    with sqlite3.connect(sample / "marketplace.db") as con:
+        con.execute("alter table listings drop column colour")
+        con.execute("alter table listings drop column product_group")
+    run_extract(cfg, DS)
+    registry.register(store, "plain", {"snapshot": {"ds": DS}})
+    plain = run_evaluate(cfg, DS, tiny_model(store.version_dir("plain"), seed=2, version="plain"))
+    assert plain["measure"] == "nDCG@5" and set(plain["facets@5"]["siglip"]) == {"category"}
+    assert any("colour was not evaluated" in note for note in plain["notes"])
