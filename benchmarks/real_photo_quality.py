@@ -6,8 +6,9 @@ run on the rest (``article_type`` as category, every item on sale) with a wall-c
 ``--minutes``; then, within the held-out items only, each item's top-5 neighbours are found
 
 - with the learned image embedding (the trained model, preprocessing as saved with it),
-- with a plain colour histogram (4x4x4 RGB bins, square-rooted, cosine) — the baseline,
-- with the histogram + 8x8 thumbnail + PCA baseline the nightly evaluation uses,
+- with a plain colour histogram (4x4x4 RGB bins of the whole photo, square-rooted, cosine),
+- with the image baseline the nightly evaluation and serving use (``evaluate/baselines.py``), fitted
+  on the held-out photos here,
 
 and the share of neighbour slots agreeing on article_type and on base_colour is reported, with
 image→title Recall@1/@5 on (up to 2,000 of) the held-out items, before and after training, and
@@ -68,10 +69,11 @@ def build_source(table: pa.Table, out: Path, items: int | None, exclude: set[int
         (images / f"{item_id}.jpg").write_bytes(r["image"])
         created = (end - timedelta(days=float(rng.uniform(0.01, 89.9)))).strftime("%Y-%m-%dT%H:%M:%S")
         listings.append((item_id, r["title"] or "", None, r["article_type"], None, None, "on_sale",
-                         f"s{i % 500}", f"{item_id}.jpg", created, created))
+                         f"s{i % 500}", f"{item_id}.jpg", created, created, r.get("base_colour")))
     con = sqlite3.connect(out / "fashion.db")
     con.executescript(SCHEMA_SQL)
-    con.executemany("insert into listings values (?,?,?,?,?,?,?,?,?,?,?)", listings)
+    con.execute("alter table listings add column colour text")  # the optional column: evaluated beside category
+    con.executemany("insert into listings values (?,?,?,?,?,?,?,?,?,?,?,?)", listings)
     con.commit()
     con.close()
 
@@ -189,6 +191,7 @@ def train_and_score(args, root: Path, rows: list[dict], overrides: list[str], mo
     """Train one recipe on the source under ``root`` (extracting it first when ``extract``) and
     score it, with the baselines, on the held-out ``rows``."""
     from pipelines.config import load_config
+    from pipelines.evaluate import baselines
     from pipelines.evaluate.baselines import colour_histogram, image_baseline_vectors
     from pipelines.extract.images import prepare_image
     from pipelines.extract.stage import run_extract
@@ -225,9 +228,10 @@ def train_and_score(args, root: Path, rows: list[dict], overrides: list[str], mo
     colours = np.array([r["base_colour"] for r in rows], dtype=object)
     pixels = loaded.preprocess.decode(jpegs)
     square = Preprocess(64).decode(jpegs)
+    padded = baselines.preprocess().decode(jpegs)  # as the image baseline decodes: the aspect ratio kept
     systems = {"learned": embed_pixels(loaded.model, pixels, loaded.preprocess),
-               "colour_histogram": colour_histogram(square),  # agreement() normalises every system
-               "histogram+thumbnail": image_baseline_vectors(square, 64)}
+               "colour_histogram": colour_histogram(square, bins=4, foreground=None),  # 4x4x4 of the whole photo
+               "image baseline (refitted here)": image_baseline_vectors(padded, 64)}
     if served is not None:  # what the night fitted and served, not refitted here
         from pipelines import serving
         from pipelines.storage import ModelStore
@@ -239,7 +243,8 @@ def train_and_score(args, root: Path, rows: list[dict], overrides: list[str], mo
             systems[name] = embedder.embed([embedder.decode(j) for j in jpegs], 256)
     for w in args.hybrid:  # cosine = w·learned + (1 − w)·baseline
         systems[f"hybrid w={w:g}"] = np.concatenate(
-            [np.sqrt(w) * _unit(systems["learned"]), np.sqrt(1 - w) * _unit(systems["histogram+thumbnail"])], axis=1)
+            [np.sqrt(w) * _unit(systems["learned"]),
+             np.sqrt(1 - w) * _unit(systems["image baseline (refitted here)"])], axis=1)
     quality = {name: {"article_type@5": agreement(v, types), "base_colour@5": agreement(v, colours)}
                for name, v in systems.items()}
     texts = [listing_text(cfg.train.text_template, {"title": r["title"], "category": r["article_type"]})
@@ -271,7 +276,7 @@ def report(result: dict, args) -> None:
     print(f"held-out image→title R@1 {result['held_out_recall@1']:.3f} R@5 {result['held_out_recall@5']:.3f} "
           f"({min(2000, n)} items)")
     width = max(22, *(len(name) + 2 for name in quality))
-    base = quality.get("image baseline (as served)", quality["histogram+thumbnail"])
+    base = quality.get("image baseline (as served)", quality["image baseline (refitted here)"])
     print(f"{'system':<{width}}{'article_type@5':>16}{'base_colour@5':>16}{'type vs baseline':>18}{'colour vs baseline':>20}")
     for name, q in quality.items():
         print(f"{name:<{width}}{q['article_type@5']:>16.3f}{q['base_colour@5']:>16.3f}"
@@ -280,7 +285,7 @@ def report(result: dict, args) -> None:
 
 def compare(results: list[dict]) -> None:
     """The recipes side by side at their (equal) budget, each against the first and the baseline."""
-    first, base = results[0]["quality"]["learned"], results[0]["quality"]["histogram+thumbnail"]
+    first, base = results[0]["quality"]["learned"], results[0]["quality"]["image baseline (refitted here)"]
     width = max(10, *(len(r["recipe"]) + 2 for r in results))
     print(f"\nRecipes at {results[0]['minutes']:g} training minutes each (learned embedding, held-out photos; "
           f"the image baseline: type {base['article_type@5']:.3f}, colour {base['base_colour@5']:.3f})")
