@@ -39,31 +39,41 @@ def preprocess():
     return Preprocess(SIZE, pad=True)
 
 
-def colour_histogram(pixels: np.ndarray, bins: int = HIST_BINS, foreground: float | None = FOREGROUND) -> np.ndarray:
+def colour_histogram(pixels: np.ndarray, bins: int = HIST_BINS, foreground: float | None = FOREGROUND,
+                     chunk: int = 512) -> np.ndarray:
     """(N, S, S, 3) uint8 → (N, bins³) L2-normalised square roots of the shares of the photo's pixels in
     each RGB bin; with ``foreground``, the pixels near the corner colour (the background) count a
-    thousandth as much (a photo that is all background keeps its histogram)."""
-    n = len(pixels)
-    levels = (pixels.astype(np.int64) * bins) // 256
-    codes = ((levels[..., 0] * bins + levels[..., 1]) * bins + levels[..., 2]).reshape(n, -1)
-    weights = np.ones(codes.shape, np.float64)
-    if foreground is not None:
-        corner = pixels[:, :1, :1, :].astype(np.int64)
-        away = np.abs(pixels.astype(np.int64) - corner).sum(axis=-1).reshape(n, -1)
-        weights = np.where(away > foreground, 1.0, 1e-3)
-    flat = (codes + np.arange(n)[:, None] * bins ** 3).ravel()  # one bincount for every photo
-    hist = np.bincount(flat, weights=weights.ravel(), minlength=n * bins ** 3).reshape(n, -1)
-    return _unit(np.sqrt(hist / hist.sum(axis=1, keepdims=True)))
+    thousandth as much (a photo that is all background keeps its histogram). ``chunk`` photos at a
+    time, so that fitting on thousands of photos holds a chunk's integers, not all of theirs."""
+    out = np.empty((len(pixels), bins ** 3), np.float32)
+    for start in range(0, len(pixels), chunk):
+        block = pixels[start:start + chunk]
+        n = len(block)
+        levels = (block.astype(np.int32) * bins) >> 8
+        codes = ((levels[..., 0] * bins + levels[..., 1]) * bins + levels[..., 2]).reshape(n, -1)
+        weights = np.ones(codes.shape, np.float64)
+        if foreground is not None:
+            corner = block[:, :1, :1, :].astype(np.int16)
+            away = np.abs(block.astype(np.int16) - corner).sum(axis=-1).reshape(n, -1)
+            weights = np.where(away > foreground, 1.0, 1e-3)
+        flat = (codes + np.arange(n)[:, None] * bins ** 3).ravel()  # one bincount for the chunk's photos
+        hist = np.bincount(flat, weights=weights.ravel(), minlength=n * bins ** 3).reshape(n, -1)
+        out[start:start + n] = _unit(np.sqrt(hist / hist.sum(axis=1, keepdims=True)))
+    return out
 
 
-def grey_thumbnail(pixels: np.ndarray, side: int = THUMB) -> np.ndarray:
+def grey_thumbnail(pixels: np.ndarray, side: int = THUMB, chunk: int = 512) -> np.ndarray:
     """(N, S, S, 3) uint8 → (N, side²) the luminance averaged over side x side cells, less its mean,
-    L2-normalised (a flat photo stays a zero vector)."""
+    L2-normalised (a flat photo stays a zero vector); ``chunk`` photos at a time."""
     n, s = pixels.shape[0], pixels.shape[1]
     step = s // side
-    grey = pixels[:, :step * side, :step * side].astype(np.float32) @ LUMA
-    thumb = grey.reshape(n, side, step, side, step).mean(axis=(2, 4)).reshape(n, -1) / 255.0
-    return _unit(thumb - thumb.mean(axis=1, keepdims=True))
+    out = np.empty((n, side * side), np.float32)
+    for start in range(0, n, chunk):
+        block = pixels[start:start + chunk, :step * side, :step * side]
+        grey = block.astype(np.float32) @ LUMA
+        thumb = grey.reshape(len(block), side, step, side, step).mean(axis=(2, 4)).reshape(len(block), -1) / 255.0
+        out[start:start + len(block)] = _unit(thumb - thumb.mean(axis=1, keepdims=True))
+    return out
 
 
 def image_features(pixels: np.ndarray) -> np.ndarray:
