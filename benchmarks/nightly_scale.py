@@ -150,8 +150,10 @@ def neighbours_both_ways(config: Path, ds: str) -> dict:
         writing = sum(g.get("write_seconds") or 0.0 for g in stats["groups"])
         result[how] = {**run, "mode": stats["mode"], "compute_seconds": round(
             stats["seconds"] + stats.get("previous_seconds", 0.0) - writing, 2), "write_seconds": round(writing, 2),
-            "fresh": stats.get("fresh"), "recall": stats.get("recall_at_k"), "why": stats["why"]}
-        print(f"  {ds} neighbors ({how}): {result[how]['mode']}, compute {result[how]['compute_seconds']} s, "
+            "fresh": stats.get("fresh"), "recall": stats.get("recall_at_k"), "why": stats["why"],
+            "previous_seconds": stats.get("previous_seconds", 0.0)}
+        print(f"  {ds} neighbors ({how}): {result[how]['mode']}, compute {result[how]['compute_seconds']} s "
+              f"(reading the previous night {result[how]['previous_seconds']} s), "
               f"{run['seconds']} s, {run['peak_rss_mb']} MB: {stats['why']}", flush=True)
     return result
 

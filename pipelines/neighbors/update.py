@@ -74,17 +74,18 @@ def changes(prev_ids: pa.Array, prev_vectors: np.ndarray, prev_catalog: pa.Table
     kept = was >= 0
     same = np.zeros(len(ids), dtype=bool)
     same[kept] = (prev_vectors[was[kept]] == vectors[kept]).all(axis=1)
+    here = pc.index_in(ids, value_set=catalog.column("item_id"))  # each item's row, once per catalogue
+    there = pc.index_in(ids, value_set=prev_catalog.column("item_id"))
     for column in ATTRIBUTES:
-        same &= _values(ids, catalog, column) == _values(ids, prev_catalog, column)
+        same &= pc.equal(_values(catalog, column, here), _values(prev_catalog, column, there)) \
+            .to_numpy(zero_copy_only=False)
     return was, ~same, int(len(prev_ids) - kept.sum())
 
 
-def _values(ids: pa.Array, catalog: pa.Table, column: str) -> np.ndarray:
-    """``catalog[column]`` per item of ``ids`` as text ("" for null, "\\0" for an item not in it)."""
-    where = pc.index_in(ids, value_set=catalog.column("item_id"))
+def _values(catalog: pa.Table, column: str, where: pa.Array) -> pa.Array:
+    """``catalog[column]`` at the rows ``where`` as text ("" for null, "\\0" for an item not in it)."""
     values = pc.take(catalog.column(column).cast(pa.string()).combine_chunks(), where)
-    values = pc.if_else(pc.is_null(where), "\0", pc.fill_null(values, ""))
-    return np.asarray(values.to_numpy(zero_copy_only=False), dtype=object)
+    return pc.if_else(pc.is_null(where), "\0", pc.fill_null(values, ""))
 
 
 def rebuild_reason(ncfg: NeighborsConfig, ds: str, version: str, dim: int, previous: Previous | None, *,
