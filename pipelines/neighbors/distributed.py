@@ -291,3 +291,20 @@ def search_on_spark(cfg, search: SearchFolder, out: Path, lists_out=None) -> dic
         for key in g:
             g[key] += row[key]
     return {"groups": by_group, "tasks": len(ranges), "seconds": round(seconds, 2)}
+
+
+def search_and_count(cfg, search: SearchFolder, out: Path, lists_out, stats: dict) -> None:
+    """:func:`search_on_spark`, the search folder removed after, whatever happened; each group's counts
+    added to ``stats`` (rows, same-image rows, short items, and an update's kept, fresh, ran-out and
+    touched lists) with the job's tasks and seconds."""
+    try:
+        searched = search_on_spark(cfg, search, out, lists_out)
+    finally:
+        shutil.rmtree(search.path, ignore_errors=True)
+    for i, group in enumerate(stats["groups"]):
+        counts = searched["groups"].get(i, {})
+        for key in ("rows", "same_image_rows", "kept", "fresh", "ran_out", "touched"):
+            if key in stats:
+                stats[key] += counts.get(key, 0)
+        stats["short_items"] += group["items"] - counts.get("rows", 0) // stats["k"]
+    stats["spark"] = {"tasks": searched["tasks"], "seconds": searched["seconds"]}

@@ -144,17 +144,9 @@ def build_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfig
         group["write_seconds"] = round(writing + time.monotonic() - t3, 2)
         del searcher
     if folder is not None:
-        try:
-            searched = distributed.search_on_spark(spark[0], folder, spark[2], lists_out)
-        finally:
-            shutil.rmtree(folder.path, ignore_errors=True)
-        for i, group in enumerate(stats["groups"]):
-            counts = searched["groups"].get(i, {"rows": 0, "same_image_rows": 0})
+        distributed.search_and_count(spark[0], folder, spark[2], lists_out, stats)
+        for group in stats["groups"]:
             group["search_seconds"] = None  # the groups are searched together: see stats["spark"]
-            stats["rows"] += counts["rows"]
-            stats["same_image_rows"] += counts["same_image_rows"]
-            stats["short_items"] += group["items"] - counts["rows"] // k
-        stats["spark"] = {"tasks": searched["tasks"], "seconds": searched["seconds"]}
     stats["seconds"] = round(time.monotonic() - started, 2)
     weights = [g["items"] for g in stats["groups"]]
     stats["recall_at_k"] = round(float(np.average([g["recall_at_k"] for g in stats["groups"]], weights=weights)), 4) \

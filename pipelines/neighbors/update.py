@@ -291,18 +291,7 @@ def update_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfi
         stats["groups"].append(group)
         group["write_seconds"] = round(time.monotonic() - t0 + saving, 2)
     if folder is not None:
-        import shutil
-
-        try:
-            searched = distributed.search_on_spark(spark[0], folder, spark[2], lists_out)
-        finally:
-            shutil.rmtree(folder.path, ignore_errors=True)
-        for i, group in enumerate(stats["groups"]):
-            counts = searched["groups"].get(i, {})
-            for key in ("rows", "same_image_rows", "kept", "fresh", "ran_out", "touched"):
-                stats[key] += counts.get(key, 0)
-            stats["short_items"] += group["items"] - counts.get("rows", 0) // k
-        stats["spark"] = {"tasks": searched["tasks"], "seconds": searched["seconds"]}
+        distributed.search_and_count(spark[0], folder, spark[2], lists_out, stats)
     stats["seconds"] = round(time.monotonic() - started, 2)
     weights = [g["items"] for g in stats["groups"] if g.get("recall_at_k") is not None]
     stats["recall_at_k"] = round(float(np.average([g["recall_at_k"] for g in stats["groups"]
