@@ -189,6 +189,31 @@ def _category_table(con, ds: str) -> str:
             f'</tr>{body}</table>')
 
 
+FACET_LABELS = {"category": "type@5", "colour": "colour@5", "product_group": "variant@5"}
+
+
+def _facet_table(con, ds: str) -> str:
+    """What a shopper sees, per system, without module clicks yet: the share of the top 5 sharing the held-out
+    listing's category, colour and product group (eval_metrics' ``facet=`` rows, P@5)."""
+    rows = con.execute("""
+        select segment, system, value, n from eval_metrics_all
+        where ds = ? and segment like 'facet=%' and metric = 'precision' and k = 5 order by segment, system""",
+                       [ds]).fetchall()
+    if not rows:
+        return ""
+    systems = sorted({r[1] for r in rows}, key=lambda s: (s != "siglip", s))
+    cells: dict[str, dict] = {}
+    for segment, system, value, n in rows:
+        cells.setdefault(segment.removeprefix("facet="), {})[system] = (value, n)
+    head = "".join(f"<th>{html.escape(s)}</th>" for s in systems)
+    body = "".join(
+        f"<tr><td>{html.escape(FACET_LABELS.get(f, f))} <small>({next(iter(by.values()))[1]} listings)</small></td>"
+        + "".join(f"<td>{by[s][0]:.4f}</td>" if s in by else "<td></td>" for s in systems) + "</tr>"
+        for f, by in cells.items())
+    return (f'<p>What a shopper sees (held-out listings, the share of the top 5 that shares the listing\'s '
+            f'category, colour or product):</p><table class="metrics"><tr><th>facet</th>{head}</tr>{body}</table>')
+
+
 def _ab_section(con, ds: str) -> str:
     """Each running experiment's ab_results table, and its CTR lift over the experiment's days."""
     rows = con.execute("""select experiment, variant, is_control, metric, users, impressions, value, lift, lift_low,
@@ -384,6 +409,7 @@ cosine similarity. <span style="border-color:#3a3">same category</span>
 <div class="plots">{"".join(plots)}</div>
 <h2>Offline evaluation</h2>
 {_metrics_table(con, ds)}
+{_facet_table(con, ds)}
 {_category_table(con, ds)}
 <div class="plots">{_ndcg_trend(con, ds) or ""}</div>
 <h2>Experiments</h2>

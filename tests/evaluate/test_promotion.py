@@ -151,3 +151,23 @@ def test_a_source_with_colour_and_product_group_is_scored_on_them_and_one_withou
     plain = run_evaluate(cfg, DS, tiny_model(store.version_dir("plain"), seed=2, version="plain"))
     assert plain["measure"] == "nDCG@5" and set(plain["facets@5"]["siglip"]) == {"category"}
     assert any("colour was not evaluated" in note for note in plain["notes"])
+
+
+def test_the_report_shows_each_facet_per_system():
+    """The report's table of what a shopper sees comes from eval_metrics' facet rows (P@5), in DuckDB."""
+    import duckdb
+
+    from pipelines.tools.report import _facet_table
+
+    con = duckdb.connect()
+    con.execute("create table eval_metrics_all (ds varchar, system varchar, metric varchar, k integer, "
+                "value double, n bigint, segment varchar)")
+    con.executemany("insert into eval_metrics_all values (?, ?, ?, ?, ?, ?, ?)", [
+        (DS, "siglip", "precision", 5, 0.61, 300, "facet=category"),
+        (DS, "image_baseline", "precision", 5, 0.48, 300, "facet=colour"),
+        (DS, "siglip", "ndcg", 5, 0.9, 300, "facet=colour"),  # not P@5: not in the table
+        (DS, "siglip", "precision", 5, 0.2, 300, "category=tops")])  # a category segment: its own table
+    table = _facet_table(con, DS)
+    assert "type@5" in table and "colour@5" in table and "0.6100" in table and "0.4800" in table
+    assert "0.9000" not in table and "0.2000" not in table and "variant@5" not in table
+    assert _facet_table(con, "1999-01-01") == ""
