@@ -193,7 +193,7 @@ def run_neighbors(cfg: Config, ds: str, full: bool = False) -> dict[str, str]:
     reading = 0.0
     if why is None:
         t0 = time.monotonic()
-        was, fresh, removed, kept = update.load_previous(wh, previous, ids, vectors, catalog, load_embeddings)
+        was, fresh, removed, kept = update.load_previous(wh, previous, ids, vectors, catalog)
         reading = round(time.monotonic() - t0, 2)
         change = (int(fresh.sum()) + removed) / max(len(ids), 1)
         approximate = not plan_index(int(on_sale.sum()), vectors.shape[1], kind=ncfg.index,

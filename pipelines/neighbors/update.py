@@ -121,13 +121,25 @@ def decide(ncfg: NeighborsConfig, previous: Previous, *, change_share: float, ap
     return "incremental", f"{change_share:.2%} of the catalogue changed since {previous.ds}"
 
 
-def load_previous(wh: Warehouse, previous: Previous, ids: pa.Array, vectors: np.ndarray, catalog: pa.Table,
-                  load_embeddings) -> tuple[np.ndarray, np.ndarray, int, Lists]:
-    """(was, fresh, removed, the previous lists in tonight's rows and numbering)."""
-    prev_ids, prev_vectors, _ = load_embeddings(wh.work(previous.ds, "item_embeddings"))
+def load_previous(wh: Warehouse, previous: Previous, ids: pa.Array, vectors: np.ndarray,
+                  catalog: pa.Table) -> tuple[np.ndarray, np.ndarray, int, Lists]:
+    """(was: each item's row in the previous night's numbering or -1, fresh, removed, the previous lists in
+    tonight's rows and numbering)."""
+    stored_ids, stored_vectors = stored_embeddings(wh.work(previous.ds, "item_embeddings"))
     prev_catalog = pq.read_table(wh.work(previous.ds, "catalog"), columns=["item_id", *ATTRIBUTES])
-    was, fresh, removed = changes(prev_ids, prev_vectors, prev_catalog, ids, vectors, catalog)
-    return was, fresh, removed, carried_lists(wh.work(previous.ds, "neighbor_lists"), prev_ids, ids, was)
+    _, fresh, removed = changes(stored_ids, stored_vectors, prev_catalog, ids, vectors, catalog)
+    numbering = stored_ids.take(pc.sort_indices(stored_ids))  # that night's rows: its ids in sorted order
+    was = positions_in(ids, numbering)
+    return was, fresh, removed, carried_lists(wh.work(previous.ds, "neighbor_lists"), numbering, ids, was)
+
+
+def stored_embeddings(path) -> tuple[pa.Array, np.ndarray]:
+    """(item ids, vectors (N, D) float32) of an item_embeddings folder in the order stored: what telling the
+    changed vectors apart needs, without sorting or copying the vectors."""
+    table = pq.read_table(path, columns=["item_id", "embedding"])
+    flat = table.column("embedding").combine_chunks()
+    values = flat.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return table.column("item_id").combine_chunks(), values.reshape(table.num_rows, -1)
 
 
 def carried_lists(folder, previous_ids: pa.Array, ids: pa.Array, was: np.ndarray) -> Lists:
