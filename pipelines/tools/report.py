@@ -168,25 +168,31 @@ def _metrics_table(con, ds: str) -> str:
     return f'<table class="metrics"><tr><th>metric</th>{head}</tr>{"".join(body)}</table>'
 
 
-def _category_table(con, ds: str) -> str:
-    """nDCG@5 per category of the source item, per system (eval_metrics' segment rows)."""
+def _segment_table(con, ds: str, prefix: str, metric: str, intro: str, column: str, unit: str,
+                   label=lambda name: name) -> str:
+    """One eval_metrics value@5 per segment ``<prefix>=<name>`` and system, as an HTML table ("" without rows)."""
     rows = con.execute("""
         select segment, system, value, n from eval_metrics_all
-        where ds = ? and segment like 'category=%' and metric = 'ndcg' and k = 5 order by segment, system""",
-                       [ds]).fetchall()
+        where ds = ? and segment like ? and metric = ? and k = 5 order by segment, system""",
+                       [ds, f"{prefix}=%", metric]).fetchall()
     if not rows:
         return ""
     systems = sorted({r[1] for r in rows}, key=lambda s: (s != "siglip", s))
     cells: dict[str, dict] = {}
     for segment, system, value, n in rows:
-        cells.setdefault(segment.removeprefix("category="), {})[system] = (value, n)
+        cells.setdefault(segment.removeprefix(f"{prefix}="), {})[system] = (value, n)
     head = "".join(f"<th>{html.escape(s)}</th>" for s in systems)
     body = "".join(
-        f"<tr><td>{html.escape(c)} <small>({next(iter(by.values()))[1]} queries)</small></td>"
+        f"<tr><td>{html.escape(label(c))} <small>({next(iter(by.values()))[1]} {unit})</small></td>"
         + "".join(f"<td>{by[s][0]:.4f}</td>" if s in by else "<td></td>" for s in systems) + "</tr>"
         for c, by in cells.items())
-    return (f'<p>nDCG@5 by the category of the source item:</p><table class="metrics"><tr><th>category</th>{head}'
-            f'</tr>{body}</table>')
+    return f'<p>{intro}</p><table class="metrics"><tr><th>{column}</th>{head}</tr>{body}</table>'
+
+
+def _category_table(con, ds: str) -> str:
+    """nDCG@5 per category of the source item, per system (eval_metrics' segment rows)."""
+    return _segment_table(con, ds, "category", "ndcg", "nDCG@5 by the category of the source item:", "category",
+                          "queries")
 
 
 FACET_LABELS = {"category": "type@5", "colour": "colour@5", "product_group": "variant@5"}
@@ -195,23 +201,10 @@ FACET_LABELS = {"category": "type@5", "colour": "colour@5", "product_group": "va
 def _facet_table(con, ds: str) -> str:
     """What a shopper sees, per system, without module clicks yet: the share of the top 5 sharing the held-out
     listing's category, colour and product group (eval_metrics' ``facet=`` rows, P@5)."""
-    rows = con.execute("""
-        select segment, system, value, n from eval_metrics_all
-        where ds = ? and segment like 'facet=%' and metric = 'precision' and k = 5 order by segment, system""",
-                       [ds]).fetchall()
-    if not rows:
-        return ""
-    systems = sorted({r[1] for r in rows}, key=lambda s: (s != "siglip", s))
-    cells: dict[str, dict] = {}
-    for segment, system, value, n in rows:
-        cells.setdefault(segment.removeprefix("facet="), {})[system] = (value, n)
-    head = "".join(f"<th>{html.escape(s)}</th>" for s in systems)
-    body = "".join(
-        f"<tr><td>{html.escape(FACET_LABELS.get(f, f))} <small>({next(iter(by.values()))[1]} listings)</small></td>"
-        + "".join(f"<td>{by[s][0]:.4f}</td>" if s in by else "<td></td>" for s in systems) + "</tr>"
-        for f, by in cells.items())
-    return (f'<p>What a shopper sees (held-out listings, the share of the top 5 that shares the listing\'s '
-            f'category, colour or product):</p><table class="metrics"><tr><th>facet</th>{head}</tr>{body}</table>')
+    return _segment_table(con, ds, "facet", "precision",
+                          "What a shopper sees (held-out listings, the share of the top 5 that shares the "
+                          "listing's category, colour or product):", "facet", "listings",
+                          lambda name: FACET_LABELS.get(name, name))
 
 
 def _ab_section(con, ds: str) -> str:
