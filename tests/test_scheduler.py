@@ -285,7 +285,11 @@ def test_a_week_of_nights_with_a_killed_extract_and_an_unreachable_source_publis
                 assert wh.run_record(day)["run_id"] == first["item_neighbors"][day]["run_id"]
                 assert len(wh.partition_files("item_neighbors", day)) == len(first["item_neighbors"][day]["files"])
 
-            # Redo one day: its extract and its nightly run again; only its partition changes.
+            # Redo one day: its extract and its nightly run again; only its partition changes. Airflow
+            # allows one backfill per DAG and marks one complete on a 30 s timer, after its runs end.
+            api.wait_for("the backfill marked complete", lambda: all(
+                backfill["completed_at"] for backfill in api.call(
+                    "GET", "/api/v2/backfills?dag_id=lookalike_extract")["backfills"]), timeout=120, every=5)
             _airflow(api, "backfill", "create", "--dag-id", "lookalike_extract", "--from-date", days[1],
                      "--to-date", days[1], "--reprocess-behavior", "completed")
             runs = api.wait_for("the rerun", lambda: _all_finished(api, days, 8), timeout=600, every=5)
