@@ -15,7 +15,11 @@ embedding runs), ``neighbors.mid_stream`` (the first block of lists written, the
 ``handoff.after_switch`` (the online hand-off, tests/online/test_faults.py),
 ``publish.between_tables``, ``publish.before_commit``, ``publish.during_switch`` (local: the new
 manifest written but not renamed in; S3: before the conditional PUT) and ``publish.after_switch``
-(before the run record and the clean-up), the publish points in both publish tasks.
+(before the run record and the clean-up), the publish points in both publish tasks;
+``intraday.before_lists`` (an hour's changes written, its lists not), ``intraday.before_marker`` (everything
+of the hour written but ``hour.json``), ``intraday.before_publish`` (its files uploaded, the manifest not
+switched), ``intraday.postgres_mid_patch`` (inside the patch's transaction) and
+``intraday.redis_before_exec`` (the patch queued in MULTI, not executed): tests/intraday/test_faults.py.
 """
 from __future__ import annotations
 

@@ -71,6 +71,20 @@ ITEM_NEIGHBORS = pa.schema([
     pa.field("model_version", pa.string()),
 ])
 
+# The lists the intraday hours changed since the night ``ds`` they build on, as of ``as_of`` (the newest
+# hour's time): each changed item's whole list; an item whose list was withdrawn (sold, deleted, quarantined, or
+# fewer than k neighbours left) has one row with rank 0 and no neighbour. Every hour rewrites the partition.
+ITEM_NEIGHBORS_INTRADAY = pa.schema([
+    pa.field("ds", pa.string(), nullable=False),
+    pa.field("as_of", pa.string(), nullable=False),  # the hour applied every change before this time (UTC)
+    pa.field("item_id", pa.string(), nullable=False),
+    pa.field("rank", pa.int32(), nullable=False),  # 1..k; 0: the item has no list now
+    pa.field("neighbor_id", pa.string()),
+    pa.field("score", pa.float32()),
+    pa.field("same_image", pa.bool_()),
+    pa.field("model_version", pa.string()),
+])
+
 # The neighbours each arm of a running experiment serves: item_neighbors' contract per (experiment, variant).
 ITEM_NEIGHBORS_VARIANTS = pa.schema([*ITEM_NEIGHBORS, pa.field("experiment", pa.string(), nullable=False),
                                      pa.field("variant", pa.string(), nullable=False)])

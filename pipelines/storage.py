@@ -319,7 +319,7 @@ class Warehouse:
         handed for it, per feed (the hand-off records, written after the publish)."""
         text = self.objects.get_text(f"_runs/{ds}.json")
         record = json.loads(text) if text else None
-        handoffs = {feed: json.loads(found) for feed in ("items", "users")
+        handoffs = {feed: json.loads(found) for feed in ("items", "users", "intraday")
                     if (found := self.objects.get_text(f"_runs/{ds}.handoff-{feed}.json"))}
         if handoffs:
             record = {**(record or {"ds": ds}), "serving": handoffs}
@@ -345,12 +345,13 @@ class Publication:
     def prefix(self, table: str, run_id: str | None = None) -> str:
         return f"{table}/ds={self.ds}/run={run_id or self.run_id}"
 
-    def add(self, table: str, files: list[Path], rows: int) -> None:
-        """Write ``files`` under this run's immutable prefix of ``table`` (invisible until commit)."""
+    def add(self, table: str, files: list[Path], rows: int, **extra) -> None:
+        """Write ``files`` under this run's immutable prefix of ``table`` (invisible until commit); ``extra``
+        goes into its manifest entry (an intraday hour's ``as_of``)."""
         for file in files:
             self.wh.objects.put_file(file, f"{self.prefix(table)}/{file.name}")
         self.added[table] = {"path": f"ds={self.ds}/run={self.run_id}", "files": sorted(f.name for f in files),
-                             "rows": rows, "run_id": self.run_id}
+                             "rows": rows, "run_id": self.run_id, **extra}
 
     def abort(self) -> None:
         for table in self.added:

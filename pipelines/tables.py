@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 NIGHTLY = "lookalike_nightly"
 USER_RECS = "lookalike_user_recs"
+INTRADAY = "lookalike_intraday"
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ TABLES: tuple[Table, ...] = (
     Table("item_embeddings", "on-sale item: the served model's embedding", ("item_id",), "ITEM_EMBEDDINGS", (NIGHTLY,)),
     Table("item_neighbors", "item and rank: its top-k on-sale neighbours, with the cosine score",
           ("item_id", "rank"), "ITEM_NEIGHBORS", (NIGHTLY,)),
+    Table("item_neighbors_intraday", "item and rank: a list the hours changed since the night ds (rank 0: withdrawn)",
+          ("item_id", "rank"), "ITEM_NEIGHBORS_INTRADAY", (INTRADAY,)),
     Table("item_neighbors_variants", "experiment, variant, item and rank: each arm's top-k, as item_neighbors",
           ("experiment", "variant", "item_id", "rank"), "ITEM_NEIGHBORS_VARIANTS", (NIGHTLY,)),
     Table("experiment_variants", "experiment and variant: what the arm serves and its users' hash buckets",

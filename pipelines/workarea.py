@@ -38,6 +38,9 @@ OUTPUTS = (
            "an approximate index keyed by item, carried forward night to night between full rebuilds"),
     Output("_neighbors_search", "neighbors", (), "the index, vectors and parts while the Spark search runs"),
     Output("neighbors_stats.json", "neighbors", ("publish", "summary"), "index, recall, timings"),
+    Output("intraday", "intraday", ("intraday",),
+           "the hours applied on top of this night: per hour the changes since the night (listings, photos, "
+           "vectors), the changed lists, and hour.json, written last"),
     Output("item_neighbors_variants", "experiments", ("publish",), "each running experiment arm's top-k neighbours"),
     Output("experiment_variants", "experiments", ("publish",), "each running arm: what it serves, its buckets"),
     Output("ab_results", "experiments", ("publish",), "the running experiments' analysis of the logs"),

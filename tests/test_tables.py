@@ -73,11 +73,14 @@ def test_what_is_derived_follows_the_registry(tmp_path):
     from pipelines.storage import PUBLISHED_TABLES, Warehouse
 
     assert PUBLISHED_TABLES == tuple(schemas.PUBLISHED) == tables.NAMES
-    assert set(NIGHTLY_TABLES) | set(EXPERIMENT_TABLES) | set(USER_TABLES) == set(tables.NAMES)
+    from pipelines.intraday.stage import TABLE as INTRADAY_TABLE
+
+    assert set(NIGHTLY_TABLES) | set(EXPERIMENT_TABLES) | set(USER_TABLES) | {INTRADAY_TABLE} == set(tables.NAMES)
+    assert tables.published_by(tables.INTRADAY) == (INTRADAY_TABLE,)
     assert "eval_metrics" in NIGHTLY_TABLES and "eval_metrics" not in USER_TABLES  # both DAGs write it; nightly first
     con = connect(Warehouse.at(tmp_path / "wh"))
     views = {row[0] for row in con.execute("select table_name from information_schema.tables").fetchall()}
-    assert {*tables.NAMES, *(f"{t}_all" for t in tables.NAMES)} <= views
+    assert {*tables.NAMES, *(f"{t}_all" for t in tables.NAMES), "item_neighbors_live"} <= views
     for table in tables.TABLES:  # an empty warehouse still binds every column
         columns = [r[0] for r in con.execute(f"describe {table.name}").fetchall()]
         assert columns == getattr(schemas, table.schema).names

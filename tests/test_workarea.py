@@ -18,7 +18,7 @@ def test_every_name_the_code_uses_is_listed_with_its_producer():
             for name in CALL.findall(path.read_text())}
     assert "catalog" in used and "item_embeddings" in used  # the pattern finds the calls
     assert used - set(workarea.BY_NAME) == set()
-    stages = set(STAGES) | {"report", "summary"}
+    stages = set(STAGES) | {"report", "summary", "intraday"}
     for output in workarea.OUTPUTS:
         assert output.producer in stages and set(output.readers) <= stages, output
 

@@ -265,7 +265,8 @@ def run_embed(cfg: Config, ds: str, model_uri: str | None = None) -> dict:
                       for b in pq.ParquetFile(f).iter_batches(batch_size=4096))  # memory: one batch
         computed, q_ids, q_reasons = _store_results(tables, out, ds, version, f16)
     write_parquet(_quarantine_rows(ds, q_ids, q_reasons), quarantine / "part-0.parquet")
-    stats = {"model_version": version, "served": served.to_dict(), "catalogue": keys.num_rows, "reused": reused.num_rows,
+    stats = {"model_version": version, "served": served.to_dict(), "model_path": path, "projection": projection,
+             "catalogue": keys.num_rows, "reused": reused.num_rows,
              "computed": computed, "quarantined": len(q_ids), "executor": executor}
     atomic_write_text(wh.work(ds, "embed_stats.json"), json.dumps(stats, indent=2))
     log.info("embed %s: %d items — %d reused, %d computed (%s), %d quarantined; serving %s", ds, keys.num_rows,

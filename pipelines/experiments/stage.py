@@ -34,7 +34,7 @@ from pipelines.config import Config
 from pipelines.errors import LookalikeError
 from pipelines.experiments import analysis
 from pipelines.experiments.assignment import Experiment, running
-from pipelines.neighbors.stage import StreamingParquet, _codes, build_neighbors
+from pipelines.neighbors.stage import StreamingParquet, build_neighbors, filter_codes
 from pipelines.storage import ModelStore, Warehouse, write_parquet
 
 log = logging.getLogger(__name__)
@@ -152,8 +152,7 @@ def run_experiments(cfg: Config, ds: str) -> dict:
                 continue
             arm_ids, vectors = _embed_items(wh, ds, ids, folder, cfg.embed.batch_size)
             on_sale = pc.is_in(arm_ids, value_set=on_sale_ids).to_numpy(zero_copy_only=False)
-            codes = {"categories": _codes(arm_ids, catalog, "category"), "sellers": _codes(arm_ids, catalog, "seller_id"),
-                     "images": _codes(arm_ids, catalog, "image_sha256")}
+            codes = filter_codes(arm_ids, catalog)
             searched = build_neighbors(vectors, arm_ids, ncfg=cfg.neighbors, on_sale=on_sale, writer=writer, ds=ds,
                                        version=version, **codes)
             stats[version] = f"{len(arm_ids)} items embedded here, {searched['rows']} rows"

@@ -54,6 +54,13 @@ def _codes(ids: pa.Array, lookup: pa.Table, column: str) -> np.ndarray:
     return np.where(idx >= 0, codes[np.clip(idx, 0, None)], -1)
 
 
+def filter_codes(ids: pa.Array, catalog: pa.Table) -> dict[str, np.ndarray]:
+    """The codes the filters compare, per item of ``ids``: category, seller and photo (``catalog`` holds
+    item_id, category, seller_id, image_sha256), as ``build_neighbors`` and ``update_neighbors`` take them."""
+    return {"categories": _codes(ids, catalog, "category"), "sellers": _codes(ids, catalog, "seller_id"),
+            "images": _codes(ids, catalog, "image_sha256")}
+
+
 def _cuda_device(setting: str) -> str | None:
     if setting == "cpu":
         return None
@@ -182,8 +189,7 @@ def run_neighbors(cfg: Config, ds: str, full: bool = False) -> dict[str, str]:
                                                               "image_sha256"])
     on_sale_ids = catalog.filter(pc.equal(catalog.column("status"), "on_sale")).column("item_id")
     on_sale = pc.is_in(ids, value_set=on_sale_ids).to_numpy(zero_copy_only=False)
-    codes = {"categories": _codes(ids, catalog, "category"), "sellers": _codes(ids, catalog, "seller_id"),
-             "images": _codes(ids, catalog, "image_sha256")}
+    codes = filter_codes(ids, catalog)
     ncfg = cfg.neighbors
     on_spark = 0 < ncfg.spark_min_items <= len(ids)
     previous = update.find_previous(wh, ds)

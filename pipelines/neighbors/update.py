@@ -211,9 +211,9 @@ def update_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfi
                      images: np.ndarray | None = None, kept_index=None, index_out=None,
                      spark: tuple | None = None) -> dict:
     """Tonight's lists from ``previous`` (tonight's numbering), each group as the full search groups
-    them; rows to ``writer`` (item_neighbors), lists to ``lists_out`` (neighbor_lists). With an
-    approximate index, ``kept_index`` (``load_index``) is the earlier night's, carried to tonight
-    (``carry_index``) and saved to ``index_out`` for the next. With ``spark`` = (config, search folder,
+    them; rows to ``writer`` (item_neighbors; none with None), lists to ``lists_out`` (neighbor_lists).
+    With an approximate index, ``kept_index`` (``load_index``) is the earlier night's, carried to tonight
+    (``carry_index``) and saved to ``index_out`` for the next (unless None: an intraday hour keeps none). With ``spark`` = (config, search folder,
     output folder), as for ``build_neighbors``, the driver prepares each group and the lists are updated
     as Spark tasks, range by range, by the same code (:mod:`pipelines.neighbors.distributed`).
     Returns statistics in the shape of ``build_neighbors``'."""
@@ -245,7 +245,8 @@ def update_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfi
             brought = carry_index(kept_index, vectors, keys, candidates, fresh)
             if brought is not None:
                 t1 = time.monotonic()
-                save_index(*brought, index_out, kept_index[2])
+                if index_out is not None:
+                    save_index(*brought, index_out, kept_index[2])
                 saving = time.monotonic() - t1
                 carried = KeyedSearcher(brought[0], keys, "nprobe", kept_index[2]["value"])
                 group.update(index=kept_index[2]["kind"], reason=f"the index of {kept_index[2]['built_on']}, carried "
@@ -293,7 +294,7 @@ def update_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfi
         for key in ("kept", "fresh", "ran_out", "touched"):
             stats[key] += counts[key]
         t0 = time.monotonic()
-        for start in range(0, len(members), ncfg.block_size):
+        for start in range(0, len(members) if writer is not None else 0, ncfg.block_size):
             rows = np.arange(start, min(start + ncfg.block_size, len(members)))
             block = lists.take(rows)
             npos, scores = block.top_k(k)

@@ -75,26 +75,34 @@ def run_handoff(cfg: Config, ds: str, feed: str = ITEMS) -> dict:
     run_id, lists, rows = published_lists(wh, ds, feed, cfg.serving.table_names)
     log.info("handoff %s (%s): run %s read from the warehouse in %.1f s: %s", ds, feed, run_id,
              time.perf_counter() - started, ", ".join(f"{t} {lists[t].num_rows} lists" for t in lists))
+    results, failed = each_store(cfg, lambda store: hand_to(
+        store, feed=feed, ds=ds, run_id=run_id, specs=specs, lists=lists, rows=rows,
+        keep=cfg.serving.keep_generations, sample=cfg.serving.check_sample))
+    wh.write_handoff_record(ds, feed, {"ds": ds, "feed": feed, "run_id": run_id, "sinks": results,
+                                       "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    if failed:
+        _raise_failed(ds, feed, failed, results)
+    return {"ds": ds, "feed": feed, "run_id": run_id, "sinks": results}
+
+
+def each_store(cfg: Config, body) -> tuple[dict, list]:
+    """``body(store)`` for every configured store, each opened and closed here: (sink → its result, or
+    {"error"}; the (sink, exception) pairs that failed). One store down never keeps the others from theirs."""
     results, failed = {}, []
-    for name in sinks:
+    for name in cfg.serving.sink_names:
         try:
             store = open_store(cfg, name)
         except LookalikeError as exc:
             failed.append((name, exc))
             continue
         try:
-            results[name] = hand_to(store, feed=feed, ds=ds, run_id=run_id, specs=specs, lists=lists, rows=rows,
-                                    keep=cfg.serving.keep_generations, sample=cfg.serving.check_sample)
-        except Exception as exc:  # noqa: BLE001 - one store down must not keep the others from their night
+            results[name] = body(store)
+        except Exception as exc:  # noqa: BLE001 - reported per store by the caller
             failed.append((name, exc))
             results[name] = {"error": describe(exc)}
         finally:
             store.close()
-    wh.write_handoff_record(ds, feed, {"ds": ds, "feed": feed, "run_id": run_id, "sinks": results,
-                                       "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-    if failed:
-        _raise_failed(ds, feed, failed, results)
-    return {"ds": ds, "feed": feed, "run_id": run_id, "sinks": results}
+    return results, failed
 
 
 def _raise_failed(ds: str, feed: str, failed: list, results: dict) -> None:
@@ -196,6 +204,41 @@ def _retain(store, feed: str, keep: int, tables: tuple[ListTable, ...]) -> None:
                  old.number, old.ds, keep)
 
 
+def patch_live(cfg: Config, *, ds: str, run_id: str, as_of: str, lists: pa.Table, withdrawn: list[str]) -> dict:
+    """An intraday hour's changed ``item_neighbors`` lists (and the ``withdrawn`` items) written into every
+    store's live generation of the night ``ds`` (run ``run_id``), each store in one transaction.
+
+    A store that serves a newer night is left alone (that night's own hours follow); one that still serves
+    an older night has not taken the night's hand-off yet: a transient failure, retried. A store that already
+    holds this hour or a later one is left as it is, so a retried or late hour never goes back in time."""
+    spec = next(t for t in LIST_TABLES if t.name == "item_neighbors")
+
+    def expect(live: Generation | None) -> str:
+        if live is None or live.ds < ds or (live.ds == ds and live.run_id != run_id):
+            served = f"serves {live.ds} (run {live.run_id})" if live else "serves nothing yet"
+            raise TransientError(f"it {served}: the night {ds} (run {run_id}) is not handed off yet; the hour "
+                                 "is applied once it is")
+        if live.ds > ds:
+            return f"serves the newer night {live.ds}; its own hours follow"
+        if live.as_of and live.as_of >= as_of:
+            return f"already holds the hour of {live.as_of}"
+        return ""
+
+    def patch(store) -> dict:
+        started = time.perf_counter()
+        live, refusal = store.patch(ITEMS, spec, expect=expect, lists=lists, withdrawn=withdrawn, as_of=as_of)
+        log.info("intraday %s: %s generation %d: %s", as_of, store.name, live.number,
+                 refusal or f"{lists.num_rows} lists rewritten, {len(withdrawn)} withdrawn")
+        return {"generation": live.number, "ds": live.ds, "as_of": live.as_of if refusal else as_of,
+                "lists": lists.num_rows, "withdrawn": len(withdrawn),
+                "seconds": round(time.perf_counter() - started, 3)} | ({"note": refusal} if refusal else {})
+
+    results, failed = each_store(cfg, patch)
+    if failed:
+        _raise_failed(f"{ds} (hour {as_of})", ITEMS, failed, results)
+    return results
+
+
 # ---- what the operator and the site run ----
 
 def status(cfg: Config) -> list[dict]:
@@ -210,7 +253,8 @@ def status(cfg: Config) -> list[dict]:
                 out.append({"sink": name, "feed": feed, "live": live.number if live else None,
                             "ds": live.ds if live else None, "run_id": live.run_id if live else None,
                             "switched_at": live.switched_at if live else None,
-                            "age_hours": _age_hours(live.switched_at) if live else None,
+                            "as_of": live.as_of if live else None,
+                            "age_hours": _age_hours(live.as_of or live.switched_at) if live else None,
                             "kept": [g.number for g in generations if g.state == RETIRED],
                             "store": store.display()})
         finally:
@@ -221,7 +265,9 @@ def status(cfg: Config) -> list[dict]:
 def _age_hours(when: str | None) -> float | None:
     if not when:
         return None
-    return round((_now() - datetime.fromisoformat(when)).total_seconds() / 3600, 2)
+    moment = datetime.fromisoformat(when)  # an hour's as_of is UTC without an offset
+    return round((_now() - (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))).total_seconds() / 3600,
+                 2)
 
 
 def rollback(cfg: Config, *, to: int | None = None, feed: str = ITEMS, sinks: tuple[str, ...] = ()) -> list[dict]:

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from pipelines import faults
 from pipelines.config import PostgresSinkConfig, redact_url
-from pipelines.errors import ConfigError, TransientError
+from pipelines.errors import ConfigError, LookalikeError, TransientError
 from pipelines.online.lists import ListTable, plain_ids
 from pipelines.online.store import Generation, required_url
 
@@ -100,15 +100,16 @@ class PostgresStore:
                 lists jsonb,
                 created_at timestamptz not null default now(),
                 switched_at timestamptz)""")
+            cur.execute(f"alter table {s}.generations add column if not exists as_of text")
             cur.execute(f"create table if not exists {s}.live (feed text primary key, generation bigint not null)")
 
     # ---- generations ----
     def generations(self, feed: str) -> list[Generation]:
         rows = self._execute(f"select generation, feed, ds::text, run_id, state, coalesce(lists, '{{}}'::jsonb), "
-                             f"created_at, switched_at from {self.schema}.generations where feed = %s "
+                             f"created_at, switched_at, as_of from {self.schema}.generations where feed = %s "
                              f"order by generation desc", (feed,), fetch=True)
-        return [Generation(g, f, ds, run, state, lists, _iso(created), _iso(switched))
-                for g, f, ds, run, state, lists, created, switched in rows]
+        return [Generation(g, f, ds, run, state, lists, _iso(created), _iso(switched), as_of)
+                for g, f, ds, run, state, lists, created, switched, as_of in rows]
 
     def begin(self, feed: str, ds: str, run_id: str) -> int:
         return self._execute(f"insert into {self.schema}.generations (feed, ds, run_id, state) "
@@ -178,6 +179,42 @@ class PostgresStore:
                 cur.execute(f"create or replace view {s}.{spec.name} as select * from {self._table(spec, generation)}")
             faults.point("handoff.postgres_in_switch")
         return time.perf_counter() - started
+
+    def patch(self, feed: str, spec: ListTable, *, expect, lists: pa.Table, withdrawn: list[str],
+              as_of: str) -> tuple[Generation | None, str]:
+        """Rewrite ``lists`` and remove the ``withdrawn`` keys in the live generation's table, in one
+        transaction that also records ``as_of``, when ``expect(live)`` (the live generation, under the lock
+        a switch takes) says so; its refusal is returned with the generation and nothing is written. The
+        changed lists are checked inside the transaction; a mismatch rolls everything back."""
+        s = self.schema
+        with self._cursor(transaction=True) as cur:
+            cur.execute(f"lock table {s}.live in share row exclusive mode")  # a switch waits; readers do not
+            cur.execute(f"select l.generation from {s}.live l where l.feed = %s", (feed,))
+            row = cur.fetchone()
+            live = next((g for g in self.generations(feed) if row and g.number == row[0]), None)
+            refusal = expect(live)
+            if refusal:
+                return live, refusal
+            table = self._table(spec, live.number)
+            keys = [*lists.column("item_id").to_pylist(), *withdrawn]
+            cur.execute(f"delete from {table} where item_id = any(%s)", (keys,))
+            with cur.copy(f"copy {table} (item_id, ids, scores) from stdin") as copy:
+                if plain_ids(lists, spec):
+                    copy.write(_copy_text(lists, spec))
+                else:
+                    for one in lists.to_pylist():
+                        copy.write_row([one["item_id"], one["ids"], one["scores"]])
+            faults.point("intraday.postgres_mid_patch")
+            cur.execute(f"select count(*), coalesce(sum(cardinality(ids)), 0) from {table} "
+                        f"where item_id = any(%s)", (keys,))
+            found, members = cur.fetchone()
+            expected = int(pc.sum(pc.list_value_length(lists.column("ids"))).as_py() or 0)
+            if (found, members) != (lists.num_rows, expected):
+                raise LookalikeError(f"serving sink postgres: after the patch generation {live.number} holds {found} "
+                                  f"lists ({members} members) of the {lists.num_rows} written ({expected}) and "
+                                  f"{len(withdrawn)} withdrawn; rolled back")
+            cur.execute(f"update {s}.generations set as_of = %s where generation = %s", (as_of, live.number))
+        return live, ""
 
     def orphans(self) -> list[int]:
         """None here: a generation is one row, inserted before its tables (in Redis a number can lose its

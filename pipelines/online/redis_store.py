@@ -104,7 +104,7 @@ class RedisStore:
             if meta.get("feed") == feed:
                 found.append(Generation(number, feed, meta["ds"], meta["run_id"], meta.get("state", WRITING),
                                         json.loads(meta.get("lists") or "{}"), meta.get("created_at"),
-                                        meta.get("switched_at") or None))
+                                        meta.get("switched_at") or None, meta.get("as_of") or None))
         return found
 
     def orphans(self) -> list[int]:
@@ -163,30 +163,51 @@ class RedisStore:
         return {key: decode_json(value) for key, value in zip(keys, values) if value is not None}
 
     def switch(self, feed: str, generation: int, tables: tuple[ListTable, ...]) -> float:
-        """Point the feed at ``generation`` in one MULTI/EXEC, watching the pointer. Returns its seconds."""
-        import redis
-
+        """Point the feed at ``generation`` in one MULTI/EXEC, watching the pointer (a switch of this feed
+        that lands first makes it read the pointer again). Returns its seconds."""
         pointer = self._key("live", feed)
         started = time.perf_counter()
 
-        def flip(r):
-            with r.pipeline(transaction=True) as pipe:
-                while True:
-                    try:
-                        pipe.watch(pointer)
-                        old = pipe.get(pointer)
-                        pipe.multi()
-                        pipe.set(pointer, generation)
-                        pipe.hset(self._key("g", generation), mapping={"state": LIVE, "switched_at": _now()})
-                        if old is not None and int(old) != generation:
-                            pipe.hset(self._key("g", int(old)), "state", RETIRED)
-                        pipe.execute()
-                        return
-                    except redis.exceptions.WatchError:
-                        continue  # another switch of this feed landed first: read the pointer again
+        def flip(pipe):
+            old = pipe.get(pointer)
+            pipe.multi()
+            pipe.set(pointer, generation)
+            pipe.hset(self._key("g", generation), mapping={"state": LIVE, "switched_at": _now()})
+            if old is not None and int(old) != generation:
+                pipe.hset(self._key("g", int(old)), "state", RETIRED)
+            pipe.execute()
 
-        self._call(flip)
+        self._call(lambda r: _watching(r, pointer, flip))
         return time.perf_counter() - started
+
+    def patch(self, feed: str, spec: ListTable, *, expect, lists: pa.Table, withdrawn: list[str],
+              as_of: str) -> tuple[Generation | None, str]:
+        """Set ``lists`` and delete the ``withdrawn`` fields of the live generation's hash, and record ``as_of``,
+        in one MULTI/EXEC under WATCH of the pointer, when ``expect(live)`` says so (its refusal is returned
+        with the generation, nothing written). A switch that lands first makes it read the pointer again."""
+        pointer = self._key("live", feed)
+        fields = [spec.field((key,)) for key in lists.column("item_id").to_pylist()]
+        values = encode_json(lists, spec)
+
+        def apply(pipe):
+            number = pipe.get(pointer)
+            live = next((g for g in self.generations(feed) if number and g.number == int(number)), None)
+            refusal = expect(live)
+            if refusal:
+                return live, refusal
+            pipe.watch(self._key("g", live.number))  # another hour's patch of it: read again
+            pipe.multi()
+            key = self._key("g", live.number, spec.name)
+            if withdrawn:
+                pipe.hdel(key, *withdrawn)
+            for start in range(0, len(fields), self.batch):
+                pipe.hset(key, mapping=dict(zip(fields[start:start + self.batch], values[start:start + self.batch])))
+            pipe.hset(self._key("g", live.number), "as_of", as_of)
+            faults.point("intraday.redis_before_exec")
+            pipe.execute()
+            return live, ""
+
+        return self._call(lambda r: _watching(r, pointer, apply))
 
     def drop(self, generation: int, tables: tuple[ListTable, ...] = ()) -> None:
         def remove(r):
@@ -212,6 +233,19 @@ class RedisStore:
             return None
         ids, scores = decode_json(found[1])
         return int(found[0]), ids, scores
+
+
+def _watching(r, key: str, body):
+    """``body(pipe)`` with ``key`` watched, run again whenever a write to it lands first (WatchError)."""
+    import redis
+
+    with r.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(key)
+                return body(pipe)
+            except redis.exceptions.WatchError:
+                continue
 
 
 def _now() -> str:

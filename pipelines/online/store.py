@@ -4,7 +4,8 @@ store is chosen from the config: ``open_store(cfg, name)``.
 A store keeps *generations*: each is one published run of a feed (``items``: item_neighbors and
 the experiment arms, from lookalike_nightly; ``users``: user_recommendations, from
 lookalike_user_recs), written completely and checked while invisible, then made live in one atomic
-step; the site reads the live one (docs/serving.md).
+step; the site reads the live one (docs/serving.md). Between nights, each intraday hour rewrites the lists
+it changed inside the live generation, in one transaction (``patch``).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class Generation:
     lists: dict  # table → lists written
     created_at: str | None = None
     switched_at: str | None = None
+    as_of: str | None = None  # the newest intraday hour applied to it (``patch``), None: the night as published
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -236,9 +236,10 @@ def cmd_serving(args) -> int:
         if args.format == "json":
             print(json.dumps(rows, indent=2))
             return 0
-        print(format_table(["sink", "feed", "live generation", "ds", "run", "switched at", "age (h)", "kept"],
-                           [(r["sink"], r["feed"], r["live"], r["ds"], r["run_id"], r["switched_at"], r["age_hours"],
-                             ",".join(map(str, r["kept"])) or "-") for r in rows]))
+        print(format_table(["sink", "feed", "live generation", "ds", "run", "switched at", "hour applied",
+                            "age (h)", "kept"],
+                           [(r["sink"], r["feed"], r["live"], r["ds"], r["run_id"], r["switched_at"],
+                             r["as_of"] or "-", r["age_hours"], ",".join(map(str, r["kept"])) or "-") for r in rows]))
         for store in sorted({r["store"] for r in rows}):
             print(f"  {store}")
         return 0
@@ -246,6 +247,25 @@ def cmd_serving(args) -> int:
         raise LookalikeError("--to names one store's generation: give --sink too (generation numbers are per store)")
     for r in handoff.rollback(cfg, to=args.to, feed=args.feed, sinks=(args.sink,) if args.sink else ()):
         print(f"{r['sink']}: {r['feed']} now serves generation {r['live']} (ds {r['ds']}); it served {r['was']}")
+    return 0
+
+
+def cmd_intraday(args) -> int:
+    from pipelines.config import load_config
+    from pipelines.intraday.stage import as_of_text, handoff_hour, publish_hour, run_hour
+    from pipelines.orchestration.jobs import setup_logging
+
+    setup_logging()
+    cfg = load_config(args.config)
+    as_of = as_of_text(args.as_of)
+    steps = {"update": lambda: run_hour(cfg, as_of), "publish": lambda: publish_hour(cfg, as_of),
+             "handoff": lambda: handoff_hour(cfg, as_of)}
+    results = {}
+    for name in (steps if args.step == "all" else [args.step]):
+        results[name] = steps[name]()
+        if name == "update" and "skipped" in results[name]:
+            break
+    print(json.dumps(results, indent=2, default=str))
     return 0
 
 
@@ -381,6 +401,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rollback: the item lists (default) or the user recommendations")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_serving)
+
+    p = sub.add_parser("intraday", help="apply what changed in the source since the night (an hour of "
+                       "lookalike_intraday): the changed listings embedded, the night's lists updated, published "
+                       "as item_neighbors_intraday and written into the online stores' live generation")
+    p.add_argument("--config")
+    p.add_argument("--as-of", help="apply every change before this UTC time, YYYY-MM-DDTHH:MM[:SS] (default: now)")
+    p.add_argument("--step", choices=["all", "update", "publish", "handoff"], default="all",
+                   help="one step of the hour, as the DAG's tasks run them (default: all three)")
+    p.set_defaults(func=cmd_intraday)
 
     p = sub.add_parser("spark-conf", help="print the Spark settings of the config as spark-submit --conf flags")
     p.add_argument("--config")

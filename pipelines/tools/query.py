@@ -57,6 +57,7 @@ def connect(warehouse: Warehouse) -> duckdb.DuckDBPyConnection:
     view = string.Template(sql_path("views", "duckdb.sql").read_text())
     for table in PUBLISHED_TABLES:
         con.execute(view.substitute(table=table))
+    con.execute(sql_path("views", "intraday.sql").read_text())  # item_neighbors_live: the night and its hours
     con.execute(sql_path("views", "experiments.sql").read_text())  # lookalike_bucket, lookalike_variant
     return con
 

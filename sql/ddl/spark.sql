@@ -89,6 +89,20 @@ using parquet
 partitioned by (ds)
 location '${warehouse}/item_neighbors';
 
+create table if not exists ${schema}.item_neighbors_intraday (
+    as_of string,
+    item_id string,
+    rank int,
+    neighbor_id string,
+    score float,
+    same_image boolean,
+    model_version string,
+    ds string
+)
+using parquet
+partitioned by (ds)
+location '${warehouse}/item_neighbors_intraday';
+
 create table if not exists ${schema}.item_neighbors_variants (
     item_id string,
     rank int,

@@ -81,6 +81,18 @@ create table if not exists ${catalog}.${schema}.item_neighbors (
 )
 with (external_location = '${warehouse}/item_neighbors', format = 'PARQUET', partitioned_by = array['ds']);
 
+create table if not exists ${catalog}.${schema}.item_neighbors_intraday (
+    as_of varchar,
+    item_id varchar,
+    rank integer,
+    neighbor_id varchar,
+    score real,
+    same_image boolean,
+    model_version varchar,
+    ds varchar
+)
+with (external_location = '${warehouse}/item_neighbors_intraday', format = 'PARQUET', partitioned_by = array['ds']);
+
 create table if not exists ${catalog}.${schema}.item_neighbors_variants (
     item_id varchar,
     rank integer,

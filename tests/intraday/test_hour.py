@@ -1,0 +1,49 @@
+"""An intraday hour through the real stages, on a night published and handed off to real PostgreSQL and
+Redis servers: listings added (one a repost of an existing photo, one with a broken photo), changed (a new
+photo, another seller) and sold in the source in the morning, then one hour. Every new on-sale listing has
+k neighbours in the warehouse's live view and in both stores, no list anywhere holds a sold item, and the
+live view equals the next night's full rebuild, row for row. The hour after it, with nothing new, changes
+nothing; a second hour sells one more item and the tables follow."""
+import sqlite3
+
+import pyarrow.parquet as pq
+
+from pipelines.embed.stage import run_embed
+from pipelines.extract.stage import run_extract
+from pipelines.intraday.stage import handoff_hour, publish_hour, run_hour
+from pipelines.neighbors.stage import run_neighbors
+from pipelines.storage import Warehouse
+from tests.conftest import DS
+from tests.intraday.conftest import HOUR, K, NEXT, live_lists, store_lists
+
+
+def test_an_hour_lists_new_listings_and_drops_sold_ones_everywhere_as_the_next_night_will(served_night):
+    cfg, changed, _ = served_night
+    wh = Warehouse.of(cfg)
+    night = live_lists(cfg)
+    assert not changed["new"] & set(night) and changed["sold"] <= set(night)
+    hour = run_hour(cfg, HOUR)
+    assert hour["night"] == DS and hour["since"] == f"{DS}T00:00:00"
+    assert hour["embedded"] >= 1 and hour["quarantined"] == 1 and hour["lists_changed"] > len(changed["new"])
+    assert publish_hour(cfg, HOUR)["rows"] == hour["rows"]
+    served = handoff_hour(cfg, HOUR)
+    assert {sink: result["as_of"] for sink, result in served["sinks"].items()} == {"postgres": HOUR, "redis": HOUR}
+
+    live = live_lists(cfg)
+    assert all(len(live[item]) == K for item in changed["new"])  # every new on-sale listing has k neighbours
+    assert "broken" not in live
+    assert not changed["sold"] & set(live) and not any(changed["sold"] & set(n) for n in live.values())
+    for sink in ("postgres", "redis"):
+        stored = store_lists(cfg, sink, sorted(live))
+        assert stored == live, sink  # the store serves what the warehouse's view shows, list for list
+        assert not store_lists(cfg, sink, sorted(changed["sold"]))
+
+    # The next night, read from the same source, equals the hour's lists: a full rebuild's
+    for stage in (run_extract, run_embed):
+        stage(cfg, NEXT)
+    run_neighbors(cfg, NEXT, full=True)
+    rebuilt = pq.read_table(wh.work(NEXT, "item_neighbors")).sort_by([("item_id", "ascending"), ("rank", "ascending")])
+    expected: dict[str, list[str]] = {}
+    for item, neighbor in zip(rebuilt.column("item_id").to_pylist(), rebuilt.column("neighbor_id").to_pylist()):
+        expected.setdefault(item, []).append(neighbor)
+    assert live == expected
