@@ -25,7 +25,8 @@ from pipelines.errors import ConfigError
 ENV_PREFIX = "LOOKALIKE_"
 CONFIG_ENV = "LOOKALIKE_CONFIG"  # path of the config file, read by DAG tasks and jobs
 # Per-process settings that are not config keys: the model cache of a host, test crash points.
-NOT_CONFIG_ENV = {CONFIG_ENV, "LOOKALIKE_CACHE_DIR", "LOOKALIKE_FAULT", "LOOKALIKE_FAULT_ONCE", "LOOKALIKE_RESULT_FILE"}
+NOT_CONFIG_ENV = {CONFIG_ENV, "LOOKALIKE_CACHE_DIR", "LOOKALIKE_FAULT", "LOOKALIKE_FAULT_ONCE", "LOOKALIKE_HOLD",
+                  "LOOKALIKE_RESULT_FILE"}
 
 
 @dataclass(frozen=True)
@@ -287,6 +288,14 @@ class ServingConfig:
 
 
 @dataclass(frozen=True)
+class IntradayConfig:
+    """The hours between nights (lookalike_intraday, pipelines/intraday/): the changes since the night applied."""
+    # When lookalike_intraday runs: a cron expression in UTC (read when the DAG file is parsed);
+    # empty: only when triggered (`lookalike intraday`, or a manual run with as_of)
+    schedule: str = "0 * * * *"
+
+
+@dataclass(frozen=True)
 class SparkConfig:
     """Where Spark jobs run (embed, and extract and neighbours above their thresholds)."""
     master: str = "local[*]"  # local[*], spark://host:7077, yarn, k8s://…
@@ -335,6 +344,7 @@ class Config:
     experiments: dict[str, ExperimentConfig] = field(default_factory=dict)
     ab: AbConfig = field(default_factory=AbConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
+    intraday: IntradayConfig = field(default_factory=IntradayConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

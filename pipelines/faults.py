@@ -32,6 +32,7 @@ from typing import Callable
 
 FAULT_ENV = "LOOKALIKE_FAULT"
 ONCE_ENV = "LOOKALIKE_FAULT_ONCE"  # a marker file: the point fires in the first process to reach it, then never
+HOLD_ENV = "LOOKALIKE_HOLD"  # <point>:<file>: wait at the point until the file exists
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,23 @@ def _armed(name: str) -> bool:
 
 
 def point(name: str) -> None:
+    _hold(name)
     if _armed(name):
         log.error("%s=%s: killing this process", FAULT_ENV, os.environ[FAULT_ENV])
         logging.shutdown()
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _hold(name: str, timeout: float = 600) -> None:
+    """``LOOKALIKE_HOLD=<point>:<file>``: wait at ``point`` until ``file`` exists (a test makes another
+    run land in between: two runs racing in the worst order, deterministically)."""
+    target, _, release = os.environ.get(HOLD_ENV, "").partition(":")
+    if target != name or not release:
+        return
+    log.warning("%s: holding at %s until %s exists", HOLD_ENV, name, release)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def point_when(name: str, ready: Callable[[], bool], every: float = 0.1) -> None:

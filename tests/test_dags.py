@@ -16,7 +16,7 @@ def dagbag(tmp_path_factory):
     return DagBag(dag_folder=str(DAGS))
 
 
-DAG_IDS = {"lookalike_extract", "lookalike_finetune", "lookalike_nightly", "lookalike_user_recs"}
+DAG_IDS = {"lookalike_extract", "lookalike_finetune", "lookalike_nightly", "lookalike_user_recs", "lookalike_intraday"}
 
 
 def _edges(dag):
@@ -35,6 +35,7 @@ def test_edges_are_exactly_the_pipeline(dagbag):
                                                        ("experiments", "publish"), ("publish", "report"),
                                                        ("publish", "handoff")}
     assert _edges(dagbag.dags["lookalike_user_recs"]) == {("userrec", "publish"), ("publish", "handoff")}
+    assert _edges(dagbag.dags["lookalike_intraday"]) == {("update", "publish"), ("publish", "handoff")}
 
 
 def test_dags_are_chained_by_assets(dagbag):
@@ -66,7 +67,7 @@ def test_tasks_retry_with_backoff_time_out_and_say_how_to_rerun(dagbag):
     for dag_id in DAG_IDS:
         dag = dagbag.dags[dag_id]
         assert dag.max_active_runs == 1 and dag.doc_md and dag_id in dag.doc_md
-        assert "ds" in dag.params
+        assert ("as_of" if dag_id == "lookalike_intraday" else "ds") in dag.params
         for task in dag.tasks:
             assert task.retries >= 1 and task.retry_exponential_backoff, task.task_id
             assert task.execution_timeout is not None

@@ -93,8 +93,8 @@ def test_an_existing_airflow_pointed_at_the_installed_dags_finds_every_dag(insta
                                                     "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     bag = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert bag == {"dags": ["lookalike_extract", "lookalike_finetune", "lookalike_nightly", "lookalike_user_recs"],
-                   "errors": {}}
+    assert bag == {"dags": ["lookalike_extract", "lookalike_finetune", "lookalike_intraday", "lookalike_nightly",
+                            "lookalike_user_recs"], "errors": {}}
 
 
 def test_run_goes_through_airflow_and_prints_the_summary(nightly):

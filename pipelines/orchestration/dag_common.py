@@ -22,6 +22,7 @@ MODEL = Asset(name="lookalike.model", uri="lookalike://models/siglip")
 TABLE_ASSETS = {t.name: Asset(name=t.asset_name, uri=t.asset_uri) for t in tables.TABLES}
 NIGHTLY_ASSETS = [TABLE_ASSETS[t] for t in tables.published_by(tables.NIGHTLY)]
 USER_RECS_ASSETS = [TABLE_ASSETS[t] for t in tables.published_by(tables.USER_RECS)]
+INTRADAY_ASSETS = [TABLE_ASSETS[t] for t in tables.published_by(tables.INTRADAY)]
 
 
 def daily_partitions() -> CronPartitionTimetable:
@@ -54,6 +55,10 @@ def on_task_failure(context) -> None:
     params = context.get("params") or {}
     ds = params.get("ds") or getattr(context.get("dag_run"), "partition_key", None) or context.get("ds") or "?"
     rerun = f"`lookalike {task_id} --ds {ds}` runs the stage alone; " if task_id in STAGE_VERBS else ""
+    if dag_id == tables.INTRADAY:  # an hour, not a day: the next hour catches up on its own
+        ds = params.get("as_of") or str(context.get("logical_date") or "?")
+        rerun = f"`lookalike intraday --as-of {ds} --step {task_id}` runs the step alone; the next hour also " \
+                "catches up; "
     log.error("lookalike: task %s of %s failed for ds=%s after %s tries: %s. Fix the cause, then clear the task "
               "to rerun it (Airflow UI, or `airflow tasks clear %s -t '^%s$'`); %sa rerun replaces the ds's "
               "partition and never appends.", task_id, dag_id, ds, getattr(ti, "try_number", "?"),
@@ -75,6 +80,14 @@ DEFAULT_ARGS = {
 }
 # lookalike_nightly's DeadlineAlert (None: no deadline configured).
 PUBLISH_DEADLINE = publish_deadline(_CONFIG)
+
+
+def hourly():
+    """lookalike_intraday's schedule: ``intraday.schedule`` (cron, UTC), or None (only triggered runs)."""
+    from airflow.sdk import CronTriggerTimetable
+
+    cron = _CONFIG.intraday.schedule.strip()
+    return CronTriggerTimetable(cron, timezone="UTC") if cron else None
 
 
 def run_params(*keys: str) -> dict:

@@ -203,6 +203,28 @@ def handoff(context: dict, feed: str) -> dict:
     return run_handoff(config_for(context), partition_date(context), feed)
 
 
+def hour_of(context: dict) -> str:
+    """The time an intraday run applies the changes up to: the ``as_of`` param, else the run's logical date
+    (a scheduled run: on the hour), else when it was triggered."""
+    from pipelines.intraday.stage import as_of_text
+
+    params = context.get("params") or {}
+    run = context.get("dag_run")
+    return as_of_text(params.get("as_of") or context.get("logical_date") or getattr(run, "run_after", None))
+
+
+@fail_fast_on_bad_input
+def intraday(context: dict, step: str) -> dict:
+    """One step of an intraday hour (update, publish, handoff) for the run's ``as_of``."""
+    from pipelines.intraday import stage
+
+    run = {"update": stage.run_hour, "publish": stage.publish_hour, "handoff": stage.handoff_hour}[step]
+    result = run(config_for(context), hour_of(context))
+    if step == "publish" and "skipped" not in result:
+        _annotate_outlets(context, lambda name: {key: result[key] for key in ("night", "as_of", "run_id", "rows")})
+    return result
+
+
 @fail_fast_on_bad_input
 def report(context: dict) -> dict:
     from pipelines.tools.report import build_report
