@@ -5,6 +5,7 @@ import argparse
 import csv
 import io
 import json
+import logging
 import sys
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -118,6 +119,10 @@ def cmd_simulate_ab(args) -> int:
     from pipelines.experiments.readout import simulate_ab
 
     cfg = load_config(args.config)
+    if args.freshness:
+        return _freshness(cfg, args)
+    if not args.experiment:
+        raise LookalikeError("simulate-ab needs --experiment NAME (or --freshness: the refresh policies compared)")
     what = f"{args.calibrate} seeded runs in memory" if args.calibrate else "into the source's interactions"
     print(f"Simulating {args.days} days of experiment {args.experiment} on the sample marketplace ({what}) …",
           flush=True)
@@ -135,6 +140,26 @@ def cmd_simulate_ab(args) -> int:
               f"clicks, {result['purchase']:,} purchases; {result['events']:,} events in all.\n"
               f"Read it: lookalike ab-report --experiment {args.experiment}"
               + (f" --config {args.config}" if args.config else ""))
+    return 0
+
+
+def _freshness(cfg, args) -> int:
+    from pipelines.experiments.freshness import POLICIES, freshness
+    from pipelines.orchestration.jobs import setup_logging
+    from pipelines.tools.summary import format_table
+
+    setup_logging(logging.WARNING)
+    result = freshness(cfg, seed=args.seed, progress=lambda line: print(line, flush=True))
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"\nThe day {result['day']} on the sample's site ({result['listed']} listings arrived, {result['sold']} "
+          "sold), the same page views under each refresh policy:")
+    print(format_table(["refresh", "page views", "no module (listing younger than the refresh)", "module slots",
+                        "slots showing an item already sold"],
+                       [(p, result[p]["views"], f"{result[p]['no_module']} ({result[p]['no_module_share']:.2%})",
+                         result[p]["slots"], f"{result[p]['sold_slots']} ({result[p]['sold_slot_share']:.2%})")
+                        for p in POLICIES]))
     return 0
 
 
@@ -355,8 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate-ab", help="play the sample marketplace's front end for an experiment: N days of "
                        "users shown each variant's published neighbours, logged into the source")
     p.add_argument("--config")
-    p.add_argument("--experiment", required=True, help="its name under experiments: in the config")
+    p.add_argument("--experiment", help="its name under experiments: in the config")
     p.add_argument("--days", type=_positive, default=14, help="days to simulate from the published ds (default 14)")
+    p.add_argument("--freshness", action="store_true", help="instead of an experiment: move the day after the "
+                   "newest night (listings arrive and sell), run its hours, and compare what shoppers see with "
+                   "nightly-only and with hourly lists (docs/pipeline.md#intraday-hours)")
+    p.add_argument("--format", choices=["table", "json"], default="table", help="--freshness: how to print it")
     p.add_argument("--ds", type=iso_date, help="the published ds whose neighbours are shown (default: the newest "
                                                "with the experiment)")
     p.add_argument("--seed", type=int, default=0)
