@@ -91,7 +91,8 @@ def _serving(cfg: Config, record: dict | None) -> list[str]:
     handed = (record or {}).get("serving") or {}
     if not handed:
         return ["Online stores: this ds was not handed off (`lookalike handoff --ds`)", ""]
-    rows = [(sink, feed, r.get("generation"), r.get("ds"), r.get("switch_s"), r.get("note") or r.get("error") or "")
+    rows = [(sink, feed, r.get("generation"), r.get("ds"), r.get("switch_s"),
+             r.get("note") or r.get("error") or (f"holds the hour of {r['as_of']}" if r.get("as_of") else ""))
             for feed, done in sorted(handed.items()) for sink, r in sorted(done["sinks"].items())]
     return ["Online stores (what the site reads now):",
             format_table(["store", "feed", "live generation", "ds", "switch (s)", "note"], rows), ""]
