@@ -97,3 +97,31 @@ def test_dag_files_do_no_heavy_imports_at_parse_time():
     for path in DAGS.glob("*.py"):
         out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
         assert out.stdout.strip() == "", f"{path.name} imports {out.stdout.strip()} at parse time"
+
+
+def test_a_bad_config_key_fails_the_first_task_naming_it_and_every_dag_still_parses(tmp_path):
+    """An unknown key (here an environment override) is not an import error of every DAG: they parse with
+    the defaults, and the extract task fails at once (bad input, no retry) with the key in its log."""
+    import subprocess
+    import sys
+
+    from pipelines.config import load_config
+    from pipelines.orchestration.orchestrate import airflow_env
+    from tests.conftest import DS
+
+    cfg = load_config(environ={"LOOKALIKE_AIRFLOW__HOME": str(tmp_path / "airflow")})
+    env = {**airflow_env(cfg, None), "LOOKALIKE_AIRFLOW__HOME": str(tmp_path / "airflow"),
+           "LOOKALIKE_EXTRACT__NO_SUCH_KEY": "1"}
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    bag = subprocess.run([sys.executable, "-c", "import json, sys; from airflow.dag_processing.dagbag import DagBag; "
+                          "bag = DagBag(dag_folder=sys.argv[1]); print(json.dumps([sorted(bag.dag_ids), "
+                          "list(bag.import_errors)]))", str(DAGS)], env=env, capture_output=True, text=True, timeout=300)
+    assert bag.returncode == 0, bag.stderr[-3000:]
+    assert bag.stdout.strip().splitlines()[-1] == f'[{sorted(DAG_IDS)!r}, []]'.replace("'", '"')
+    subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, check=True, timeout=300)
+    run = subprocess.run([airflow, "dags", "test", "lookalike_extract", DS], env=env, capture_output=True, text=True,
+                         timeout=300)
+    logs = run.stdout + run.stderr
+    assert "no_such_key" in logs and "unknown config key" in logs, logs[-3000:]
+    assert "AirflowFailException" in logs or "failed" in logs.lower()
+    assert "up_for_retry" not in logs  # bad input: failed at once

@@ -12,7 +12,7 @@ from airflow.sdk import Asset, CronPartitionTimetable, Param, PartitionedAssetTi
 
 from pipelines import tables
 from pipelines.orchestration.alerts import failure_notifiers, publish_deadline
-from pipelines.config import load_config
+from pipelines.config import Config, ConfigError, load_config
 
 log = logging.getLogger("lookalike")
 
@@ -65,9 +65,20 @@ def on_task_failure(context) -> None:
               context.get("exception"), dag_id, task_id, rerun)
 
 
-# The config at parse time (LOOKALIKE_CONFIG and LOOKALIKE_* of the DAG processor): who is told
-# about failures and late nights (pipelines/orchestration/alerts.py).
-_CONFIG = load_config()
+def _parse_time_config():
+    """The config at parse time (LOOKALIKE_CONFIG and LOOKALIKE_* of the DAG processor): who is told about
+    failures and late nights (pipelines/orchestration/alerts.py), the intraday schedule. A config that does
+    not load must not take the DAGs with it: they parse with the defaults, and every task, which loads the
+    config itself, fails at once naming the bad key (bad input: no retries)."""
+    try:
+        return load_config()
+    except ConfigError as exc:
+        log.error("lookalike: the config does not load (%s); the DAGs are parsed with the default alerts and "
+                  "schedule, and each task fails naming the problem until it is fixed", exc)
+        return Config()
+
+
+_CONFIG = _parse_time_config()
 
 DEFAULT_ARGS = {
     "owner": "lookalike",
