@@ -7,7 +7,8 @@ candidate offline against the production model and both baselines on the same qu
 promotes it only when the paired-bootstrap interval of its nDCG@5 gain is above zero against the
 best baseline and against production (within noise of production: kept as a candidate).
 
-Needs `lookalike_extract` to have run for ds. On success it emits the `lookalike.model` Asset
+Trains on the newest finished snapshot on or before the run's ds (a scheduled weekly run's own day
+has none until the next night's extract). On success it emits the `lookalike.model` Asset
 event (extra: ds, version, decision). Manual runs: pass `{"ds": "YYYY-MM-DD"}`.
 """
 from __future__ import annotations

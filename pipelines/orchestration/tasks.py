@@ -96,11 +96,30 @@ def _annotate_outlets(context: dict, extra_of) -> None:
             context["outlet_events"][asset].extra = extra
 
 
-def _launched(context: dict, stage: str, run) -> tuple[str, dict]:
-    """(ds, result) of ``run(cfg, ds)``, in this process or as a job, as ``<stage>.launcher`` says."""
+def snapshot_date(context: dict) -> str:
+    """The ds lookalike_finetune trains and evaluates on: the newest finished extract (its snapshot) on or
+    before the run's ds. A weekly run's logical date is a day whose own snapshot only exists after the next
+    night's extract; it takes the newest one there is."""
+    from pipelines.extract.photos import MARKER
+    from pipelines.storage import Warehouse
+
+    ds = partition_date(context)
+    wh = Warehouse.of(config_for(context))
+    done = [day for day in wh.work_days() if day <= ds and wh.work(day, MARKER).exists()]
+    if not done:
+        raise LookalikeError(f"no finished extract on or before ds={ds} in {wh.work_root}: lookalike_finetune trains "
+                             "on a snapshot; run lookalike_extract (or `lookalike extract --ds`) first")
+    if done[-1] != ds:
+        log.info("ds=%s has no snapshot of its own: training and evaluating on the newest one, ds=%s", ds, done[-1])
+    return done[-1]
+
+
+def _launched(context: dict, stage: str, run, ds: str | None = None) -> tuple[str, dict]:
+    """(ds, result) of ``run(cfg, ds)``, in this process or as a job, as ``<stage>.launcher`` says; ``ds``:
+    the run's partition date unless given."""
     from pipelines.orchestration.launch import run_stage
 
-    environ, ds = environ_for(context), partition_date(context)
+    environ, ds = environ_for(context), ds or partition_date(context)
     cfg = load_config(environ=environ)
     return ds, run_stage(cfg, stage, ds, lambda: run(cfg, ds), environ)
 
@@ -118,14 +137,14 @@ def extract(context: dict) -> dict:
 def train(context: dict) -> dict:
     from pipelines.train.stage import run_train
 
-    return _launched(context, "train", run_train)[1]
+    return _launched(context, "train", run_train, snapshot_date(context))[1]
 
 
 @fail_fast_on_bad_input
 def evaluate(context: dict, model_uri: str) -> dict:
     from pipelines.evaluate.stage import run_evaluate
 
-    ds = partition_date(context)
+    ds = snapshot_date(context)
     result = run_evaluate(config_for(context), ds, model_uri)
     _annotate_outlets(context, lambda name: {"ds": ds, "version": result["model_version"],
                                              "promoted": result["promoted"], "decision": result["decision"]})
