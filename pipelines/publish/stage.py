@@ -9,6 +9,7 @@ to ``_runs/<ds>.json`` beside the tables.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 
@@ -16,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines import faults, schemas, tables
+from pipelines import code_version, faults, schemas, tables
 from pipelines.publish import drift
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
@@ -119,6 +120,8 @@ def run_publish(cfg: Config, ds: str) -> dict:
               "config": cfg.to_public_dict()}
     embed_stats = wh.work(ds, "embed_stats.json")
     record["served"] = json.loads(embed_stats.read_text()).get("served") if embed_stats.exists() else None
+    record["code"] = code_version()  # what ran: the package and, from a checkout, its commit
+    record["config_sha256"] = hashlib.sha256(json.dumps(cfg.to_public_dict(), sort_keys=True).encode()).hexdigest()
     record["extract"] = photos.read_marker(wh, ds)
     decision = wh.work(ds, "model_decision.json")  # the evaluation's verdict on the week's model
     record["model"] = json.loads(decision.read_text()) if decision.exists() else None

@@ -138,7 +138,11 @@ def test_a_publish_killed_at_any_point_keeps_what_was_published_and_a_rerun_conv
     assert _scores(wh) == [(pytest.approx(0.7),)]
     assert run_query(wh, "select count(*) from item_neighbors_all")[1] == [(4 * K,)]  # published once
     run_id = wh.entries("item_neighbors")[DS]["run_id"]
-    assert wh.run_record(DS)["run_id"] == run_id
+    record = wh.run_record(DS)
+    assert record["run_id"] == run_id
+    # what ran: the package, the checkout's commit, the config's hash (never the config's secrets)
+    assert record["code"]["package"] == "0.1.0" and len(record["code"]["commit"].removesuffix("-dirty")) == 40
+    assert len(record["config_sha256"]) == 64
     # No orphans: every object is the manifest, its lock, the run record or a file of the live run.
     live = {f"{t}/{wh.entries(t)[DS]['path']}/{name}" for t in PUBLISHED_TABLES for name in wh.entries(t)[DS]["files"]}
     prefix = "warehouse/" if store == "s3" else ""
