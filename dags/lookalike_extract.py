@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import dag, get_current_context
 
-from pipelines.orchestration.dag_common import DEFAULT_ARGS, SNAPSHOT, daily_partitions, run_params
+from pipelines.orchestration.dag_common import DEFAULT_ARGS, SNAPSHOT, daily_partitions, run_params, task
 
 
 @dag(

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import dag, get_current_context
 
-from pipelines.orchestration.dag_common import DEFAULT_ARGS, MODEL, run_params
+from pipelines.orchestration.dag_common import DEFAULT_ARGS, MODEL, run_params, task
 
 
 @dag(

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context
 
-from pipelines.orchestration.dag_common import DEFAULT_ARGS, INTRADAY_ASSETS, hourly
+from pipelines.orchestration.dag_common import DEFAULT_ARGS, INTRADAY_ASSETS, hourly, task
 
 
 @dag(

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import dag, get_current_context
 
-from pipelines.orchestration.dag_common import DEFAULT_ARGS, NIGHTLY_ASSETS, PUBLISH_DEADLINE, per_snapshot, run_params
+from pipelines.orchestration.dag_common import (DEFAULT_ARGS, NIGHTLY_ASSETS, PUBLISH_DEADLINE, per_snapshot,
+                                                run_params, task)
 
 
 @dag(

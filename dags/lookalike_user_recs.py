@@ -22,9 +22,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import dag, get_current_context
 
-from pipelines.orchestration.dag_common import DEFAULT_ARGS, USER_RECS_ASSETS, per_published_day, run_params
+from pipelines.orchestration.dag_common import (DEFAULT_ARGS, USER_RECS_ASSETS, per_published_day, run_params,
+                                                task)
 
 
 @dag(

@@ -8,7 +8,9 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+from airflow.providers.standard.decorators.python import _PythonDecoratedOperator
 from airflow.sdk import Asset, CronPartitionTimetable, Param, PartitionedAssetTimetable
+from airflow.sdk.bases.decorator import task_decorator_factory
 
 from pipelines import tables
 from pipelines.orchestration.alerts import failure_notifiers, publish_deadline
@@ -63,6 +65,24 @@ def on_task_failure(context) -> None:
               "to rerun it (Airflow UI, or `airflow tasks clear %s -t '^%s$'`); %sa rerun replaces the ds's "
               "partition and never appends.", task_id, dag_id, ds, getattr(ti, "try_number", "?"),
               context.get("exception"), dag_id, task_id, rerun)
+
+
+class LookalikeTask(_PythonDecoratedOperator):
+    """A Lookalike task: a TaskFlow task that tells OpenLineage what it reads and writes, as real datasets
+    (pipelines/orchestration/lineage.py; used only when the OpenLineage provider is installed)."""
+
+    def get_openlineage_facets_on_start(self):
+        from pipelines.orchestration.lineage import operator_lineage
+
+        return operator_lineage(self.dag_id, self.task_id)
+
+    def get_openlineage_facets_on_complete(self, task_instance):
+        return self.get_openlineage_facets_on_start()
+
+
+def task(python_callable=None, **kwargs):
+    """``@task`` for Lookalike's DAGs: Airflow's TaskFlow decorator, making :class:`LookalikeTask` tasks."""
+    return task_decorator_factory(python_callable=python_callable, decorated_operator_class=LookalikeTask, **kwargs)
 
 
 def _parse_time_config():

@@ -72,6 +72,7 @@ def environ_for(context: dict) -> dict[str, str]:
     """The task's environment with the run's params (``window_days``, ``k``, ``accept_drift``) as config overrides,
     and the credentials of the configured Airflow Connections (pipelines/orchestration/connections.py), which
     this task's own process gets too (boto3 reads the object store's from os.environ)."""
+    from pipelines.orchestration import lineage
     from pipelines.orchestration.connections import airflow_environ, apply_to_process
 
     params = context.get("params") or {}
@@ -80,6 +81,7 @@ def environ_for(context: dict) -> dict[str, str]:
     environ = airflow_environ({**os.environ, **{name: str(value) for name, value in overrides.items()
                                                 if value is not None}})
     apply_to_process(environ)
+    lineage.remember(environ)  # the datasets of the task's COMPLETE lineage event, where they live
     return environ
 
 
@@ -177,7 +179,21 @@ def publish(context: dict) -> dict:
     """Publish the ds, then annotate the task's Asset events (one per ``lookalike.<table>`` outlet)."""
     from pipelines.publish.stage import run_publish
 
-    return _publish_and_annotate(context, run_publish)
+    result = _publish_and_annotate(context, run_publish)
+    _night_metrics(context)
+    return result
+
+
+def _night_metrics(context: dict) -> None:
+    """The published night's gauges (pipelines/orchestration/metrics.py), from its run record."""
+    import json
+
+    from pipelines.orchestration import metrics
+    from pipelines.storage import Warehouse
+
+    ds, wh = partition_date(context), Warehouse.of(config_for(context))
+    stats = wh.work(ds, "embed_stats.json")
+    metrics.emit(metrics.published(wh.run_record(ds) or {}, json.loads(stats.read_text()) if stats.exists() else None))
 
 
 def _publish_and_annotate(context: dict, publish_fn) -> dict:
@@ -218,8 +234,11 @@ def handoff(context: dict, feed: str) -> dict:
     """Hand the ds's published ``feed`` (items, users) to the online stores; a store that is down fails
     this task alone (transient: retried with backoff), the published tables stand."""
     from pipelines.online.handoff import run_handoff
+    from pipelines.orchestration import metrics
 
-    return run_handoff(config_for(context), partition_date(context), feed)
+    result = run_handoff(config_for(context), partition_date(context), feed)
+    metrics.emit(metrics.served(result, feed))
+    return result
 
 
 def hour_of(context: dict) -> str:
@@ -238,9 +257,13 @@ def intraday(context: dict, step: str) -> dict:
     from pipelines.intraday import stage
 
     run = {"update": stage.run_hour, "publish": stage.publish_hour, "handoff": stage.handoff_hour}[step]
+    from pipelines.orchestration import metrics
+
     result = run(config_for(context), hour_of(context))
     if step == "publish" and "skipped" not in result:
         _annotate_outlets(context, lambda name: {key: result[key] for key in ("night", "as_of", "run_id", "rows")})
+    metrics.emit(metrics.hour(result) if step == "update" else metrics.served(result, "items") if step == "handoff"
+                 else {})
     return result
 
 

@@ -7,6 +7,7 @@ change: the lists equal a full rebuild of the source as it is then."""
 import json
 import shutil
 import sqlite3
+import time
 import uuid
 from datetime import date, timedelta
 
@@ -26,6 +27,50 @@ from tests.intraday.conftest import K, NEXT, change_the_source, live_lists, stor
 from tests.test_scheduler import Api, _finished, _trigger_and_wait, running_airflow
 
 AFTER = (date.fromisoformat(NEXT) + timedelta(days=1)).isoformat()
+
+
+class StatsdListener:
+    """A StatsD server on a loopback UDP port: every gauge it receives, by name."""
+
+    def __enter__(self):
+        import socket
+        import threading
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.gauges: dict[str, list[float]] = {}
+        self.airflow_env = {"AIRFLOW__METRICS__STATSD_ON": "True", "AIRFLOW__METRICS__STATSD_HOST": "127.0.0.1",
+                            "AIRFLOW__METRICS__STATSD_PORT": str(self.sock.getsockname()[1])}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._listen, daemon=True)
+        self.thread.start()
+        return self
+
+    def _listen(self):
+        while not self.stop.is_set():
+            try:
+                data = self.sock.recv(65536).decode(errors="replace")
+            except OSError:
+                continue
+            for line in data.splitlines():
+                name, _, rest = line.partition(":")
+                value, _, kind = rest.partition("|")
+                if kind.startswith("g"):
+                    self.gauges.setdefault(name, []).append(float(value))
+
+    def wait_for(self, names: list[str], timeout: float = 60) -> dict[str, list[float]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not all(n in self.gauges for n in names):
+            time.sleep(0.5)
+        missing = [n for n in names if n not in self.gauges]
+        assert not missing, (missing, sorted(n for n in self.gauges if "lookalike" in n))
+        return dict(self.gauges)
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.sock.close()
 
 
 def _trigger(api: Api, as_of: str) -> str:
@@ -71,8 +116,9 @@ def test_an_hour_serves_fresh_lists_and_an_hour_racing_the_next_night_loses_noth
     release = tmp_path / "release-the-hour"
     release.touch()
     held = {"LOOKALIKE_HOLD": f"intraday.before_marker:{release}"}
-    with running_airflow(cfg, config, tmp_path, unpause=("lookalike_intraday", "lookalike_nightly"),
-                         extra_env=held) as api:
+    with StatsdListener() as statsd, running_airflow(
+            cfg, config, tmp_path, unpause=("lookalike_intraday", "lookalike_nightly"),
+            extra_env={**held, **statsd.airflow_env}) as api:
         # One hour after the night: new listings listed with k neighbours, sold ones gone, everywhere
         assert _wait(api, _trigger(api, f"{DS}T10:00:00")) == {"update": "success", "publish": "success",
                                                                "handoff": "success"}
@@ -106,6 +152,14 @@ def test_an_hour_serves_fresh_lists_and_an_hour_racing_the_next_night_loses_noth
         _sell(db, later_sold, f"{NEXT}T00:30:00")
         assert _wait(api, _trigger(api, f"{NEXT}T01:00:00"))["handoff"] == "success"
         assert {ds: e["as_of"] for ds, e in wh.entries(TABLE).items()}[NEXT] == f"{NEXT}T01:00:00"
+        # Lookalike's gauges, through Airflow's StatsD settings: the night's, the hand-offs', the hours'
+        gauges = statsd.wait_for(["airflow.lookalike.rows.item_neighbors", "airflow.lookalike.neighbors.recall_at_k",
+                                  "airflow.lookalike.embed.computed", "airflow.lookalike.drift.coverage",
+                                  "airflow.lookalike.serving.postgres.items.age_seconds",
+                                  "airflow.lookalike.serving.redis.items.generation",
+                                  "airflow.lookalike.intraday.lists_changed"])
+        night_rows = wh.entries("item_neighbors")[NEXT]["rows"]
+        assert night_rows in gauges["airflow.lookalike.rows.item_neighbors"]
 
     gone = changed["sold"] | set(sold_in_race) | set(later_sold)
     final = _everywhere(cfg, changed["new"] | gone)
