@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -142,9 +142,11 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  night {stage:<10}{night[stage]['seconds']:>8.1f} s {night[stage]['peak_rss_mb']:>6} MB",
                           flush=True)
                 hours = []
+                cutoff = datetime.fromisoformat(f"{DS}T00:00:00")
                 for h in range(1, args.hours + 1):
-                    moved = an_hour(folder, args.changed, args.sold, h, f"{DS}T{h - 1:02d}:30:00")
-                    as_of = f"{DS}T{h:02d}:00:00"
+                    stamp = (cutoff + timedelta(hours=h - 1, minutes=30)).isoformat()
+                    moved = an_hour(folder, args.changed, args.sold, h, stamp)
+                    as_of = (cutoff + timedelta(hours=h)).isoformat()
                     steps = {name: step(config, name, as_of) for name in STEPS}
                     record = steps["update"]["result"]
                     hours.append({"as_of": as_of, **moved, "steps": steps, "parts": record["seconds"],

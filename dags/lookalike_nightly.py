@@ -4,7 +4,8 @@
 One run per `lookalike.snapshot` partition (a finished `lookalike_extract`, scheduled or
 backfilled: the run's partition key is its ds), or a manual `{"ds": "YYYY-MM-DD"}`:
 
-`embed` → `neighbors` → `experiments` → `publish` → (`handoff`, `report`)
+`embed` → `neighbors` → `experiments` → `publish` → (`handoff`, `report`); a night the drift gate
+refuses: `publish` (skipped) → `approve_drift` → `publish_accepted` → (`handoff`, `report`)
 
 - **embed** runs the serving model over the catalogue (incremental; on Spark).
 - **neighbors** builds the top-k table with FAISS, tuned to the recall target.
@@ -13,6 +14,11 @@ backfilled: the run's partition key is its ds), or a manual `{"ds": "YYYY-MM-DD"
 - **publish** checks every table and commits them atomically; a failed check publishes nothing.
   On success it emits an Asset event per published table (`lookalike.<table>`, extra: ds, run
   id, rows, location) for downstream DAGs; `lookalike_user_recs` follows each published day.
+- **approve_drift** runs only when the drift gate refused the night (`publish` is then skipped and emits
+  no Asset event): it waits for an operator (Airflow's human-in-the-loop approval, shown in the UI as
+  awaiting input) with the breached bounds and their figures. **Approve** runs **publish_accepted**,
+  which publishes the night with the drift accepted and records who approved it and when; **Reject**, or
+  no answer within `publish.approval_timeout` minutes, fails it (no retry): the previous day stays served.
 - **handoff** hands the published item lists (and each experiment arm's) to the online stores
   (`serving.sinks`: PostgreSQL, Redis) as a new generation, checked, then switched live
   atomically. It runs only after a successful publish, so a refused night leaves the stores
@@ -27,8 +33,8 @@ from datetime import datetime
 
 from airflow.sdk import dag, get_current_context
 
-from pipelines.orchestration.dag_common import (DEFAULT_ARGS, NIGHTLY_ASSETS, PUBLISH_DEADLINE, per_snapshot,
-                                                run_params, task)
+from pipelines.orchestration.dag_common import (DEFAULT_ARGS, NIGHTLY_ASSETS, PUBLISH_DEADLINE, drift_approval,
+                                                per_snapshot, run_params, task)
 
 
 @dag(
@@ -68,20 +74,27 @@ def lookalike_nightly():
 
         return tasks.publish(get_current_context())
 
-    @task
+    @task(outlets=NIGHTLY_ASSETS)
+    def publish_accepted() -> dict:
+        from pipelines.orchestration import tasks
+
+        return tasks.publish_accepted(get_current_context())
+
+    @task(trigger_rule="none_failed_min_one_success")
     def handoff() -> dict:
         from pipelines.orchestration import tasks
 
         return tasks.handoff(get_current_context(), "items")
 
-    @task
+    @task(trigger_rule="none_failed_min_one_success")
     def report() -> dict:
         from pipelines.orchestration import tasks
 
         return tasks.report(get_current_context())
 
-    published = publish()
-    embed() >> neighbors() >> experiments() >> published >> [handoff(), report()]
+    published, accepted, served = publish(), publish_accepted(), [handoff(), report()]
+    embed() >> neighbors() >> experiments() >> published >> drift_approval() >> accepted >> served
+    published >> served
 
 
 lookalike_nightly()

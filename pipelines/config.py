@@ -243,6 +243,9 @@ class PublishConfig:
     max_score_shift: float = 0.15  # largest move of the 10th/50th/90th percentile neighbour score
     min_neighbor_overlap: float = 0.25  # mean share of neighbours kept by items whose photo did not change
     accept_drift: bool = False  # publish a ds beyond the bounds anyway (said in the run record)
+    # Inside a DAG run, a refused ds waits this many minutes for an operator's approval (the nightly DAG's
+    # approve_drift task); no answer rejects it
+    approval_timeout: float = 720.0
 
 
 @dataclass(frozen=True)
@@ -510,6 +513,7 @@ INTERVALS: dict[str, tuple[float, float, bool, bool]] = {
     "serving.keep_generations": (2, math.inf, True, False),
     "serving.check_sample": (0, math.inf, True, False),
     "serving.redis.batch": (1, math.inf, True, False),
+    "publish.approval_timeout": (0.0, math.inf, False, False),
 }
 
 

@@ -33,7 +33,9 @@ def test_edges_are_exactly_the_pipeline(dagbag):
     assert _edges(dagbag.dags["lookalike_finetune"]) == {("train", "evaluate")}
     assert _edges(dagbag.dags["lookalike_nightly"]) == {("embed", "neighbors"), ("neighbors", "experiments"),
                                                        ("experiments", "publish"), ("publish", "report"),
-                                                       ("publish", "handoff")}
+                                                       ("publish", "handoff"), ("publish", "approve_drift"),
+                                                       ("approve_drift", "publish_accepted"),
+                                                       ("publish_accepted", "handoff"), ("publish_accepted", "report")}
     assert _edges(dagbag.dags["lookalike_user_recs"]) == {("userrec", "publish"), ("publish", "handoff")}
     assert _edges(dagbag.dags["lookalike_intraday"]) == {("update", "publish"), ("publish", "handoff")}
 
@@ -69,6 +71,9 @@ def test_tasks_retry_with_backoff_time_out_and_say_how_to_rerun(dagbag):
         assert dag.max_active_runs == 1 and dag.doc_md and dag_id in dag.doc_md
         assert ("as_of" if dag_id == "lookalike_intraday" else "ds") in dag.params
         for task in dag.tasks:
+            if task.task_id == "approve_drift":  # a human's answer is not retried; it times out to a rejection
+                assert task.retries == 0 and task.response_timeout is not None
+                continue
             assert task.retries >= 1 and task.retry_exponential_backoff, task.task_id
             assert task.execution_timeout is not None
             assert on_task_failure in (task.on_failure_callback if isinstance(task.on_failure_callback, list)

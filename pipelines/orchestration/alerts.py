@@ -3,6 +3,8 @@
 - ``alerts.notifier: smtp`` (the SMTP provider's ``SmtpNotifier``, connection
   ``alerts.smtp_conn_id``) or ``slack`` (the Slack provider's ``SlackWebhookNotifier``, connection
   ``alerts.slack_conn_id``): every failed task notifies, besides the log line it always writes.
+- a night the drift gate refused waits for an operator's approval (``approve_drift``): the same notifier tells
+  them so, with the breached bounds;
 - ``alerts.publish_deadline_minutes`` > 0: a ``DeadlineAlert`` on ``lookalike_nightly`` fires the
   same notifier when a run has not published within that many minutes of being queued (run by
   Airflow's triggerer).
@@ -21,6 +23,10 @@ FAILED_BODY = ("Task {{ ti.task_id }} of {{ ti.dag_id }} failed (try {{ ti.try_n
                "{{ exception }}. Its log is in the Airflow UI; clearing the task reruns it and replaces the "
                "day's partition.")
 LATE_SUBJECT = "Lookalike: lookalike_nightly has not published within its deadline"
+APPROVAL_SUBJECT = "Lookalike: ds {{ ti.xcom_pull(task_ids='publish', key='refused')['ds'] }} refused by the drift gate"
+APPROVAL_BODY = ("{{ ti.xcom_pull(task_ids='publish', key='refused')['why'] }} Approve or reject it in the Airflow "
+                 "UI (task approve_drift of run {{ run_id }}); with no answer it is rejected and the previous day "
+                 "stays served.")
 
 
 def _notifier(settings: dict, subject: str, body: str):
@@ -52,6 +58,12 @@ def failure_notifiers(cfg: Config) -> list:
     """The notifiers every failed task calls (none by default)."""
     settings = _settings(cfg)
     return [] if settings is None else [_notifier(settings, FAILED_SUBJECT, FAILED_BODY)]
+
+
+def approval_notifiers(cfg: Config) -> list:
+    """The notifiers told when a refused night waits for an operator's approval (none by default)."""
+    settings = _settings(cfg)
+    return [] if settings is None else [_notifier(settings, APPROVAL_SUBJECT, APPROVAL_BODY)]
 
 
 def publish_deadline(cfg: Config):

@@ -9,11 +9,12 @@ import logging
 from datetime import timedelta
 
 from airflow.providers.standard.decorators.python import _PythonDecoratedOperator
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Asset, CronPartitionTimetable, Param, PartitionedAssetTimetable
 from airflow.sdk.bases.decorator import task_decorator_factory
 
 from pipelines import tables
-from pipelines.orchestration.alerts import failure_notifiers, publish_deadline
+from pipelines.orchestration.alerts import approval_notifiers, failure_notifiers, publish_deadline
 from pipelines.config import Config, ConfigError, load_config
 
 log = logging.getLogger("lookalike")
@@ -83,6 +84,40 @@ class LookalikeTask(_PythonDecoratedOperator):
 def task(python_callable=None, **kwargs):
     """``@task`` for Lookalike's DAGs: Airflow's TaskFlow decorator, making :class:`LookalikeTask` tasks."""
     return task_decorator_factory(python_callable=python_callable, decorated_operator_class=LookalikeTask, **kwargs)
+
+
+class DriftApproval(ApprovalOperator):
+    """``approve_drift``: a night the drift gate refused (``publish`` skipped, its refusal in XCom) waits for an
+    operator: Approve publishes it with the drift accepted (``publish_accepted``), Reject or no answer within
+    ``publish.approval_timeout`` fails this task (no retry) and leaves the previous day served. Skipped when
+    the gate passed."""
+
+    def execute(self, context):
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if not context["ti"].xcom_pull(task_ids="publish", key="refused"):
+            raise AirflowSkipException("the drift gate passed: nothing to approve")
+        return super().execute(context)
+
+
+def drift_approval() -> DriftApproval:
+    """lookalike_nightly's ``approve_drift`` task."""
+    refused = "ti.xcom_pull(task_ids='publish', key='refused')"
+    return DriftApproval(
+        task_id="approve_drift",
+        subject=f"Publish ds {{{{ {refused}['ds'] }}}} beyond the drift bounds?",
+        body=(f"The drift gate refused ds {{{{ {refused}['ds'] }}}} against the previous published day:\n\n"
+              f"{{% for breach in {refused}['breaches'] %}}- {{{{ breach }}}}\n{{% endfor %}}\n"
+              f"The run's checked tables: {{{{ {refused}['staged'] }}}} (read them with DuckDB). Approve "
+              "publishes the day with the drift accepted, and the run record says who approved it; Reject, or "
+              "no answer, leaves the previous day served."),
+        defaults=[ApprovalOperator.REJECT],
+        fail_on_reject=True,
+        trigger_rule="none_failed",
+        retries=0,  # a human's answer: asking again would not change it
+        response_timeout=timedelta(minutes=_CONFIG.publish.approval_timeout),
+        notifiers=approval_notifiers(_CONFIG),
+    )
 
 
 def _parse_time_config():

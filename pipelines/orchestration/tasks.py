@@ -27,6 +27,8 @@ def fail_fast_on_bad_input(fn):
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
+            if type(exc).__name__ == "AirflowSkipException":  # a decision (a refused night waits), not a failure
+                raise
             kind = classify(exc)
             if kind == BAD_INPUT:
                 from airflow.sdk.exceptions import AirflowFailException
@@ -176,12 +178,47 @@ def experiments(context: dict) -> dict:
 
 @fail_fast_on_bad_input
 def publish(context: dict) -> dict:
-    """Publish the ds, then annotate the task's Asset events (one per ``lookalike.<table>`` outlet)."""
-    from pipelines.publish.stage import run_publish
+    """Publish the ds, then annotate the task's Asset events (one per ``lookalike.<table>`` outlet). A ds the
+    drift gate refuses skips this task (no Asset event: nothing was published) with the refusal in XCom
+    (``refused``) for ``approve_drift``, which asks an operator."""
+    from pipelines.publish.stage import DriftRefused, run_publish
 
-    result = _publish_and_annotate(context, run_publish)
+    try:
+        result = _publish_and_annotate(context, run_publish)
+    except DriftRefused as exc:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        ds = partition_date(context)
+        staged = str(_warehouse(context).work(ds, "publish_staging"))
+        context["ti"].xcom_push(key="refused", value={"ds": ds, "why": str(exc), "breaches": exc.breaches,
+                                                      "staged": staged})
+        log.warning("publish %s refused by the drift gate; approve_drift asks an operator: %s", ds, exc)
+        raise AirflowSkipException(f"refused by the drift gate, waiting for approve_drift: {exc}") from exc
     _night_metrics(context)
     return result
+
+
+@fail_fast_on_bad_input
+def publish_accepted(context: dict) -> dict:
+    """Publish a ds the drift gate refused and an operator approved (``approve_drift``), with the drift accepted
+    and who approved it, and when, in the run record."""
+    from pipelines.publish.stage import run_publish
+
+    answer = context["ti"].xcom_pull(task_ids="approve_drift") or {}
+    user = answer.get("responded_by_user") or {}
+    approval = {"by": user.get("name") or user.get("id"), "at": str(answer.get("responded_at")),
+                "chosen": answer.get("chosen_options")}
+    context.setdefault("params", {})
+    context["params"] = {**context["params"], "accept_drift": True}
+    result = _publish_and_annotate(context, lambda cfg, ds: run_publish(cfg, ds, approval=approval))
+    _night_metrics(context)
+    return result
+
+
+def _warehouse(context: dict):
+    from pipelines.storage import Warehouse
+
+    return Warehouse.of(config_for(context))
 
 
 def _night_metrics(context: dict) -> None:
@@ -191,7 +228,7 @@ def _night_metrics(context: dict) -> None:
     from pipelines.orchestration import metrics
     from pipelines.storage import Warehouse
 
-    ds, wh = partition_date(context), Warehouse.of(config_for(context))
+    ds, wh = partition_date(context), _warehouse(context)
     stats = wh.work(ds, "embed_stats.json")
     metrics.emit(metrics.published(wh.run_record(ds) or {}, json.loads(stats.read_text()) if stats.exists() else None))
 

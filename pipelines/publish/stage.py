@@ -46,6 +46,10 @@ class PublishCheckFailed(LookalikeError):
 class DriftRefused(PublishCheckFailed):
     """The ds differs from the previous published day beyond ``publish.*`` bounds; nothing was published."""
 
+    def __init__(self, message: str, breaches: list[str] = ()):
+        super().__init__(message)
+        self.breaches = list(breaches)  # each bound breached, with its figures
+
 
 def _files(folder) -> list:
     return sorted(folder.glob("*.parquet"))
@@ -103,7 +107,9 @@ def publish_user_recs(cfg: Config, ds: str) -> dict:
     return _commit(cfg, wh, ds, files, rows, failures, record=None)
 
 
-def run_publish(cfg: Config, ds: str) -> dict:
+def run_publish(cfg: Config, ds: str, approval: dict | None = None) -> dict:
+    """Check and publish the ds's nightly tables; ``approval`` (who approved a refused ds, and when: the DAG's
+    approve_drift task) goes into the run record's drift block."""
     wh = Warehouse.of(cfg)
     files = stage_tables(wh, ds)
     rows = {table: _rows(f) for table, f in files.items()}
@@ -127,6 +133,8 @@ def run_publish(cfg: Config, ds: str) -> dict:
     record["model"] = json.loads(decision.read_text()) if decision.exists() else None
     if not failures:
         record["drift"] = _gate(cfg, wh, ds, files, rows, on_sale=active.num_rows, served=record["served"])
+        if approval:
+            record["drift"]["approval"] = approval
     return _commit(cfg, wh, ds, files, rows, failures, record)
 
 
@@ -162,8 +170,8 @@ def _gate(cfg: Config, wh: Warehouse, ds: str, files: dict, rows: dict, *, on_sa
     if decision == "refused":
         raise DriftRefused(f"publish {ds} refused, nothing was published: it differs from the published {previous} "
                            f"beyond the publish.* bounds: {'; '.join(breaches)}. If the change is expected (a new "
-                           f"catalogue, a retrained model), rerun with publish.accept_drift "
-                           f"(`lookalike publish --accept-drift`, or the DAG param accept_drift)")
+                           f"catalogue, a retrained model), approve the run's approve_drift task in lookalike_nightly, "
+                           f"or rerun with publish.accept_drift (`lookalike publish --accept-drift`)", breaches)
     return gate
 
 
