@@ -23,9 +23,10 @@ FAILED_BODY = ("Task {{ ti.task_id }} of {{ ti.dag_id }} failed (try {{ ti.try_n
                "{{ exception }}. Its log is in the Airflow UI; clearing the task reruns it and replaces the "
                "day's partition.")
 LATE_SUBJECT = "Lookalike: lookalike_nightly has not published within its deadline"
-APPROVAL_SUBJECT = "Lookalike: ds {{ ti.xcom_pull(task_ids='publish', key='refused')['ds'] }} refused by the drift gate"
-APPROVAL_BODY = ("{{ ti.xcom_pull(task_ids='publish', key='refused')['why'] }} Approve or reject it in the Airflow "
-                 "UI (task approve_drift of run {{ run_id }}); with no answer it is rejected and the previous day "
+APPROVAL_SUBJECT = ("Lookalike: ds {{ (ti.xcom_pull(task_ids='publish', key='refused') or {}).get('ds') }} refused by "
+                    "the drift gate")
+APPROVAL_BODY = ("{{ (ti.xcom_pull(task_ids='publish', key='refused') or {}).get('why') }} Approve or reject it in "
+                 "the Airflow UI (task approve_drift of run {{ run_id }}); with no answer it is rejected and the previous day "
                  "stays served.")
 
 

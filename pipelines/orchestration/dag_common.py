@@ -102,13 +102,13 @@ class DriftApproval(ApprovalOperator):
 
 def drift_approval() -> DriftApproval:
     """lookalike_nightly's ``approve_drift`` task."""
-    refused = "ti.xcom_pull(task_ids='publish', key='refused')"
+    refused = "(ti.xcom_pull(task_ids='publish', key='refused') or {})"  # rendered even when skipped: no refusal
     return DriftApproval(
         task_id="approve_drift",
-        subject=f"Publish ds {{{{ {refused}['ds'] }}}} beyond the drift bounds?",
-        body=(f"The drift gate refused ds {{{{ {refused}['ds'] }}}} against the previous published day:\n\n"
-              f"{{% for breach in {refused}['breaches'] %}}- {{{{ breach }}}}\n{{% endfor %}}\n"
-              f"The run's checked tables: {{{{ {refused}['staged'] }}}} (read them with DuckDB). Approve "
+        subject=f"Publish ds {{{{ {refused}.get('ds') }}}} beyond the drift bounds?",
+        body=(f"The drift gate refused ds {{{{ {refused}.get('ds') }}}} against the previous published day:\n\n"
+              f"{{% for breach in {refused}.get('breaches', []) %}}- {{{{ breach }}}}\n{{% endfor %}}\n"
+              f"The run's checked tables: {{{{ {refused}.get('staged') }}}} (read them with DuckDB). Approve "
               "publishes the day with the drift accepted, and the run record says who approved it; Reject, or "
               "no answer, leaves the previous day served."),
         defaults=[ApprovalOperator.REJECT],
