@@ -82,3 +82,22 @@ def changed_lists(night: tuple[np.ndarray, np.ndarray], now: tuple[np.ndarray, n
 def withdrawn(night_ids: pa.Array, ids: pa.Array) -> pa.Array:
     """The night's items that are no longer in the catalogue (their lists are withdrawn)."""
     return night_ids.filter(pa.array(positions_in(night_ids, ids) < 0))
+
+
+def since(now: tuple[pa.Table, pa.Array], then: tuple[pa.Table, pa.Array]) -> tuple[pa.Table, list[str]]:
+    """What a store holding the lists ``then`` needs to hold ``now``: (the lists that are new or differ, the items
+    newly withdrawn). Each is (lists: item_id, ids, scores; the withdrawn item ids), as an hour serves them; the
+    hours' lists only grow, so nothing of ``then`` goes back to the night's."""
+    def signature(lists: pa.Table) -> pa.Table:
+        text = pc.binary_join_element_wise(pc.binary_join(lists.column("ids"), ","),
+                                           pc.binary_join(pc.cast(lists.column("scores"), pa.list_(pa.string())), ","),
+                                           "|")
+        return pa.table({"item_id": lists.column("item_id"), "signature": text})
+
+    joined = signature(now[0]).join(signature(then[0]), "item_id", join_type="left outer", right_suffix="_then")
+    differs = pc.or_kleene(pc.is_null(joined.column("signature_then")),
+                           pc.not_equal(joined.column("signature"), joined.column("signature_then")))
+    changed = joined.filter(pc.fill_null(differs, True)).column("item_id")
+    lists = now[0].filter(pc.is_in(now[0].column("item_id"), value_set=changed))
+    withdrawn = now[1].filter(pc.invert(pc.is_in(now[1], value_set=then[1])))
+    return lists, withdrawn.to_pylist()

@@ -414,11 +414,23 @@ def handoff_hour(cfg: Config, as_of: str) -> dict:
                else f"no hour is published on the night {night.ds}")
         log.info("intraday %s: nothing handed off: %s", as_of, why)
         return {"as_of": as_of, "skipped": why}
-    rows = wh.read_entry(TABLE, entry)
-    listed = rows.filter(pc.greater(rows.column("rank"), 0))
-    withdrawn = rows.filter(pc.equal(rows.column("rank"), 0)).column("item_id").to_pylist()
-    lists = lists_of(listed.select(["item_id", "rank", "neighbor_id", "score"]), BY_NAME["item_neighbors"])
-    sinks = patch_live(cfg, ds=night.ds, run_id=night.run_id, as_of=as_of, lists=lists, withdrawn=withdrawn)
+    spec = BY_NAME["item_neighbors"]
+
+    def served(rows: pa.Table) -> tuple[pa.Table, pa.Array]:
+        listed = rows.filter(pc.greater(rows.column("rank"), 0)).select(["item_id", "rank", "neighbor_id", "score"])
+        return lists_of(listed, spec), rows.filter(pc.equal(rows.column("rank"), 0)).column("item_id")
+
+    now = served(wh.read_entry(TABLE, entry))
+
+    def changes(live) -> tuple[pa.Table, list[str]]:
+        """What a store serving ``live`` needs: the lists changed since the hour it holds (every list the hours
+        changed, for a store that holds the night alone, or an hour no longer in the work area)."""
+        marker = _folder(wh, night.ds, live.as_of) / MARKER if live.as_of else None
+        if marker is None or not marker.exists():
+            return now[0], now[1].to_pylist()
+        return ch.since(now, served(pq.read_table(marker.parent / TABLE)))
+
+    sinks = patch_live(cfg, ds=night.ds, run_id=night.run_id, as_of=as_of, changes=changes)
     record = {"ds": night.ds, "as_of": as_of, "run_id": entry["run_id"], "sinks": sinks,
               "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     wh.write_handoff_record(night.ds, "intraday", record)

@@ -204,9 +204,10 @@ def _retain(store, feed: str, keep: int, tables: tuple[ListTable, ...]) -> None:
                  old.number, old.ds, keep)
 
 
-def patch_live(cfg: Config, *, ds: str, run_id: str, as_of: str, lists: pa.Table, withdrawn: list[str]) -> dict:
-    """An intraday hour's changed ``item_neighbors`` lists (and the ``withdrawn`` items) written into every
-    store's live generation of the night ``ds`` (run ``run_id``), each store in one transaction.
+def patch_live(cfg: Config, *, ds: str, run_id: str, as_of: str, changes) -> dict:
+    """An intraday hour's changed ``item_neighbors`` lists written into every store's live generation of the
+    night ``ds`` (run ``run_id``), each store in one transaction: ``changes(live)`` gives the (lists, withdrawn
+    items) a store that serves ``live`` needs (what changed since the hour it holds).
 
     A store that serves a newer night is left alone (that night's own hours follow); one that still serves
     an older night has not taken the night's hand-off yet: a transient failure, retried. A store that already
@@ -225,12 +226,17 @@ def patch_live(cfg: Config, *, ds: str, run_id: str, as_of: str, lists: pa.Table
         return ""
 
     def patch(store) -> dict:
-        started = time.perf_counter()
-        live, refusal = store.patch(ITEMS, spec, expect=expect, lists=lists, withdrawn=withdrawn, as_of=as_of)
-        log.info("intraday %s: %s generation %d: %s", as_of, store.name, live.number,
-                 refusal or f"{lists.num_rows} lists rewritten, {len(withdrawn)} withdrawn")
-        return {"generation": live.number, "ds": live.ds, "as_of": live.as_of if refusal else as_of,
-                "lists": lists.num_rows, "withdrawn": len(withdrawn),
+        started, sizes = time.perf_counter(), {"lists": 0, "withdrawn": 0}
+
+        def sized(live: Generation):
+            lists, withdrawn = changes(live)
+            sizes.update(lists=lists.num_rows, withdrawn=len(withdrawn), since=live.as_of or f"the night {live.ds}")
+            return lists, withdrawn
+
+        live, refusal = store.patch(ITEMS, spec, expect=expect, changes=sized, as_of=as_of)
+        log.info("intraday %s: %s generation %d: %s", as_of, store.name, live.number, refusal or
+                 f"{sizes['lists']} lists rewritten, {sizes['withdrawn']} withdrawn (changed since {sizes['since']})")
+        return {"generation": live.number, "ds": live.ds, "as_of": live.as_of if refusal else as_of, **sizes,
                 "seconds": round(time.perf_counter() - started, 3)} | ({"note": refusal} if refusal else {})
 
     results, failed = each_store(cfg, patch)

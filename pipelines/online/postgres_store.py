@@ -180,12 +180,11 @@ class PostgresStore:
             faults.point("handoff.postgres_in_switch")
         return time.perf_counter() - started
 
-    def patch(self, feed: str, spec: ListTable, *, expect, lists: pa.Table, withdrawn: list[str],
-              as_of: str) -> tuple[Generation | None, str]:
-        """Rewrite ``lists`` and remove the ``withdrawn`` keys in the live generation's table, in one
-        transaction that also records ``as_of``, when ``expect(live)`` (the live generation, under the lock
-        a switch takes) says so; its refusal is returned with the generation and nothing is written. The
-        changed lists are checked inside the transaction; a mismatch rolls everything back."""
+    def patch(self, feed: str, spec: ListTable, *, expect, changes, as_of: str) -> tuple[Generation | None, str]:
+        """Rewrite the lists and remove the withdrawn keys that ``changes(live)`` gives, in the live generation's
+        table, in one transaction that also records ``as_of``, when ``expect(live)`` (the live generation, under
+        the lock a switch takes) says so; its refusal is returned with the generation and nothing is written.
+        The rewritten lists are checked inside the transaction; a mismatch rolls everything back."""
         s = self.schema
         with self._cursor(transaction=True) as cur:
             cur.execute(f"lock table {s}.live in share row exclusive mode")  # a switch waits; readers do not
@@ -195,6 +194,7 @@ class PostgresStore:
             refusal = expect(live)
             if refusal:
                 return live, refusal
+            lists, withdrawn = changes(live)
             table = self._table(spec, live.number)
             keys = [*lists.column("item_id").to_pylist(), *withdrawn]
             cur.execute(f"delete from {table} where item_id = any(%s)", (keys,))

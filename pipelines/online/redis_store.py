@@ -180,14 +180,12 @@ class RedisStore:
         self._call(lambda r: _watching(r, pointer, flip))
         return time.perf_counter() - started
 
-    def patch(self, feed: str, spec: ListTable, *, expect, lists: pa.Table, withdrawn: list[str],
-              as_of: str) -> tuple[Generation | None, str]:
-        """Set ``lists`` and delete the ``withdrawn`` fields of the live generation's hash, and record ``as_of``,
-        in one MULTI/EXEC under WATCH of the pointer, when ``expect(live)`` says so (its refusal is returned
-        with the generation, nothing written). A switch that lands first makes it read the pointer again."""
+    def patch(self, feed: str, spec: ListTable, *, expect, changes, as_of: str) -> tuple[Generation | None, str]:
+        """Set the lists and delete the withdrawn fields that ``changes(live)`` gives, in the live generation's
+        hash, and record ``as_of``, in one MULTI/EXEC under WATCH of the pointer, when ``expect(live)`` says so
+        (its refusal is returned with the generation, nothing written). A switch that lands first makes it read
+        the pointer again."""
         pointer = self._key("live", feed)
-        fields = [spec.field((key,)) for key in lists.column("item_id").to_pylist()]
-        values = encode_json(lists, spec)
 
         def apply(pipe):
             number = pipe.get(pointer)
@@ -195,6 +193,9 @@ class RedisStore:
             refusal = expect(live)
             if refusal:
                 return live, refusal
+            lists, withdrawn = changes(live)
+            fields = [spec.field((key,)) for key in lists.column("item_id").to_pylist()]
+            values = encode_json(lists, spec)
             pipe.watch(self._key("g", live.number))  # another hour's patch of it: read again
             pipe.multi()
             key = self._key("g", live.number, spec.name)
