@@ -243,9 +243,10 @@ class PublishConfig:
     max_score_shift: float = 0.15  # largest move of the 10th/50th/90th percentile neighbour score
     min_neighbor_overlap: float = 0.25  # mean share of neighbours kept by items whose photo did not change
     accept_drift: bool = False  # publish a ds beyond the bounds anyway (said in the run record)
-    # Inside a DAG run, a refused ds waits this many minutes for an operator's approval (the nightly DAG's
-    # approve_drift task); no answer rejects it
+    # Inside a DAG run, a refused ds waits for an operator's approval (the nightly DAG's approve_drift task)
+    # this many minutes; no answer rejects it
     approval_timeout: float = 720.0
+    ask_approval: bool = True  # false: a refused ds fails publish at once (`lookalike run`: no one to ask)
 
 
 @dataclass(frozen=True)

@@ -188,6 +188,8 @@ def publish(context: dict) -> dict:
     except DriftRefused as exc:
         from airflow.sdk.exceptions import AirflowSkipException
 
+        if not config_for(context).publish.ask_approval:
+            raise
         ds = partition_date(context)
         staged = str(_warehouse(context).work(ds, "publish_staging"))
         context["ti"].xcom_push(key="refused", value={"ds": ds, "why": str(exc), "breaches": exc.breaches,
