@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from pipelines.config import Config
 from pipelines.extract import photos
@@ -198,6 +199,11 @@ def run_summary(cfg: Config, ds: str, config_path: str | None = None) -> str:
         config = f" --config {config_path}" if config_path else ""
         lines += [f"  lookalike serving status{config}   # what each online store serves, and how old it is",
                   f"  lookalike similar{config} <an item_id>   # one item's list, read as the site reads it"]
+    if cfg.source.url.startswith("sqlite:///") and (Path(cfg.source.url.removeprefix("sqlite:///")).parent
+                                                    / "hidden_attributes.json").exists():  # the sample
+        config = f" --config {config_path}" if config_path else ""
+        lines += [f"  lookalike simulate-ab{config} --freshness   # the day after the night, on the sample: nightly-only against hourly "
+                  "lists (lookalike_intraday)"]
     if ds in wh.entries("experiment_variants"):
         name = wh.read_partition("experiment_variants", ds).column("experiment")[0].as_py()
         config = f" --config {config_path}" if config_path else ""  # the experiments are in the config
