@@ -1,4 +1,5 @@
-"""``lookalike run``: the nightly DAG through Airflow (``airflow dags test``) for one ds.
+"""``lookalike run``: the DAGs of a night, extract, finetune, nightly and user recs, through Airflow (``airflow dags test``)
+for one ds.
 
 On the embedded default Airflow keeps its metadata in SQLite under ``airflow.home``. The full
 Airflow log goes to ``<airflow.home>/logs/``; the console gets the pipeline's own progress

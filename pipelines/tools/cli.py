@@ -340,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "(endpoint and credentials from AWS_*)")
     p.set_defaults(func=cmd_sample_data)
 
-    p = sub.add_parser("run", help="run the nightly pipeline for one ds through Airflow")
+    p = sub.add_parser("run", help="run a night through Airflow for one ds: the extract, finetune, nightly and user "
+                       "recs DAGs, then the summary")
     p.add_argument("--config", help="YAML config file (default: the embedded default)")
     p.add_argument("--ds", type=iso_date, help="partition date (default: today UTC; the sample's end day "
                                                 "on the embedded sample)")
