@@ -23,6 +23,7 @@ demo: $(STAMP) $(SAMPLE)
 
 ## test: the whole test suite
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 ## week-test: a week of nights backfilled on a real Airflow scheduler, with a killed extract and an unreachable source

@@ -103,7 +103,7 @@ class Bench:
         self.loader = lambda start: batches_from(self.stream, start, workers, device == "cuda", cache)
         self.first = next(iter(batch_loader(self.stream(0), 0, pin_memory=False)))
         self.params = sum(p.numel() for p in self.model.parameters())
-        vc, tc = self.model.config.vision_config, self.model.config.text_config
+        vc = self.model.config.vision_config
         v_params = sum(p.numel() for p in self.model.vision_model.parameters())
         t_params = sum(p.numel() for p in self.model.text_model.parameters())
         self.flops_per_pair = 6.0 * (v_params * (vc.image_size // vc.patch_size) ** 2 + t_params * 24)

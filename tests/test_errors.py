@@ -8,7 +8,6 @@ import pytest
 import sqlalchemy as sa
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from pipelines.config import load_config
 from pipelines.errors import BAD_INPUT, BUG, TRANSIENT, ConfigError, TransientError, classify
 from pipelines.extract.source import ExtractError, read_source
 from tests.conftest import DS, write_config

@@ -1,6 +1,5 @@
 """The model registry: candidates, the production pointer, promote and rollback, through the CLI too."""
 import json
-import logging
 
 import pytest
 

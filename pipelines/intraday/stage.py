@@ -29,7 +29,7 @@ import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,6 @@ import pyarrow.parquet as pq
 from pipelines import faults, schemas
 from pipelines.config import Config
 from pipelines.errors import LookalikeError
-from pipelines.extract import photos
 from pipelines.extract.source import optional_columns, stream_source
 from pipelines.extract.stage import FETCH_THREADS, PhotoWork, settled, threaded
 from pipelines.extract.validate import latest_listings, reject_listings, stage_listings

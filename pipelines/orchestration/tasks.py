@@ -228,7 +228,6 @@ def _night_metrics(context: dict) -> None:
     import json
 
     from pipelines.orchestration import metrics
-    from pipelines.storage import Warehouse
 
     ds, wh = partition_date(context), _warehouse(context)
     stats = wh.work(ds, "embed_stats.json")

@@ -4,7 +4,6 @@ photo, another seller) and sold in the source in the morning, then one hour. Eve
 k neighbours in the warehouse's live view and in both stores, no list anywhere holds a sold item, and the
 live view equals the next night's full rebuild, row for row. The hour after it, with nothing new, changes
 nothing; a second hour sells one more item and the tables follow."""
-import sqlite3
 
 import pyarrow.parquet as pq
 

@@ -5,7 +5,7 @@ import pytest
 
 from pipelines.config import NeighborsConfig
 from pipelines.errors import ConfigError
-from pipelines.neighbors.search import (Exclusions, FlatSearcher, TorchSearcher, build_searcher, plan_index,
+from pipelines.neighbors.search import (FlatSearcher, TorchSearcher, build_searcher, plan_index,
                                         recall_at_k, search_blocks, tune)
 from pipelines.neighbors.stage import build_neighbors
 
