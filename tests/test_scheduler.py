@@ -185,6 +185,7 @@ def test_a_real_scheduler_reads_source_and_store_through_connections_and_mails_a
                 assert proc.returncode == 0, proc.stderr[-3000:]
             assert _trigger_and_wait(api, "lookalike_nightly", DS) == {
                 "embed": "success", "neighbors": "success", "experiments": "success", "publish": "success",
+                "approve_drift": "skipped", "publish_accepted": "skipped",  # the drift gate passed: nothing to approve
                 "handoff": "success", "report": "success"}  # handoff: no online store configured, nothing to do
             late = inbox.wait_for(lambda to, m: m["Subject"] == LATE_SUBJECT, timeout=180)
             assert "night-ops@example.com" in late["To"]
