@@ -13,10 +13,12 @@ import pytest
 from pipelines.config import load_config
 from pipelines.tools.query import run_query
 from pipelines.storage import PUBLISHED_TABLES, Warehouse
+from pipelines.tables import NIGHTLY, USER_RECS, published_by
 from tests.conftest import DS, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKOUT = [sys.executable, "-m", "pipelines.tools.cli"]
+A_NIGHT = (*published_by(NIGHTLY), *published_by(USER_RECS))  # what `lookalike run` publishes (not the hours)
 pytestmark = pytest.mark.slow
 
 
@@ -105,7 +107,7 @@ def test_run_goes_through_airflow_and_prints_the_summary(nightly):
     assert "User recommendations:" in stdout and "multimodal" in stdout
     assert "reused 0, computed" in stdout and "(spark)" in stdout
     assert "Extract: snapshot" in stdout and "photos reused" in stdout and "fetched" in stdout
-    assert all(DS in wh.partitions(t) for t in PUBLISHED_TABLES)
+    assert all(DS in wh.partitions(t) for t in A_NIGHT)
 
 
 def test_neighbor_rows_equal_k_times_items_with_neighbours(nightly):
@@ -150,7 +152,7 @@ def test_each_dag_emits_its_asset_events_with_the_ds(nightly):
         events = db.execute("select a.name, e.extra from asset_event e join asset a on a.id = e.asset_id "
                             "order by e.id").fetchall()
     latest = {name.removeprefix("lookalike."): json.loads(extra) for name, extra in events}  # newest per asset
-    assert set(latest) == set(PUBLISHED_TABLES) | {"snapshot", "model"}
+    assert set(latest) == set(A_NIGHT) | {"snapshot", "model"}
     assert latest["snapshot"] == {"ds": DS}  # extract → schedules lookalike_nightly
     assert latest["model"]["ds"] == DS and latest["model"]["version"]
     neighbours = latest["item_neighbors"]
