@@ -45,7 +45,7 @@ from pipelines.extract.source import optional_columns, stream_source
 from pipelines.extract.stage import FETCH_THREADS, PhotoWork, settled, threaded
 from pipelines.extract.validate import latest_listings, reject_listings, stage_listings
 from pipelines.intraday import changes as ch
-from pipelines.neighbors.output import ListsCollector, neighbor_table
+from pipelines.neighbors.output import ListsCollector, neighbor_table, positions_in
 from pipelines.resources import sql_path
 from pipelines.storage import Warehouse, atomic_write_text, write_parquet
 
@@ -156,8 +156,8 @@ def run_hour(cfg: Config, as_of: str | None = None) -> dict:
     write_parquet(changes, folder / "changes.parquet")
 
     ids, vectors, catalog = ch.patched(night_ids, night_vectors, night_catalog, changes)
-    previous = update.Previous(night.ds, night.stats)
-    _, fresh, _, kept = update.load_previous(wh, previous, ids, vectors, catalog)
+    previous = update.Previous(night.ds, night.stats)  # its embeddings and catalogue are in hand: not read again
+    _, fresh, _, kept = update.carry(wh, previous, night_ids, night_vectors, night_catalog, ids, vectors, catalog)
     k = cfg.neighbors.k
     night_top = kept.top_k(k)  # before the update, which changes the kept lists in place
     lists = ListsCollector(len(ids), k + cfg.neighbors.margin)
@@ -271,10 +271,9 @@ def _known_photos(item_ids: list[str], earlier: pa.Table, night_catalog: pa.Tabl
     wanted = pa.array(item_ids, pa.string())
     known = {}
     rows = night_catalog.filter(pc.is_in(night_catalog.column("item_id"), value_set=wanted))
-    at = dict(zip(night_ids.to_pylist(), range(len(night_ids)))) if rows.num_rows else {}
-    for row in rows.select(["item_id", "image_key", "image_source", "image_sha256"]).to_pylist():
-        where = at.get(row["item_id"])
-        known[row["item_id"]] = {**row, "embedding": night_vectors[where].tolist() if where is not None else None}
+    at = positions_in(rows.column("item_id").combine_chunks(), night_ids)  # each one's row among the vectors
+    for row, where in zip(rows.select(["item_id", "image_key", "image_source", "image_sha256"]).to_pylist(), at):
+        known[row["item_id"]] = {**row, "embedding": night_vectors[where].tolist() if where >= 0 else None}
     hours = earlier.filter(pc.is_in(earlier.column("item_id"), value_set=wanted))
     for row in hours.select(["item_id", "image_key", "image_source", "image_sha256", "embedding"]).to_pylist():
         if row["image_source"] is not None:

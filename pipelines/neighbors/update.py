@@ -127,8 +127,14 @@ def load_previous(wh: Warehouse, previous: Previous, ids: pa.Array, vectors: np.
     tonight's rows and numbering)."""
     stored_ids, stored_vectors = stored_embeddings(wh.work(previous.ds, "item_embeddings"))
     prev_catalog = pq.read_table(wh.work(previous.ds, "catalog"), columns=["item_id", *ATTRIBUTES])
-    _, fresh, removed = changes(stored_ids, stored_vectors, prev_catalog, ids, vectors, catalog)
-    numbering = stored_ids.take(pc.sort_indices(stored_ids))  # that night's rows: its ids in sorted order
+    return carry(wh, previous, stored_ids, stored_vectors, prev_catalog, ids, vectors, catalog)
+
+
+def carry(wh: Warehouse, previous: Previous, prev_ids: pa.Array, prev_vectors: np.ndarray, prev_catalog: pa.Table,
+          ids: pa.Array, vectors: np.ndarray, catalog: pa.Table) -> tuple[np.ndarray, np.ndarray, int, Lists]:
+    """``load_previous`` on the previous night's embeddings and catalogue already in hand (in any order)."""
+    _, fresh, removed = changes(prev_ids, prev_vectors, prev_catalog, ids, vectors, catalog)
+    numbering = prev_ids.take(pc.sort_indices(prev_ids))  # that night's rows: its ids in sorted order
     was = positions_in(ids, numbering)
     return was, fresh, removed, carried_lists(wh.work(previous.ds, "neighbor_lists"), numbering, ids, was)
 

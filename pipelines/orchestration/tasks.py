@@ -27,7 +27,9 @@ def fail_fast_on_bad_input(fn):
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
-            if type(exc).__name__ == "AirflowSkipException":  # a decision (a refused night waits), not a failure
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            if isinstance(exc, AirflowSkipException):  # a decision (a refused night waits), not a failure
                 raise
             kind = classify(exc)
             if kind == BAD_INPUT:
@@ -105,10 +107,8 @@ def snapshot_date(context: dict) -> str:
     before the run's ds. A weekly run's logical date is a day whose own snapshot only exists after the next
     night's extract; it takes the newest one there is."""
     from pipelines.extract.photos import MARKER
-    from pipelines.storage import Warehouse
 
-    ds = partition_date(context)
-    wh = Warehouse.of(config_for(context))
+    ds, wh = partition_date(context), _warehouse(context)
     done = [day for day in wh.work_days() if day <= ds and wh.work(day, MARKER).exists()]
     if not done:
         raise LookalikeError(f"no finished extract on or before ds={ds} in {wh.work_root}: lookalike_finetune trains "
@@ -210,8 +210,7 @@ def publish_accepted(context: dict) -> dict:
     user = answer.get("responded_by_user") or {}
     approval = {"by": user.get("name") or user.get("id"), "at": str(answer.get("responded_at")),
                 "chosen": answer.get("chosen_options")}
-    context.setdefault("params", {})
-    context["params"] = {**context["params"], "accept_drift": True}
+    context["params"] = {**(context.get("params") or {}), "accept_drift": True}
     result = _publish_and_annotate(context, lambda cfg, ds: run_publish(cfg, ds, approval=approval))
     _night_metrics(context)
     return result
