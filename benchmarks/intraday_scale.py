@@ -16,14 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -34,7 +30,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from handoff import start_postgres, start_redis  # noqa: E402
-from nightly_scale import DS, REPO, run_stage, synthesise  # noqa: E402
+from nightly_scale import DS, measured, run_stage, synthesise  # noqa: E402
 
 NIGHT = ("extract", "embed", "neighbors", "publish", "handoff")
 STEPS = ("update", "publish", "handoff")
@@ -71,34 +67,13 @@ def an_hour(folder: Path, changed: float, sold: float, serial: int, stamp: str) 
 
 def step(config: Path, name: str, as_of: str) -> dict:
     """One ``lookalike intraday --step`` process: wall time, peak RSS of its tree, its result."""
-    import psutil
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
-    started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.tools.cli", "intraday", "--config", str(config),
-                             "--as-of", as_of, "--step", name], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    peak, stop = [0.0], threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            try:
-                root = psutil.Process(proc.pid)
-                total = root.memory_info().rss + sum(c.memory_info().rss for c in root.children(recursive=True))
-                peak[0] = max(peak[0], total / 2**20)
-            except psutil.Error:
-                pass
-            stop.wait(0.05)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    out, err = proc.communicate()
-    stop.set()
-    thread.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"intraday --step {name} --as-of {as_of} failed ({proc.returncode}):\n{err[-3000:]}")
-    return {"seconds": round(time.monotonic() - started, 2), "peak_rss_mb": round(peak[0]),
-            "result": json.loads(out)[name]}
+    run = measured(["-m", "pipelines.tools.cli", "intraday", "--config", str(config), "--as-of", as_of, "--step", name],
+                   every=0.05)
+    if run["returncode"] != 0:
+        raise SystemExit(f"intraday --step {name} --as-of {as_of} failed ({run['returncode']}):\n"
+                         f"{run['stderr'][-3000:]}")
+    return {"seconds": round(run["seconds"], 2), "peak_rss_mb": run["peak_rss_mb"],
+            "result": json.loads(run["stdout"])[name]}
 
 
 def main(argv: list[str] | None = None) -> int:

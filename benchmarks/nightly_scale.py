@@ -160,13 +160,21 @@ def neighbours_both_ways(config: Path, ds: str) -> dict:
 
 def run_stage(stage: str, config: Path, ds: str, extra: tuple = ()) -> dict:
     """One ``lookalike <stage>`` process: its wall time and the peak RSS of its process tree (MB)."""
+    run = measured(["-m", "pipelines.tools.cli", stage, "--config", str(config), "--ds", ds, *extra])
+    if run["returncode"] != 0:
+        raise SystemExit(f"{stage} --ds {ds} failed ({run['returncode']}):\n{run['stderr'][-3000:]}")
+    return {"seconds": round(run["seconds"], 1), "peak_rss_mb": run["peak_rss_mb"]}
+
+
+def measured(args: list[str], every: float = 0.1) -> dict:
+    """``python ARGS`` in its own process, without LOOKALIKE_* overrides: its wall time, the peak RSS of its
+    process tree (MB, sampled every ``every`` s), return code, stdout and stderr."""
     import psutil
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.tools.cli", stage, "--config", str(config), "--ds", ds,
-                             *extra],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     peak, stop = [0.0], threading.Event()
 
     def sample():
@@ -182,16 +190,15 @@ def run_stage(stage: str, config: Path, ds: str, extra: tuple = ()) -> dict:
                 peak[0] = max(peak[0], total / 2**20)
             except psutil.Error:
                 pass
-            stop.wait(0.1)
+            stop.wait(every)
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
-    _, err = proc.communicate()
+    out, err = proc.communicate()
     stop.set()
     thread.join()
-    if proc.returncode != 0:
-        raise SystemExit(f"{stage} --ds {ds} failed ({proc.returncode}):\n{err[-3000:]}")
-    return {"seconds": round(time.monotonic() - started, 1), "peak_rss_mb": round(peak[0])}
+    return {"seconds": time.monotonic() - started, "peak_rss_mb": round(peak[0]), "returncode": proc.returncode,
+            "stdout": out, "stderr": err}
 
 
 def night(config: Path, ds: str, stages: list[str], rows: int) -> dict:
