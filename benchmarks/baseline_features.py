@@ -10,7 +10,7 @@ square as the old baseline did, or at their own aspect ratio, padded with their 
 
 Rows: the old baseline (4x4x4 histogram + 8x8 RGB thumbnail, standardised, PCA 64), each feature
 alone, the colour + shape blends over a grid of weights and histograms, and the shipped baseline
-(``pipelines/evaluate/baselines.py``, PCA to ``evaluate.baseline_dim``).
+(``pipelines/features.py``, PCA to ``evaluate.baseline_dim``).
 
     .venv/bin/python benchmarks/baseline_features.py --json baseline.json
 """
@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data" / "fashion_products_small.parquet"
 
 
@@ -32,7 +31,7 @@ def splits(path: Path) -> dict[str, dict]:
     """{"dev", "held-out"}: each its photos (stretched and padded), article types and colours."""
     import pyarrow.parquet as pq
 
-    from pipelines.siglip import Preprocess
+    from lookalike.siglip import Preprocess
 
     table = pq.read_table(path, columns=["item_id", "article_type", "base_colour", "image"])
     ids = np.array(table.column("item_id").to_pylist(), dtype=np.int64)
@@ -65,7 +64,7 @@ def agreement(vectors: np.ndarray, split: dict, k: int = 5) -> dict:
 def old_baseline(square: np.ndarray, dim: int = 64) -> np.ndarray:
     """The image baseline before this measurement: a 4x4x4 RGB histogram (square roots of the shares)
     and the 8x8 RGB thumbnail of the stretched photo, each feature standardised, PCA to ``dim``."""
-    from pipelines.evaluate.baselines import colour_histogram
+    from lookalike.features import colour_histogram
 
     n, s = square.shape[0], square.shape[1]
     step = s // 8
@@ -80,7 +79,7 @@ def old_baseline(square: np.ndarray, dim: int = 64) -> np.ndarray:
 
 def candidates(split: dict) -> dict[str, np.ndarray]:
     """Every feature set compared, by name."""
-    from pipelines.evaluate import baselines as b
+    from lookalike import features as b
 
     padded = split["padded"]
     grey = b.grey_thumbnail(padded)
@@ -108,7 +107,7 @@ def main() -> int:
     args = parser.parse_args()
     if not args.data.exists():
         raise SystemExit(f"{args.data} not found: this benchmark needs the Fashion catalogue (see its README)")
-    from pipelines.tools.summary import format_table
+    from lookalike.tools.summary import format_table
 
     data = splits(args.data)
     results = {}

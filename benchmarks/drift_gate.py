@@ -16,7 +16,6 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 NIGHTS = ("2026-11-21", "2026-11-22", "2026-11-23", "2026-11-24")
 
@@ -28,15 +27,15 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="work folder (default: a temporary one)")
     args = parser.parse_args()
 
-    from pipelines.config import PublishConfig, load_config
-    from pipelines.embed.stage import run_embed
-    from pipelines.extract.stage import run_extract
-    from pipelines.neighbors.stage import run_neighbors
-    from pipelines.publish.stage import run_publish
-    from pipelines.sample.marketplace import SampleSpec, generate
-    from pipelines.storage import Warehouse
-    from pipelines.tools.summary import format_table
-    from pipelines.train.stage import run_train
+    from lookalike.config import PublishConfig, load_config
+    from lookalike.embed.stage import run_embed
+    from lookalike.extract.stage import run_extract
+    from lookalike.neighbors.stage import run_neighbors
+    from lookalike.publish.stage import run_publish
+    from lookalike.sample.marketplace import SampleSpec, generate
+    from lookalike.storage import Warehouse
+    from lookalike.tools.summary import format_table
+    from lookalike.train.stage import run_train
     from tests.conftest import tiny_model, write_config
 
     root = args.out or Path(tempfile.mkdtemp(prefix="lookalike-drift-"))

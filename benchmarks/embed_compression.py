@@ -16,14 +16,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.config import load_config  # noqa: E402
-from pipelines.embed.compression import fit_projection, to_float16  # noqa: E402
-from pipelines.embed.stage import resolve_model  # noqa: E402
-from pipelines.evaluate.stage import _items, build_queries, score_system  # noqa: E402
-from pipelines.siglip import embed_pixels, load_model  # noqa: E402
-from pipelines.storage import Warehouse  # noqa: E402
+from lookalike.config import load_config
+from lookalike.projection import fit_projection, to_float16
+from lookalike.embed.stage import resolve_model
+from lookalike.evaluate.stage import _items, build_queries, score_system
+from lookalike.siglip import embed_pixels, load_model
+from lookalike.storage import Warehouse
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 DS, NEXT = "2026-11-21", "2026-11-22"
 DISTINCT_IMAGES = 2000  # rendered once, then cycled: decoding cost is real, rendering is not measured
@@ -39,7 +38,7 @@ DISTINCT_IMAGES = 2000  # rendered once, then cycled: decoding cost is real, ren
 
 # ---------------------------------------------------------------- workers (run in subprocesses)
 def _config(root: Path):
-    from pipelines.config import load_config
+    from lookalike.config import load_config
 
     overrides = {k: v for k, v in os.environ.items() if k.startswith("LOOKALIKE_")}  # e.g. Spark memory
     return load_config(environ={**overrides, "LOOKALIKE_WAREHOUSE": str(root / "warehouse"),
@@ -49,7 +48,7 @@ def _config(root: Path):
 def _device_and_model(root: Path):
     import torch
 
-    from pipelines.siglip import load_model
+    from lookalike.siglip import load_model
 
     torch.set_num_threads(os.cpu_count())
     loaded = load_model(root / "model")
@@ -61,7 +60,7 @@ def _device_and_model(root: Path):
 def vision_flops_per_image(root: Path) -> float:
     """Matmul FLOPs of one image through the vision tower: 2 x parameters x tokens (attention's
     quadratic term left out: it is a few percent at 196 tokens)."""
-    from pipelines.siglip import load_model
+    from lookalike.siglip import load_model
 
     model = load_model(root / "model").model
     vc = model.config.vision_config
@@ -76,11 +75,11 @@ def make_inputs(root: Path, items: int, model_name: str) -> None:
     import torch
     from transformers import SiglipModel
 
-    from pipelines import schemas
-    from pipelines.extract.images import prepare_image
-    from pipelines.sample.images import CATEGORIES, COLOURS, PATTERNS, STYLES, encode, render_product
-    from pipelines.siglip import ARCHITECTURES, Preprocess, build_config, save_model, train_tokenizer
-    from pipelines.storage import Warehouse
+    from lookalike import schemas
+    from lookalike.extract.images import prepare_image
+    from lookalike.sample.images import CATEGORIES, COLOURS, PATTERNS, STYLES, encode, render_product
+    from lookalike.siglip import ARCHITECTURES, Preprocess, build_config, save_model, train_tokenizer
+    from lookalike.storage import Warehouse
 
     tok = train_tokenizer(["red striped tee", "blue vase", "green lamp"] * 20, 60, 24)
     torch.manual_seed(0)
@@ -107,8 +106,8 @@ def run_bare(root: Path) -> dict:
     """(a) one process, all cores (or the GPU, in bf16): read Parquet by batches, decode, preprocess, model."""
     import pyarrow.parquet as pq
 
-    from pipelines.siglip import embed_pixels
-    from pipelines.storage import Warehouse
+    from lookalike.siglip import embed_pixels
+    from lookalike.storage import Warehouse
 
     loaded, device = _device_and_model(root)
     path = Warehouse.at(root / "warehouse").work(DS, "catalog") / "part-0.parquet"
@@ -123,8 +122,8 @@ def run_forward(root: Path) -> dict:
     """(a0) the forward pass alone over pre-decoded tensors."""
     import pyarrow.parquet as pq
 
-    from pipelines.siglip import embed_pixels
-    from pipelines.storage import Warehouse
+    from lookalike.siglip import embed_pixels
+    from lookalike.storage import Warehouse
 
     loaded, device = _device_and_model(root)
     bf16 = device == "cuda"
@@ -140,7 +139,7 @@ def run_forward(root: Path) -> dict:
 
 def run_stage(root: Path, ds: str) -> dict:
     """(b) the embed stage as the nightly DAG runs it."""
-    from pipelines.embed.stage import run_embed
+    from lookalike.embed.stage import run_embed
 
     started = time.perf_counter()
     out = run_embed(_config(root), ds, model_uri=str(root / "model"))
@@ -152,7 +151,7 @@ def publish_and_change(root: Path, share: float) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines.storage import Warehouse
+    from lookalike.storage import Warehouse
 
     wh = Warehouse.at(root / "warehouse")
     out = wh.work(DS, "item_embeddings")

@@ -20,7 +20,6 @@ import traceback
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def run_target(name: str, strategy, check, cases: int, seed: int) -> dict:

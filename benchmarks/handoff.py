@@ -2,7 +2,7 @@
 
 For each n (items, k = 20 neighbours each, synthetic lists published in a real warehouse):
 
-- the whole hand-off per store (``pipelines.online.handoff.run_handoff`` with that store alone:
+- the whole hand-off per store (``lookalike.online.handoff.run_handoff`` with that store alone:
   published Parquet read and grouped into lists, written, counted, a 500-list sample compared
   with the Parquet rows, switched, retention) — ``handoff_s``, its write part as rows/s
   (``(item, rank)`` rows per second) and the switch alone (``switch_s``);
@@ -32,7 +32,6 @@ import multiprocessing as mp
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,7 +40,6 @@ import numpy as np
 import pyarrow as pa
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 K = 20
 
@@ -80,7 +78,7 @@ def start_redis(root: Path) -> tuple[str, callable]:
 
 def synthetic_night(n: int, ds: str, seed: int) -> dict[str, pa.Table]:
     """item_neighbors for n items × K: random neighbours, descending scores (vectorised)."""
-    from pipelines import schemas
+    from lookalike import schemas
 
     rng = np.random.default_rng(seed)
     ids = np.array([f"item-{i:08d}" for i in range(n)], dtype=object)
@@ -114,9 +112,9 @@ def _reader(args) -> list[float]:
             con.execute(sql, [key]).fetchall()
             out.append((time.perf_counter() - t) * 1000)
         return out
-    from pipelines.config import load_config
-    from pipelines.online.lists import BY_NAME
-    from pipelines.online.store import open_store
+    from lookalike.config import load_config
+    from lookalike.online.lists import BY_NAME
+    from lookalike.online.handoff import open_store
 
     store = open_store(load_config(cfg_path, environ={}), kind)
     spec = BY_NAME["item_neighbors"]
@@ -154,9 +152,9 @@ def redis_memory(url: str) -> int:
 def run_size(n: int, root: Path, urls: dict, lookups: int, rate: float) -> list[dict]:
     import yaml
 
-    from pipelines.config import load_config
-    from pipelines.online.handoff import run_handoff
-    from pipelines.storage import Warehouse, write_parquet
+    from lookalike.config import load_config
+    from lookalike.online.handoff import run_handoff
+    from lookalike.storage import Warehouse, write_parquet
 
     ds = "2026-11-01"
     wh_root = root / f"n{n}"
@@ -204,7 +202,7 @@ def layouts(n: int, urls: dict, lookups: int) -> list[dict]:
     import psycopg
     import redis
 
-    from pipelines.online.lists import BY_NAME, encode_json, lists_of
+    from lookalike.online.lists import BY_NAME, encode_json, lists_of
 
     night = synthetic_night(n, "2026-11-01", seed=7)["item_neighbors"]
     lists = lists_of(night, BY_NAME["item_neighbors"])
@@ -222,7 +220,7 @@ def layouts(n: int, urls: dict, lookups: int) -> list[dict]:
                  "item_id, ids, scores", None, "primary key (item_id)", "select ids, scores from t where item_id = %s")):
             conn.execute("drop table if exists t")
             conn.execute(f"create table t ({create})")
-            from pipelines.online.postgres_store import _copy_text
+            from lookalike.online.postgres_store import _copy_text
 
             text = lines() if lines else _copy_text(lists, BY_NAME["item_neighbors"]).decode()
             started = time.perf_counter()
@@ -288,7 +286,7 @@ def main() -> None:
     parser.add_argument("--redis-url")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
-    from pipelines.tools.summary import format_table
+    from lookalike.tools.summary import format_table
 
     root = Path(tempfile.mkdtemp(prefix="lookalike-handoff-bench-"))
     root.chmod(0o755)  # the PostgreSQL server runs as postgres and keeps its files below

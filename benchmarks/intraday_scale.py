@@ -27,10 +27,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
 
-from handoff import start_postgres, start_redis  # noqa: E402
-from nightly_scale import DS, measured, run_stage, synthesise  # noqa: E402
+from handoff import start_postgres, start_redis
+from nightly_scale import DS, measured, run_stage, synthesise
 
 NIGHT = ("extract", "embed", "neighbors", "publish", "handoff")
 STEPS = ("update", "publish", "handoff")
@@ -67,7 +66,7 @@ def an_hour(folder: Path, changed: float, sold: float, serial: int, stamp: str) 
 
 def step(config: Path, name: str, as_of: str) -> dict:
     """One ``lookalike intraday --step`` process: wall time, peak RSS of its tree, its result."""
-    run = measured(["-m", "pipelines.tools.cli", "intraday", "--config", str(config), "--as-of", as_of, "--step", name],
+    run = measured(["-m", "lookalike.tools.cli", "intraday", "--config", str(config), "--as-of", as_of, "--step", name],
                    every=0.05)
     if run["returncode"] != 0:
         raise SystemExit(f"intraday --step {name} --as-of {as_of} failed ({run['returncode']}):\n"
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", type=int, default=1500, help="listings of the sample marketplace copied")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    from pipelines.sample.marketplace import SampleSpec, generate
+    from lookalike.sample.marketplace import SampleSpec, generate
 
     results = []
     with tempfile.TemporaryDirectory(prefix="lookalike-intraday-") as tmp:

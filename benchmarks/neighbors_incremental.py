@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 K, DIM, MARGIN, SAMPLE = 20, 128, 10, 2000
 MODES = ("full", "full_same_index", "incremental")
@@ -49,12 +48,12 @@ def _ids(n: int, prefix: str = "i"):
 
 def first_night(n: int, folder: Path, seed: int) -> dict:
     """Vectors, lists and the kept index of the first night, into ``folder``."""
-    from pipelines import schemas
-    from pipelines.config import NeighborsConfig
-    from pipelines.neighbors import update
-    from pipelines.neighbors.output import ListsCollector, StreamingParquet
-    from pipelines.neighbors.search import item_keys, rekey
-    from pipelines.neighbors.stage import build_neighbors
+    from lookalike import schemas
+    from lookalike.config import NeighborsConfig
+    from lookalike.neighbors import update
+    from lookalike.neighbors.output import ListsCollector, StreamingParquet
+    from lookalike.neighbors.search import item_keys, rekey
+    from lookalike.neighbors.stage import build_neighbors
 
     vectors = _pool(n, seed)[:n]
     ids = _ids(n)
@@ -105,12 +104,12 @@ def worker(n: int, change: float, mode: str, folder: Path, seed: int) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines import schemas
-    from pipelines.config import NeighborsConfig
-    from pipelines.neighbors import update
-    from pipelines.neighbors.output import ListsCollector, StreamingParquet, positions_in
-    from pipelines.neighbors.search import FlatSearcher, recall_at_k
-    from pipelines.neighbors.stage import build_neighbors
+    from lookalike import schemas
+    from lookalike.config import NeighborsConfig
+    from lookalike.neighbors import update
+    from lookalike.neighbors.output import ListsCollector, StreamingParquet, positions_in
+    from lookalike.neighbors.search import FlatSearcher, recall_at_k
+    from lookalike.neighbors.stage import build_neighbors
 
     vectors, id_list, on_sale, fresh = next_day(n, change, seed)
     ids = pa.array(id_list.tolist())
@@ -123,8 +122,8 @@ def worker(n: int, change: float, mode: str, folder: Path, seed: int) -> dict:
             stats = build_neighbors(vectors, ids, ncfg=ncfg, on_sale=on_sale, writer=rows, ds="day2", version="v",
                                     lists_out=lists_out)
         elif mode == "full_same_index":  # the full rebuild with the first night's index settings, untuned
-            from pipelines.neighbors.output import neighbor_table
-            from pipelines.neighbors.search import build_searcher, plan_index, search_blocks
+            from lookalike.neighbors.output import neighbor_table
+            from lookalike.neighbors.search import build_searcher, plan_index, search_blocks
 
             candidates = np.flatnonzero(on_sale)
             plan = plan_index(len(candidates), DIM)
@@ -184,7 +183,7 @@ def main() -> None:
     if args.first:
         print(json.dumps(first_night(int(args.first[0]), Path(args.first[1]), args.seed)))
         return
-    from pipelines.tools.summary import format_table
+    from lookalike.tools.summary import format_table
 
     rows = []
     for n in args.n:

@@ -2,7 +2,7 @@
 
 For each (n, dim), in a subprocess of its own (so its peak RSS is its own):
 
-- the stage's own code path (``pipelines.neighbors.stage.build_neighbors``: index planned by
+- the stage's own code path (``lookalike.neighbors.stage.build_neighbors``: index planned by
   size, built, tuned to ``neighbors.recall_target`` on a query sample, every item searched in
   blocks, rows streamed into a Parquet file) over n vectors, all on sale, k = 20 — ``seconds``;
 - exact search (FAISS blocked inner product over every candidate) on a sample of 2,000 queries,
@@ -46,7 +46,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 K = 20
 SAMPLE = 2000
@@ -86,10 +85,10 @@ def worker(n: int, dim: int, data: str, spread: float, index: str, seed: int, sa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from pipelines import schemas
-    from pipelines.config import NeighborsConfig
-    from pipelines.neighbors.search import FlatSearcher, recall_at_k
-    from pipelines.neighbors.stage import StreamingParquet, build_neighbors
+    from lookalike import schemas
+    from lookalike.config import NeighborsConfig
+    from lookalike.neighbors.search import FlatSearcher, recall_at_k
+    from lookalike.neighbors.stage import StreamingParquet, build_neighbors
 
     vectors = clustered_vectors(n, dim, kind=data, spread=spread, seed=seed)
     ids = pa.array([f"i{i:08d}" for i in range(n)])
@@ -143,7 +142,7 @@ def worker(n: int, dim: int, data: str, spread: float, index: str, seed: int, sa
 def run_autofaiss(python: str, folder: Path, n: int, dim: int, memory: str, query_ms: float) -> dict:
     """``autofaiss_worker.py`` in autofaiss's own environment on the vectors the Lookalike run saved;
     its recall@20 on the same sampled queries, against the same exact lists."""
-    from pipelines.neighbors.search import recall_at_k
+    from lookalike.neighbors.search import recall_at_k
 
     proc = subprocess.run([python, str(Path(__file__).with_name("autofaiss_worker.py")), str(folder), "--k", str(K),
                            "--memory", memory, "--query-ms", str(query_ms)], capture_output=True, text=True)

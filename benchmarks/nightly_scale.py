@@ -40,7 +40,6 @@ import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 DS = "2026-11-21"
 NEXT = (date.fromisoformat(DS) + timedelta(days=1)).isoformat()
@@ -59,7 +58,7 @@ def synthesise(base: Path, out: Path, n: int) -> dict:
         if row[8] and (base / "images" / row[8]).is_file():
             photos[row[8]] = (base / "images" / row[8]).read_bytes()
     con = sqlite3.connect(out / "source.db")
-    from pipelines.sample.marketplace import SCHEMA_SQL
+    from lookalike.sample.marketplace import SCHEMA_SQL
 
     con.executescript(SCHEMA_SQL)
     copies = -(-n // len(listings))
@@ -140,8 +139,8 @@ def turnover(out: Path, share: float, serial: int, ds: str) -> dict:
 
 def neighbours_both_ways(config: Path, ds: str) -> dict:
     """The night's neighbours stage as the night runs it, then in full: time, RSS and what it did."""
-    from pipelines.config import load_config
-    from pipelines.storage import Warehouse
+    from lookalike.config import load_config
+    from lookalike.storage import Warehouse
 
     result = {}
     for how, extra in (("night", ()), ("full", ("--full",))):
@@ -160,7 +159,7 @@ def neighbours_both_ways(config: Path, ds: str) -> dict:
 
 def run_stage(stage: str, config: Path, ds: str, extra: tuple = ()) -> dict:
     """One ``lookalike <stage>`` process: its wall time and the peak RSS of its process tree (MB)."""
-    run = measured(["-m", "pipelines.tools.cli", stage, "--config", str(config), "--ds", ds, *extra])
+    run = measured(["-m", "lookalike.tools.cli", stage, "--config", str(config), "--ds", ds, *extra])
     if run["returncode"] != 0:
         raise SystemExit(f"{stage} --ds {ds} failed ({run['returncode']}):\n{run['stderr'][-3000:]}")
     return {"seconds": round(run["seconds"], 1), "peak_rss_mb": run["peak_rss_mb"]}
@@ -221,10 +220,10 @@ def knob(group: dict) -> str:
 
 
 def search_choice(config: Path, ds: str) -> str:
-    from pipelines.config import load_config
-    from pipelines.storage import Warehouse
+    from lookalike.config import load_config
+    from lookalike.storage import Warehouse
 
-    from pipelines.neighbors.stage import describe_mode
+    from lookalike.neighbors.stage import describe_mode
 
     stats = json.loads(Warehouse.of(load_config(config)).work(ds, "neighbors_stats.json").read_text())
     if stats.get("mode") == "incremental":
@@ -251,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if list(args.stages) != list(STAGES[:len(args.stages)]):
         parser.error(f"--stages must be a prefix of {' '.join(STAGES)}")
-    from pipelines.sample.marketplace import SampleSpec, generate
+    from lookalike.sample.marketplace import SampleSpec, generate
 
     results = []
     with tempfile.TemporaryDirectory(prefix="lookalike-scale-") as tmp:

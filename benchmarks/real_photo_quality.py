@@ -7,7 +7,7 @@ run on the rest (``article_type`` as category, every item on sale) with a wall-c
 
 - with the learned image embedding (the trained model, preprocessing as saved with it),
 - with a plain colour histogram (4x4x4 RGB bins of the whole photo, square-rooted, cosine),
-- with the image baseline the nightly evaluation and serving use (``evaluate/baselines.py``), fitted
+- with the image baseline the nightly evaluation and serving use (``features.py``), fitted
   on the held-out photos here,
 
 and the share of neighbour slots agreeing on article_type and on base_colour is reported, with
@@ -45,10 +45,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.orchestration.jobs import setup_logging  # noqa: E402
-from pipelines.sample.marketplace import SCHEMA_SQL  # noqa: E402
+from lookalike.orchestration.jobs import setup_logging
+from lookalike.sample.marketplace import SCHEMA_SQL
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion_products_small.parquet"
 DS = "2026-11-21"
@@ -105,8 +104,8 @@ def cpu_seconds() -> float:
 
 
 def registry_baseline(cfg) -> str:
-    from pipelines import registry
-    from pipelines.storage import ModelStore
+    from lookalike import registry
+    from lookalike.storage import ModelStore
 
     return registry.baseline(ModelStore.at(cfg.models))
 
@@ -114,10 +113,10 @@ def registry_baseline(cfg) -> str:
 def night(cfg, model_uri: str) -> dict:
     """The rest of the week's first night as the DAGs run it: evaluate the candidate (no clicks on
     these photos: by shared category), then embed what the serving rule picks, search, publish."""
-    from pipelines.embed.stage import run_embed
-    from pipelines.evaluate.stage import run_evaluate
-    from pipelines.neighbors.stage import run_neighbors
-    from pipelines.publish.stage import run_publish
+    from lookalike.embed.stage import run_embed
+    from lookalike.evaluate.stage import run_evaluate
+    from lookalike.neighbors.stage import run_neighbors
+    from lookalike.publish.stage import run_publish
 
     decision = run_evaluate(cfg, DS, model_uri)
     embedded = run_embed(cfg, DS)
@@ -161,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.defaults and args.recipe:
         parser.error("--recipe compares recipes at a fixed budget; --defaults runs the shipped config alone")
     setup_logging()
-    from pipelines.siglip import ARCHITECTURES
+    from lookalike.siglip import ARCHITECTURES
 
     if args.shape:  # a variant of the named shape, registered for this process only
         variant = dict(ARCHITECTURES[args.model], **{k: int(v) for k, v in (s.split("=") for s in args.shape)})
@@ -190,15 +189,15 @@ def main(argv: list[str] | None = None) -> int:
 def train_and_score(args, root: Path, rows: list[dict], overrides: list[str], models: str, extract: bool) -> dict:
     """Train one recipe on the source under ``root`` (extracting it first when ``extract``) and
     score it, with the baselines, on the held-out ``rows``."""
-    from pipelines.config import load_config
-    from pipelines.evaluate import baselines
-    from pipelines.evaluate.baselines import colour_histogram, image_baseline_vectors
-    from pipelines.extract.images import prepare_image
-    from pipelines.extract.stage import run_extract
-    from pipelines.siglip import Preprocess, embed_pixels, load_model
-    from pipelines.train.data import Pairs, group_ids, listing_text
-    from pipelines.train.loop import retrieval_recall
-    from pipelines.train.stage import run_train
+    from lookalike.config import load_config
+    from lookalike import features
+    from lookalike.features import colour_histogram, image_baseline_vectors
+    from lookalike.extract.images import prepare_image
+    from lookalike.extract.stage import run_extract
+    from lookalike.siglip import Preprocess, embed_pixels, load_model
+    from lookalike.train.data import Pairs, group_ids, listing_text
+    from lookalike.train.loop import retrieval_recall
+    from lookalike.train.stage import run_train
 
     env = {"LOOKALIKE_SOURCE__URL": f"sqlite:///{root / 'source' / 'fashion.db'}",
            "LOOKALIKE_SOURCE__IMAGES": str(root / "source" / "images"),
@@ -228,13 +227,13 @@ def train_and_score(args, root: Path, rows: list[dict], overrides: list[str], mo
     colours = np.array([r["base_colour"] for r in rows], dtype=object)
     pixels = loaded.preprocess.decode(jpegs)
     square = Preprocess(64).decode(jpegs)
-    padded = baselines.preprocess().decode(jpegs)  # as the image baseline decodes: the aspect ratio kept
+    padded = features.preprocess().decode(jpegs)  # as the image baseline decodes: the aspect ratio kept
     systems = {"learned": embed_pixels(loaded.model, pixels, loaded.preprocess),
                "colour_histogram": colour_histogram(square, bins=4, foreground=None),  # 4x4x4 of the whole photo
                "image baseline (refitted here)": image_baseline_vectors(padded, 64)}
     if served is not None:  # what the night fitted and served, not refitted here
-        from pipelines import serving
-        from pipelines.storage import ModelStore
+        from lookalike import serving
+        from lookalike.storage import ModelStore
 
         store = ModelStore.at(cfg.models)
         for name, folder in (("image baseline (as served)", store.baseline_dir(registry_baseline(cfg))),

@@ -1,6 +1,6 @@
 """Training throughput: the real input pipeline against one pre-loaded batch reused.
 
-Both sides run the same training loop (``pipelines.train.loop.train_siglip``: augmentation,
+Both sides run the same training loop (``lookalike.train.loop.train_siglip``: augmentation,
 forward, global sigmoid loss, backward, clipping, AdamW) on the same model and batch size:
 
 - loaded:     batches come from ``PairStream`` over a listings snapshot in Parquet — row groups
@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DISTINCT_IMAGES = 1500
 
@@ -45,8 +44,8 @@ def make_snapshot(folder: Path, items: int) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines.extract.images import prepare_image
-    from pipelines.sample.images import CATEGORIES, COLOURS, PATTERNS, STYLES, encode, render_product
+    from lookalike.extract.images import prepare_image
+    from lookalike.sample.images import CATEGORIES, COLOURS, PATTERNS, STYLES, encode, render_product
 
     rng = np.random.default_rng(0)
     colours = list(COLOURS)
@@ -77,10 +76,10 @@ class Bench:
         import torch
         from transformers import SiglipModel
 
-        from pipelines.siglip import ARCHITECTURES, Preprocess, build_config, init_siglip_head, train_tokenizer
-        from pipelines.train.data import (DecodedCache, PairStream, StreamPlan, batch_loader, batches_from, fragments,
+        from lookalike.siglip import ARCHITECTURES, Preprocess, build_config, init_siglip_head, train_tokenizer
+        from lookalike.train.data import (DecodedCache, PairStream, StreamPlan, batch_loader, batches_from, fragments,
                                           group_ids, read_texts)
-        from pipelines.train.distributed import World
+        from lookalike.train.distributed import World
 
         texts = read_texts(snapshot, "{title} | {category}")
         tok = train_tokenizer(texts.texts, 2000, 24)
@@ -111,7 +110,7 @@ class Bench:
     def run(self, steps: int, preloaded: bool, **options) -> float:
         import torch
 
-        from pipelines.train.loop import LoopConfig, train_siglip
+        from lookalike.train.loop import LoopConfig, train_siglip
 
         def reused(start):
             while True:
@@ -189,8 +188,8 @@ def main() -> int:
 
     import torch
 
-    from pipelines.orchestration.jobs import setup_logging
-    from pipelines.train.stage import loader_workers
+    from lookalike.orchestration.jobs import setup_logging
+    from lookalike.train.stage import loader_workers
 
     setup_logging()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,2 +1,2 @@
-"""The Airflow DAG files, shipped in the package as ``pipelines.dags``: point a DAGs folder at
+"""The Airflow DAG files, shipped in the package as ``lookalike.dags``: point a DAGs folder at
 ``lookalike dags-folder`` (or this folder in a checkout)."""

@@ -18,7 +18,7 @@ from datetime import datetime
 
 from airflow.sdk import dag, get_current_context
 
-from pipelines.orchestration.dag_common import DEFAULT_ARGS, SNAPSHOT, daily_partitions, run_params, task
+from lookalike.orchestration.dag_common import DEFAULT_ARGS, SNAPSHOT, daily_partitions, run_params, task
 
 
 @dag(
@@ -35,7 +35,7 @@ from pipelines.orchestration.dag_common import DEFAULT_ARGS, SNAPSHOT, daily_par
 def lookalike_extract():
     @task(outlets=[SNAPSHOT])
     def extract() -> dict:
-        from pipelines.orchestration import tasks
+        from lookalike.orchestration import tasks
 
         return tasks.extract(get_current_context())
 

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag, get_current_context
 
-from pipelines.orchestration.dag_common import DEFAULT_ARGS, MODEL, run_params, task
+from lookalike.orchestration.dag_common import DEFAULT_ARGS, MODEL, run_params, task
 
 
 @dag(
@@ -34,13 +34,13 @@ from pipelines.orchestration.dag_common import DEFAULT_ARGS, MODEL, run_params, 
 def lookalike_finetune():
     @task(queue="gpu", pool="gpu", execution_timeout=timedelta(hours=12))
     def train() -> dict:
-        from pipelines.orchestration import tasks
+        from lookalike.orchestration import tasks
 
         return tasks.train(get_current_context())
 
     @task(outlets=[MODEL])
     def evaluate(model: dict) -> dict:
-        from pipelines.orchestration import tasks
+        from lookalike.orchestration import tasks
 
         return tasks.evaluate(get_current_context(), model["model_uri"])
 

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, get_current_context
 
-from pipelines.orchestration.dag_common import DEFAULT_ARGS, INTRADAY_ASSETS, hourly, task
+from lookalike.orchestration.dag_common import DEFAULT_ARGS, INTRADAY_ASSETS, hourly, task
 
 
 @dag(
@@ -45,19 +45,19 @@ from pipelines.orchestration.dag_common import DEFAULT_ARGS, INTRADAY_ASSETS, ho
 def lookalike_intraday():
     @task
     def update() -> dict:
-        from pipelines.orchestration import tasks
+        from lookalike.orchestration import tasks
 
         return tasks.intraday(get_current_context(), "update")
 
     @task(outlets=INTRADAY_ASSETS)
     def publish() -> dict:
-        from pipelines.orchestration import tasks
+        from lookalike.orchestration import tasks
 
         return tasks.intraday(get_current_context(), "publish")
 
     @task
     def handoff() -> dict:
-        from pipelines.orchestration import tasks
+        from lookalike.orchestration import tasks
 
         return tasks.intraday(get_current_context(), "handoff")
 

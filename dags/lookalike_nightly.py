@@ -33,7 +33,7 @@ from datetime import datetime
 
 from airflow.sdk import dag, get_current_context
 
-from pipelines.orchestration.dag_common import (DEFAULT_ARGS, NIGHTLY_ASSETS, PUBLISH_DEADLINE, drift_approval,
+from lookalike.orchestration.dag_common import (DEFAULT_ARGS, NIGHTLY_ASSETS, PUBLISH_DEADLINE, drift_approval,
                                                 per_snapshot, run_params, task)
 
 
@@ -52,43 +52,43 @@ from pipelines.orchestration.dag_common import (DEFAULT_ARGS, NIGHTLY_ASSETS, PU
 def lookalike_nightly():
     @task
     def embed() -> dict:
-        from pipelines.orchestration import tasks
+        from lookalike.orchestration import tasks
 
         return tasks.embed(get_current_context())
 
     @task
     def neighbors() -> dict:
-        from pipelines.orchestration import tasks
+        from lookalike.orchestration import tasks
 
         return tasks.neighbors(get_current_context())
 
     @task
     def experiments() -> dict:
-        from pipelines.orchestration import tasks
+        from lookalike.orchestration import tasks
 
         return tasks.experiments(get_current_context())
 
     @task(outlets=NIGHTLY_ASSETS)
     def publish() -> dict:
-        from pipelines.orchestration import tasks
+        from lookalike.orchestration import tasks
 
         return tasks.publish(get_current_context())
 
     @task(outlets=NIGHTLY_ASSETS)
     def publish_accepted() -> dict:
-        from pipelines.orchestration import tasks
+        from lookalike.orchestration import tasks
 
         return tasks.publish_accepted(get_current_context())
 
     @task(trigger_rule="none_failed_min_one_success")
     def handoff() -> dict:
-        from pipelines.orchestration import tasks
+        from lookalike.orchestration import tasks
 
         return tasks.handoff(get_current_context(), "items")
 
     @task(trigger_rule="none_failed_min_one_success")
     def report() -> dict:
-        from pipelines.orchestration import tasks
+        from lookalike.orchestration import tasks
 
         return tasks.report(get_current_context())
 

@@ -24,7 +24,7 @@ from datetime import datetime
 
 from airflow.sdk import dag, get_current_context
 
-from pipelines.orchestration.dag_common import (DEFAULT_ARGS, USER_RECS_ASSETS, per_published_day, run_params,
+from lookalike.orchestration.dag_common import (DEFAULT_ARGS, USER_RECS_ASSETS, per_published_day, run_params,
                                                 task)
 
 
@@ -42,19 +42,19 @@ from pipelines.orchestration.dag_common import (DEFAULT_ARGS, USER_RECS_ASSETS, 
 def lookalike_user_recs():
     @task
     def userrec() -> dict:
-        from pipelines.orchestration import tasks
+        from lookalike.orchestration import tasks
 
         return tasks.userrec(get_current_context())
 
     @task(outlets=USER_RECS_ASSETS)
     def publish() -> dict:
-        from pipelines.orchestration import tasks
+        from lookalike.orchestration import tasks
 
         return tasks.publish_user_recs(get_current_context())
 
     @task
     def handoff() -> dict:
-        from pipelines.orchestration import tasks
+        from lookalike.orchestration import tasks
 
         return tasks.handoff(get_current_context(), "users")
 

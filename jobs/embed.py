@@ -1,7 +1,7 @@
-"""`lookalike embed`: see `pipelines.orchestration.jobs.STAGES` (`python -m jobs.embed --help`)."""
+"""`lookalike embed`: see `lookalike.orchestration.jobs.STAGES` (`python -m lookalike.jobs.embed --help`)."""
 import sys
 
-from pipelines.orchestration.jobs import main
+from lookalike.orchestration.jobs import main
 
 if __name__ == "__main__":
     sys.exit(main("embed"))

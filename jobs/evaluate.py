@@ -1,7 +1,7 @@
-"""`lookalike evaluate`: see `pipelines.orchestration.jobs.STAGES` (`python -m jobs.evaluate --help`)."""
+"""`lookalike evaluate`: see `lookalike.orchestration.jobs.STAGES` (`python -m lookalike.jobs.evaluate --help`)."""
 import sys
 
-from pipelines.orchestration.jobs import main
+from lookalike.orchestration.jobs import main
 
 if __name__ == "__main__":
     sys.exit(main("evaluate"))

@@ -1,7 +1,7 @@
-"""`lookalike experiments`: see `pipelines.orchestration.jobs.STAGES` (`python -m jobs.experiments --help`)."""
+"""`lookalike experiments`: see `lookalike.orchestration.jobs.STAGES` (`python -m lookalike.jobs.experiments --help`)."""
 import sys
 
-from pipelines.orchestration.jobs import main
+from lookalike.orchestration.jobs import main
 
 if __name__ == "__main__":
     sys.exit(main("experiments"))

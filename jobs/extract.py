@@ -1,7 +1,7 @@
-"""`lookalike extract`: see `pipelines.orchestration.jobs.STAGES` (`python -m jobs.extract --help`)."""
+"""`lookalike extract`: see `lookalike.orchestration.jobs.STAGES` (`python -m lookalike.jobs.extract --help`)."""
 import sys
 
-from pipelines.orchestration.jobs import main
+from lookalike.orchestration.jobs import main
 
 if __name__ == "__main__":
     sys.exit(main("extract"))

@@ -1,7 +1,7 @@
-"""`lookalike neighbors`: see `pipelines.orchestration.jobs.STAGES` (`python -m jobs.neighbors --help`)."""
+"""`lookalike neighbors`: see `lookalike.orchestration.jobs.STAGES` (`python -m lookalike.jobs.neighbors --help`)."""
 import sys
 
-from pipelines.orchestration.jobs import main
+from lookalike.orchestration.jobs import main
 
 if __name__ == "__main__":
     sys.exit(main("neighbors"))

@@ -1,7 +1,7 @@
-"""`lookalike publish`: see `pipelines.orchestration.jobs.STAGES` (`python -m jobs.publish --help`)."""
+"""`lookalike publish`: see `lookalike.orchestration.jobs.STAGES` (`python -m lookalike.jobs.publish --help`)."""
 import sys
 
-from pipelines.orchestration.jobs import main
+from lookalike.orchestration.jobs import main
 
 if __name__ == "__main__":
     sys.exit(main("publish"))

@@ -1,7 +1,7 @@
-"""`lookalike train`: see `pipelines.orchestration.jobs.STAGES` (`python -m jobs.train --help`)."""
+"""`lookalike train`: see `lookalike.orchestration.jobs.STAGES` (`python -m lookalike.jobs.train --help`)."""
 import sys
 
-from pipelines.orchestration.jobs import main
+from lookalike.orchestration.jobs import main
 
 if __name__ == "__main__":
     sys.exit(main("train"))

@@ -1,7 +1,7 @@
-"""`lookalike userrec`: see `pipelines.orchestration.jobs.STAGES` (`python -m jobs.userrec --help`)."""
+"""`lookalike userrec`: see `lookalike.orchestration.jobs.STAGES` (`python -m lookalike.jobs.userrec --help`)."""
 import sys
 
-from pipelines.orchestration.jobs import main
+from lookalike.orchestration.jobs import main
 
 if __name__ == "__main__":
     sys.exit(main("userrec"))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.errors import ConfigError
+from lookalike.errors import ConfigError
 
 ENV_PREFIX = "LOOKALIKE_"
 CONFIG_ENV = "LOOKALIKE_CONFIG"  # path of the config file, read by DAG tasks and jobs

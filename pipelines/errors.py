@@ -8,7 +8,7 @@
   (boto3's standard retry mode inside a call, the DAG's exponential task retries around it);
 - anything else is a *bug*: the traceback is kept, exit status 1, and the DAG retries it too.
 
-Tasks (``pipelines.orchestration.tasks``), jobs (``pipelines.orchestration.jobs``), the job launcher and the CLI all ask
+Tasks (``lookalike.orchestration.tasks``), jobs (``lookalike.orchestration.jobs``), the job launcher and the CLI all ask
 :func:`classify`, so a given failure is treated the same wherever it surfaces.
 """
 from __future__ import annotations

@@ -23,7 +23,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from pipelines.errors import LookalikeError
+from lookalike.errors import LookalikeError
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from pipelines.errors import LookalikeError
-from pipelines.storage import ModelStore, atomic_write_text
+from lookalike.errors import LookalikeError
+from lookalike.storage import ModelStore, atomic_write_text
 
 
 class RegistryError(LookalikeError):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from pipelines.tables import TABLES
+from lookalike.tables import TABLES
 
 LISTING_FIELDS = [
     pa.field("item_id", pa.string(), nullable=False),
@@ -91,7 +91,7 @@ ITEM_NEIGHBORS_VARIANTS = pa.schema([*ITEM_NEIGHBORS, pa.field("experiment", pa.
 
 # One row per arm of each running experiment: what it serves and which users see it. A user is in
 # the arm whose [bucket_low, bucket_high) holds md5(salt || ':' || user_id)'s first 8 hex digits mod 10000
-# (pipelines/experiments/assignment.py; the SQL functions of docs/experiments.md).
+# (pipelines/assignment.py; the SQL functions of docs/experiments.md).
 EXPERIMENT_VARIANTS = pa.schema([
     pa.field("ds", pa.string(), nullable=False),
     pa.field("experiment", pa.string(), nullable=False),

@@ -5,9 +5,9 @@ its kind:
 
 - a SigLIP version, ``<models>/siglip/<version>/`` (``lookalike train``);
 - the image baseline, ``<models>/image-baseline/<version>/``: the hand-made features of
-  ``evaluate/baselines.py`` with their PCA fitted once, on a sample of the catalogue of the first
+  ``features.py`` with their PCA fitted once, on a sample of the catalogue of the first
   ds that needed it, so every night projects into the same space and its embeddings are reused
-  like a model's (fitted again when the features change: ``baselines.FEATURES``);
+  like a model's (fitted again when the features change: ``features.FEATURES``);
 - a hybrid, ``<models>/hybrid/<version>/``: a SigLIP version's unit vector scaled by √w beside
   the baseline's scaled by √(1 − w), so that cosine = w · model + (1 − w) · baseline. The
   evaluation chooses w on its log (``evaluate.hybrid_weights``) and promotes the model with it.
@@ -28,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines import registry
-from pipelines.config import Config
-from pipelines.embed.compression import Projection, load_projection, save_projection
-from pipelines.errors import LookalikeError
-from pipelines.evaluate import baselines
-from pipelines.evaluate.baselines import baseline_vectors, fit_baseline
-from pipelines.storage import ModelStore, Warehouse
+from lookalike import registry
+from lookalike.config import Config
+from lookalike.projection import Projection, load_projection, save_projection
+from lookalike.errors import LookalikeError
+from lookalike import features
+from lookalike.features import baseline_vectors, fit_baseline
+from lookalike.storage import ModelStore, Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +62,10 @@ def ensure_baseline(cfg: Config, ds: str) -> tuple[str, Path]:
     current = registry.baseline(store)
     if current and (store.baseline_dir(current) / "projection.npz").exists():
         fitted = _features_of(store.baseline_dir(current))
-        if fitted == baselines.FEATURES:
+        if fitted == features.FEATURES:
             return current, store.baseline_dir(current)
         log.info("image baseline %s was fitted with the features %s; fitting the current ones (%s)", current,
-                 fitted, baselines.FEATURES)
+                 fitted, features.FEATURES)
     import pyarrow.dataset as pads
 
     catalog = Warehouse.of(cfg).work(ds, "catalog")
@@ -75,7 +75,7 @@ def ensure_baseline(cfg: Config, ds: str) -> tuple[str, Path]:
     rows = dataset.count_rows()
     picked = np.sort(np.random.default_rng(0).permutation(rows)[: cfg.embed.pca_sample])
     images = dataset.take(picked, columns=["image"]).column("image").to_pylist()
-    decode = baselines.preprocess().decode
+    decode = features.preprocess().decode
     pixels = []
     for data in images:
         try:
@@ -84,7 +84,7 @@ def ensure_baseline(cfg: Config, ds: str) -> tuple[str, Path]:
             continue
     projection = fit_baseline(np.stack(pixels), cfg.evaluate.baseline_dim)
     digest = hashlib.sha256(projection.mean.tobytes() + projection.components.tobytes()).hexdigest()
-    digest = hashlib.sha256(baselines.FEATURES.encode() + digest.encode()).hexdigest()
+    digest = hashlib.sha256(features.FEATURES.encode() + digest.encode()).hexdigest()
     version = f"image-baseline-{ds.replace('-', '')}-{digest[:10]}"
     folder = store.baseline_dir(version)
     staging = folder.with_name(f".{version}.{uuid.uuid4().hex[:8]}.tmp")
@@ -92,7 +92,7 @@ def ensure_baseline(cfg: Config, ds: str) -> tuple[str, Path]:
     save_projection(projection, staging / "projection.npz")
     (staging / "lookalike.json").write_text(json.dumps(
         {"kind": BASELINE, "version": version, "ds": ds, "fitted_on": len(pixels), "dim": projection.dim,
-         "image_size": baselines.SIZE, "features": baselines.FEATURES}, indent=2))
+         "image_size": features.SIZE, "features": features.FEATURES}, indent=2))
     try:
         staging.rename(folder)
     except OSError:  # fitted by a concurrent run with the same result
@@ -174,7 +174,7 @@ class SiglipEmbedder:
         return self.loaded.preprocess.decode([data])[0]
 
     def embed(self, decoded: list, batch_size: int) -> np.ndarray:
-        from pipelines.siglip import embed_pixels
+        from lookalike.siglip import embed_pixels
 
         return embed_pixels(self.loaded.model, np.stack(decoded), self.loaded.preprocess, batch_size,
                             bf16=self.device != "cpu")
@@ -182,7 +182,7 @@ class SiglipEmbedder:
 
 class BaselineEmbedder:
     def __init__(self, projection: Projection):
-        self.projection, self.preprocess = projection, baselines.preprocess()
+        self.projection, self.preprocess = projection, features.preprocess()
 
     def decode(self, data: bytes):
         return self.preprocess.decode([data])[0]
@@ -212,9 +212,9 @@ def load_embedder(path: str, device: str = "cpu"):
     """The embedder of a served folder: a SigLIP model (local or s3://), the baseline or a hybrid."""
     kind = kind_of(path) if "://" not in path else SIGLIP
     if kind == BASELINE:
-        if _features_of(Path(path)) != baselines.FEATURES:
+        if _features_of(Path(path)) != features.FEATURES:
             raise LookalikeError(f"the image baseline in {path} was fitted with the features {_features_of(Path(path))}, "
-                                 f"not this version's {baselines.FEATURES}: the next night fits the current ones "
+                                 f"not this version's {features.FEATURES}: the next night fits the current ones "
                                  "(or run `lookalike embed --ds <ds>`)")
         return BaselineEmbedder(load_projection(Path(path) / "projection.npz"))
     if kind == HYBRID:
@@ -222,8 +222,8 @@ def load_embedder(path: str, device: str = "cpu"):
         models = Path(path).parents[1]
         return HybridEmbedder(load_embedder(str(models / "siglip" / spec["model"]), device),
                               load_embedder(str(models / "image-baseline" / spec["baseline"])), spec["weight"])
-    from pipelines.objectstore import local_model_dir
-    from pipelines.siglip import load_model
+    from lookalike.objectstore import local_model_dir
+    from lookalike.siglip import load_model
 
     loaded = load_model(local_model_dir(path))  # an s3:// model is fetched once per host
     loaded.model.to(device)

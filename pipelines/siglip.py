@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from pipelines.errors import ConfigError
+from lookalike.errors import ConfigError
 
 # Named architectures initialised from scratch. The two real shapes match Google's checkpoints.
 ARCHITECTURES: dict[str, dict] = {

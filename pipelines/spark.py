@@ -4,8 +4,8 @@ from __future__ import annotations
 import os
 import sys
 
-from pipelines.config import Config
-from pipelines.resources import script_path
+from lookalike.config import Config
+from lookalike.resources import script_path
 
 
 def spark_conf(cfg: Config) -> dict[str, str]:
@@ -57,13 +57,27 @@ def spark_session(cfg: Config, app_name: str = "lookalike"):
 
 
 def ship_package(spark, cfg: Config, folder) -> None:
-    """On a cluster, ``pipelines`` as a zip for ``addPyFile`` (the executors' Python has the
-    dependencies but not this package); a local master's workers import it from here."""
+    """On a cluster, the ``lookalike`` package as a zip for ``addPyFile`` (the executors' Python has
+    the dependencies but not this package); a local master's workers import it from here. The zip
+    holds the package under its installed name, whichever folder it is imported from."""
     if cfg.spark.master.startswith("local"):
         return
-    import shutil
+    import zipfile
     from pathlib import Path
 
     package = Path(__file__).resolve().parent
-    spark.sparkContext.addPyFile(shutil.make_archive(str(Path(folder) / "lookalike-pipelines"), "zip",
-                                                     package.parent, package.name))
+    archive = Path(folder) / "lookalike-package.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(package.rglob("*.py")):
+            if "__pycache__" not in path.parts:
+                zf.write(path, Path("lookalike", path.relative_to(package)).as_posix())
+    spark.sparkContext.addPyFile(str(archive))
+
+
+def task_device() -> str:
+    """The GPU Spark assigned to this task (``cuda:N``), or ``cpu``."""
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    gpu = ctx.resources().get("gpu") if ctx is not None else None
+    return f"cuda:{gpu.addresses[0]}" if gpu is not None and gpu.addresses else "cpu"

@@ -39,8 +39,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import faults, tables
-from pipelines.errors import ConfigError, LookalikeError
+from lookalike import faults, tables
+from lookalike.errors import ConfigError, LookalikeError
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class S3Objects:
     """
 
     def __init__(self, uri: str):
-        from pipelines.objectstore import s3_client, s3_filesystem, split_s3
+        from lookalike.objectstore import s3_client, s3_filesystem, split_s3
 
         self.uri = uri.rstrip("/")
         self.bucket, self.prefix = split_s3(uri)
@@ -249,7 +249,7 @@ class Warehouse:
 
     @property
     def objects(self):
-        from pipelines.objectstore import endpoint
+        from lookalike.objectstore import endpoint
 
         return _objects(self.location, endpoint())
 
@@ -262,7 +262,7 @@ class Warehouse:
 
     # ---- the work area of one ds (private to the run; its outputs are named in workarea.py) ----
     def work(self, ds: str, name: str) -> Path:
-        from pipelines.workarea import checked
+        from lookalike.workarea import checked
 
         return self.work_root / f"ds={ds}" / checked(name)
 

@@ -1,8 +1,8 @@
 """The published tables, in one place: each table's name, what one row is, its keys, its Arrow
-schema (by name, in :mod:`pipelines.schemas`), the DAGs that publish it and its Airflow Asset.
+schema (by name, in :mod:`lookalike.schemas`), the DAGs that publish it and its Airflow Asset.
 
-Everything that lists tables is derived from here: the publish lists (:mod:`pipelines.publish.stage`),
-the DAG outlets and Assets (:mod:`pipelines.orchestration.dag_common`), the DuckDB views (``sql/views/duckdb.sql``
+Everything that lists tables is derived from here: the publish lists (:mod:`lookalike.publish.stage`),
+the DAG outlets and Assets (:mod:`lookalike.orchestration.dag_common`), the DuckDB views (``sql/views/duckdb.sql``
 is applied per table), the CLI's help, ``schemas.PUBLISHED``. What cannot be derived, the Spark and
 Trino DDL of ``sql/ddl/`` and the README's table list, is checked against it by
 ``tests/test_tables.py``, which fails on drift. Adding a table is one entry here, its schema in
@@ -24,7 +24,7 @@ class Table:
     name: str
     row: str  # what one row is, for people: "item and rank: …"
     keys: tuple[str, ...]  # unique within a ds
-    schema: str  # the name of its Arrow schema in pipelines.schemas
+    schema: str  # the name of its Arrow schema in lookalike.schemas
     dags: tuple[str, ...]  # the DAGs whose publish writes it (the first writes it first each night)
 
     @property

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.config import load_config
-from pipelines.sample.marketplace import SampleSpec, generate
+from lookalike.config import load_config
+from lookalike.sample.marketplace import SampleSpec, generate
 
 DS = "2026-11-21"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -68,7 +68,7 @@ def tiny_model(path: Path, seed: int, version: str) -> str:
     import torch
     from transformers import SiglipModel
 
-    from pipelines.siglip import Preprocess, build_config, save_model, train_tokenizer
+    from lookalike.siglip import Preprocess, build_config, save_model, train_tokenizer
 
     tok = train_tokenizer(["red tee", "blue vase"] * 10, 30, 16)
     torch.manual_seed(seed)

@@ -22,9 +22,9 @@ import pyarrow as pa
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipelines import schemas
-from pipelines.extract.images import prepare_image, read_image_bytes
-from pipelines.extract.validate import EVENTS, MAX_ID_CHARS, STATUSES, validate_events, validate_listings
+from lookalike import schemas
+from lookalike.extract.images import prepare_image, read_image_bytes
+from lookalike.extract.validate import EVENTS, MAX_ID_CHARS, STATUSES, validate_events, validate_listings
 
 SIZE, MAX_PIXELS, MIN_SIDE, MAX_BYTES = 32, 1_000_000, 4, 200_000
 
@@ -219,7 +219,7 @@ def listing_rows(draw) -> pd.DataFrame:
 
 
 def _as_id(value) -> str | None:
-    from pipelines.extract.validate import as_text
+    from lookalike.extract.validate import as_text
 
     return as_text(value)
 

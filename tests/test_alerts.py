@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.orchestration.alerts import failure_notifiers, publish_deadline
-from pipelines.config import ConfigError, load_config
+from lookalike.orchestration.alerts import failure_notifiers, publish_deadline
+from lookalike.config import ConfigError, load_config
 from tests.conftest import write_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ def test_a_failed_task_mails_the_operators(tmp_path, sample_dir, smtp_server):
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")},
            "AIRFLOW_CONN_SMTP_DEFAULT": connection}
     # A day long before the sample's first listing: extract fails (bad input, no retry).
-    run = subprocess.run([sys.executable, "-m", "pipelines.tools.cli", "run", "--config", str(config), "--ds", "2020-01-01"],
+    run = subprocess.run([sys.executable, "-m", "lookalike.tools.cli", "run", "--config", str(config), "--ds", "2020-01-01"],
                          capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     assert run.returncode != 0 and "no listings created" in run.stdout + run.stderr
     mail = inbox.wait_for(lambda to, m: "night-ops@example.com" in to, timeout=30)

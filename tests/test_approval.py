@@ -8,12 +8,12 @@ from datetime import date, timedelta
 
 import pytest
 
-from pipelines.config import load_config
-from pipelines.embed.stage import run_embed
-from pipelines.extract.stage import run_extract
-from pipelines.neighbors.stage import run_neighbors
-from pipelines.publish.stage import run_publish
-from pipelines.storage import Warehouse
+from lookalike.config import load_config
+from lookalike.embed.stage import run_embed
+from lookalike.extract.stage import run_extract
+from lookalike.neighbors.stage import run_neighbors
+from lookalike.publish.stage import run_publish
+from lookalike.storage import Warehouse
 from tests.conftest import DS, write_config
 from tests.test_scheduler import Api, _finished, running_airflow
 

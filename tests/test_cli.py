@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from pipelines.tools.cli import STAGES, main
+from lookalike.tools.cli import STAGES, main
 
 VERBS = ["sample-data", "run", "summary", "query", "models", "spark-conf", "ab-report", "simulate-ab", *STAGES]
 
@@ -17,7 +17,7 @@ def test_every_verb_has_help(verb, capsys):
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "pipelines.tools.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "lookalike.tools.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "sample-data" in out.stdout
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.config import load_config
+from lookalike.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO.parent / "shared" / "compose-spec.json"

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.config import CHOICES, ConfigError, load_config
+from lookalike.config import CHOICES, ConfigError, load_config
 
 
 def test_embedded_default_has_the_contract_keys():
@@ -73,6 +73,6 @@ def test_the_shipped_configs_load(name):
     """The demo's and the production start's configs stay valid as keys change."""
     cfg = load_config(Path(__file__).resolve().parents[1] / name, environ={})
     if name == "lookalike.production.yaml":
-        from pipelines.train.stage import HUB_NAME
+        from lookalike.train.stage import HUB_NAME
 
         assert HUB_NAME.fullmatch(cfg.model.init) and cfg.embed.pca_dim == 128 and cfg.train.precision == "bf16"

@@ -41,7 +41,7 @@ def test_edges_are_exactly_the_pipeline(dagbag):
 
 
 def test_dags_are_chained_by_assets(dagbag):
-    from pipelines.publish.stage import EXPERIMENT_TABLES, NIGHTLY_TABLES
+    from lookalike.publish.stage import EXPERIMENT_TABLES, NIGHTLY_TABLES
 
     extract = dagbag.dags["lookalike_extract"].get_task("extract")
     assert [a.name for a in extract.outlets] == ["lookalike.snapshot"]
@@ -64,7 +64,7 @@ def test_training_runs_on_the_gpu_queue_and_pool(dagbag):
 
 
 def test_tasks_retry_with_backoff_time_out_and_say_how_to_rerun(dagbag):
-    from pipelines.orchestration.dag_common import on_task_failure
+    from lookalike.orchestration.dag_common import on_task_failure
 
     for dag_id in DAG_IDS:
         dag = dagbag.dags[dag_id]
@@ -83,7 +83,7 @@ def test_tasks_retry_with_backoff_time_out_and_say_how_to_rerun(dagbag):
 def test_the_failure_message_names_the_task_the_ds_and_the_rerun(caplog):
     from types import SimpleNamespace
 
-    from pipelines.orchestration.dag_common import on_task_failure
+    from lookalike.orchestration.dag_common import on_task_failure
 
     ti = SimpleNamespace(dag_id="lookalike_nightly", task_id="neighbors", try_number=3)
     on_task_failure({"ti": ti, "params": {"ds": "2026-11-21"}, "exception": ValueError("disk full")})
@@ -110,8 +110,8 @@ def test_a_bad_config_key_fails_the_first_task_naming_it_and_every_dag_still_par
     import subprocess
     import sys
 
-    from pipelines.config import load_config
-    from pipelines.orchestration.orchestrate import airflow_env
+    from lookalike.config import load_config
+    from lookalike.orchestration.orchestrate import airflow_env
     from tests.conftest import DS
 
     cfg = load_config(environ={"LOOKALIKE_AIRFLOW__HOME": str(tmp_path / "airflow")})

@@ -4,9 +4,9 @@ import uuid
 import pyarrow as pa
 import pytest
 
-from pipelines import schemas
-from pipelines.tools.ddl import render_ddl, statements
-from pipelines.storage import Warehouse, write_parquet
+from lookalike import schemas
+from lookalike.tools.ddl import render_ddl, statements
+from lookalike.storage import Warehouse, write_parquet
 
 D1, D2 = "2026-11-20", "2026-11-21"
 SPARK_TYPES = {pa.string(): "string", pa.float64(): "double", pa.float32(): "float", pa.int32(): "int",
@@ -25,7 +25,7 @@ def _publish(wh, tmp_path, ds, items, *, retain=5):
 
 @pytest.fixture
 def spark(cfg):
-    from pipelines.spark import spark_session
+    from lookalike.spark import spark_session
 
     return spark_session(cfg)
 

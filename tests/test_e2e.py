@@ -6,30 +6,38 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from pipelines.config import load_config
-from pipelines.tools.query import run_query
-from pipelines.storage import PUBLISHED_TABLES, Warehouse
-from pipelines.tables import NIGHTLY, USER_RECS, published_by
+from lookalike.config import load_config
+from lookalike.query import run_query
+from lookalike.storage import PUBLISHED_TABLES, Warehouse
+from lookalike.tables import NIGHTLY, USER_RECS, published_by
 from tests.conftest import DS, write_config
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKOUT = [sys.executable, "-m", "pipelines.tools.cli"]
+CHECKOUT = [sys.executable, "-m", "lookalike.tools.cli"]
 A_NIGHT = (*published_by(NIGHTLY), *published_by(USER_RECS))  # what `lookalike run` publishes (not the hours)
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory):
+def wheel(tmp_path_factory) -> Path:
+    """The wheel of this checkout."""
+    dist = tmp_path_factory.mktemp("dist")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(dist), str(REPO)], check=True, capture_output=True, timeout=300)
+    (built,) = dist.glob("lookalike-*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory, wheel):
     """(the installed ``lookalike``, its environment, an empty working directory): the wheel of this
     checkout with ``[all]`` in a fresh venv, nothing of the checkout on its path."""
     root = tmp_path_factory.mktemp("installed")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(root / "dist"), str(REPO)], check=True, capture_output=True, timeout=300)
-    (wheel,) = (root / "dist").glob("lookalike-*.whl")
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     proc = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "-c", str(REPO / "constraints.txt"),
@@ -74,11 +82,19 @@ def nightly(installed):
     return config, Warehouse.of(load_config(config, environ={})), proc.stdout, installed
 
 
+def test_the_wheel_installs_one_top_level_package_with_the_folders_inside_it(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"lookalike"}
+    for shipped in ("lookalike/extract/stage.py", "lookalike/jobs/train.py", "lookalike/sql/extract/catalog.sql",
+                    "lookalike/dags/lookalike_nightly.py", "lookalike/resources/gpu-discovery.sh"):
+        assert shipped in names  # pipelines/, jobs/, sql/ and dags/, each where the tour says
+
+
 def test_the_installed_package_runs_from_its_own_files_not_the_checkout(installed):
     command, env, cwd = installed
     python = str(Path(command[0]).with_name("python"))
-    where = subprocess.run([python, "-c", "import pipelines, jobs; from pipelines.resources import sql_path, "
-                            "dags_folder; print(pipelines.__file__, jobs.__file__, sql_path(), dags_folder())"],
+    where = subprocess.run([python, "-c", "import lookalike, lookalike.jobs as jobs; from lookalike.resources import sql_path, "
+                            "dags_folder; print(lookalike.__file__, jobs.__file__, sql_path(), dags_folder())"],
                            capture_output=True, text=True, cwd=cwd, env=env, check=True).stdout.split()
     assert all(path.startswith(str(Path(python).parents[1])) for path in where), where  # all in the venv
     assert not any(path.startswith(str(REPO)) for path in where)

@@ -8,8 +8,8 @@ import pytest
 import sqlalchemy as sa
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from pipelines.errors import BAD_INPUT, BUG, TRANSIENT, ConfigError, TransientError, classify
-from pipelines.extract.source import ExtractError, read_source
+from lookalike.errors import BAD_INPUT, BUG, TRANSIENT, ConfigError, TransientError, classify
+from lookalike.extract.source import ExtractError, read_source
 from tests.conftest import DS, write_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def test_the_command_line_exits_2_for_bad_input_and_75_for_a_transient_failure(t
     down = write_config(tmp_path / "down", sample_dir,
                         source={"url": f"postgresql+psycopg://u:secret@127.0.0.1:{_closed_port()}/db", "images": "x"})
     for config, status, words in [(bad, 2, "neighbors.index"), (down, 75, "transient error, retry later")]:
-        done = subprocess.run([sys.executable, "-m", "pipelines.tools.cli", "extract", "--config", str(config), "--ds", DS],
+        done = subprocess.run([sys.executable, "-m", "lookalike.tools.cli", "extract", "--config", str(config), "--ds", DS],
                               capture_output=True, text=True, cwd=REPO, timeout=300)
         assert done.returncode == status, done.stderr[-2000:]
         assert words in done.stderr and "Traceback" not in done.stderr and "secret" not in done.stderr

@@ -20,14 +20,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipelines import registry, schemas
-from pipelines.config import load_config
-from pipelines.embed.stage import run_embed
-from pipelines.extract.stage import run_extract
-from pipelines.neighbors.stage import run_neighbors
-from pipelines.tools.query import run_query
-from pipelines.storage import ModelStore, Warehouse, write_parquet
-from pipelines.train.stage import run_train
+from lookalike import registry, schemas
+from lookalike.config import load_config
+from lookalike.embed.stage import run_embed
+from lookalike.extract.stage import run_extract
+from lookalike.neighbors.stage import run_neighbors
+from lookalike.query import run_query
+from lookalike.storage import ModelStore, Warehouse, write_parquet
+from lookalike.train.stage import run_train
 from tests.conftest import DS, write_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def _job(config, *args, fault=None, env=None) -> subprocess.CompletedProcess:
     environ.update(env or {})
     if fault:
         environ["LOOKALIKE_FAULT"] = fault
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.tools.cli", *args, "--config", str(config), "--ds", DS],
+    proc = subprocess.Popen([sys.executable, "-m", "lookalike.tools.cli", *args, "--config", str(config), "--ds", DS],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ, cwd=REPO,
                             start_new_session=True)
     out, err = proc.communicate(timeout=600)
@@ -162,7 +162,7 @@ def _user_recs(wh: Warehouse, cfg, *, shift: float) -> None:
 
 
 def _publish_user_recs(config, fault=None):
-    code = "import sys; from pipelines.config import load_config; from pipelines.publish.stage import " \
+    code = "import sys; from lookalike.config import load_config; from lookalike.publish.stage import " \
            f"publish_user_recs; publish_user_recs(load_config({str(config)!r}), {DS!r})"
     environ = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
     if fault:

@@ -6,15 +6,15 @@ import threading
 import boto3
 import pytest
 
-from pipelines.config import load_config
-from pipelines import storage
-from pipelines.errors import TRANSIENT, classify
-from pipelines.extract.images import read_image_bytes
-from pipelines.objectstore import local_model_dir, upload_dir
-from pipelines.publish.stage import NIGHTLY_TABLES, run_publish
-from pipelines.tools.query import run_query
-from pipelines.sample.load import upload_images
-from pipelines.storage import PublishConflict, Warehouse
+from lookalike.config import load_config
+from lookalike import storage
+from lookalike.errors import TRANSIENT, classify
+from lookalike.extract.images import read_image_bytes
+from lookalike.objectstore import local_model_dir, upload_dir
+from lookalike.publish.stage import NIGHTLY_TABLES, run_publish
+from lookalike.query import run_query
+from lookalike.sample.load import upload_images
+from lookalike.storage import PublishConflict, Warehouse
 from tests.conftest import reset_moto, tiny_model, write_config
 from tests.faultproxy import FAULTS, FaultProxy
 from tests.publish.test_stage import K, _stage_run

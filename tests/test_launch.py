@@ -11,14 +11,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import registry
-from pipelines.config import ConfigError, load_config
-from pipelines.embed.stage import run_embed
-from pipelines.errors import LookalikeError
-from pipelines.evaluate.stage import run_evaluate
-from pipelines.extract.stage import run_extract
-from pipelines.orchestration.launch import job_command, run_stage
-from pipelines.storage import ModelStore
+from lookalike import registry
+from lookalike.config import ConfigError, load_config
+from lookalike.embed.stage import run_embed
+from lookalike.errors import LookalikeError
+from lookalike.evaluate.stage import run_evaluate
+from lookalike.extract.stage import run_extract
+from lookalike.orchestration.launch import job_command, run_stage
+from lookalike.storage import ModelStore
 from tests.conftest import DS, write_config
 
 pytestmark = pytest.mark.slow
@@ -97,8 +97,8 @@ def test_training_in_a_daemonic_process_runs_as_a_job_since_its_loader_needs_pro
     train, extract = queue.get(timeout=60)
     one_process_extract = queue.get(timeout=60)
     daemon.join(timeout=60)
-    assert train[1:] == ["-m", "jobs.train", "--ds", DS]
-    assert extract[1:] == ["-m", "jobs.extract", "--ds", DS]  # its decode processes, likewise
+    assert train[1:] == ["-m", "lookalike.jobs.train", "--ds", DS]
+    assert extract[1:] == ["-m", "lookalike.jobs.extract", "--ds", DS]  # its decode processes, likewise
     assert one_process_extract is None  # extract.decode_processes: 1 (the default) starts none
     assert job_command(cfg, "embed", DS) is None  # embedding starts no processes of its own
 
@@ -127,7 +127,7 @@ def _gone(marker: str, timeout: float = 20.0) -> bool:
 
 
 def test_a_finished_job_leaves_no_process_behind():
-    from pipelines.orchestration.launch import run_job
+    from lookalike.orchestration.launch import run_job
 
     script = ("import os, subprocess; subprocess.Popen(['sleep', '300.101']); "
               "open(os.environ['LOOKALIKE_RESULT_FILE'], 'w').write('{\"ok\": 1}')")
@@ -139,7 +139,7 @@ def test_an_exception_in_the_task_stops_its_job_and_the_jobs_children():
     # What a task's execution_timeout does: an exception raised while the job runs.
     import signal
 
-    from pipelines.orchestration.launch import run_job
+    from lookalike.orchestration.launch import run_job
 
     def timeout(signum, frame):
         raise TimeoutError("execution_timeout")
@@ -161,7 +161,7 @@ def test_sigterm_to_the_task_stops_its_whole_job():
     import time
 
     harness = subprocess.Popen([sys.executable, "-c",
-                                "import os; from pipelines.orchestration.launch import run_job; "
+                                "import os; from lookalike.orchestration.launch import run_job; "
                                 "run_job('test', ['bash', '-c', 'sleep 300.303 & sleep 300.304; wait'], dict(os.environ))"],
                                cwd=Path(__file__).resolve().parents[1], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30

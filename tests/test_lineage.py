@@ -7,10 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipelines import schemas, tables
-from pipelines.config import load_config
-from pipelines.orchestration.orchestrate import airflow_env
-from pipelines.train.stage import run_train
+from lookalike import schemas, tables
+from lookalike.config import load_config
+from lookalike.orchestration.orchestrate import airflow_env
+from lookalike.train.stage import run_train
 from tests.conftest import DS, write_config
 
 

@@ -2,7 +2,7 @@
 scheduler test (tests/intraday/test_scheduler.py) receives them on a StatsD listener."""
 from datetime import datetime, timezone
 
-from pipelines.orchestration import metrics
+from lookalike.orchestration import metrics
 
 
 def test_a_published_night_gives_its_rows_recall_drift_quarantine_and_embedding_gauges():

@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from pipelines import registry
-from pipelines.tools.cli import main
-from pipelines.storage import ModelStore
+from lookalike import registry
+from lookalike.tools.cli import main
+from lookalike.storage import ModelStore
 
 
 def _version(store: ModelStore, name: str, parent=None) -> None:

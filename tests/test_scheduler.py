@@ -16,13 +16,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipelines.config import load_config
-from pipelines.orchestration.orchestrate import _airflow_bin, airflow_env, prepare_airflow
-from pipelines.tools.query import run_query
-from pipelines.tools.report import build_report
-from pipelines.sample.load import load_database
-from pipelines.storage import Warehouse
-from pipelines.tools.summary import run_summary
+from lookalike.config import load_config
+from lookalike.orchestration.orchestrate import _airflow_bin, airflow_env, prepare_airflow
+from lookalike.query import run_query
+from lookalike.publish.report import build_report
+from lookalike.sample.load import load_database
+from lookalike.storage import Warehouse
+from lookalike.tools.summary import run_summary
 from tests.conftest import DS, reset_moto, rest_call, write_config
 from tests.faultproxy import TcpGate
 
@@ -60,7 +60,7 @@ class Api:
 
 
 def _stage(config, stage, ds):
-    proc = subprocess.run([sys.executable, "-m", "pipelines.tools.cli", stage, "--config", str(config), "--ds", ds],
+    proc = subprocess.run([sys.executable, "-m", "lookalike.tools.cli", stage, "--config", str(config), "--ds", ds],
                           capture_output=True, text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -141,7 +141,7 @@ def test_a_real_scheduler_reads_source_and_store_through_connections_and_mails_a
     import sqlalchemy as sa
     from moto.server import ThreadedMotoServer
 
-    from pipelines.orchestration.alerts import LATE_SUBJECT
+    from lookalike.orchestration.alerts import LATE_SUBJECT
 
     inbox, smtp_connection = smtp_server
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
@@ -156,7 +156,7 @@ def test_a_real_scheduler_reads_source_and_store_through_connections_and_mails_a
         for bucket in ("images", "lake"):
             s3.create_bucket(Bucket=bucket)
         database = _new_database(postgres_url, "listings_conn")
-        seeded = subprocess.run([sys.executable, "-m", "pipelines.tools.cli", "sample-data", "--out", str(tmp_path / "sample"),
+        seeded = subprocess.run([sys.executable, "-m", "lookalike.tools.cli", "sample-data", "--out", str(tmp_path / "sample"),
                                  "--items", "300", "--users", "100", "--days", "100", "--seed", "3", "--end", DS,
                                  "--load-into", database, "--upload-images", "s3://images/sample"],
                                 capture_output=True, text=True, cwd=REPO, env={**os.environ, **aws}, timeout=600)
@@ -180,7 +180,7 @@ def test_a_real_scheduler_reads_source_and_store_through_connections_and_mails_a
                              extra_env=connections) as api:
             assert _trigger_and_wait(api, "lookalike_extract", DS) == {"extract": "success"}
             for stage in ("train", "evaluate"):  # what lookalike_finetune leaves for ds (config and AWS_* here)
-                proc = subprocess.run([sys.executable, "-m", "pipelines.tools.cli", stage, "--config", str(config), "--ds", DS],
+                proc = subprocess.run([sys.executable, "-m", "lookalike.tools.cli", stage, "--config", str(config), "--ds", DS],
                                       capture_output=True, text=True, cwd=REPO, env={**os.environ, **aws}, timeout=600)
                 assert proc.returncode == 0, proc.stderr[-3000:]
             assert _trigger_and_wait(api, "lookalike_nightly", DS) == {
@@ -338,7 +338,7 @@ def test_clearing_a_running_launched_task_stops_its_whole_job(tmp_path, sample_d
     cfg = load_config(config, environ={})
     _stage(config, "extract", DS)
     prepare_airflow(cfg, str(config))  # the metadata database and the `gpu` pool the train task runs in
-    marker = f"jobs.train --ds {DS}"
+    marker = f"lookalike.jobs.train --ds {DS}"
     with running_airflow(cfg, config, tmp_path, unpause=("lookalike_finetune",),
                          extra_env={"AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"}) as api:
         run = api.call("POST", "/api/v2/dags/lookalike_finetune/dagRuns", {"logical_date": None, "conf": {"ds": DS}})

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from pipelines.config import load_config, redact_url
-from pipelines.storage import Warehouse
+from lookalike.config import load_config, redact_url
+from lookalike.storage import Warehouse
 from tests.conftest import DS, REDIS_PASSWORD, write_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def protected_source(postgres_url, tmp_path_factory):
     with pytest.raises(sa.exc.OperationalError):  # the password is really checked
         sa.create_engine(url.replace(password, "wrong")).connect()
     sample = tmp_path_factory.mktemp("protected-sample")
-    loaded = subprocess.run([sys.executable, "-m", "pipelines.tools.cli", "sample-data", "--out", str(sample), "--items", "300",
+    loaded = subprocess.run([sys.executable, "-m", "lookalike.tools.cli", "sample-data", "--out", str(sample), "--items", "300",
                              "--users", "100", "--days", "100", "--seed", "2", "--end", DS, "--load-into", url],
                             capture_output=True, text=True, cwd=REPO, timeout=600)
     assert loaded.returncode == 0, loaded.stderr[-2000:]
@@ -87,7 +87,7 @@ def test_a_whole_run_writes_and_prints_the_passwords_nowhere(protected_source, o
                                                "?db=0")
     config = write_config(tmp_path, sample, source=source, neighbors={"k": 3}, serving=serving,
                           userrec={"variants": "multimodal,popularity", "epochs": 1, "bootstrap": 50})
-    run = subprocess.run([sys.executable, "-m", "pipelines.tools.cli", "run", "--config", str(config), "--ds", DS],
+    run = subprocess.run([sys.executable, "-m", "lookalike.tools.cli", "run", "--config", str(config), "--ds", DS],
                          capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
     console = run.stdout + run.stderr
     assert run.returncode == 0, console[-4000:]
@@ -106,7 +106,7 @@ def test_a_whole_run_writes_and_prints_the_passwords_nowhere(protected_source, o
     record = Warehouse.of(served).run_record(DS)["serving"]
     for feed in ("items", "users"):
         assert {sink: r["ds"] for sink, r in record[feed]["sinks"].items()} == {"postgres": DS, "redis": DS}
-    from pipelines.online.handoff import similar
+    from lookalike.online.handoff import similar
 
     item = Warehouse.of(served).read_partition("item_neighbors", DS).sort_by([("item_id", "ascending"),
                                                                              ("rank", "ascending")]).to_pylist()

@@ -9,9 +9,9 @@ import boto3
 import pytest
 import sqlalchemy as sa
 
-from pipelines.config import load_config
-from pipelines.storage import Warehouse
-from pipelines.tables import NIGHTLY, USER_RECS, published_by
+from lookalike.config import load_config
+from lookalike.storage import Warehouse
+from lookalike.tables import NIGHTLY, USER_RECS, published_by
 from tests.conftest import DS, write_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 def _lookalike(*args, timeout=900):
-    proc = subprocess.run([sys.executable, "-m", "pipelines.tools.cli", *args], capture_output=True, text=True, cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "lookalike.tools.cli", *args], capture_output=True, text=True, cwd=REPO,
                           timeout=timeout)
     assert proc.returncode == 0, f"lookalike {args[0]} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout

@@ -6,19 +6,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines import registry, serving
-from pipelines.config import load_config
-from pipelines.embed.stage import run_embed
-from pipelines.evaluate import baselines
-from pipelines.evaluate.baselines import baseline_vectors, fit_baseline, image_features
-from pipelines.evaluate.stage import run_evaluate
-from pipelines.extract.stage import run_extract
-from pipelines.neighbors.stage import run_neighbors
-from pipelines.publish.stage import run_publish
-from pipelines.tools.query import run_query
-from pipelines.storage import ModelStore, Warehouse
-from pipelines.tools.summary import run_summary
-from pipelines.train.stage import run_train
+from lookalike import registry, serving
+from lookalike.config import load_config
+from lookalike.embed.stage import run_embed
+from lookalike import features
+from lookalike.features import baseline_vectors, fit_baseline, image_features
+from lookalike.evaluate.stage import run_evaluate
+from lookalike.extract.stage import run_extract
+from lookalike.neighbors.stage import run_neighbors
+from lookalike.publish.stage import run_publish
+from lookalike.query import run_query
+from lookalike.storage import ModelStore, Warehouse
+from lookalike.tools.summary import run_summary
+from lookalike.train.stage import run_train
 from tests.conftest import DS, tiny_model, write_config
 
 NEXT = "2026-11-22"
@@ -119,7 +119,7 @@ def test_the_served_baseline_is_the_evaluated_one_and_a_hybrid_blends_the_cosine
     assert np.allclose(projection.components @ projection.components.T, np.eye(8), atol=1e-4)
     assert np.allclose(projection.mean, image_features(pixels).mean(axis=0), atol=1e-5)
     assert embedder.preprocess.pad and json.loads((folder / "lookalike.json").read_text())["features"] \
-        == baselines.FEATURES
+        == features.FEATURES
 
     rng = np.random.default_rng(0)
     a, b = (v / np.linalg.norm(v, axis=1, keepdims=True) for v in (rng.normal(size=(6, 5)), rng.normal(size=(6, 3))))

@@ -2,9 +2,9 @@
 import os
 from pathlib import Path
 
-from pipelines.tools.cli import main
-from pipelines.config import load_config
-from pipelines.spark import spark_conf
+from lookalike.tools.cli import main
+from lookalike.config import load_config
+from lookalike.spark import spark_conf
 
 
 def test_cpu_default_reuses_workers_and_uses_one_thread_per_task():

@@ -5,7 +5,7 @@ import boto3
 import pyarrow as pa
 import pytest
 
-from pipelines.storage import PublishConflict, Warehouse, write_parquet
+from lookalike.storage import PublishConflict, Warehouse, write_parquet
 
 D1, D2 = "2026-01-01", "2026-01-02"
 

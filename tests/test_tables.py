@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipelines import schemas, tables
+from lookalike import schemas, tables
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE_TYPES = {
@@ -68,12 +68,12 @@ def test_the_readme_lists_every_table_as_the_registry_describes_it():
 
 
 def test_what_is_derived_follows_the_registry(tmp_path):
-    from pipelines.publish.stage import EXPERIMENT_TABLES, NIGHTLY_TABLES, USER_TABLES
-    from pipelines.tools.query import connect
-    from pipelines.storage import PUBLISHED_TABLES, Warehouse
+    from lookalike.publish.stage import EXPERIMENT_TABLES, NIGHTLY_TABLES, USER_TABLES
+    from lookalike.query import connect
+    from lookalike.storage import PUBLISHED_TABLES, Warehouse
 
     assert PUBLISHED_TABLES == tuple(schemas.PUBLISHED) == tables.NAMES
-    from pipelines.intraday.stage import TABLE as INTRADAY_TABLE
+    from lookalike.intraday.stage import TABLE as INTRADAY_TABLE
 
     assert set(NIGHTLY_TABLES) | set(EXPERIMENT_TABLES) | set(USER_TABLES) | {INTRADAY_TABLE} == set(tables.NAMES)
     assert tables.published_by(tables.INTRADAY) == (INTRADAY_TABLE,)
@@ -84,13 +84,13 @@ def test_what_is_derived_follows_the_registry(tmp_path):
     for table in tables.TABLES:  # an empty warehouse still binds every column
         columns = [r[0] for r in con.execute(f"describe {table.name}").fetchall()]
         assert columns == getattr(schemas, table.schema).names
-    help_text = subprocess.run([sys.executable, "-m", "pipelines.tools.cli", "query", "--help"], capture_output=True,
+    help_text = subprocess.run([sys.executable, "-m", "lookalike.tools.cli", "query", "--help"], capture_output=True,
                                text=True, cwd=ROOT, check=True).stdout
     assert all(t in " ".join(help_text.split()) for t in tables.NAMES)
 
 
 def test_the_registry_imports_nothing_but_the_standard_library():
-    code = "import sys, pipelines.tables; print(sorted(m for m in sys.modules if m.split('.')[0] in " \
+    code = "import sys, lookalike.tables; print(sorted(m for m in sys.modules if m.split('.')[0] in " \
            "('pyarrow', 'pandas', 'numpy', 'airflow', 'duckdb', 'torch')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert out.strip() == "[]"

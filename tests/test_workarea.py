@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import workarea
-from pipelines.orchestration.jobs import STAGES
-from pipelines.storage import Warehouse
+from lookalike import workarea
+from lookalike.orchestration.jobs import STAGES
+from lookalike.storage import Warehouse
 
 ROOT = Path(__file__).resolve().parents[1]
 CALL = re.compile(r"""\.(?:fresh_)?work\(\s*[\w.]+\s*,\s*["']([^"']+)["']""")

@@ -21,12 +21,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines import faults, schemas, serving
-from pipelines.config import Config
-from pipelines.embed.compression import fit_projection, load_projection, projection_path, save_projection
-from pipelines.errors import ConfigError
-from pipelines.serving import Served
-from pipelines.storage import Warehouse, atomic_write_text, write_parquet
+from lookalike import faults, schemas, serving
+from lookalike.config import Config
+from lookalike.errors import ConfigError
+from lookalike.projection import fit_projection, load_projection, projection_path, save_projection
+from lookalike.serving import Served
+from lookalike.spark import task_device
+from lookalike.storage import Warehouse, atomic_write_text, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +36,12 @@ _MODEL_CACHE: dict = {}  # (model path, device) → LoadedModel, per Python work
 _PROJECTION_CACHE: dict = {}  # projection path → Projection, per Python worker
 
 
-def task_device() -> str:
-    """The GPU Spark assigned to this task (``cuda:N``), or ``cpu``."""
-    from pyspark import TaskContext
-
-    ctx = TaskContext.get()
-    gpu = ctx.resources().get("gpu") if ctx is not None else None
-    return f"cuda:{gpu.addresses[0]}" if gpu is not None and gpu.addresses else "cpu"
-
-
 def _cached_model(path: str, device: str):
     key = (path, device)
     if key not in _MODEL_CACHE:
         import torch
 
-        from pipelines.serving import load_embedder
+        from lookalike.serving import load_embedder
 
         if device == "cpu":
             torch.set_num_threads(1)  # Spark's task slots, not torch's thread pool, use the cores
@@ -89,7 +81,7 @@ def embed_frames(frames: Iterator[pd.DataFrame], model_path: str, batch_size: in
 def resolve_model(cfg: Config, ds: str, model_uri: str | None) -> Served:
     """The system to embed with: the SigLIP model given, else the one the nightly run serves."""
     if model_uri:
-        from pipelines.objectstore import local_model_dir
+        from lookalike.objectstore import local_model_dir
 
         meta = local_model_dir(model_uri) / "lookalike.json"
         version = json.loads(meta.read_text()).get("version") if meta.exists() else None
@@ -171,7 +163,7 @@ def _rows_to_embed(catalog, reused_keys: pa.Array) -> Iterator[pa.Table]:
 def _embed_on_spark(cfg: Config, todo_path, raw_path, path: str, ds: str, projection: str | None) -> None:
     from pyspark.sql import types as T
 
-    from pipelines.spark import ship_package, spark_session
+    from lookalike.spark import ship_package, spark_session
 
     spark = spark_session(cfg, app_name=f"lookalike-embed-{ds}")
     ship_package(spark, cfg, raw_path.parent)

@@ -30,16 +30,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import registry, schemas, serving
-from pipelines.config import Config
-from pipelines.errors import LookalikeError
-from pipelines.embed.compression import load_projection
-from pipelines.evaluate import baselines
-from pipelines.evaluate.baselines import baseline_vectors, text_baseline_vectors
-from pipelines.extract.stage import read_events
-from pipelines.evaluate.metrics import REPORTED, bootstrap_ci, coverage, discriminates, query_metrics
-from pipelines.siglip import embed_pixels, load_model
-from pipelines.storage import ModelStore, Warehouse, atomic_write_text, write_parquet
+from lookalike import registry, schemas, serving
+from lookalike.config import Config
+from lookalike.errors import LookalikeError
+from lookalike.projection import load_projection
+from lookalike import features
+from lookalike.evaluate.baselines import text_baseline_vectors
+from lookalike.features import baseline_vectors
+from lookalike.events import read_events
+from lookalike.evaluate.metrics import REPORTED, bootstrap_ci, coverage, discriminates, query_metrics
+from lookalike.siglip import embed_pixels, load_model
+from lookalike.storage import ModelStore, Warehouse, atomic_write_text, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def category_queries(items: dict[str, list], val_fraction: float, limit: int) ->
     facet (:data:`FACETS`): the same category, the same colour and the same product group, each
     where the item has a value (the optional listing columns) and another held-out item shares it.
     Up to ``limit`` items, chosen by id hash."""
-    from pipelines.train.data import id_hash, is_validation
+    from lookalike.ids import id_hash, is_validation
 
     pool = [i for i, (item, category) in enumerate(zip(items["item_id"], items["category"]))
             if category and is_validation(item, val_fraction)]
@@ -223,7 +224,7 @@ def run_evaluate(cfg: Config, ds: str, model_uri: str) -> dict:
     model_vecs = embed_pixels(loaded.model, loaded.preprocess.decode(items["image"]), loaded.preprocess)
     baseline_version, baseline_dir = serving.ensure_baseline(cfg, ds)
     image_vecs = baseline_vectors(load_projection(baseline_dir / "projection.npz"),
-                                  baselines.preprocess().decode(items["image"]))
+                                  features.preprocess().decode(items["image"]))
     text_vecs = text_baseline_vectors(items["title"])
     vectors = {"siglip": model_vecs, "image_baseline": image_vecs}
     systems = {
@@ -269,7 +270,7 @@ def from_scratch(model_dir) -> str | None:
     a checkpoint), and how to start from pretrained weights; None for a fine-tuned checkpoint."""
     from pathlib import Path
 
-    from pipelines.siglip import ARCHITECTURES
+    from lookalike.siglip import ARCHITECTURES
 
     meta = Path(model_dir) / "lookalike.json"
     architecture = json.loads(meta.read_text()).get("architecture") if meta.exists() else None

@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from pipelines.config import AbConfig
-from pipelines.experiments.assignment import Experiment
+from lookalike.config import AbConfig
+from lookalike.assignment import Experiment
 
 Z = 1.959963984540054  # two-sided 95%
 METRICS = ("ctr", "conversion", "revenue_per_user")

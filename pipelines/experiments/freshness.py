@@ -1,6 +1,6 @@
 """``lookalike simulate-ab --freshness``: what the shoppers of one moving day see under each refresh policy.
 
-The day after the newest published night moves (:func:`pipelines.sample.day.move_day`: listings arrive
+The day after the newest published night moves (:func:`lookalike.sample.day.move_day`: listings arrive
 and sell through it), then every hour of it runs as ``lookalike_intraday`` runs it (``run_hour`` and
 ``publish_hour``), so the lists each hour served are the pipeline's own. The sample's users then visit
 through the day: a visit opens a few product pages among the listings on sale at that moment, the newest
@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 
-from pipelines.config import Config
-from pipelines.errors import LookalikeError
-from pipelines.experiments.simulate import MODULE_SLOTS, VISIT_PROBABILITY, source_users
-from pipelines.storage import Warehouse
+from lookalike.config import Config
+from lookalike.errors import LookalikeError
+from lookalike.experiments.simulate import MODULE_SLOTS, VISIT_PROBABILITY, source_users
+from lookalike.storage import Warehouse
 
 POLICIES = ("nightly", "hourly")
 HALF_LIFE_DAYS = 2.0  # how fast a listing's pull on shoppers fades with its age
@@ -35,8 +35,8 @@ PAGES_PER_VISIT = 3.0  # mean product pages a visit opens
 
 def freshness(cfg: Config, *, seed: int = 0, new: float = 0.02, sold: float = 0.02, progress=print) -> dict:
     """Move the day after the newest night, run its hours, and measure both policies on the same views."""
-    from pipelines.intraday.stage import publish_hour, run_hour, served_night
-    from pipelines.sample.day import move_day
+    from lookalike.intraday.stage import publish_hour, run_hour, served_night
+    from lookalike.sample.day import move_day
 
     if not cfg.source.url.startswith("sqlite:///"):
         raise LookalikeError("simulate-ab --freshness moves the sample marketplace's day: the source must be the "
@@ -74,7 +74,7 @@ def _overlaid(wh: Warehouse, ds: str, as_of: str, night: dict[str, list[str]]) -
     """The lists served from the hour ``as_of`` on: the night's, with every list the hours changed since."""
     import pyarrow.parquet as pq
 
-    from pipelines.intraday.stage import TABLE, finished_hours
+    from lookalike.intraday.stage import TABLE, finished_hours
 
     hour = next(h for h in finished_hours(wh, ds) if h["as_of"] == as_of)
     rows = pq.read_table(Path(hour["folder"]) / TABLE, columns=["item_id", "rank", "neighbor_id"])

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines import schemas
-from pipelines.config import Config
-from pipelines.errors import LookalikeError
-from pipelines.experiments import analysis, simulate
-from pipelines.experiments.assignment import Experiment, experiment
-from pipelines.extract.source import optional_columns, stream_source
-from pipelines.storage import Warehouse
+from lookalike import schemas
+from lookalike.config import Config
+from lookalike.errors import LookalikeError
+from lookalike.experiments import analysis, simulate
+from lookalike.assignment import Experiment, experiment
+from lookalike.extract.source import optional_columns, stream_source
+from lookalike.storage import Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def simulate_ab(cfg: Config, name: str, *, days: int, ds: str | None = None, see
     site = simulate.load_site(cfg, name, ds, attributes)
     read_from = "warehouse"
     if cfg.serving.sink_names:  # a store is configured: show what the site would read from it
-        from pipelines.online.handoff import live_modules
+        from lookalike.online.handoff import live_modules
 
         read_from, modules = live_modules(cfg, name, [arm.variant for arm in site.experiment.arms], site.pages,
                                           simulate.MODULE_SLOTS)

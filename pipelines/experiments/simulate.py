@@ -2,9 +2,9 @@
 
 For ``days`` days from a published ds, the users of the sample visit the site. Each user's arm
 comes from the published ``experiment_variants`` by the same hash the serving side applies
-(:mod:`pipelines.experiments.assignment`); each product page the user opens shows the top
+(:mod:`lookalike.assignment`); each product page the user opens shows the top
 ``MODULE_SLOTS`` neighbours that arm published in ``item_neighbors_variants``. The user clicks a
-shown item with the sample generator's own probability (:func:`~pipelines.sample.marketplace.
+shown item with the sample generator's own probability (:func:`~lookalike.sample.marketplace.
 click_probability`: mostly the hidden visual similarity of the two items, a little the user's
 taste) and buys a clicked item as the generator does. Which pages a user opens, and when, does not
 depend on the arm, so two arms that serve the same neighbours (an A/A test) differ by chance only.
@@ -29,11 +29,11 @@ import pandas as pd
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
-from pipelines.config import Config
-from pipelines.errors import LookalikeError
-from pipelines.experiments.assignment import Arm, Experiment
-from pipelines.sample.marketplace import Taste, click_probability, purchase_after_click, visual_similarity
-from pipelines.storage import Warehouse
+from lookalike.config import Config
+from lookalike.errors import LookalikeError
+from lookalike.assignment import Arm, Experiment
+from lookalike.sample.marketplace import Taste, click_probability, purchase_after_click, visual_similarity
+from lookalike.storage import Warehouse
 
 log = logging.getLogger(__name__)
 

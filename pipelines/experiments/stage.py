@@ -11,7 +11,7 @@ items in this process and gets its neighbours from the same search, settings and
 
 - ``item_neighbors_variants``: item_neighbors' rows per (experiment, variant);
 - ``experiment_variants``: each arm, what it served tonight and its bucket range;
-- ``ab_results``: the analysis (``pipelines.experiments.analysis``) of the experiment's logged
+- ``ab_results``: the analysis (``lookalike.experiments.analysis``) of the experiment's logged
   events in the ds's interaction log (the extract's log window, before the ds).
 
 A night with no running experiment removes them, and publish has nothing to add.
@@ -29,13 +29,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines import registry, schemas, serving
-from pipelines.config import Config
-from pipelines.errors import LookalikeError
-from pipelines.experiments import analysis
-from pipelines.experiments.assignment import Experiment, running
-from pipelines.neighbors.stage import StreamingParquet, build_neighbors, filter_codes
-from pipelines.storage import ModelStore, Warehouse, write_parquet
+from lookalike import registry, schemas, serving
+from lookalike.config import Config
+from lookalike.errors import LookalikeError
+from lookalike.experiments import analysis
+from lookalike.assignment import Experiment, running
+from lookalike.neighbors.stage import StreamingParquet, build_neighbors, filter_codes
+from lookalike.storage import ModelStore, Warehouse, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def resolve_arm(cfg: Config, ds: str, serve: str, production_version: str) -> tu
 def _embed_items(wh: Warehouse, ds: str, ids: pa.Array, folder: str, batch_size: int) -> tuple[pa.Array, np.ndarray]:
     """(item ids, unit vectors) of the ds's embedded items under the system in ``folder``, the
     catalogue read one row group at a time (memory: one group's photos and the vectors)."""
-    from pipelines.embed.stage import embed_frames
+    from lookalike.embed.stage import embed_frames
 
     def frames():
         for file in sorted(wh.work(ds, "catalog").glob("*.parquet")):

@@ -150,7 +150,7 @@ def forget_store_layout() -> None:
 
 @functools.lru_cache(maxsize=4)
 def _s3_client(endpoint: str | None):  # boto3 clients are thread-safe; one per endpoint
-    from pipelines.objectstore import s3_client
+    from lookalike.objectstore import s3_client
 
     return s3_client()
 
@@ -159,7 +159,7 @@ def _fetch_s3(store: str, key: str, max_bytes: int, known: str | None) -> Fetche
     """One object of an S3 image store; the size limit is checked before the body is read."""
     from botocore.exceptions import ClientError
 
-    from pipelines.objectstore import endpoint, split_s3
+    from lookalike.objectstore import endpoint, split_s3
 
     bucket, prefix = split_s3(store)
     client = _s3_client(endpoint())

@@ -6,7 +6,7 @@ normalised and which object it came from. The identity of the object is
 - ``version:<v>`` when the source selects an ``image_version`` column (a photo id, a revision
   number, an upload timestamp): the store is not asked at all;
 - otherwise what the store says about it: ``file:<size>:<mtime_ns>:<ctime_ns>`` on disk, or
-  ``etag:<ETag>`` on S3, checked with a conditional GET (:func:`~pipelines.extract.images.fetch_image`).
+  ``etag:<ETag>`` on S3, checked with a conditional GET (:func:`~lookalike.extract.images.fetch_image`).
 
 The next extract looks each item up among the photos of the newest earlier extract, and of its
 own snapshot when it writes the catalogue (an item both in the window and on sale is decoded
@@ -123,7 +123,7 @@ def earlier_photos(wh, ds: str) -> tuple[str | None, list[Path]]:
 
 
 def write_marker(wh, ds: str, summary: dict) -> None:
-    from pipelines.storage import atomic_write_text
+    from lookalike.storage import atomic_write_text
 
     atomic_write_text(wh.work(ds, MARKER), json.dumps(summary, indent=2, sort_keys=True))
 

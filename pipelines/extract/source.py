@@ -15,8 +15,8 @@ from typing import Iterator, Mapping
 import pandas as pd
 import sqlalchemy as sa
 
-from pipelines.errors import LookalikeError, TransientError
-from pipelines.resources import sql_path
+from lookalike.errors import LookalikeError, TransientError
+from lookalike.resources import sql_path
 
 SOURCE_CHUNK_ROWS = 20_000  # rows fetched per round trip and validated at once
 

@@ -36,20 +36,20 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import faults, schemas
-from pipelines.config import Config, redact_url
-from pipelines.extract import photos
-from pipelines.extract.images import fetch_image, forget_store_layout, prepare_image
-from pipelines.extract.source import (SOURCE_CHUNK_ROWS, ExtractError, optional_columns, stream_source,
+from lookalike import faults, schemas
+from lookalike.config import Config, redact_url
+from lookalike.extract import photos
+from lookalike.extract.images import fetch_image, forget_store_layout, prepare_image
+from lookalike.extract.source import (SOURCE_CHUNK_ROWS, ExtractError, optional_columns, stream_source,
                                      template_text)
-from pipelines.extract.validate import (QuarantineShareExceeded, Tally, check_quarantine_share, latest_listings,
+from lookalike.extract.validate import (QuarantineShareExceeded, Tally, check_quarantine_share, latest_listings,
                                         reject_listings, stage_listings, validate_events)
-from pipelines.resources import sql_path
-from pipelines.storage import Warehouse
+from lookalike.resources import sql_path
+from lookalike.storage import Warehouse
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ExtractError", "QuarantineShareExceeded", "run_extract", "read_events", "window"]
+__all__ = ["ExtractError", "QuarantineShareExceeded", "run_extract", "window"]
 
 CHUNK_ROWS = 2000  # rows decoded and written per Parquet row group
 FETCH_THREADS = 8  # photos fetched at once, by the extract or by one Spark task
@@ -65,15 +65,6 @@ def window(ds: str, days: int) -> tuple[str, str]:
     end = date.fromisoformat(ds)
     start = end - timedelta(days=days)
     return f"{start.isoformat()}T00:00:00", f"{end.isoformat()}T00:00:00"
-
-
-def read_events(wh, ds: str, days: int) -> pa.Table:
-    """The ds's extracted interaction log restricted to [ds - days, ds): each reader its own window."""
-    import pyarrow.compute as pc
-
-    events = pq.read_table(wh.work(ds, "interactions"), partitioning=None)
-    start = (date.fromisoformat(ds) - timedelta(days=days)).isoformat()
-    return events.filter(pc.greater_equal(pc.utf8_slice_codeunits(events.column("ts"), 0, 10), start))
 
 
 @dataclass
@@ -223,7 +214,7 @@ class Decoders:
         self._threads = ThreadPoolExecutor(FETCH_THREADS)
         self._pool = None
         if self.processes > 1:
-            from pipelines.processes import die_with_parent
+            from lookalike.processes import die_with_parent
 
             self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=die_with_parent, initargs=(os.getpid(),))
@@ -275,7 +266,7 @@ class SparkDecoders:
     rest of the extract, a stream of chunks, stays here)."""
 
     def __init__(self, cfg: Config, ds: str, folder: Path):
-        from pipelines.spark import ship_package, spark_session
+        from lookalike.spark import ship_package, spark_session
 
         self.spark = spark_session(cfg, app_name=f"lookalike-extract-{ds}")
         ship_package(self.spark, cfg, folder)

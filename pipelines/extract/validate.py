@@ -21,10 +21,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import schemas
-from pipelines.resources import sql_path
-from pipelines.extract.images import MAX_KEY_CHARS
-from pipelines.extract.source import ExtractError
+from lookalike import schemas
+from lookalike.resources import sql_path
+from lookalike.extract.images import MAX_KEY_CHARS
+from lookalike.extract.source import ExtractError
 
 STATUSES = {"on_sale", "sold", "deleted"}
 STAGING_MEMORY = "256MB"  # DuckDB's limit while it sorts the staged listings; it spills to disk beyond

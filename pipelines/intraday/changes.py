@@ -9,7 +9,7 @@ An item of the changes is *listed* when it is on sale with a usable photo and a 
 change (sold, deleted, a photo that was rejected) takes the item out of the catalogue.
 
 :func:`patched` applies the changes to the night's catalogue: the items, vectors and filter
-attributes the hour's lists are computed from (``pipelines.neighbors.update.update_neighbors``),
+attributes the hour's lists are computed from (``lookalike.neighbors.update.update_neighbors``),
 and :func:`changed_lists` tells which lists now differ from the night's.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines import schemas
-from pipelines.neighbors.output import positions_in
+from lookalike import schemas
+from lookalike.neighbors.output import positions_in
 
 # One row per item changed since the night: its latest state.
 CHANGES = pa.schema([

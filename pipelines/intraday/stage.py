@@ -6,14 +6,14 @@ hour between nights and, as of its time ``as_of``:
 1. ``run_hour``: reads the listings whose ``updated_at`` is in [watermark, as_of) (``sql/extract/
    listings_changed.sql``; the watermark is the newest finished hour's ``as_of``, or the night's cutoff),
    validates them and their photos as the extract does, embeds the new photos with the night's served
-   system, merges them into the changes since the night (:mod:`pipelines.intraday.changes`), and updates
-   the night's lists with them (``pipelines.neighbors.update.update_neighbors``: the same update a night
+   system, merges them into the changes since the night (:mod:`lookalike.intraday.changes`), and updates
+   the night's lists with them (``lookalike.neighbors.update.update_neighbors``: the same update a night
    uses, so the lists equal a full search's over the night's catalogue with the changes applied). The
    lists that differ from the night's are written with the hour; ``hour.json`` is written last.
 2. ``publish_hour``: checks those lists as the night's are checked and publishes them as the night's
    partition of ``item_neighbors_intraday`` (one manifest switch; each hour replaces the one before).
 3. ``handoff_hour``: writes them into each online store's live generation of the night, in one
-   transaction (``pipelines.online.handoff.patch_live``).
+   transaction (``lookalike.online.handoff.patch_live``).
 
 Everything an hour writes is its own folder under the night's work area (``intraday/<as_of>``), so an
 hour killed at any point leaves nothing readable: the next hour starts from the newest *finished* hour's
@@ -38,16 +38,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines import faults, schemas
-from pipelines.config import Config
-from pipelines.errors import LookalikeError
-from pipelines.extract.source import optional_columns, stream_source
-from pipelines.extract.stage import FETCH_THREADS, PhotoWork, settled, threaded
-from pipelines.extract.validate import latest_listings, reject_listings, stage_listings
-from pipelines.intraday import changes as ch
-from pipelines.neighbors.output import ListsCollector, neighbor_table, positions_in
-from pipelines.resources import sql_path
-from pipelines.storage import Warehouse, atomic_write_text, write_parquet
+from lookalike import faults, schemas
+from lookalike.config import Config
+from lookalike.errors import LookalikeError
+from lookalike.extract.source import optional_columns, stream_source
+from lookalike.extract.stage import FETCH_THREADS, PhotoWork, settled, threaded
+from lookalike.extract.validate import latest_listings, reject_listings, stage_listings
+from lookalike.intraday import changes as ch
+from lookalike.neighbors.output import ListsCollector, neighbor_table, positions_in
+from lookalike.resources import sql_path
+from lookalike.storage import Warehouse, atomic_write_text, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,8 @@ def finished_hours(wh: Warehouse, night: str) -> list[dict]:
 
 def run_hour(cfg: Config, as_of: str | None = None) -> dict:
     """Apply what changed in the source before ``as_of`` (now when None) to the newest night's lists."""
-    from pipelines.neighbors import update
-    from pipelines.neighbors.stage import filter_codes, load_embeddings
+    from lookalike.neighbors import update
+    from lookalike.neighbors.stage import filter_codes, load_embeddings
 
     wh = Warehouse.of(cfg)
     as_of = as_of_text(as_of)
@@ -284,7 +284,7 @@ def _known_photos(item_ids: list[str], earlier: pa.Table, night_catalog: pa.Tabl
 def _embedded(cfg: Config, table: pa.Table, served: dict, version: str, dim: int) -> tuple[pa.Table, int]:
     """The photos without a vector embedded by the night's served system (its projection too, stored the
     way the night stores its vectors); one that no longer decodes is left out with its reason."""
-    from pipelines.embed.stage import embed_frames
+    from lookalike.embed.stage import embed_frames
 
     todo = pc.and_(pc.is_valid(table.column("image")), pc.is_null(table.column("embedding")))
     todo = todo.to_numpy(zero_copy_only=False).astype(bool)
@@ -350,7 +350,7 @@ def _finished(wh: Warehouse, night: Night, as_of: str) -> dict:
 def publish_hour(cfg: Config, as_of: str) -> dict:
     """Check the hour's lists and publish them as the night's ``item_neighbors_intraday`` partition, in one
     manifest switch. A stale hour, or one older than the hour published, publishes nothing."""
-    from pipelines.publish.checks import check_neighbors
+    from lookalike.publish.checks import check_neighbors
 
     wh = Warehouse.of(cfg)
     as_of = as_of_text(as_of)
@@ -398,8 +398,8 @@ def _catalogue_ids(night_ids: pa.Array, changes: pa.Table) -> pa.Table:
 
 def handoff_hour(cfg: Config, as_of: str) -> dict:
     """The published hour's lists into every store's live generation of the night (``patch_live``)."""
-    from pipelines.online.handoff import patch_live
-    from pipelines.online.lists import BY_NAME, lists_of
+    from lookalike.online.handoff import patch_live
+    from lookalike.online.lists import BY_NAME, lists_of
 
     as_of = as_of_text(as_of)
     if not cfg.serving.sink_names or "item_neighbors" not in cfg.serving.table_names:

@@ -1,12 +1,12 @@
 """The all-items search as Spark tasks, for catalogues one machine cannot search overnight.
 
 The driver plans, builds and tunes each group's index as in one process
-(:func:`pipelines.neighbors.stage.build_neighbors`) and writes it, once, with the vectors, the
+(:func:`lookalike.neighbors.stage.build_neighbors`) and writes it, once, with the vectors, the
 item ids and the filter codes, to a folder of the work area (:class:`SearchFolder`; a shared
 volume on a cluster, as for embed). The queries are split into ranges of
 ``neighbors.block_size``, one Spark task each. A task's Python worker loads the folder once
 (vectors memory-mapped, each index read once, worker reuse on), searches its range with
-:func:`~pipelines.neighbors.search.search_blocks` — the same blocks, filters and refills as in
+:func:`~lookalike.neighbors.search.search_blocks` — the same blocks, filters and refills as in
 one process — and writes its rows itself, as one Parquet part of ``item_neighbors``, handing
 back only counts. So the rows are those of the in-process search, and nothing but counts goes
 through the driver.
@@ -14,7 +14,7 @@ through the driver.
 The night's update runs the same way (``add_group(..., update=...)``): the driver saves each
 group's previous lists, its reverse-search index and the fresh items' own reverse search once,
 and each task brings its range's lists up to date with
-:func:`~pipelines.neighbors.incremental.update_lists`, the in-process code. Either way each task
+:func:`~lookalike.neighbors.incremental.update_lists`, the in-process code. Either way each task
 also writes its range's lists with their margin (``lists-*.npz``), which the driver gathers into
 ``neighbor_lists`` for the next night.
 """
@@ -33,8 +33,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import faults, schemas
-from pipelines.neighbors.search import (Exclusions, FaissIndexSearcher, FlatSearcher, KeyedSearcher, Lists, Plan,
+from lookalike import faults, schemas
+from lookalike.neighbors.search import (Exclusions, FaissIndexSearcher, FlatSearcher, KeyedSearcher, Lists, Plan,
                                         Searcher, TorchSearcher, search_blocks)
 
 SEARCH_DIR = "_neighbors_search"  # in the ds's work area while the Spark search runs
@@ -166,7 +166,7 @@ def _group(loaded: _Loaded, folder: str, g: int, threads: int) -> tuple[Searcher
 
         faiss.omp_set_num_threads(threads)  # Spark's task slots, not FAISS's thread pool, use the cores
         if entry["kind"] == "torch":
-            from pipelines.embed.stage import task_device
+            from lookalike.spark import task_device
 
             searcher: Searcher = TorchSearcher(loaded.vectors, candidates, task_device())
         else:
@@ -177,9 +177,9 @@ def _group(loaded: _Loaded, folder: str, g: int, threads: int) -> tuple[Searcher
 
 def _update_range(loaded: _Loaded, folder: str, g: int, start: int, stop: int, searcher: Searcher,
                   members: np.ndarray, candidates: np.ndarray) -> tuple[Lists, dict]:
-    """The range's lists brought up to date, as :func:`pipelines.neighbors.update.update_neighbors` does
+    """The range's lists brought up to date, as :func:`lookalike.neighbors.update.update_neighbors` does
     for the whole group in one process."""
-    from pipelines.neighbors.incremental import update_lists
+    from lookalike.neighbors.incremental import update_lists
 
     entry, stem = loaded.meta["groups"][g]["update"], Path(folder) / f"group-{g}-update"
     previous = Lists(*(np.array(np.load(stem / f"{name}.npy", mmap_mode="r")[start:stop])
@@ -195,7 +195,7 @@ def _update_range(loaded: _Loaded, folder: str, g: int, start: int, stop: int, s
 def search_ranges(batches: Iterator[pa.RecordBatch], folder: str, parts: str, threads: int) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: (group, start, stop) rows → each range searched, its rows written to
     ``parts/part-<group>-<start>.parquet`` (a retried task writes the same file again), its counts."""
-    from pipelines.neighbors.output import neighbor_table
+    from lookalike.neighbors.output import neighbor_table
 
     loaded = _load(folder)
     k, length = loaded.meta["k"], loaded.meta["length"]
@@ -251,7 +251,7 @@ def search_on_spark(cfg, search: SearchFolder, out: Path, lists_out=None) -> dic
     Returns {group: {"rows", "items", "same_image_rows", ...}} and the job's tasks and seconds."""
     from pyspark.sql import types as T
 
-    from pipelines.spark import ship_package, spark_session
+    from lookalike.spark import ship_package, spark_session
 
     search.close()
     parts = out / PARTS_DIR

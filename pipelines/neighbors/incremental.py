@@ -22,7 +22,7 @@ With exact search the result equals :func:`full_lists` of every item on the same
 neighbours, same order (``tests/neighbors/test_incremental.py``, hypothesis). With an approximate
 index for step 3 the lists are as good as the index (recall measured against exact search).
 Filters (same seller, same photo; a category rule by searching each category as its own group)
-hold exactly as in the full search, through the same :class:`~pipelines.neighbors.search.Exclusions`.
+hold exactly as in the full search, through the same :class:`~lookalike.neighbors.search.Exclusions`.
 """
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ from typing import Callable
 
 import numpy as np
 
-from pipelines import faults
-from pipelines.neighbors import search
-from pipelines.neighbors.search import (NO_POS, Exclusions, FlatSearcher, Lists, Searcher, _keep, _sort_key,
+from lookalike import faults
+from lookalike.neighbors import search
+from lookalike.neighbors.search import (NO_POS, Exclusions, FlatSearcher, Lists, Searcher, _keep, _sort_key,
                                         canonical, full_lists, higher_bar)
 
 Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]  # (row, neighbour position, score), one entry each

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines import faults, schemas
-from pipelines.neighbors.search import NO_POS, Lists
+from lookalike import faults, schemas
+from lookalike.neighbors.search import NO_POS, Lists
 
 
 def neighbor_table(ds: str, version: str, ids: pa.Array, image_codes: np.ndarray,

@@ -18,7 +18,7 @@ canonical order (score descending, then item order, so ties are ordered by item 
 to the caller before the next block is searched, so memory holds the vectors, the index and
 one block of results. A row that filtering left short is searched again with a deeper list.
 Each list may keep a margin beyond k with a bar (:class:`Lists`), from which
-:mod:`pipelines.neighbors.incremental` updates it the next night.
+:mod:`lookalike.neighbors.incremental` updates it the next night.
 """
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipelines.config import CHOICES
-from pipelines.errors import ConfigError
+from lookalike.config import CHOICES
+from lookalike.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
 """The neighbors stage: the top-k similar on-sale items of every embedded catalogue item.
 
 Reads the ds's embeddings and catalogue from the work area, plans an index for the candidates
-(``pipelines.neighbors.search``), tunes it to ``neighbors.recall_target`` on a query sample,
+(``lookalike.neighbors.search``), tunes it to ``neighbors.recall_target`` on a query sample,
 then searches every item block by block and streams each block's rows into one Parquet file,
 so memory holds the vectors, the index and one block of results. From
 ``neighbors.spark_min_items`` items on, the blocks are searched as Spark tasks instead, each
-writing its own part (``pipelines.neighbors.distributed``), with the same rows. Statistics (index, knob,
+writing its own part (``lookalike.neighbors.distributed``), with the same rows. Statistics (index, knob,
 measured recall, timings) go to ``neighbors_stats.json`` beside the table and into the run
 record at publish.
 """
@@ -23,13 +23,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines import schemas
-from pipelines.config import Config, NeighborsConfig
-from pipelines.errors import LookalikeError
-from pipelines.neighbors import distributed
-from pipelines.neighbors.output import ListsCollector, StreamingParquet, neighbor_table, positions_in, write_rows
-from pipelines.neighbors.search import Plan, build_searcher, filters_of, plan_index, search_blocks, tune
-from pipelines.storage import Warehouse, atomic_write_text
+from lookalike import schemas
+from lookalike.config import Config, NeighborsConfig
+from lookalike.errors import LookalikeError
+from lookalike.neighbors import distributed
+from lookalike.neighbors.describe import describe_mode, describe_recall
+from lookalike.neighbors.output import ListsCollector, StreamingParquet, neighbor_table, positions_in, write_rows
+from lookalike.neighbors.search import Plan, build_searcher, filters_of, plan_index, search_blocks, tune
+from lookalike.storage import Warehouse, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def build_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfig
     item (-1 = unknown), used by the same-category, same-seller and same-image options. With
     ``spark`` = (config, search folder, output folder) the indexes are planned, built and tuned
     here, and the search runs as Spark tasks that write their parts into the output folder
-    (:mod:`pipelines.neighbors.distributed`); ``writer`` is not used. ``lists_out``, when
+    (:mod:`lookalike.neighbors.distributed`); ``writer`` is not used. ``lists_out``, when
     given, collects each block's lists with their margin (``neighbor_lists``) for the next night;
     ``keep_index(index, plan, tuning)``, when given, gets a single group's inverted-file index once it
     has searched every item (the next nights carry it forward).
@@ -162,23 +163,10 @@ def build_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfig
     return stats
 
 
-def describe_recall(stats: dict) -> str:
-    """How a run's neighbours were found, in words (the log line, the summary, the report):
-    "exact search", or the recall@k measured against exact search with its sample and knob."""
-    approximate = [g for g in stats.get("groups", []) if not g.get("exact")]
-    if not approximate:
-        return "exact search"
-    if "sample" not in approximate[0]:  # an update that searched nothing again: the kept lists' index
-        return f"lists kept from {stats.get('previous_ds')}'s {approximate[0]['index']} search"
-    group = approximate[0]
-    return (f"recall@{stats['k']} {stats['recall_at_k']:.3f} against exact search on {group['sample']} sampled "
-            f"queries ({group['knob']}={group['value']})")
-
-
 def run_neighbors(cfg: Config, ds: str, full: bool = False) -> dict[str, str]:
     """The ds's item_neighbors (and the lists the next night starts from): updated from the previous
-    night's lists when little changed, else searched in full (``pipelines.neighbors.update.decide``)."""
-    from pipelines.neighbors import update
+    night's lists when little changed, else searched in full (``lookalike.neighbors.update.decide``)."""
+    from lookalike.neighbors import update
 
     wh = Warehouse.of(cfg)
     emb = wh.work(ds, "item_embeddings")
@@ -222,7 +210,7 @@ def run_neighbors(cfg: Config, ds: str, full: bool = False) -> dict[str, str]:
                                             index_out=index_out, spark=spark, **codes)
         else:
             def keep_index(index, plan, tuning):  # keyed by item, for the nights that carry it forward
-                from pipelines.neighbors.search import item_keys, rekey
+                from lookalike.neighbors.search import item_keys, rekey
 
                 keys = item_keys(ids)
                 rekey(index, keys)
@@ -246,11 +234,3 @@ def run_neighbors(cfg: Config, ds: str, full: bool = False) -> dict[str, str]:
              ncfg.k, describe_mode(stats), "+".join(stats["index"]), describe_recall(stats), stats["seconds"],
              f" ({stats['spark']['tasks']} Spark tasks)" if "spark" in stats else "")
     return {"item_neighbors": str(out), "recall_at_k": stats["recall_at_k"], "mode": mode, "why": why}
-
-
-def describe_mode(stats: dict) -> str:
-    """Whether the night updated its lists or searched every item, and why, in words."""
-    if stats.get("mode") == "incremental":
-        return (f"updated from {stats['previous_ds']}'s lists: {stats['fresh']} items added or changed searched, "
-                f"{stats['kept']} kept, {stats['ran_out']} whose margin ran out searched again; {stats['why']}")
-    return f"every item searched: {stats.get('why', 'a full rebuild')}"

@@ -12,7 +12,7 @@
 - otherwise by :func:`update_neighbors`: an item is *fresh* when it is new or its vector, sale
   status, category, seller or photo changed (``changes``); the rest keep their lists, less what
   left, with the fresh items inserted where they now belong
-  (:func:`pipelines.neighbors.incremental.update_lists`).
+  (:func:`lookalike.neighbors.incremental.update_lists`).
 
 Both write ``item_neighbors`` and ``neighbor_lists`` the same way, and ``neighbors_stats.json``
 says which it did and why (the run record and the summary show it).
@@ -30,12 +30,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.config import NeighborsConfig
-from pipelines.neighbors.incremental import update_lists
-from pipelines.neighbors.output import ListsCollector, neighbor_table, positions_in, read_lists, write_rows
-from pipelines.neighbors.search import (KEY_SCHEME, NO_POS, FlatSearcher, KeyedSearcher, Lists, Plan, build_searcher,
+from lookalike.config import NeighborsConfig
+from lookalike.neighbors.incremental import update_lists
+from lookalike.neighbors.output import ListsCollector, neighbor_table, positions_in, read_lists, write_rows
+from lookalike.neighbors.search import (KEY_SCHEME, NO_POS, FlatSearcher, KeyedSearcher, Lists, Plan, build_searcher,
                                         filters_of, item_keys, plan_index, tune)
-from pipelines.storage import Warehouse
+from lookalike.storage import Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def save_index(index, keys: np.ndarray, folder, meta: dict) -> None:
 
 def load_index(folder) -> tuple[object, np.ndarray, dict] | None:
     """(index, the keys it holds, its meta) kept by an earlier night, or None (none kept, or keyed by
-    another scheme than :data:`~pipelines.neighbors.search.KEY_SCHEME`)."""
+    another scheme than :data:`~lookalike.neighbors.search.KEY_SCHEME`)."""
     import faiss
 
     if not (folder / "index.json").exists():
@@ -221,10 +221,10 @@ def update_neighbors(vectors: np.ndarray, ids: pa.Array, *, ncfg: NeighborsConfi
     With an approximate index, ``kept_index`` (``load_index``) is the earlier night's, carried to tonight
     (``carry_index``) and saved to ``index_out`` for the next (unless None: an intraday hour keeps none). With ``spark`` = (config, search folder,
     output folder), as for ``build_neighbors``, the driver prepares each group and the lists are updated
-    as Spark tasks, range by range, by the same code (:mod:`pipelines.neighbors.distributed`).
+    as Spark tasks, range by range, by the same code (:mod:`lookalike.neighbors.distributed`).
     Returns statistics in the shape of ``build_neighbors``'."""
-    from pipelines.neighbors import distributed
-    from pipelines.neighbors.incremental import REVERSE_DEPTH
+    from lookalike.neighbors import distributed
+    from lookalike.neighbors.incremental import REVERSE_DEPTH
 
     k, n = ncfg.k, len(vectors)
     images, exclusions, groups = filters_of(ncfg, n, categories=categories, sellers=sellers, images=images)

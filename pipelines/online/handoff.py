@@ -20,13 +20,13 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines import faults
-from pipelines.config import Config
-from pipelines.errors import LookalikeError, TransientError, classify, describe
-from pipelines.online.lists import (ITEMS, LIST_TABLES, USERS, ListTable, empty_lists, feed_tables, lists_of,
+from lookalike import faults
+from lookalike.config import Config
+from lookalike.errors import LookalikeError, TransientError, classify, describe
+from lookalike.online.lists import (ITEMS, LIST_TABLES, USERS, ListTable, empty_lists, feed_tables, lists_of,
                                     same_list, sample_rows)
-from pipelines.online.store import LIVE, READY, RETIRED, WRITING, Generation, open_store
-from pipelines.storage import Warehouse
+from lookalike.online.store import LIVE, READY, RETIRED, WRITING, Generation
+from lookalike.storage import Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,19 @@ class HandoffCheckFailed(LookalikeError):
 
 class SinkFailed(TransientError):
     """One or more stores could not take the hand-off; the warehouse's tables are published all the same."""
+
+
+def open_store(cfg: Config, name: str):
+    """The store ``name`` (postgres | redis) of ``cfg.serving``, not yet connected."""
+    if name == "postgres":
+        from lookalike.online.postgres_store import PostgresStore
+
+        return PostgresStore(cfg.serving.postgres, cfg.serving.postgres.url)
+    if name == "redis":
+        from lookalike.online.redis_store import RedisStore
+
+        return RedisStore(cfg.serving.redis, cfg.serving.redis.url)
+    raise ValueError(f"unknown store {name!r}")
 
 
 def published_lists(wh: Warehouse, ds: str, feed: str, names: tuple[str, ...]) -> tuple[str, dict, dict]:
@@ -356,7 +369,7 @@ def live_modules(cfg: Config, experiment: str, variants: list[str], items: list[
 
 
 def _table_and_key(cfg: Config, item_id: str, experiment: str | None, user: str | None):
-    from pipelines.experiments.assignment import Arm, Experiment
+    from lookalike.assignment import Arm, Experiment
 
     if experiment is None:
         if user is not None:

@@ -25,11 +25,11 @@ from datetime import datetime, timezone
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines import faults
-from pipelines.config import PostgresSinkConfig, redact_url
-from pipelines.errors import ConfigError, LookalikeError, TransientError
-from pipelines.online.lists import ListTable, plain_ids
-from pipelines.online.store import Generation, required_url
+from lookalike import faults
+from lookalike.config import PostgresSinkConfig, redact_url
+from lookalike.errors import ConfigError, LookalikeError, TransientError
+from lookalike.online.lists import ListTable, plain_ids
+from lookalike.online.store import Generation, required_url
 
 log = logging.getLogger(__name__)
 

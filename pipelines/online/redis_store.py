@@ -24,11 +24,11 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
-from pipelines import faults
-from pipelines.config import RedisSinkConfig, redact_url
-from pipelines.errors import ConfigError, TransientError
-from pipelines.online.lists import ListTable, decode_json, encode_json
-from pipelines.online.store import LIVE, READY, RETIRED, WRITING, Generation, required_url
+from lookalike import faults
+from lookalike.config import RedisSinkConfig, redact_url
+from lookalike.errors import ConfigError, TransientError
+from lookalike.online.lists import ListTable, decode_json, encode_json
+from lookalike.online.store import LIVE, READY, RETIRED, WRITING, Generation, required_url
 
 # The site's read in one round trip: the live generation and the list, atomically.
 LOOKUP_SCRIPT = """

@@ -1,5 +1,5 @@
-"""What every online store offers the hand-off (``pipelines/online/handoff.py``), and the one place a
-store is chosen from the config: ``open_store(cfg, name)``.
+"""What every online store offers the hand-off (``pipelines/online/handoff.py``, where a store is
+chosen from the config: ``open_store(cfg, name)``).
 
 A store keeps *generations*: each is one published run of a feed (``items``: item_neighbors and
 the experiment arms, from lookalike_nightly; ``users``: user_recommendations, from
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from pipelines.config import Config
 
 WRITING, READY, LIVE, RETIRED = "writing", "ready", "live", "retired"
 
@@ -35,21 +34,8 @@ class Generation:
 def required_url(sink: str, url: str, conn_id: str, example: str) -> str:
     """``url``, or a clear error naming the sink and the two places its URL may come from."""
     if not url:
-        from pipelines.errors import ConfigError
+        from lookalike.errors import ConfigError
 
         raise ConfigError(f"serving sink {sink}: no URL; set serving.{sink}.url ({example}) or define the "
                           f"Airflow Connection {conn_id!r}")
     return url
-
-
-def open_store(cfg: Config, name: str):
-    """The store ``name`` (postgres | redis) of ``cfg.serving``, not yet connected."""
-    if name == "postgres":
-        from pipelines.online.postgres_store import PostgresStore
-
-        return PostgresStore(cfg.serving.postgres, cfg.serving.postgres.url)
-    if name == "redis":
-        from pipelines.online.redis_store import RedisStore
-
-        return RedisStore(cfg.serving.redis, cfg.serving.redis.url)
-    raise ValueError(f"unknown store {name!r}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pipelines.config import Config, ConfigError
+from lookalike.config import Config, ConfigError
 
 FAILED_SUBJECT = ("Lookalike: task {{ ti.task_id }} of {{ ti.dag_id }} failed for "
                   "{{ params.ds or dag_run.partition_key or ds }}")

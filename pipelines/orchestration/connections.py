@@ -17,7 +17,7 @@ import logging
 import os
 from typing import Mapping
 
-from pipelines.config import ConfigError, load_config, redact_url
+from lookalike.config import ConfigError, load_config, redact_url
 
 log = logging.getLogger("lookalike")
 

@@ -13,9 +13,9 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Asset, CronPartitionTimetable, Param, PartitionedAssetTimetable
 from airflow.sdk.bases.decorator import task_decorator_factory
 
-from pipelines import tables
-from pipelines.orchestration.alerts import approval_notifiers, failure_notifiers, publish_deadline
-from pipelines.config import Config, ConfigError, load_config
+from lookalike import tables
+from lookalike.orchestration.alerts import approval_notifiers, failure_notifiers, publish_deadline
+from lookalike.config import Config, ConfigError, load_config
 
 log = logging.getLogger("lookalike")
 
@@ -73,7 +73,7 @@ class LookalikeTask(_PythonDecoratedOperator):
     (pipelines/orchestration/lineage.py; used only when the OpenLineage provider is installed)."""
 
     def get_openlineage_facets_on_start(self):
-        from pipelines.orchestration.lineage import operator_lineage
+        from lookalike.orchestration.lineage import operator_lineage
 
         return operator_lineage(self.dag_id, self.task_id)
 

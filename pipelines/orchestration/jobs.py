@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Callable
 
-from pipelines.errors import report
+from lookalike.errors import report
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -28,21 +28,21 @@ def iso_date(text: str) -> str:
 
 
 def _extract(cfg, ds, args):
-    from pipelines.extract.stage import run_extract
+    from lookalike.extract.stage import run_extract
 
     return run_extract(cfg, ds)
 
 
 def _train(cfg, ds, args):
-    from pipelines.train.stage import run_train
+    from lookalike.train.stage import run_train
 
     return run_train(cfg, ds)
 
 
 def _evaluate(cfg, ds, args):
-    from pipelines import registry
-    from pipelines.evaluate.stage import run_evaluate
-    from pipelines.storage import ModelStore
+    from lookalike import registry
+    from lookalike.evaluate.stage import run_evaluate
+    from lookalike.storage import ModelStore
 
     store = ModelStore.at(cfg.models)
     trained = [v["version"] for v in registry.list_versions(store) if v.get("snapshot", {}).get("ds") == ds]
@@ -51,39 +51,39 @@ def _evaluate(cfg, ds, args):
 
 
 def _embed(cfg, ds, args):
-    from pipelines.embed.stage import run_embed
+    from lookalike.embed.stage import run_embed
 
     return run_embed(cfg, ds)
 
 
 def _neighbors(cfg, ds, args):
-    from pipelines.neighbors.stage import run_neighbors
+    from lookalike.neighbors.stage import run_neighbors
 
     return run_neighbors(cfg, ds, full=args.full)
 
 
 def _experiments(cfg, ds, args):
-    from pipelines.experiments.stage import run_experiments
+    from lookalike.experiments.stage import run_experiments
 
     return run_experiments(cfg, ds)
 
 
 def _publish(cfg, ds, args):
-    from pipelines.publish.stage import run_publish
+    from lookalike.publish.stage import run_publish
 
     return run_publish(cfg, ds)
 
 
 def _userrec(cfg, ds, args):
-    from pipelines.publish.stage import publish_user_recs
-    from pipelines.userrec.stage import run_userrec
+    from lookalike.publish.stage import publish_user_recs
+    from lookalike.userrec.stage import run_userrec
 
     result = run_userrec(cfg, ds)
     return {**result, "published": None if args.no_publish else publish_user_recs(cfg, ds)}
 
 
 def _handoff(cfg, ds, args):
-    from pipelines.online.handoff import run_handoff
+    from lookalike.online.handoff import run_handoff
 
     return run_handoff(cfg, ds, "users" if args.users else "items")
 
@@ -100,7 +100,7 @@ STAGES = {stage.name: stage for stage in [
     Stage("extract", "Extract the snapshot, catalogue and interaction log of one ds from the source. Photos are "
           "decoded on Spark from extract.spark_min_rows listings on (spark-submit jobs/extract.py).", _extract),
     Stage("train", "Fine-tune SigLIP on one ds's snapshot and register the result as a candidate model. "
-          "Data-parallel: torchrun --nproc_per_node N -m jobs.train --ds YYYY-MM-DD (one rank per GPU; gloo on "
+          "Data-parallel: torchrun --nproc_per_node N -m lookalike.jobs.train --ds YYYY-MM-DD (one rank per GPU; gloo on "
           "CPU). A rerun of the same ds and config resumes from its last checkpoint, or reuses the finished "
           "model.", _train),
     Stage("evaluate", "Score a model against the baselines on one ds's interaction log; promote it if it wins. "
@@ -142,8 +142,8 @@ def stage_parser(stage: Stage) -> argparse.ArgumentParser:
 
 def main(name: str, argv: list[str] | None = None) -> int:
     """Parse ``--config/--ds`` and the stage's flags, run it, print its result as JSON."""
-    from pipelines.config import load_config
-    from pipelines.orchestration.launch import write_result
+    from lookalike.config import load_config
+    from lookalike.orchestration.launch import write_result
 
     stage = STAGES[name]
     args = stage_parser(stage).parse_args(argv)

@@ -2,16 +2,16 @@
 
 - ``embed.launcher: spark-submit``: ``spark-submit --master <spark.master> … jobs/embed.py``, so
   the driver and executors are the cluster's, not the Airflow worker's;
-- ``train.launcher: torchrun``: ``torchrun --nproc_per_node N -m jobs.train`` on the GPU worker
+- ``train.launcher: torchrun``: ``torchrun --nproc_per_node N -m lookalike.jobs.train`` on the GPU worker
   (one rank per GPU, DDP);
 - ``extract.launcher: spark-submit``: ``spark-submit … jobs/extract.py``, photos decoded on the
   cluster's executors;
 - ``in-process`` (the default, and the embedded demo): the stage runs inside the task, except
   training and extract inside a daemonic process (a Celery prefork worker's task): they start
   processes (DataLoader workers, decode processes), which a daemonic process may not have, so
-  they run as ``python -m jobs.train`` / ``python -m jobs.extract``.
+  they run as ``python -m lookalike.jobs.train`` / ``python -m lookalike.jobs.extract``.
 
-One code path: a job is the stage's own entrypoint in ``jobs/`` (``pipelines.orchestration.jobs``), the one an engineer runs by
+One code path: a job is the stage's own entrypoint in ``jobs/`` (``lookalike.orchestration.jobs``), the one an engineer runs by
 hand, started with the task's environment (its config file and the run's overrides). It writes
 its result, the dict the in-process call returns, to ``LOOKALIKE_RESULT_FILE``; the task reads
 it back for XCom. Exit status 2 means bad input (the task fails without retrying); any other
@@ -34,9 +34,9 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Mapping
 
-from pipelines.config import CHOICES, Config, ConfigError
-from pipelines.errors import BAD_INPUT, EXIT_STATUS, TRANSIENT, LookalikeError, TransientError
-from pipelines.processes import die_with_parent
+from lookalike.config import CHOICES, Config, ConfigError
+from lookalike.errors import BAD_INPUT, EXIT_STATUS, TRANSIENT, LookalikeError, TransientError
+from lookalike.processes import die_with_parent
 
 log = logging.getLogger("lookalike")
 
@@ -82,19 +82,19 @@ def _starts_processes(cfg: Config, stage: str) -> bool:
 
 def job_file(stage: str) -> str:
     """``jobs/<stage>.py`` of the installed package, the file spark-submit runs. Found, not
-    imported: the library never imports ``jobs``."""
+    imported: the library never imports ``lookalike.jobs``."""
     import importlib.util
 
-    return str(Path(importlib.util.find_spec("jobs").submodule_search_locations[0]) / f"{stage}.py")
+    return str(Path(importlib.util.find_spec("lookalike.jobs").submodule_search_locations[0]) / f"{stage}.py")
 
 
 def job_command(cfg: Config, stage: str, ds: str) -> list[str] | None:
     """The command that runs ``stage`` for ``ds`` as a job, or None to run it in-process."""
     launcher = launcher_of(cfg, stage)
     if launcher == IN_PROCESS and _starts_processes(cfg, stage) and _in_daemonic_process():
-        return [sys.executable, "-m", f"jobs.{stage}", "--ds", ds]
+        return [sys.executable, "-m", f"lookalike.jobs.{stage}", "--ds", ds]
     if launcher == "spark-submit":
-        from pipelines.spark import spark_conf
+        from lookalike.spark import spark_conf
 
         conf = [arg for key, value in spark_conf(cfg).items() if key != "spark.master"
                 for arg in ("--conf", f"{key}={value}")]
@@ -103,7 +103,7 @@ def job_command(cfg: Config, stage: str, ds: str) -> list[str] | None:
     if launcher == "torchrun":
         ranks = str(cfg.train.nproc_per_node) if cfg.train.nproc_per_node > 0 else "gpu"
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", ranks,
-                "-m", "jobs.train", "--ds", ds]
+                "-m", "lookalike.jobs.train", "--ds", ds]
     return None
 
 

@@ -1,13 +1,13 @@
 """What each task reads and writes, as real datasets, for OpenLineage (the ``apache-airflow-providers-openlineage``
 provider, in the ``airflow`` extra).
 
-Every Lookalike task is a :class:`~pipelines.orchestration.dag_common.LookalikeTask` (``dag_common.task``), whose
+Every Lookalike task is a :class:`~lookalike.orchestration.dag_common.LookalikeTask` (``dag_common.task``), whose
 ``get_openlineage_facets_on_start`` and ``..._on_complete`` the provider calls (from a forked process): they name
 the datasets of :data:`DATASETS` where they live, from the config the task ran with (its Connections applied,
 kept by ``remember``; before the task ran, the config and the environment alone), following OpenLineage's naming: the listings database
 and its tables (``postgres://host:port`` + ``db.schema.table``; a SQLite file: ``sqlite://<path>`` + the table),
 the image store and the model store (``file`` + the path, or ``s3://bucket`` + the key), each stage's work-area
-output, each published table where it lives (with its schema facet, from :mod:`pipelines.schemas`), and the
+output, each published table where it lives (with its schema facet, from :mod:`lookalike.schemas`), and the
 online stores. No credential is part of a name. Without the provider nothing here is imported.
 """
 from __future__ import annotations
@@ -103,8 +103,8 @@ def _store(cfg, table: str) -> list[tuple[str, str]]:
 
 def resolve(cfg, name: str) -> list[tuple[str, str, str | None]]:
     """The datasets a name of :data:`DATASETS` stands for: (namespace, name, published table for its schema)."""
-    from pipelines import tables
-    from pipelines.storage import Warehouse
+    from lookalike import tables
+    from lookalike.storage import Warehouse
 
     kind, _, what = name.partition(":")
     if kind == "source":
@@ -127,7 +127,7 @@ def resolve(cfg, name: str) -> list[tuple[str, str, str | None]]:
 def _schema_facet(table: str):
     from openlineage.client.facet_v2 import schema_dataset
 
-    from pipelines import schemas
+    from lookalike import schemas
 
     return schema_dataset.SchemaDatasetFacet(fields=[
         schema_dataset.SchemaDatasetFacetFields(name=f.name, type=str(f.type)) for f in schemas.PUBLISHED[table]])
@@ -138,7 +138,7 @@ def operator_lineage(dag_id: str, task_id: str):
     from airflow.providers.openlineage.extractors.base import OperatorLineage
     from openlineage.client.event_v2 import Dataset
 
-    from pipelines.config import load_config
+    from lookalike.config import load_config
 
     inputs, outputs = DATASETS.get((dag_id, task_id), ((), ()))
     cfg = load_config(environ=_RESOLVED.get("environ") or os.environ)

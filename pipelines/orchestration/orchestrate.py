@@ -13,9 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipelines.config import CONFIG_ENV, Config
-from pipelines.errors import LookalikeError
-from pipelines.resources import dags_folder
+from lookalike.config import CONFIG_ENV, Config
+from lookalike.errors import LookalikeError
+from lookalike.resources import dags_folder
 
 # structlog console lines: "<timestamp> [<level>] <message> [<logger>] key=value …"
 EXCEPTION_LINE = re.compile(r"^([\w.]+\.)?\w*(Error|Exception|Failed)\w*: ")
@@ -52,7 +52,7 @@ def _console_line(line: str) -> str | None:
     if not m:
         return f"         {line.rstrip()}" if EXCEPTION_LINE.match(line) else None
     _, clock, level, message, logger = m.groups()
-    if logger.startswith(("pipelines", "lookalike")):
+    if logger.startswith("lookalike"):
         return f"{clock}  {message}"
     if message.startswith("[DAG TEST] starting task_id="):
         return f"{clock}  ── task {message.split('task_id=')[1].split()[0]}"

@@ -10,8 +10,8 @@ import logging
 import os
 from datetime import date
 
-from pipelines.config import load_config
-from pipelines.errors import BAD_INPUT, TRANSIENT, LookalikeError, classify, describe
+from lookalike.config import load_config
+from lookalike.errors import BAD_INPUT, TRANSIENT, LookalikeError, classify, describe
 
 log = logging.getLogger("lookalike")
 
@@ -76,8 +76,8 @@ def environ_for(context: dict) -> dict[str, str]:
     """The task's environment with the run's params (``window_days``, ``k``, ``accept_drift``) as config overrides,
     and the credentials of the configured Airflow Connections (pipelines/orchestration/connections.py), which
     this task's own process gets too (boto3 reads the object store's from os.environ)."""
-    from pipelines.orchestration import lineage
-    from pipelines.orchestration.connections import airflow_environ, apply_to_process
+    from lookalike.orchestration import lineage
+    from lookalike.orchestration.connections import airflow_environ, apply_to_process
 
     params = context.get("params") or {}
     overrides = {"LOOKALIKE_WINDOW_DAYS": params.get("window_days"), "LOOKALIKE_NEIGHBORS__K": params.get("k"),
@@ -106,7 +106,7 @@ def snapshot_date(context: dict) -> str:
     """The ds lookalike_finetune trains and evaluates on: the newest finished extract (its snapshot) on or
     before the run's ds. A weekly run's logical date is a day whose own snapshot only exists after the next
     night's extract; it takes the newest one there is."""
-    from pipelines.extract.photos import MARKER
+    from lookalike.extract.photos import MARKER
 
     ds, wh = partition_date(context), _warehouse(context)
     done = [day for day in wh.work_days() if day <= ds and wh.work(day, MARKER).exists()]
@@ -121,7 +121,7 @@ def snapshot_date(context: dict) -> str:
 def _launched(context: dict, stage: str, run, ds: str | None = None) -> tuple[str, dict]:
     """(ds, result) of ``run(cfg, ds)``, in this process or as a job, as ``<stage>.launcher`` says; ``ds``:
     the run's partition date unless given."""
-    from pipelines.orchestration.launch import run_stage
+    from lookalike.orchestration.launch import run_stage
 
     environ, ds = environ_for(context), ds or partition_date(context)
     cfg = load_config(environ=environ)
@@ -130,7 +130,7 @@ def _launched(context: dict, stage: str, run, ds: str | None = None) -> tuple[st
 
 @fail_fast_on_bad_input
 def extract(context: dict) -> dict:
-    from pipelines.extract.stage import run_extract
+    from lookalike.extract.stage import run_extract
 
     ds, result = _launched(context, "extract", run_extract)
     _annotate_outlets(context, lambda name: {"ds": ds})
@@ -139,14 +139,14 @@ def extract(context: dict) -> dict:
 
 @fail_fast_on_bad_input
 def train(context: dict) -> dict:
-    from pipelines.train.stage import run_train
+    from lookalike.train.stage import run_train
 
     return _launched(context, "train", run_train, snapshot_date(context))[1]
 
 
 @fail_fast_on_bad_input
 def evaluate(context: dict, model_uri: str) -> dict:
-    from pipelines.evaluate.stage import run_evaluate
+    from lookalike.evaluate.stage import run_evaluate
 
     ds = snapshot_date(context)
     result = run_evaluate(config_for(context), ds, model_uri)
@@ -157,21 +157,21 @@ def evaluate(context: dict, model_uri: str) -> dict:
 
 @fail_fast_on_bad_input
 def embed(context: dict) -> dict:
-    from pipelines.embed.stage import run_embed
+    from lookalike.embed.stage import run_embed
 
     return _launched(context, "embed", run_embed)[1]
 
 
 @fail_fast_on_bad_input
 def neighbors(context: dict) -> dict:
-    from pipelines.neighbors.stage import run_neighbors
+    from lookalike.neighbors.stage import run_neighbors
 
     return run_neighbors(config_for(context), partition_date(context))
 
 
 @fail_fast_on_bad_input
 def experiments(context: dict) -> dict:
-    from pipelines.experiments.stage import run_experiments
+    from lookalike.experiments.stage import run_experiments
 
     return run_experiments(config_for(context), partition_date(context))
 
@@ -181,7 +181,7 @@ def publish(context: dict) -> dict:
     """Publish the ds, then annotate the task's Asset events (one per ``lookalike.<table>`` outlet). A ds the
     drift gate refuses skips this task (no Asset event: nothing was published) with the refusal in XCom
     (``refused``) for ``approve_drift``, which asks an operator."""
-    from pipelines.publish.stage import DriftRefused, run_publish
+    from lookalike.publish.stage import DriftRefused, run_publish
 
     try:
         result = _publish_and_annotate(context, run_publish)
@@ -204,7 +204,7 @@ def publish(context: dict) -> dict:
 def publish_accepted(context: dict) -> dict:
     """Publish a ds the drift gate refused and an operator approved (``approve_drift``), with the drift accepted
     and who approved it, and when, in the run record."""
-    from pipelines.publish.stage import run_publish
+    from lookalike.publish.stage import run_publish
 
     answer = context["ti"].xcom_pull(task_ids="approve_drift") or {}
     user = answer.get("responded_by_user") or {}
@@ -217,7 +217,7 @@ def publish_accepted(context: dict) -> dict:
 
 
 def _warehouse(context: dict):
-    from pipelines.storage import Warehouse
+    from lookalike.storage import Warehouse
 
     return Warehouse.of(config_for(context))
 
@@ -226,7 +226,7 @@ def _night_metrics(context: dict) -> None:
     """The published night's gauges (pipelines/orchestration/metrics.py), from its run record."""
     import json
 
-    from pipelines.orchestration import metrics
+    from lookalike.orchestration import metrics
 
     ds, wh = partition_date(context), _warehouse(context)
     stats = wh.work(ds, "embed_stats.json")
@@ -252,7 +252,7 @@ def _publish_and_annotate(context: dict, publish_fn) -> dict:
 
 @fail_fast_on_bad_input
 def userrec(context: dict) -> dict:
-    from pipelines.userrec.stage import run_userrec
+    from lookalike.userrec.stage import run_userrec
 
     result = run_userrec(config_for(context), partition_date(context))
     return {k: v for k, v in result.items() if k != "metrics"} | {"multimodal": result["metrics"].get("multimodal")}
@@ -261,7 +261,7 @@ def userrec(context: dict) -> dict:
 @fail_fast_on_bad_input
 def publish_user_recs(context: dict) -> dict:
     """Publish the ds's user recommendations, then annotate the task's Asset events."""
-    from pipelines.publish.stage import publish_user_recs as publish
+    from lookalike.publish.stage import publish_user_recs as publish
 
     return _publish_and_annotate(context, publish)
 
@@ -270,8 +270,8 @@ def publish_user_recs(context: dict) -> dict:
 def handoff(context: dict, feed: str) -> dict:
     """Hand the ds's published ``feed`` (items, users) to the online stores; a store that is down fails
     this task alone (transient: retried with backoff), the published tables stand."""
-    from pipelines.online.handoff import run_handoff
-    from pipelines.orchestration import metrics
+    from lookalike.online.handoff import run_handoff
+    from lookalike.orchestration import metrics
 
     result = run_handoff(config_for(context), partition_date(context), feed)
     metrics.emit(metrics.served(result, feed))
@@ -281,7 +281,7 @@ def handoff(context: dict, feed: str) -> dict:
 def hour_of(context: dict) -> str:
     """The time an intraday run applies the changes up to: the ``as_of`` param, else the run's logical date
     (a scheduled run: on the hour), else when it was triggered."""
-    from pipelines.intraday.stage import as_of_text
+    from lookalike.intraday.stage import as_of_text
 
     params = context.get("params") or {}
     run = context.get("dag_run")
@@ -291,10 +291,10 @@ def hour_of(context: dict) -> str:
 @fail_fast_on_bad_input
 def intraday(context: dict, step: str) -> dict:
     """One step of an intraday hour (update, publish, handoff) for the run's ``as_of``."""
-    from pipelines.intraday import stage
+    from lookalike.intraday import stage
 
     run = {"update": stage.run_hour, "publish": stage.publish_hour, "handoff": stage.handoff_hour}[step]
-    from pipelines.orchestration import metrics
+    from lookalike.orchestration import metrics
 
     result = run(config_for(context), hour_of(context))
     if step == "publish" and "skipped" not in result:
@@ -306,6 +306,6 @@ def intraday(context: dict, step: str) -> dict:
 
 @fail_fast_on_bad_input
 def report(context: dict) -> dict:
-    from pipelines.tools.report import build_report
+    from lookalike.publish.report import build_report
 
     return {"report": str(build_report(config_for(context), partition_date(context)))}

@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from pipelines.publish.checks import register
-from pipelines.storage import Warehouse
+from lookalike.publish.checks import register
+from lookalike.storage import Warehouse
 
 QUANTILES = (0.1, 0.5, 0.9)
 OVERLAP_SAMPLE = 5_000  # items whose lists are compared with the previous day

@@ -3,7 +3,7 @@
 Nothing is published unless every check passes; a failing run raises with the list of failures
 and the previous partitions stay exactly as they were. The tables are written under a fresh
 run prefix of the warehouse (local or S3) and become visible together when the manifest
-switches (see ``pipelines.storage``); a rerun of the ds replaces its partitions instead of
+switches (see ``lookalike.storage``); a rerun of the ds replaces its partitions instead of
 adding rows. The run's record (rows per table, neighbour-index statistics, config) is written
 to ``_runs/<ds>.json`` beside the tables.
 """
@@ -17,13 +17,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines import code_version, faults, schemas, tables
-from pipelines.publish import drift
-from pipelines.config import Config
-from pipelines.errors import LookalikeError
-from pipelines.extract import photos
-from pipelines.publish.checks import check_embeddings, check_neighbors, check_recommendations, check_rows
-from pipelines.storage import Warehouse, write_parquet
+from lookalike import code_version, faults, schemas, tables
+from lookalike.publish import drift
+from lookalike.config import Config
+from lookalike.errors import LookalikeError
+from lookalike.extract import photos
+from lookalike.publish.checks import check_embeddings, check_neighbors, check_recommendations, check_rows
+from lookalike.storage import Warehouse, write_parquet
 
 log = logging.getLogger(__name__)
 

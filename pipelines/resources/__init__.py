@@ -1,6 +1,6 @@
 """The files Lookalike runs besides its code, found in the installed package (importlib.resources)
-wherever it is installed: the SQL of the repository's ``sql/`` folder (package ``pipelines.sql``),
-the DAG files of ``dags/`` (``pipelines.dags``) and the scripts beside this module.
+wherever it is installed: the SQL of the repository's ``sql/`` folder (package ``lookalike.sql``),
+the DAG files of ``dags/`` (``lookalike.dags``) and the scripts beside this module.
 
 In a checkout (an editable install) these are the repository's own folders, so an edit to
 ``sql/extract/listings_window.sql`` is what the next run reads."""
@@ -16,14 +16,14 @@ def _folder(package: str) -> Path:
 
 def sql_path(*parts: str) -> Path:
     """A file or folder under ``sql/``, e.g. ``sql_path("extract")``."""
-    return _folder("pipelines.sql").joinpath(*parts)
+    return _folder("lookalike.sql").joinpath(*parts)
 
 
 def dags_folder() -> Path:
     """The folder of the DAG files, for ``AIRFLOW__CORE__DAGS_FOLDER``."""
-    return _folder("pipelines.dags")
+    return _folder("lookalike.dags")
 
 
 def script_path(name: str) -> Path:
     """A script shipped beside this module (``gpu-discovery.sh``)."""
-    return _folder("pipelines.resources").joinpath(name)
+    return _folder("lookalike.resources").joinpath(name)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from pipelines.errors import LookalikeError
-from pipelines.sample.marketplace import SCHEMA_SQL
+from lookalike.errors import LookalikeError
+from lookalike.sample.marketplace import SCHEMA_SQL
 
 TIMESTAMPS = {"created_at", "updated_at", "ts"}
 
@@ -53,7 +53,7 @@ def load_database(sample_dir: Path, url: str, *, batch: int = 5000) -> dict[str,
 
 def upload_images(images_dir: Path, uri: str, *, threads: int = 16) -> int:
     """Upload every file under ``images_dir`` to ``s3://bucket/prefix`` with the same relative keys."""
-    from pipelines.objectstore import s3_client, split_s3
+    from lookalike.objectstore import s3_client, split_s3
 
     bucket, prefix = split_s3(uri)
     client = s3_client()

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipelines.sample.images import CATEGORIES, COLOURS, PATTERNS, STYLES, encode, render_product
+from lookalike.sample.images import CATEGORIES, COLOURS, PATTERNS, STYLES, encode, render_product
 
 BRANDS = ("Kumo", "NordLine", "Sakura&Co", "Aoyama", "Fieldday", "Urbanist", "Mori", "Basic Lab", "Hoshi",
           "Trailmark", "Linen House", "Okapi", "Nami", "Redwood", "Studio 9", "Kaze")

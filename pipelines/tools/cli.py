@@ -10,9 +10,9 @@ import sys
 from datetime import date, datetime, timezone
 from pathlib import Path
 
-from pipelines import tables
-from pipelines.errors import LookalikeError, report
-from pipelines.orchestration.jobs import STAGES, iso_date
+from lookalike import tables
+from lookalike.errors import LookalikeError, report
+from lookalike.orchestration.jobs import STAGES, iso_date
 
 def _today() -> str:
     return datetime.now(timezone.utc).date().isoformat()
@@ -26,7 +26,7 @@ def _positive(text: str) -> int:
 
 
 def cmd_sample_data(args) -> int:
-    from pipelines.sample.marketplace import SampleSpec, generate
+    from lookalike.sample.marketplace import SampleSpec, generate
 
     out = Path(args.out)
     print(f"Writing a sample marketplace of {args.items} items and {args.users} users over {args.days} days to {out} …")
@@ -38,7 +38,7 @@ def cmd_sample_data(args) -> int:
     if args.load_into or args.upload_images:
         from sqlalchemy.engine import make_url
 
-        from pipelines.sample.load import load_database, upload_images
+        from lookalike.sample.load import load_database, upload_images
 
         if args.load_into:
             counts = load_database(out, args.load_into)
@@ -51,9 +51,9 @@ def cmd_sample_data(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from pipelines.config import load_config
-    from pipelines.orchestration.orchestrate import PIPELINE, run_pipeline
-    from pipelines.tools.summary import run_summary
+    from lookalike.config import load_config
+    from lookalike.orchestration.orchestrate import PIPELINE, run_pipeline
+    from lookalike.tools.summary import run_summary
 
     cfg = load_config(args.config)
     ds = args.ds or _default_ds(cfg)
@@ -75,9 +75,9 @@ def _default_ds(cfg) -> str:
 
 
 def cmd_summary(args) -> int:
-    from pipelines.config import load_config
-    from pipelines.storage import Warehouse
-    from pipelines.tools.summary import run_summary
+    from lookalike.config import load_config
+    from lookalike.storage import Warehouse
+    from lookalike.tools.summary import run_summary
 
     cfg = load_config(args.config)
     ds = args.ds or Warehouse.of(cfg).latest_ds("item_neighbors")
@@ -88,9 +88,9 @@ def cmd_summary(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from pipelines.config import load_config
-    from pipelines.tools.report import build_report
-    from pipelines.storage import Warehouse
+    from lookalike.config import load_config
+    from lookalike.publish.report import build_report
+    from lookalike.storage import Warehouse
 
     cfg = load_config(args.config)
     ds = args.ds or Warehouse.of(cfg).latest_ds("item_neighbors")
@@ -102,8 +102,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_ab_report(args) -> int:
-    from pipelines.config import load_config
-    from pipelines.experiments.readout import ab_report, describe
+    from lookalike.config import load_config
+    from lookalike.experiments.readout import ab_report, describe
 
     cfg = load_config(args.config)
     exp, rows = ab_report(cfg, args.experiment, args.ds)
@@ -115,8 +115,8 @@ def cmd_ab_report(args) -> int:
 
 
 def cmd_simulate_ab(args) -> int:
-    from pipelines.config import load_config
-    from pipelines.experiments.readout import simulate_ab
+    from lookalike.config import load_config
+    from lookalike.experiments.readout import simulate_ab
 
     cfg = load_config(args.config)
     if args.freshness:
@@ -144,9 +144,9 @@ def cmd_simulate_ab(args) -> int:
 
 
 def _freshness(cfg, args) -> int:
-    from pipelines.experiments.freshness import POLICIES, freshness
-    from pipelines.orchestration.jobs import setup_logging
-    from pipelines.tools.summary import format_table
+    from lookalike.experiments.freshness import POLICIES, freshness
+    from lookalike.orchestration.jobs import setup_logging
+    from lookalike.tools.summary import format_table
 
     setup_logging(logging.WARNING)
     result = freshness(cfg, seed=args.seed, progress=lambda line: print(line, flush=True))
@@ -164,9 +164,9 @@ def _freshness(cfg, args) -> int:
 
 
 def cmd_ddl(args) -> int:
-    from pipelines.config import load_config
-    from pipelines.tools.ddl import render_ddl
-    from pipelines.storage import Warehouse
+    from lookalike.config import load_config
+    from lookalike.tools.ddl import render_ddl
+    from lookalike.storage import Warehouse
 
     print(render_ddl(Warehouse.of(load_config(args.config)), args.engine, schema=args.schema, catalog=args.catalog),
           end="")
@@ -174,10 +174,10 @@ def cmd_ddl(args) -> int:
 
 
 def cmd_query(args) -> int:
-    from pipelines.config import load_config
-    from pipelines.tools.query import run_query
-    from pipelines.storage import Warehouse
-    from pipelines.tools.summary import format_table
+    from lookalike.config import load_config
+    from lookalike.query import run_query
+    from lookalike.storage import Warehouse
+    from lookalike.tools.summary import format_table
 
     if bool(args.sql) == bool(args.file):
         raise LookalikeError("give either a SQL string or --file FILE")
@@ -204,10 +204,10 @@ def cmd_query(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from pipelines import registry
-    from pipelines.config import load_config
-    from pipelines.storage import ModelStore
-    from pipelines.tools.summary import format_table
+    from lookalike import registry
+    from lookalike.config import load_config
+    from lookalike.storage import ModelStore
+    from lookalike.tools.summary import format_table
 
     store = ModelStore.at(load_config(args.config).models)
     if args.action == "list":
@@ -231,9 +231,9 @@ def cmd_models(args) -> int:
 
 
 def cmd_similar(args) -> int:
-    from pipelines.config import load_config
-    from pipelines.online.handoff import similar
-    from pipelines.tools.summary import format_table
+    from lookalike.config import load_config
+    from lookalike.online.handoff import similar
+    from lookalike.tools.summary import format_table
 
     found = similar(load_config(args.config), args.item_id, experiment=args.experiment, user=args.user,
                     sink=args.sink)
@@ -248,9 +248,9 @@ def cmd_similar(args) -> int:
 
 
 def cmd_serving(args) -> int:
-    from pipelines.config import load_config
-    from pipelines.online import handoff
-    from pipelines.tools.summary import format_table
+    from lookalike.config import load_config
+    from lookalike.online import handoff
+    from lookalike.tools.summary import format_table
 
     cfg = load_config(args.config)
     if not cfg.serving.sink_names:
@@ -276,9 +276,9 @@ def cmd_serving(args) -> int:
 
 
 def cmd_intraday(args) -> int:
-    from pipelines.config import load_config
-    from pipelines.intraday.stage import as_of_text, handoff_hour, publish_hour, run_hour
-    from pipelines.orchestration.jobs import setup_logging
+    from lookalike.config import load_config
+    from lookalike.intraday.stage import as_of_text, handoff_hour, publish_hour, run_hour
+    from lookalike.orchestration.jobs import setup_logging
 
     setup_logging()
     cfg = load_config(args.config)
@@ -295,8 +295,8 @@ def cmd_intraday(args) -> int:
 
 
 def cmd_spark_conf(args) -> int:
-    from pipelines.config import load_config
-    from pipelines.spark import spark_conf
+    from lookalike.config import load_config
+    from lookalike.spark import spark_conf
 
     for key, value in spark_conf(load_config(args.config)).items():
         print(f"--conf {key}={value}")
@@ -304,20 +304,20 @@ def cmd_spark_conf(args) -> int:
 
 
 def cmd_dags_folder(args) -> int:
-    from pipelines.resources import dags_folder
+    from lookalike.resources import dags_folder
 
     print(dags_folder())
     return 0
 
 
 def cmd_stage(args, rest: list[str]) -> int:
-    from pipelines.orchestration.jobs import main as run_stage
+    from lookalike.orchestration.jobs import main as run_stage
 
     return run_stage(args.command, rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipelines.sample.marketplace import SampleSpec
+    from lookalike.sample.marketplace import SampleSpec
 
     defaults = SampleSpec()
     parser = argparse.ArgumentParser(prog="lookalike", description=(

@@ -2,11 +2,11 @@
 
 Every key's meaning is the comment beside it in ``config.py`` (on its line, or the comment lines
 just above it), its default the dataclass default, the allowed names and bounds ``CHOICES`` and
-``INTERVALS``. ``python -m pipelines.tools.configdoc`` rewrites the page; a test fails when the page
+``INTERVALS``. ``python -m lookalike.tools.configdoc`` rewrites the page; a test fails when the page
 and the code differ, or when a key has no comment.
 
-    .venv/bin/python -m pipelines.tools.configdoc            # rewrite docs/configuration.md
-    .venv/bin/python -m pipelines.tools.configdoc --check    # exit 1 when it is out of date
+    .venv/bin/python -m lookalike.tools.configdoc            # rewrite docs/configuration.md
+    .venv/bin/python -m lookalike.tools.configdoc --check    # exit 1 when it is out of date
 """
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ import tokenize
 import typing
 from pathlib import Path
 
-from pipelines import config as config_module
+from lookalike import config as config_module
 
 PAGE = Path("docs") / "configuration.md"  # run from the repository root, where the docs are
 
 INTRO = """\
 # Configuration
 
-<!-- Written by `python -m pipelines.tools.configdoc` from pipelines/config.py; edit the comments there. -->
+<!-- Written by `python -m lookalike.tools.configdoc` from lookalike/config.py; edit the comments there. -->
 
 One YAML file (`--config`, or the `LOOKALIKE_CONFIG` variable), one section per stage. Every key
 can be overridden by an environment variable `LOOKALIKE_<SECTION>__<KEY>`
@@ -151,7 +151,7 @@ def undocumented() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write docs/configuration.md from pipelines/config.py.")
+    parser = argparse.ArgumentParser(description="Write docs/configuration.md from lookalike/config.py.")
     parser.add_argument("--check", action="store_true", help="exit 1 when the page is out of date")
     parser.add_argument("--out", type=Path, default=PAGE)
     args = parser.parse_args(argv)
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     text = page()
     if args.check:
         if not args.out.is_file() or args.out.read_text() != text:
-            print(f"{args.out} is out of date: run python -m pipelines.tools.configdoc", file=sys.stderr)
+            print(f"{args.out} is out of date: run python -m lookalike.tools.configdoc", file=sys.stderr)
             return 1
         return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)

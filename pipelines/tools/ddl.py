@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from string import Template
 
-from pipelines.errors import LookalikeError
-from pipelines.resources import sql_path
-from pipelines.storage import PUBLISHED_TABLES, Warehouse
+from lookalike.errors import LookalikeError
+from lookalike.resources import sql_path
+from lookalike.storage import PUBLISHED_TABLES, Warehouse
 
 ENGINES = ("spark", "trino")
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipelines.config import Config
-from pipelines.extract import photos
-from pipelines.neighbors.stage import describe_mode, describe_recall
-from pipelines.storage import PUBLISHED_TABLES, Warehouse
+from lookalike.config import Config
+from lookalike.extract import photos
+from lookalike.neighbors.describe import describe_mode, describe_recall
+from lookalike.storage import PUBLISHED_TABLES, Warehouse
 
 METRIC_LABELS = {("ndcg", 5): "nDCG@5", ("ndcg", 10): "nDCG@10", ("precision", 1): "P@1", ("precision", 3): "P@3",
                  ("recall", 10): "Recall@10", ("mrr", None): "MRR"}

@@ -21,7 +21,6 @@ order ``k = start, start+1, …``.
 """
 from __future__ import annotations
 
-import hashlib
 import re
 import unicodedata
 from collections import OrderedDict
@@ -34,8 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipelines.errors import LookalikeError
-from pipelines.siglip import Preprocess, tokenize
+from lookalike.errors import LookalikeError
+from lookalike.siglip import Preprocess, tokenize
 
 
 TEXT_FIELDS = ("title", "category", "brand", "description", "price")  # what a text template may use
@@ -74,17 +73,6 @@ def group_ids(sha: list[str], texts: list[str] | None) -> np.ndarray:
             else:
                 first[key] = i
     return np.array([find(i) for i in range(len(sha))], dtype=np.int64)
-
-
-def id_hash(item_id: str) -> bytes:
-    """A stable pseudo-random key of an item id: the same on every run and every host."""
-    return hashlib.sha256(item_id.encode()).digest()
-
-
-def is_validation(item_id: str, fraction: float) -> bool:
-    """Stable split by item id: the same items are held out on every run."""
-    h = int.from_bytes(id_hash(item_id)[:4], "big")
-    return h / 2**32 < fraction
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The fine-tuning loop: SigLIP on image–title pairs with the sigmoid loss, one or many ranks.
 
 - Data parallel under ``torchrun`` (DDP; NCCL on GPUs, gloo on CPU) with negatives from the
-  whole global batch (:mod:`pipelines.train.loss`).
+  whole global batch (:mod:`lookalike.train.loss`).
 - AdamW with weight decay on matrices only (norms, biases, embeddings and the loss head are
   spared), linear warmup then cosine decay, gradient clipping, gradient accumulation.
 - bf16 autocast on CUDA (``precision: auto``), optional on CPU; optional freezing of the text
@@ -9,7 +9,7 @@
 - Recipe switches, each measured on real photos (docs/models.md): recolouring, random resized
   crops, an image–image positive term (two views of one photo, as in SLIP), and FLIP's patch
   dropout (:class:`PatchDropout`).
-- Seeded: the batches (:class:`pipelines.train.data.StreamPlan`), the augmentation (one
+- Seeded: the batches (:class:`lookalike.train.data.StreamPlan`), the augmentation (one
   generator per step) and the schedule are functions of the step, so a run resumed from a
   checkpoint ends with the parameters an uninterrupted run reaches. The schedule follows
   whichever budget binds, steps or wall-clock minutes; only the step budget is reproducible.
@@ -28,12 +28,12 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from pipelines import faults
-from pipelines.errors import ConfigError
-from pipelines.siglip import Preprocess, embed_pixels, tokenize
-from pipelines.train.data import Pairs
-from pipelines.train.distributed import World, mean_over_ranks
-from pipelines.train.loss import global_sigmoid_loss
+from lookalike import faults
+from lookalike.errors import ConfigError
+from lookalike.siglip import Preprocess, embed_pixels, tokenize
+from lookalike.train.data import Pairs
+from lookalike.train.distributed import World, mean_over_ranks
+from lookalike.train.loss import global_sigmoid_loss
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pipelines.train.distributed import all_gather_no_grad, all_gather_with_grad
+from lookalike.train.distributed import all_gather_no_grad, all_gather_with_grad
 
 
 class SigmoidLoss(torch.nn.Module):

@@ -18,16 +18,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines import registry
-from pipelines.config import Config
-from pipelines.errors import ConfigError
-from pipelines.siglip import (ARCHITECTURES, Preprocess, build_config, init_siglip_head, lowercase_if_expected,
+from lookalike import registry
+from lookalike.config import Config
+from lookalike.errors import ConfigError
+from lookalike.siglip import (ARCHITECTURES, Preprocess, build_config, init_siglip_head, lowercase_if_expected,
                               save_model, train_tokenizer)
-from pipelines.storage import ModelStore, Warehouse
-from pipelines.train.data import (DecodedCache, Pairs, PairStream, SnapshotTexts, StreamPlan, batches_from, fragments,
-                                  group_ids, id_hash, is_validation, load_rows, read_texts)
-from pipelines.train.distributed import World, init_from_env, shutdown
-from pipelines.train.loop import Checkpoints, EarlyStopping, LoopConfig, retrieval_recall, train_siglip
+from lookalike.storage import ModelStore, Warehouse
+from lookalike.ids import id_hash, is_validation
+from lookalike.train.data import (DecodedCache, Pairs, PairStream, SnapshotTexts, StreamPlan, batches_from, fragments,
+                                  group_ids, load_rows, read_texts)
+from lookalike.train.distributed import World, init_from_env, shutdown
+from lookalike.train.loop import Checkpoints, EarlyStopping, LoopConfig, retrieval_recall, train_siglip
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def initial_model(cfg: Config, texts: list[str], world: World = World()):
     """
     from transformers import AutoTokenizer, SiglipModel
 
-    from pipelines.siglip import quiet_transformers
+    from lookalike.siglip import quiet_transformers
 
     quiet_transformers()
     init = cfg.model.init
@@ -66,7 +67,7 @@ def initial_model(cfg: Config, texts: list[str], world: World = World()):
         init_siglip_head(model)
         return model, tokenizer, Preprocess(ARCHITECTURES[init]["image_size"], pad=cfg.train.keep_aspect), init, None
     if init.startswith("s3://"):
-        from pipelines.objectstore import local_model_dir
+        from lookalike.objectstore import local_model_dir
 
         if world.is_main:
             local_model_dir(init)  # one download per host; the others wait, then find it cached

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from pipelines.errors import ConfigError
+from lookalike.errors import ConfigError
 
 MODALITIES = ("multimodal", "text", "image", "id")
 

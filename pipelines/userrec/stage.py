@@ -20,16 +20,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from pipelines import registry, schemas
-from pipelines.config import Config
-from pipelines.errors import LookalikeError
-from pipelines.evaluate.metrics import bootstrap_ci
-from pipelines.extract.stage import read_events
-from pipelines.siglip import embed_images, embed_texts, load_model
-from pipelines.storage import ModelStore, Warehouse, atomic_write_text, write_parquet
-from pipelines.userrec.data import (EVENT_TYPES, Sequences, build_sequences, co_interacted_pairs, history_batch, item_prompt,
+from lookalike import registry, schemas
+from lookalike.config import Config
+from lookalike.errors import LookalikeError
+from lookalike.evaluate.metrics import bootstrap_ci
+from lookalike.events import read_events
+from lookalike.siglip import embed_images, embed_texts, load_model
+from lookalike.storage import ModelStore, Warehouse, atomic_write_text, write_parquet
+from lookalike.userrec.data import (EVENT_TYPES, Sequences, build_sequences, co_interacted_pairs, history_batch, item_prompt,
                                     training_windows)
-from pipelines.userrec.model import ItemTower, UserModel, UserTower, mixed_loss
+from lookalike.userrec.model import ItemTower, UserModel, UserTower, mixed_loss
 
 log = logging.getLogger(__name__)
 

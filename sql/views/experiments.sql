@@ -1,5 +1,5 @@
 -- The assignment of users to experiment arms, as DuckDB macros over the published experiment_variants
--- (pipelines/tools/query.py runs this after the views). The same integer as the serving side's hash in
+-- (pipelines/query.py runs this after the views). The same integer as the serving side's hash in
 -- any engine (docs/experiments.md): the first 8 hex digits of md5(salt || ':' || user_id), mod 10000.
 --   select lookalike_bucket('similar-looks', 'u00042');          -- 0 … 9999
 --   select lookalike_variant('similar-looks', 'u00042');         -- the arm on the latest ds

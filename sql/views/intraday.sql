@@ -2,7 +2,7 @@
 -- item_neighbors, with the lists the intraday hours changed since that night (item_neighbors_intraday,
 -- that night's partition: each changed list whole) in their place; an item whose list an hour withdrew
 -- (rank 0: sold, deleted, or short of neighbours) has none. as_of: the time the list holds every change
--- before (the night's cutoff, ds 00:00 UTC, or the hour's). pipelines/tools/query.py creates it after the
+-- before (the night's cutoff, ds 00:00 UTC, or the hour's). pipelines/query.py creates it after the
 -- tables' views; docs/pipeline.md gives the same view for Spark SQL and Trino.
 create view item_neighbors_live as
 with night as (select max(ds) as ds from item_neighbors_all),

@@ -6,10 +6,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import load_config
-from pipelines.embed.stage import run_embed
-from pipelines.extract.stage import run_extract
-from pipelines.storage import Warehouse
+from lookalike.config import load_config
+from lookalike.embed.stage import run_embed
+from lookalike.extract.stage import run_extract
+from lookalike.storage import Warehouse
 from tests.conftest import DS, tiny_model as _model, write_config
 
 NEXT = "2026-11-22"
@@ -87,8 +87,8 @@ def test_rollback_reuses_an_older_partition_of_the_serving_model(setup, tmp_path
 
 
 def test_pca_and_float16_storage(setup, tmp_path):
-    from pipelines.embed.compression import projection_path
-    from pipelines.neighbors.stage import load_embeddings
+    from lookalike.projection import projection_path
+    from lookalike.neighbors.stage import load_embeddings
 
     cfg, wh = setup
     model = _model(tmp_path / "m1", 0, "v1")

@@ -4,11 +4,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipelines.config import load_config
-from pipelines.embed.stage import run_embed
-from pipelines.extract.stage import run_extract
-from pipelines.objectstore import MANIFEST, local_model_dir, upload_dir
-from pipelines.siglip import Preprocess, build_config, save_model, train_tokenizer
+from lookalike.config import load_config
+from lookalike.embed.stage import run_embed
+from lookalike.extract.stage import run_extract
+from lookalike.objectstore import MANIFEST, local_model_dir, upload_dir
+from lookalike.siglip import Preprocess, build_config, save_model, train_tokenizer
 from tests.conftest import DS, write_config
 
 
@@ -38,7 +38,7 @@ def test_embed_with_a_model_on_s3(s3, tmp_path, sample_dir, monkeypatch):
 
 
 def test_a_prefix_without_a_model_is_a_clear_error(s3):
-    from pipelines.errors import LookalikeError
+    from lookalike.errors import LookalikeError
 
     with pytest.raises(LookalikeError, match="no Hugging Face model folder"):
         local_model_dir("s3://models/nothing-here")

@@ -5,11 +5,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipelines.config import load_config
-from pipelines.extract.stage import run_extract
-from pipelines.siglip import Preprocess, build_config, embed_images, init_siglip_head, load_model, save_model, \
+from lookalike.config import load_config
+from lookalike.extract.stage import run_extract
+from lookalike.siglip import Preprocess, build_config, embed_images, init_siglip_head, load_model, save_model, \
     train_tokenizer
-from pipelines.storage import Warehouse
+from lookalike.storage import Warehouse
 from tests.conftest import DS, write_config
 
 
@@ -38,7 +38,7 @@ def setup(tmp_path_factory, sample_dir):
 
 
 def test_spark_embeddings_equal_the_single_process_function(setup):
-    from pipelines.embed.stage import run_embed
+    from lookalike.embed.stage import run_embed
 
     cfg, model_dir, broken = setup
     out = run_embed(cfg, DS, model_uri=str(model_dir))

@@ -2,9 +2,10 @@ import math
 
 import numpy as np
 
-from pipelines.evaluate.baselines import image_baseline_vectors, image_features, text_baseline_vectors
-from pipelines.evaluate.metrics import bootstrap_ci, query_metrics
-from pipelines.evaluate.stage import build_queries
+from lookalike.evaluate.baselines import text_baseline_vectors
+from lookalike.features import image_baseline_vectors, image_features
+from lookalike.evaluate.metrics import bootstrap_ci, query_metrics
+from lookalike.evaluate.stage import build_queries
 
 
 def test_metrics_of_a_hand_ranked_query():
@@ -46,7 +47,7 @@ def test_queries_group_module_impressions_and_clicks_by_source():
 def test_the_colour_histogram_is_the_products_not_the_backgrounds():
     """A red and a blue product, each small on the same white background: their foreground histograms
     differ entirely; over the whole photo the background would make them near-identical."""
-    from pipelines.evaluate.baselines import colour_histogram, grey_thumbnail
+    from lookalike.features import colour_histogram, grey_thumbnail
 
     photos = np.full((3, 32, 32, 3), 250, dtype=np.uint8)
     photos[0, 12:20, 12:20] = (200, 20, 20)
@@ -78,7 +79,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from sklearn.metrics import ndcg_score  # noqa: E402
 
-from pipelines.evaluate.metrics import coverage, discriminates  # noqa: E402
+from lookalike.evaluate.metrics import coverage, discriminates  # noqa: E402
 
 
 @st.composite

@@ -5,11 +5,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import registry
-from pipelines.config import load_config
-from pipelines.evaluate.stage import run_evaluate
-from pipelines.extract.stage import run_extract
-from pipelines.storage import ModelStore, Warehouse
+from lookalike import registry
+from lookalike.config import load_config
+from lookalike.evaluate.stage import run_evaluate
+from lookalike.extract.stage import run_extract
+from lookalike.storage import ModelStore, Warehouse
 from tests.conftest import DS, tiny_model, write_config
 from tests.test_serving import _clicks_follow
 
@@ -72,7 +72,7 @@ def test_a_log_that_cannot_discriminate_is_reported_not_scored(extracted, tmp_pa
 def test_a_model_trained_from_scratch_says_so_and_how_to_start_from_pretrained_weights(tmp_path):
     import json
 
-    from pipelines.evaluate.stage import from_scratch
+    from lookalike.evaluate.stage import from_scratch
 
     (tmp_path / "lookalike.json").write_text(json.dumps({"architecture": "small"}))
     note = from_scratch(tmp_path)
@@ -89,7 +89,7 @@ def test_a_model_that_wins_category_but_loses_colour_is_not_served_alone(tmp_pat
     within the bound, and with the blend losing colour too the baseline stays."""
     import numpy as np
 
-    from pipelines.evaluate.stage import _promotion
+    from lookalike.evaluate.stage import _promotion
 
     cfg = load_config(write_config(tmp_path, sample_dir), environ={})
     store = ModelStore.at(cfg.models)
@@ -157,7 +157,7 @@ def test_the_report_shows_each_facet_per_system():
     """The report's table of what a shopper sees comes from eval_metrics' facet rows (P@5), in DuckDB."""
     import duckdb
 
-    from pipelines.tools.report import _facet_table
+    from lookalike.publish.report import _facet_table
 
     con = duckdb.connect()
     con.execute("create table eval_metrics_all (ds varchar, system varchar, metric varchar, k integer, "

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from pipelines.config import AbConfig
-from pipelines.experiments.analysis import analyse, format_table, lift, ratio
-from pipelines.experiments.assignment import Arm, Experiment
+from lookalike.config import AbConfig
+from lookalike.experiments.analysis import analyse, format_table, lift, ratio
+from lookalike.assignment import Arm, Experiment
 
 EXP = Experiment("look", "look", (Arm("a", "production", 0.5, 0, 5000, True),
                                   Arm("b", "candidate", 0.5, 5000, 10000, False)), "", "")

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from pipelines.config import load_config
-from pipelines.errors import ConfigError
-from pipelines.experiments.assignment import BUCKET_SQL, BUCKETS, bucket, experiment, running
+from lookalike.config import load_config
+from lookalike.errors import ConfigError
+from lookalike.assignment import BUCKET_SQL, BUCKETS, bucket, experiment, running
 from tests.conftest import write_config
 
 USERS = [f"u{i:05d}" for i in range(5000)] + ["", "ユーザー", "o'brien", "x" * 300]
@@ -26,7 +26,7 @@ def test_python_and_duckdb_give_every_user_the_same_bucket():
 
 
 def test_spark_sql_gives_every_user_the_same_bucket(cfg):
-    from pipelines.spark import spark_session
+    from lookalike.spark import spark_session
 
     spark = spark_session(cfg)
     frame = spark.createDataFrame([(u, "look") for u in USERS], "user_id string, salt string")
@@ -35,8 +35,8 @@ def test_spark_sql_gives_every_user_the_same_bucket(cfg):
 
 
 def test_the_published_macro_assigns_as_python(tmp_path, sample_dir):
-    from pipelines.tools.query import connect
-    from pipelines.storage import Warehouse
+    from lookalike.query import connect
+    from lookalike.storage import Warehouse
 
     con = connect(Warehouse.at(tmp_path / "wh"))
     assert [con.execute("select lookalike_bucket(?, ?)", ["look", u]).fetchone()[0] for u in USERS[:200]] == \

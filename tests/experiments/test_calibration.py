@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 
-from pipelines.config import AbConfig
-from pipelines.experiments.analysis import analyse
-from pipelines.experiments.assignment import Arm, Experiment
-from pipelines.experiments.simulate import Site, simulate
+from lookalike.config import AbConfig
+from lookalike.experiments.analysis import analyse
+from lookalike.assignment import Arm, Experiment
+from lookalike.experiments.simulate import Site, simulate
 
 ARMS = (Arm("a", "production", 0.5, 0, 5000, True), Arm("b", "production", 0.5, 5000, 10000, False))
 

@@ -7,17 +7,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import registry, schemas
-from pipelines.config import load_config
-from pipelines.embed.stage import run_embed
-from pipelines.experiments.assignment import bucket
-from pipelines.experiments.readout import ab_report, simulate_ab
-from pipelines.experiments.stage import run_experiments
-from pipelines.extract.stage import run_extract
-from pipelines.neighbors.stage import run_neighbors
-from pipelines.publish.stage import PublishCheckFailed, run_publish
-from pipelines.storage import ModelStore, Warehouse, write_parquet
-from pipelines.tools.report import build_report
+from lookalike import registry, schemas
+from lookalike.config import load_config
+from lookalike.embed.stage import run_embed
+from lookalike.assignment import bucket
+from lookalike.experiments.readout import ab_report, simulate_ab
+from lookalike.experiments.stage import run_experiments
+from lookalike.extract.stage import run_extract
+from lookalike.neighbors.stage import run_neighbors
+from lookalike.publish.stage import PublishCheckFailed, run_publish
+from lookalike.storage import ModelStore, Warehouse, write_parquet
+from lookalike.publish.report import build_report
 from tests.conftest import DS, tiny_model, write_config
 
 ARMS = {"baseline": {"serve": "production", "share": 0.5}, "random": {"serve": "candidate", "share": 0.5}}
@@ -136,8 +136,8 @@ def test_the_night_handed_off_serves_every_arm_and_simulate_ab_reads_the_store(n
     published rows; simulate-ab, with a store configured, reads the arms from it and plays the same site."""
     from dataclasses import replace
 
-    from pipelines.config import PostgresSinkConfig, RedisSinkConfig, ServingConfig
-    from pipelines.online.handoff import run_handoff, similar
+    from lookalike.config import PostgresSinkConfig, RedisSinkConfig, ServingConfig
+    from lookalike.online.handoff import run_handoff, similar
 
     cfg, _ = night
     wh = Warehouse.of(cfg)

@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines.config import load_config
-from pipelines.extract.stage import QuarantineShareExceeded, run_extract
-from pipelines.extract.validate import _CONTROL, _SPACES, as_text, clean_text
-from pipelines.storage import Warehouse
+from lookalike.config import load_config
+from lookalike.extract.stage import QuarantineShareExceeded, run_extract
+from lookalike.extract.validate import _CONTROL, _SPACES, as_text, clean_text
+from lookalike.storage import Warehouse
 from tests import hostile
 from tests.conftest import DS, write_config
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.extract.images import prepare_image, read_image_bytes
+from lookalike.extract.images import prepare_image, read_image_bytes
 
 OPTS = dict(size=64, max_pixels=10_000_000, min_side=16)
 

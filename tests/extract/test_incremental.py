@@ -9,10 +9,10 @@ import sqlite3
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import load_config
-from pipelines.extract import photos
-from pipelines.extract.stage import run_extract
-from pipelines.storage import Warehouse
+from lookalike.config import load_config
+from lookalike.extract import photos
+from lookalike.extract.stage import run_extract
+from lookalike.storage import Warehouse
 from tests.conftest import DS, write_config
 
 NEXT = "2026-11-22"

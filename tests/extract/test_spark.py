@@ -4,11 +4,11 @@ import dataclasses
 
 import pyarrow.parquet as pq
 
-from pipelines.config import load_config
-from pipelines.extract import photos
-from pipelines.extract.stage import run_extract
-from pipelines.orchestration.launch import run_stage
-from pipelines.storage import Warehouse
+from lookalike.config import load_config
+from lookalike.extract import photos
+from lookalike.extract.stage import run_extract
+from lookalike.orchestration.launch import run_stage
+from lookalike.storage import Warehouse
 from tests.conftest import DS, write_config
 
 OUTPUTS = ("listings_snapshot", "catalog", "quarantine", "interactions")
@@ -57,8 +57,8 @@ MAIN_THAT_ONLY_RUNS_AS_MAIN = '''
 import sys
 if __name__ != "__main__":  # as Airflow's entry point inside a task, whose environment blocks the metadata DB
     raise RuntimeError("this entry point cannot be imported by a child process")
-from pipelines.config import load_config
-from pipelines.extract.stage import run_extract
+from lookalike.config import load_config
+from lookalike.extract.stage import run_extract
 print(run_extract(load_config(sys.argv[1], environ={}), sys.argv[2])["listings_snapshot"])
 '''
 

@@ -3,9 +3,9 @@ import sqlite3
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import load_config
-from pipelines.extract.stage import ExtractError, run_extract
-from pipelines.storage import Warehouse
+from lookalike.config import load_config
+from lookalike.extract.stage import ExtractError, run_extract
+from lookalike.storage import Warehouse
 from tests.conftest import DS, write_config
 
 
@@ -62,7 +62,7 @@ def test_unreachable_source_names_the_url(tmp_path, sample_dir):
 def test_contract_breaches_are_quarantined_with_their_reason():
     import pandas as pd
 
-    from pipelines.extract.validate import validate_listings
+    from lookalike.extract.validate import validate_listings
 
     ok_row = {"description": None, "category": "tops", "brand": None, "price": 10.0, "seller_id": "s",
               "image_key": "k", "created_at": "2026-01-01T00:00:00"}
@@ -91,7 +91,7 @@ def test_an_extract_killed_mid_write_leaves_nothing_half_read_and_a_rerun_conver
     config = write_config(tmp_path, sample_dir)
     wh = Warehouse.of(load_config(config, environ={}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
-    command = [sys.executable, "-m", "pipelines.tools.cli", "extract", "--config", str(config), "--ds", DS]
+    command = [sys.executable, "-m", "lookalike.tools.cli", "extract", "--config", str(config), "--ds", DS]
     repo = Path(__file__).resolve().parents[2]
     killed = subprocess.run(command, env={**env, "LOOKALIKE_FAULT": "extract.mid_write"}, cwd=repo,
                             capture_output=True, text=True, timeout=300)
@@ -104,8 +104,8 @@ def test_an_extract_killed_mid_write_leaves_nothing_half_read_and_a_rerun_conver
 
 
 def test_the_source_is_read_in_chunks_of_the_asked_size(sample_dir):
-    from pipelines import schemas
-    from pipelines.extract.source import optional_columns, stream_source
+    from lookalike import schemas
+    from lookalike.extract.source import optional_columns, stream_source
 
     url = f"sqlite:///{sample_dir / 'marketplace.db'}"
     optional = optional_columns(url, "interactions", schemas.INTERACTIONS_OPTIONAL)

@@ -7,16 +7,16 @@ from datetime import date, timedelta
 
 import pytest
 
-from pipelines.config import load_config
-from pipelines.embed.stage import run_embed
-from pipelines.extract.stage import run_extract
-from pipelines.neighbors.stage import run_neighbors
-from pipelines.online.handoff import run_handoff
-from pipelines.online.lists import BY_NAME
-from pipelines.online.store import open_store
-from pipelines.publish.stage import run_publish
-from pipelines.storage import Warehouse
-from pipelines.tools.query import run_query
+from lookalike.config import load_config
+from lookalike.embed.stage import run_embed
+from lookalike.extract.stage import run_extract
+from lookalike.neighbors.stage import run_neighbors
+from lookalike.online.handoff import run_handoff
+from lookalike.online.lists import BY_NAME
+from lookalike.online.handoff import open_store
+from lookalike.publish.stage import run_publish
+from lookalike.storage import Warehouse
+from lookalike.query import run_query
 from tests.conftest import DS, write_config
 
 NEXT = (date.fromisoformat(DS) + timedelta(days=1)).isoformat()

@@ -20,7 +20,7 @@ def _intraday(config, as_of: str, step: str, fault: str | None = None, **environ
     env.update(environ)
     if fault:
         env["LOOKALIKE_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "pipelines.tools.cli", "intraday", "--config", str(config),
+    return subprocess.run([sys.executable, "-m", "lookalike.tools.cli", "intraday", "--config", str(config),
                            "--as-of", as_of, "--step", step], env=env, capture_output=True, text=True, cwd=REPO,
                           timeout=600)
 

@@ -2,7 +2,7 @@
 see with nightly-only lists and with hourly ones, on the same page views, from the pipeline's own hours."""
 import json
 
-from pipelines.tools.cli import main as cli
+from lookalike.tools.cli import main as cli
 
 
 def test_hourly_lists_show_fewer_pages_without_a_module_and_fewer_sold_items(served_night, capsys):

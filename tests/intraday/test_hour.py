@@ -7,11 +7,11 @@ nothing; a second hour sells one more item and the tables follow."""
 
 import pyarrow.parquet as pq
 
-from pipelines.embed.stage import run_embed
-from pipelines.extract.stage import run_extract
-from pipelines.intraday.stage import handoff_hour, publish_hour, run_hour
-from pipelines.neighbors.stage import run_neighbors
-from pipelines.storage import Warehouse
+from lookalike.embed.stage import run_embed
+from lookalike.extract.stage import run_extract
+from lookalike.intraday.stage import handoff_hour, publish_hour, run_hour
+from lookalike.neighbors.stage import run_neighbors
+from lookalike.storage import Warehouse
 from tests.conftest import DS
 from tests.intraday.conftest import HOUR, K, NEXT, live_lists, store_lists
 

@@ -14,14 +14,14 @@ from datetime import date, timedelta
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import load_config
-from pipelines.embed.stage import run_embed
-from pipelines.extract.stage import run_extract
-from pipelines.intraday.stage import TABLE
-from pipelines.neighbors.stage import run_neighbors
-from pipelines.online.handoff import run_handoff
-from pipelines.publish.stage import run_publish
-from pipelines.storage import Warehouse
+from lookalike.config import load_config
+from lookalike.embed.stage import run_embed
+from lookalike.extract.stage import run_extract
+from lookalike.intraday.stage import TABLE
+from lookalike.neighbors.stage import run_neighbors
+from lookalike.online.handoff import run_handoff
+from lookalike.publish.stage import run_publish
+from lookalike.storage import Warehouse
 from tests.conftest import DS, write_config
 from tests.intraday.conftest import K, NEXT, change_the_source, live_lists, store_lists
 from tests.test_scheduler import Api, _finished, _trigger_and_wait, running_airflow

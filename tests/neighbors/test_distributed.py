@@ -7,10 +7,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import load_config
-from pipelines.neighbors import distributed
-from pipelines.neighbors.search import Exclusions, build_searcher, plan_index, search_blocks
-from pipelines.neighbors.stage import build_neighbors, neighbor_table
+from lookalike.config import load_config
+from lookalike.neighbors import distributed
+from lookalike.neighbors.search import Exclusions, build_searcher, plan_index, search_blocks
+from lookalike.neighbors.stage import build_neighbors, neighbor_table
 from tests.conftest import write_config
 
 N, DIM, K = 3000, 24, 10
@@ -114,9 +114,9 @@ def test_the_nights_update_on_spark_equals_the_update_in_process(cfg, tmp_path, 
     """A first night searched in one process keeps its lists (and, approximate, its index); the next
     night, items replaced, moved and sold, updates them in one process and as Spark tasks: the same rows
     and the same lists, with the same counts."""
-    from pipelines.neighbors import update
-    from pipelines.neighbors.output import ListsCollector, positions_in
-    from pipelines.neighbors.search import full_lists, item_keys, rekey
+    from lookalike.neighbors import update
+    from lookalike.neighbors.output import ListsCollector, positions_in
+    from lookalike.neighbors.search import full_lists, item_keys, rekey
 
     vectors, ids, on_sale, codes = _data(3)
     ncfg = dataclasses.replace(cfg.neighbors, k=K, margin=4, block_size=700, recall_sample=200, **case)

@@ -9,11 +9,11 @@ import numpy as np
 import pyarrow as pa
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from pipelines.neighbors import search as incremental
-from pipelines.neighbors.incremental import update_lists
-from pipelines.neighbors.output import ListsCollector, positions_in
-from pipelines.neighbors.update import carried_lists
-from pipelines.neighbors.search import Exclusions, FlatSearcher, Lists, full_lists
+from lookalike.neighbors import search as incremental
+from lookalike.neighbors.incremental import update_lists
+from lookalike.neighbors.output import ListsCollector, positions_in
+from lookalike.neighbors.update import carried_lists
+from lookalike.neighbors.search import Exclusions, FlatSearcher, Lists, full_lists
 
 K, MARGIN = 5, 3
 
@@ -178,9 +178,9 @@ def test_with_an_inverted_file_the_update_keeps_a_full_rebuilds_recall(tmp_path)
     first night searches every item and keeps its index; the next, 2% of the items replaced, 2% moved
     and 1% sold, the stage's update carries the index forward and inserts the fresh items. Its recall@10
     against exact search is within 0.005 of a full rebuild's with the same index on the same vectors."""
-    from pipelines.config import NeighborsConfig
-    from pipelines.neighbors import update
-    from pipelines.neighbors.search import build_searcher, item_keys, plan_index, recall_at_k, rekey
+    from lookalike.config import NeighborsConfig
+    from lookalike.neighbors import update
+    from lookalike.neighbors.search import build_searcher, item_keys, plan_index, recall_at_k, rekey
     from tests.neighbors.test_search import ListWriter, _clustered
 
     n, dim, k, nprobe = 30_000, 32, 10, 64

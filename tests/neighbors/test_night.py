@@ -15,13 +15,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import load_config
-from pipelines.embed.stage import run_embed
-from pipelines.extract.stage import run_extract
-from pipelines.neighbors.stage import run_neighbors
-from pipelines.publish.stage import run_publish
-from pipelines.storage import Warehouse
-from pipelines.tools.summary import run_summary
+from lookalike.config import load_config
+from lookalike.embed.stage import run_embed
+from lookalike.extract.stage import run_extract
+from lookalike.neighbors.stage import run_neighbors
+from lookalike.publish.stage import run_publish
+from lookalike.storage import Warehouse
+from lookalike.tools.summary import run_summary
 from tests.conftest import DS, write_config
 
 NEXT = (date.fromisoformat(DS) + timedelta(days=1)).isoformat()
@@ -112,12 +112,12 @@ def test_an_update_killed_mid_way_leaves_nothing_and_its_rerun_converges(two_nig
     run_neighbors(cfg, NEXT, full=True)
     want = _rows(cfg, NEXT)
     wh = Warehouse.of(cfg)
-    killed = subprocess.run([sys.executable, "-m", "pipelines.tools.cli", "neighbors", "--config", str(config),
+    killed = subprocess.run([sys.executable, "-m", "lookalike.tools.cli", "neighbors", "--config", str(config),
                              "--ds", NEXT], env={**_env(), "LOOKALIKE_FAULT": "neighbors.mid_update"},
                             capture_output=True, text=True, cwd=REPO, timeout=600)
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert not list(wh.work(NEXT, "item_neighbors").glob("*.parquet"))  # nothing half-written to publish
-    rerun = subprocess.run([sys.executable, "-m", "pipelines.tools.cli", "neighbors", "--config", str(config),
+    rerun = subprocess.run([sys.executable, "-m", "lookalike.tools.cli", "neighbors", "--config", str(config),
                             "--ds", NEXT], env=_env(), capture_output=True, text=True, cwd=REPO, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert '"mode": "incremental"' in rerun.stdout

@@ -3,11 +3,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipelines.config import NeighborsConfig
-from pipelines.errors import ConfigError
-from pipelines.neighbors.search import (FlatSearcher, TorchSearcher, build_searcher, plan_index,
+from lookalike.config import NeighborsConfig
+from lookalike.errors import ConfigError
+from lookalike.neighbors.search import (FlatSearcher, TorchSearcher, build_searcher, plan_index,
                                         recall_at_k, search_blocks, tune)
-from pipelines.neighbors.stage import build_neighbors
+from lookalike.neighbors.stage import build_neighbors
 
 
 def _unit(x):

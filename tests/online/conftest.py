@@ -5,7 +5,7 @@ import uuid
 import pytest
 import yaml
 
-from pipelines.config import load_config
+from lookalike.config import load_config
 
 
 @pytest.fixture

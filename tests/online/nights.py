@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from pipelines import schemas
-from pipelines.storage import Warehouse, write_parquet
+from lookalike import schemas
+from lookalike.storage import Warehouse, write_parquet
 
 ARMS = {"control": (0, 5000), "treatment": (5000, 10000)}
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.online import handoff
-from pipelines.online.lists import BY_NAME, lists_of, same_list
-from pipelines.online.store import LIVE, RETIRED, open_store
-from pipelines.storage import Warehouse
+from lookalike.online import handoff
+from lookalike.online.lists import BY_NAME, lists_of, same_list
+from lookalike.online.handoff import open_store
+from lookalike.online.store import LIVE, RETIRED
+from lookalike.storage import Warehouse
 from tests.online.nights import night_tables, publish_night
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,13 +64,13 @@ def test_a_killed_handoff_changes_nothing_live_and_a_rerun_converges(online, pos
 
     config = str(Path(cfg.warehouse).parent / "lookalike.yaml")
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}, "LOOKALIKE_FAULT": point}
-    killed = subprocess.run([sys.executable, "-m", "pipelines.tools.cli", "handoff", "--config", config,
+    killed = subprocess.run([sys.executable, "-m", "lookalike.tools.cli", "handoff", "--config", config,
                              "--ds", SECOND], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert _reads(cfg, sink, items) == before  # the live generation: identical and readable
 
     env.pop("LOOKALIKE_FAULT")
-    rerun = subprocess.run([sys.executable, "-m", "pipelines.tools.cli", "handoff", "--config", config,
+    rerun = subprocess.run([sys.executable, "-m", "lookalike.tools.cli", "handoff", "--config", config,
                             "--ds", SECOND], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     want = _lists(nights[SECOND])

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import ConfigError, load_config
-from pipelines.errors import LookalikeError, TRANSIENT, TransientError, classify
-from pipelines.experiments.assignment import bucket
-from pipelines.online import handoff
-from pipelines.online.lists import BY_NAME, lists_of, same_list
-from pipelines.online.store import LIVE, open_store
-from pipelines.storage import Warehouse
-from pipelines.tools.cli import main as cli
+from lookalike.config import ConfigError, load_config
+from lookalike.errors import LookalikeError, TRANSIENT, TransientError, classify
+from lookalike.assignment import bucket
+from lookalike.online import handoff
+from lookalike.online.lists import BY_NAME, lists_of, same_list
+from lookalike.online.handoff import open_store
+from lookalike.online.store import LIVE
+from lookalike.storage import Warehouse
+from lookalike.tools.cli import main as cli
 from tests.conftest import REDIS_PASSWORD
 from tests.online.nights import ARMS, night_tables, publish_night
 

@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 from hypothesis import given, settings, strategies as st
 
-from pipelines import schemas
-from pipelines.online.lists import BY_NAME, decode_json, encode_json, lists_of, plain_ids, same_list
+from lookalike import schemas
+from lookalike.online.lists import BY_NAME, decode_json, encode_json, lists_of, plain_ids, same_list
 
 ids = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
 

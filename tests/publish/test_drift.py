@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import PublishConfig, load_config
-from pipelines.embed.stage import run_embed
-from pipelines.extract.stage import run_extract
-from pipelines.neighbors.stage import run_neighbors
-from pipelines.publish.drift import compare
-from pipelines.publish.stage import DriftRefused, run_publish
-from pipelines.tools.query import run_query
-from pipelines.storage import Warehouse
-from pipelines.train.stage import run_train
+from lookalike.config import PublishConfig, load_config
+from lookalike.embed.stage import run_embed
+from lookalike.extract.stage import run_extract
+from lookalike.neighbors.stage import run_neighbors
+from lookalike.publish.drift import compare
+from lookalike.publish.stage import DriftRefused, run_publish
+from lookalike.query import run_query
+from lookalike.storage import Warehouse
+from lookalike.train.stage import run_train
 from tests.conftest import DS, tiny_model, write_config
 
 NEXT = "2026-11-22"
@@ -81,10 +81,10 @@ def test_a_random_weight_model_after_a_good_one_is_refused_and_the_good_day_stay
     run_embed(cfg, NEXT, model_uri=broken)
     run_neighbors(cfg, NEXT)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
-    plain = subprocess.run([sys.executable, "-m", "pipelines.tools.cli", "publish", "--config", str(config), "--ds", NEXT],
+    plain = subprocess.run([sys.executable, "-m", "lookalike.tools.cli", "publish", "--config", str(config), "--ds", NEXT],
                            capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert plain.returncode == 2 and "refused" in plain.stderr and "Traceback" not in plain.stderr, plain.stderr[-2000:]
-    forced = subprocess.run([sys.executable, "-m", "pipelines.tools.cli", "publish", "--config", str(config), "--ds", NEXT,
+    forced = subprocess.run([sys.executable, "-m", "lookalike.tools.cli", "publish", "--config", str(config), "--ds", NEXT,
                              "--accept-drift"], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert forced.returncode == 0, forced.stderr[-2000:]
     record = wh.run_record(NEXT)["drift"]

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import boto3
 
-from pipelines.config import load_config
-from pipelines.embed.stage import run_embed
-from pipelines.evaluate.stage import run_evaluate
-from pipelines.extract.stage import run_extract
-from pipelines.neighbors.stage import run_neighbors
-from pipelines.publish.stage import NIGHTLY_TABLES as PUBLISHED_TABLES  # what run_publish commits
-from pipelines.publish.stage import run_publish
-from pipelines.tools.report import build_report
-from pipelines.train.stage import run_train
-from pipelines.storage import Warehouse
+from lookalike.config import load_config
+from lookalike.embed.stage import run_embed
+from lookalike.evaluate.stage import run_evaluate
+from lookalike.extract.stage import run_extract
+from lookalike.neighbors.stage import run_neighbors
+from lookalike.publish.stage import NIGHTLY_TABLES as PUBLISHED_TABLES  # what run_publish commits
+from lookalike.publish.stage import run_publish
+from lookalike.publish.report import build_report
+from lookalike.train.stage import run_train
+from lookalike.storage import Warehouse
 from tests.conftest import DS, write_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,7 +26,7 @@ K = 5
 
 def _cli(*args):
     env = {k: v for k, v in os.environ.items() if k != "LOOKALIKE_CACHE_DIR"}  # the AWS_* settings of the fixture
-    proc = subprocess.run([sys.executable, "-m", "pipelines.tools.cli", *args], capture_output=True, text=True, env=env,
+    proc = subprocess.run([sys.executable, "-m", "lookalike.tools.cli", *args], capture_output=True, text=True, env=env,
                           cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout

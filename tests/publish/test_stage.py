@@ -9,13 +9,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipelines import schemas
-from pipelines.config import load_config
-from pipelines.publish.checks import check_neighbors
-from pipelines.publish.stage import NIGHTLY_TABLES as PUBLISHED_TABLES  # what run_publish commits
-from pipelines.publish.stage import PublishCheckFailed, run_publish
-from pipelines.tools.query import run_query
-from pipelines.storage import Warehouse, write_parquet
+from lookalike import schemas
+from lookalike.config import load_config
+from lookalike.publish.checks import check_neighbors
+from lookalike.publish.stage import NIGHTLY_TABLES as PUBLISHED_TABLES  # what run_publish commits
+from lookalike.publish.stage import PublishCheckFailed, run_publish
+from lookalike.query import run_query
+from lookalike.storage import Warehouse, write_parquet
 from tests.conftest import write_config
 
 DS = "2026-11-21"
@@ -78,7 +78,7 @@ def _publish_process(config, *, fault: str | None = None) -> subprocess.Complete
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOOKALIKE_")}
     if fault:
         env["LOOKALIKE_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "pipelines.tools.cli", "publish", "--config", str(config), "--ds", DS],
+    return subprocess.run([sys.executable, "-m", "lookalike.tools.cli", "publish", "--config", str(config), "--ds", DS],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
 
 
@@ -175,7 +175,7 @@ def test_neighbor_checks_catch_each_breach():
 def test_a_day_without_an_evaluation_publishes_and_its_tables_and_report_still_read(setup, tmp_path):
     import shutil
 
-    from pipelines.tools.report import build_report
+    from lookalike.publish.report import build_report
 
     cfg, wh = setup
     _stage_run(wh, DS)
@@ -189,7 +189,7 @@ def test_a_day_without_an_evaluation_publishes_and_its_tables_and_report_still_r
 
 
 def test_a_day_with_only_the_user_models_metrics_still_summarises(setup):
-    from pipelines.tools.summary import run_summary
+    from lookalike.tools.summary import run_summary
 
     cfg, wh = setup
     _stage_run(wh, DS)

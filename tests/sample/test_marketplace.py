@@ -2,8 +2,8 @@ import json
 import sqlite3
 from datetime import date
 
-from pipelines.sample.images import CATEGORIES
-from pipelines.sample.marketplace import SampleSpec, generate
+from lookalike.sample.images import CATEGORIES
+from lookalike.sample.marketplace import SampleSpec, generate
 
 
 def _dump(path):
@@ -51,7 +51,7 @@ def test_at_least_twelve_categories_and_japanese_titles(sample_dir):
 def test_clicks_follow_hidden_visual_similarity(sample_dir):
     import json
 
-    from pipelines.sample.marketplace import SIMILARITY_WEIGHTS, _similarity
+    from lookalike.sample.marketplace import SIMILARITY_WEIGHTS, _similarity
 
     hidden = json.loads((sample_dir / "hidden_attributes.json").read_text())
     con = sqlite3.connect(sample_dir / "marketplace.db")

@@ -172,8 +172,8 @@ def _s3_env() -> dict:
 
 def test_every_table_is_published_to_the_s3_server(runs):
     env = _s3_env()
-    from pipelines.publish.stage import EXPERIMENT_TABLES
-    from pipelines.schemas import PUBLISHED
+    from lookalike.publish.stage import EXPERIMENT_TABLES
+    from lookalike.schemas import PUBLISHED
 
     counts = {}
     for table in PUBLISHED:

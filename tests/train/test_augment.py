@@ -3,9 +3,9 @@ import io
 import torch
 from PIL import Image
 
-from pipelines.siglip import Preprocess
-from pipelines.train.data import group_ids
-from pipelines.train.loop import augment, recolour
+from lookalike.siglip import Preprocess
+from lookalike.train.data import group_ids
+from lookalike.train.loop import augment, recolour
 
 
 def test_recolour_permutes_channels_or_greys_each_photo():

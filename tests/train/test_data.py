@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.errors import LookalikeError
-from pipelines.siglip import Preprocess, train_tokenizer
-from pipelines.train.data import (DecodedCache, PairStream, StreamPlan, batch_loader, batches_from, fragments,
+from lookalike.errors import LookalikeError
+from lookalike.siglip import Preprocess, train_tokenizer
+from lookalike.train.data import (DecodedCache, PairStream, StreamPlan, batch_loader, batches_from, fragments,
                                   group_ids, read_texts)
 
 

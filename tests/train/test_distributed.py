@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from pipelines.siglip import build_config, init_siglip_head
-from pipelines.train.loss import global_sigmoid_loss
+from lookalike.siglip import build_config, init_siglip_head
+from lookalike.train.loss import global_sigmoid_loss
 
 GLOBAL_BATCH = 12
 # Pairs 1 and 8 share a photo (same group) and sit on different ranks: the mask must be global.
@@ -35,7 +35,7 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from pipelines.train.distributed import init_from_env, mean_over_ranks, shutdown
+    from lookalike.train.distributed import init_from_env, mean_over_ranks, shutdown
 
     w = init_from_env("cpu")
     model = _model()

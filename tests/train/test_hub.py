@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.errors import ConfigError
-from pipelines.siglip import embed_images, load_model
+from lookalike.errors import ConfigError
+from lookalike.siglip import embed_images, load_model
 from tests.conftest import DS, tiny_model, write_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,7 +38,7 @@ def test_a_hub_model_name_trains_from_the_cache_with_the_hub_offline_and_embeds(
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("LOOKALIKE_", "HF_"))},
            "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     for stage in ("extract", "train"):
-        done = subprocess.run([sys.executable, "-m", "pipelines.tools.cli", stage, "--config", str(config),
+        done = subprocess.run([sys.executable, "-m", "lookalike.tools.cli", stage, "--config", str(config),
                                "--ds", DS], env=env, capture_output=True, text=True, cwd=REPO, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]
     models = tmp_path / "models" / "siglip"
@@ -54,7 +54,7 @@ def test_a_hub_model_name_trains_from_the_cache_with_the_hub_offline_and_embeds(
 def test_a_hub_model_missing_from_the_cache_with_the_hub_offline_is_a_clear_error(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
-    from pipelines.train.stage import hub_checkpoint
+    from lookalike.train.stage import hub_checkpoint
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
@@ -63,7 +63,7 @@ def test_a_hub_model_missing_from_the_cache_with_the_hub_offline_is_a_clear_erro
 
 
 def test_a_siglip2_naflex_checkpoint_is_refused_by_name(tmp_path):
-    from pipelines.train.stage import check_checkpoint
+    from lookalike.train.stage import check_checkpoint
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "siglip2"}))
     with pytest.raises(ConfigError, match="NaFlex.*fixed-resolution"):
@@ -77,7 +77,7 @@ def test_a_siglip2_gemma_tokenizer_lowercases_what_it_reads_and_keeps_doing_so(t
     """SigLIP 2's fixed-resolution checkpoints ship a Gemma tokenizer that expects lowercased text."""
     from transformers import AutoTokenizer, GemmaTokenizer
 
-    from pipelines.siglip import lowercase_if_expected
+    from lookalike.siglip import lowercase_if_expected
 
     from tokenizers import normalizers
 

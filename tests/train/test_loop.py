@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.errors import ConfigError
-from pipelines.siglip import Preprocess, build_config, init_siglip_head, train_tokenizer
-from pipelines.train.data import PairStream, StreamPlan, batch_loader, fragments, group_ids, read_texts
-from pipelines.train.loop import Checkpoints, EarlyStopping, LoopConfig, cosine_lr, param_groups, train_siglip
+from lookalike.errors import ConfigError
+from lookalike.siglip import Preprocess, build_config, init_siglip_head, train_tokenizer
+from lookalike.train.data import PairStream, StreamPlan, batch_loader, fragments, group_ids, read_texts
+from lookalike.train.loop import Checkpoints, EarlyStopping, LoopConfig, cosine_lr, param_groups, train_siglip
 
 
 def test_warmup_then_cosine_to_zero():
@@ -100,8 +100,8 @@ def test_an_interrupted_run_resumes_to_the_same_parameters(colour_snapshot, tmp_
 def test_frozen_text_tower_and_lower_vision_blocks_do_not_move(colour_snapshot):
     from transformers import SiglipModel
 
-    from pipelines.siglip import build_config as bc
-    from pipelines.siglip import ARCHITECTURES
+    from lookalike.siglip import build_config as bc
+    from lookalike.siglip import ARCHITECTURES
 
     ARCHITECTURES["tiny2"] = {**ARCHITECTURES["tiny"], "layers": 2}
     try:
@@ -149,7 +149,7 @@ def test_early_stopping_stops_on_a_flat_curve_and_keeps_the_best_weights(colour_
 
 
 def test_random_resized_crops_cut_each_photo_differently_and_keep_its_size():
-    from pipelines.train.loop import augment, resized_crop, step_generator
+    from lookalike.train.loop import augment, resized_crop, step_generator
 
     # A photo whose top half is black and bottom half white: a crop's mean tells where it was cut.
     photo = torch.zeros(1, 32, 32, 3, dtype=torch.uint8)
@@ -169,7 +169,7 @@ def test_random_resized_crops_cut_each_photo_differently_and_keep_its_size():
 
 
 def test_patch_dropout_trains_on_fewer_tokens_and_serves_on_all(colour_snapshot):
-    from pipelines.train.loop import PatchDropout, step_generator
+    from lookalike.train.loop import PatchDropout, step_generator
 
     model, batches = _setup(colour_snapshot)
     seen = []
@@ -205,7 +205,7 @@ def test_image_positive_term_adds_a_second_view_to_the_loss(colour_snapshot):
 
 
 def test_recipe_shares_out_of_range_are_config_errors():
-    from pipelines.config import load_config
+    from lookalike.config import load_config
 
     for key, value in (("CROP_SCALE", "0"), ("PATCH_DROPOUT", "1"), ("COLOUR_AUGMENT", "1.5"), ("IMAGE_POSITIVE", "-1")):
         with pytest.raises(ConfigError, match=f"train.{key.lower()}"):

@@ -2,8 +2,8 @@ import math
 
 import torch
 
-from pipelines.train.data import group_ids
-from pipelines.train.loss import SigmoidLoss, positive_mask
+from lookalike.train.data import group_ids
+from lookalike.train.loss import SigmoidLoss, positive_mask
 
 
 def test_sigmoid_loss_matches_a_hand_computed_case():

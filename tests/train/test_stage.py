@@ -4,12 +4,12 @@ import json
 import numpy as np
 import pytest
 
-from pipelines import registry
-from pipelines.config import load_config
-from pipelines.errors import ConfigError
-from pipelines.extract.stage import run_extract
-from pipelines.siglip import embed_images, embed_texts, load_model
-from pipelines.storage import ModelStore
+from lookalike import registry
+from lookalike.config import load_config
+from lookalike.errors import ConfigError
+from lookalike.extract.stage import run_extract
+from lookalike.siglip import embed_images, embed_texts, load_model
+from lookalike.storage import ModelStore
 from tests.conftest import DS, write_config
 
 
@@ -18,7 +18,7 @@ def trained(tmp_path_factory, sample_dir):
     root = tmp_path_factory.mktemp("train")
     cfg = load_config(write_config(root, sample_dir), environ={})
     run_extract(cfg, DS)
-    from pipelines.train.stage import run_train
+    from lookalike.train.stage import run_train
 
     return cfg, run_train(cfg, DS, progress=lambda *_: None)
 
@@ -38,7 +38,7 @@ def test_writes_a_complete_hugging_face_model_directory(trained):
 
 def test_rerun_reuses_the_model_trained_on_the_same_snapshot(trained):
     cfg, out = trained
-    from pipelines.train.stage import run_train
+    from lookalike.train.stage import run_train
 
     messages = []
     again = run_train(cfg, DS, progress=messages.append)
@@ -51,7 +51,7 @@ def test_loaded_model_embeds_unit_vectors_and_japanese_text(trained):
     loaded = load_model(out["model_uri"])
     import pyarrow.parquet as pq
 
-    from pipelines.storage import Warehouse
+    from lookalike.storage import Warehouse
 
     images = pq.read_table(Warehouse.of(cfg).work(DS, "catalog"), columns=["image"]).column("image")
     vecs = embed_images(loaded, images.to_pylist()[:10])
@@ -72,7 +72,7 @@ def test_fine_tunes_from_a_saved_checkpoint(trained, tmp_path, sample_dir):
                                                 "max_text_length": 40}),  # the checkpoint decides
                             environ={})
     run_extract(child_cfg, DS)
-    from pipelines.train.stage import run_train
+    from lookalike.train.stage import run_train
 
     child = run_train(child_cfg, DS, progress=lambda *_: None)
     parent_tok = load_model(out["model_uri"]).tokenizer
@@ -86,7 +86,7 @@ def test_fine_tunes_from_a_saved_checkpoint(trained, tmp_path, sample_dir):
 def test_unknown_init_is_a_clear_error(tmp_path, sample_dir):
     cfg = load_config(write_config(tmp_path, sample_dir, model={"init": "resnet9000"}), environ={})
     run_extract(cfg, DS)
-    from pipelines.train.stage import run_train
+    from lookalike.train.stage import run_train
 
     with pytest.raises(ConfigError, match="neither a named architecture"):
         run_train(cfg, DS)
@@ -94,7 +94,7 @@ def test_unknown_init_is_a_clear_error(tmp_path, sample_dir):
 
 def test_fine_tunes_from_a_checkpoint_on_s3(trained, tmp_path, sample_dir, s3):
     """model.init = s3://…: downloaded once into the cache, checked, and fine-tuned like a local one."""
-    from pipelines.objectstore import MANIFEST, local_model_dir, upload_dir
+    from lookalike.objectstore import MANIFEST, local_model_dir, upload_dir
 
     cfg, out = trained
     upload_dir(out["model_uri"], "s3://models/siglip/parent")
@@ -102,7 +102,7 @@ def test_fine_tunes_from_a_checkpoint_on_s3(trained, tmp_path, sample_dir, s3):
                                          train={"max_steps": 3, "batch_size": 16, "learning_rate": 1e-4}),
                             environ={})
     run_extract(child_cfg, DS)
-    from pipelines.train.stage import run_train
+    from lookalike.train.stage import run_train
 
     child = run_train(child_cfg, DS, progress=lambda *_: None)
     meta = json.loads((ModelStore.at(child_cfg.models).version_dir(child["model_version"]) / "lookalike.json")
@@ -129,7 +129,7 @@ def test_the_real_siglip_base_shape_trains_saves_and_fine_tunes(tmp_path, sample
                                     train={"max_steps": 2, "batch_size": 4, "val_max_items": 4, "warmup_steps": 1,
                                            "checkpoint_every": 0}), environ={})
     run_extract(base, DS)
-    from pipelines.train.stage import run_train
+    from lookalike.train.stage import run_train
 
     first = run_train(base, DS, progress=lambda *_: None)
     loaded = load_model(first["model_uri"])

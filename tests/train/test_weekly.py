@@ -6,10 +6,10 @@ import sys
 from datetime import date, timedelta
 from pathlib import Path
 
-from pipelines.config import load_config
-from pipelines.extract.stage import run_extract
-from pipelines.orchestration.orchestrate import airflow_env
-from pipelines.storage import ModelStore
+from lookalike.config import load_config
+from lookalike.extract.stage import run_extract
+from lookalike.orchestration.orchestrate import airflow_env
+from lookalike.storage import ModelStore
 from tests.conftest import DS, write_config
 
 
@@ -33,7 +33,7 @@ def test_a_weekly_run_trains_on_the_newest_snapshot_before_its_day(tmp_path, sam
     logs = run.stdout + run.stderr
     assert run.returncode == 0, logs[-4000:]
     assert f"training and evaluating on the newest one, ds={DS}" in logs
-    from pipelines import registry
+    from lookalike import registry
 
     trained = registry.list_versions(ModelStore.at(cfg.models))
     assert [v["snapshot"]["ds"] for v in trained] == [DS]

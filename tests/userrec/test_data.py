@@ -2,7 +2,7 @@
 import numpy as np
 import pyarrow as pa
 
-from pipelines.userrec.data import build_sequences, co_interacted_pairs, history_batch, item_prompt, training_windows
+from lookalike.userrec.data import build_sequences, co_interacted_pairs, history_batch, item_prompt, training_windows
 
 
 def _events(rows):

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from pipelines.userrec.model import ItemTower, UserModel, UserTower, info_nce, mixed_loss, symmetric_info_nce
+from lookalike.userrec.model import ItemTower, UserModel, UserTower, info_nce, mixed_loss, symmetric_info_nce
 
 
 def test_info_nce_is_the_cross_entropy_of_scaled_cosines():

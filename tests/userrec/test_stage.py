@@ -6,14 +6,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import load_config
-from pipelines.evaluate.stage import run_evaluate
-from pipelines.extract.stage import read_events, run_extract
-from pipelines.publish.stage import PublishCheckFailed, publish_user_recs
-from pipelines.tools.query import run_query
-from pipelines.storage import Warehouse
-from pipelines.train.stage import run_train
-from pipelines.userrec.stage import UserRecError, run_userrec
+from lookalike.config import load_config
+from lookalike.evaluate.stage import run_evaluate
+from lookalike.events import read_events
+from lookalike.extract.stage import run_extract
+from lookalike.publish.stage import PublishCheckFailed, publish_user_recs
+from lookalike.query import run_query
+from lookalike.storage import Warehouse
+from lookalike.train.stage import run_train
+from lookalike.userrec.stage import UserRecError, run_userrec
 from tests.conftest import DS, write_config
 
 pytestmark = pytest.mark.slow

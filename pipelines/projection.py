@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.errors import ConfigError, LookalikeError
+from lookalike.errors import ConfigError, LookalikeError
 
 
 @dataclass(frozen=True)

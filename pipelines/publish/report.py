@@ -21,12 +21,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.config import Config
-from pipelines.errors import LookalikeError
-from pipelines.extract.images import read_image_bytes
-from pipelines.neighbors.stage import describe_recall
-from pipelines.tools.query import connect
-from pipelines.storage import Warehouse, atomic_write_text
+from lookalike.config import Config
+from lookalike.errors import LookalikeError
+from lookalike.extract.images import read_image_bytes
+from lookalike.neighbors.describe import describe_recall
+from lookalike.query import connect
+from lookalike.storage import Warehouse, atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from pipelines.config import Config
+from lookalike.config import Config
 
 BUCKETS = 10_000
 
@@ -64,7 +64,7 @@ class Experiment:
 
 def experiment(cfg: Config, name: str) -> Experiment:
     """The configured experiment ``name``, its arms' bucket ranges laid out by share."""
-    from pipelines.errors import ConfigError
+    from lookalike.errors import ConfigError
 
     if name not in cfg.experiments:
         raise ConfigError(f"no experiment {name!r} in the config (experiments: "

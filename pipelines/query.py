@@ -11,10 +11,10 @@ import string
 import duckdb
 import pyarrow as pa
 
-from pipelines import schemas
-from pipelines.resources import sql_path
-from pipelines.errors import LookalikeError
-from pipelines.storage import PUBLISHED_TABLES, Warehouse
+from lookalike import schemas
+from lookalike.resources import sql_path
+from lookalike.errors import LookalikeError
+from lookalike.storage import PUBLISHED_TABLES, Warehouse
 
 READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN, duckdb.StatementType.PRAGMA}
 
