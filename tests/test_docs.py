@@ -1,13 +1,16 @@
 """The documentation says what the code does: the configuration page is written from
-``pipelines/config.py`` and must match it, the README stays a front page, and every link lands."""
+``pipelines/config.py`` and must match it, every command the docs name is the CLI's own, the
+README stays a front page, and every link lands."""
+import argparse
 import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 
-from pipelines.tools import configdoc
-from pipelines.config import Config
+from lookalike.tools import configdoc
+from lookalike.config import Config
+from lookalike.tools.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", ROOT / "pipelines" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -25,7 +28,7 @@ def _keys(cls, prefix=""):
 def test_the_configuration_page_is_written_from_config_py_and_names_every_key():
     assert configdoc.undocumented() == [], "give these keys a comment in pipelines/config.py"
     page = (ROOT / configdoc.PAGE).read_text()
-    assert page == configdoc.page(), "docs/configuration.md is out of date: run python -m pipelines.tools.configdoc"
+    assert page == configdoc.page(), "docs/configuration.md is out of date: run python -m lookalike.tools.configdoc"
     rows = dict(re.findall(r"^\| `([a-z0-9_.]+)` \| (.+?) \|", page, flags=re.M))
     assert sorted(rows) == sorted(_keys(Config)), "every key once, and no key that is not one"
     assert rows["extract.events_refetch_days"] == "`3`" and rows["neighbors.block_size"] == "`16_384`"
@@ -64,3 +67,38 @@ def test_every_relative_link_lands_on_a_file_and_heading(page):
         assert dest.exists(), f"{page.name}: link to {target} names no file"
         if anchor and dest.suffix == ".md":
             assert anchor in _anchors(dest), f"{page.name}: link to {target} names no heading of {dest.name}"
+
+
+def _cli() -> dict[str, set[str] | None]:
+    """Each verb of the ``lookalike`` parser, with its actions (``serving status``) where it has them."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    verbs = {}
+    for name, parser in sub.choices.items():
+        actions = [a.choices for a in parser._actions if a.dest == "action" and a.choices]
+        verbs[name] = set(actions[0]) if actions else None
+    return verbs
+
+
+def _commands(text: str):
+    """(verb, the word after it) of every ``lookalike …`` command in code: fenced blocks and `spans`."""
+    blocks = re.findall(r"```.*?```", text, flags=re.S)
+    spans = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+    for code in blocks + spans:
+        for m in re.finditer(r"(?:^|[\s/(])lookalike ([a-z][\w-]*(?:\|[a-z][\w-]*)*)(?: ([a-z][\w-]*))?", code, re.M):
+            for verb in m.group(1).split("|"):  # `lookalike extract|train …`: each of them
+                yield verb, m.group(2)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_command_the_docs_name_is_the_clis_own(page):
+    verbs = _cli()
+    wrong = sorted({f"{verb} {action or ''}".strip() for verb, action in _commands(page.read_text())
+                    if verb not in verbs or (verbs[verb] and action and action not in verbs[verb])})
+    assert wrong == [], f"{page.name} names commands the CLI does not have: {wrong}"
+
+
+def test_the_operations_page_lists_every_verb_and_the_check_sees_a_wrong_one():
+    listed = {verb for verb, _ in _commands((ROOT / "docs" / "operations.md").read_text())}
+    assert set(_cli()) - listed == set(), "docs/operations.md names every verb of the CLI"
+    assert list(_commands("run `lookalike serving restart` or `lookalike embedd|train --ds D`")) == [
+        ("serving", "restart"), ("embedd", None), ("train", None)]
