@@ -110,18 +110,21 @@ class Bench:
     def run(self, steps: int, preloaded: bool, **options) -> float:
         import torch
 
-        from lookalike.train.loop import LoopConfig, train_siglip
+        from lookalike.config import TrainConfig
+        from lookalike.train.loop import Budget, train_siglip
 
         def reused(start):
             while True:
                 yield self.first
 
-        cfg = LoopConfig(max_steps=steps, minutes=60, batch_size=self.batch, learning_rate=1e-4, weight_decay=0.05,
-                         warmup_steps=1, seed=0, **{"precision": self.precision, **options}, progress_every=10**9)
+        cfg = TrainConfig(max_steps=steps, minutes=60, batch_size=self.batch, learning_rate=1e-4, weight_decay=0.05,
+                          warmup_steps=1, seed=0, colour_augment=0.0, crop_scale=1.0, patch_dropout=0.0,
+                          checkpoint_every=0, **{"precision": self.precision, **options})
         if self.world.device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        train_siglip(self.model, reused if preloaded else self.loader, self.preprocess, cfg, self.world)
+        train_siglip(self.model, reused if preloaded else self.loader, self.preprocess, cfg,
+                     Budget(steps, progress_every=10**9), self.world)
         if self.world.device.type == "cuda":
             torch.cuda.synchronize()
         return steps * self.batch / (time.perf_counter() - started)

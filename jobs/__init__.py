@@ -1,2 +1,2 @@
-"""Worker entrypoints: ``python -m jobs.<stage> --ds YYYY-MM-DD [--config FILE]`` or
+"""Worker entrypoints: ``python -m lookalike.jobs.<stage> --ds YYYY-MM-DD [--config FILE]`` or
 ``spark-submit jobs/<stage>.py …``; each is one call of ``lookalike.orchestration.jobs.main``."""

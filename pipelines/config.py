@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import re
 import typing
@@ -29,12 +28,24 @@ NOT_CONFIG_ENV = {CONFIG_ENV, "LOOKALIKE_CACHE_DIR", "LOOKALIKE_FAULT", "LOOKALI
                   "LOOKALIKE_RESULT_FILE"}
 
 
+def key(default, *, choices: tuple[str, ...] = (), within: str = "", path: bool = False):
+    """A config key whose value is checked when the config loads, declared beside its field, so a
+    typo fails at once with the key named, not hours later inside a stage: ``choices``, the names it
+    may take; ``within``, an interval such as ``"[0, 1]"`` or ``"(0, inf)"``; ``path``, a location,
+    resolved against the config file's folder (the working directory for the embedded default)
+    unless absolute or a URL. ``CHOICES``, ``INTERVALS`` and the path keys are read from here."""
+    if within:
+        low, high = (float(x) for x in within.strip("[]()").split(","))
+        within = (low, high, within[0] == "[", within[-1] == "]")
+    return field(default=default, metadata={"choices": tuple(choices), "within": within or None, "path": path})
+
+
 @dataclass(frozen=True)
 class SourceConfig:
     """The marketplace's listings database and image store (docs/pipeline.md, "Source contract")."""
     url: str = "sqlite:///var/sample/marketplace.db"  # any SQLAlchemy URL
-    images: str = "var/sample/images"  # image store root: a directory or s3://bucket/prefix
-    extract_sql: str = ""  # folder of extract templates; empty = the shipped sql/extract
+    images: str = key("var/sample/images", path=True)  # image store root: a directory or s3://bucket/prefix
+    extract_sql: str = key("", path=True)  # folder of extract templates; empty = the shipped sql/extract
 
 
 @dataclass(frozen=True)
@@ -54,13 +65,13 @@ class ExtractConfig:
     max_image_pixels: int = 50_000_000  # decompression-bomb guard (width x height)
     min_image_side: int = 16  # smaller images carry no usable signal
     max_quarantine_share: float = 0.05  # a larger share of rejected rows fails the ds before anything is published
-    decode_processes: int = 1  # processes decoding photos; 1: the extract's own threads, 0: one per core
-    spark_min_rows: int = 0  # > 0: from this many listings staged on, photos are fetched and decoded as Spark tasks
-    launcher: str = "in-process"  # how a DAG task runs extract: "in-process", or "spark-submit" to spark.master
+    decode_processes: int = key(1, within="[0, inf)")  # processes decoding photos; 1: the extract's own threads, 0: one per core
+    spark_min_rows: int = key(0, within="[0, inf)")  # > 0: from this many listings staged on, photos are fetched and decoded as Spark tasks
+    launcher: str = key("in-process", choices=("in-process", "spark-submit"))  # how a DAG task runs extract: "in-process", or "spark-submit" to spark.master
     # Events older than this many days before the earlier night's extract are reused from it, not read
     # again; younger ones are read again, so events logged up to this late are picked up. At least the
     # log window (userrec.log_days) reads the whole log every night.
-    events_refetch_days: int = 3
+    events_refetch_days: int = key(3, within="[0, inf)")
 
 
 @dataclass(frozen=True)
@@ -84,25 +95,28 @@ class TrainConfig:
     max_text_length: int = 24  # tokens; SigLIP pools the last token, so texts pad to this
     vocab_size: int = 4000  # the tokenizer trained on the titles when training from scratch
     val_fraction: float = 0.1  # items held out (stable by id) for image→title Recall@1/@5
-    colour_augment: float = 0.5  # share of photos recoloured (half channel-permuted, half greyscale)
+    colour_augment: float = key(0.5, within="[0, 1]")  # share of photos recoloured (half channel-permuted, half greyscale)
     keep_aspect: bool = False  # resize the longest side and pad, instead of stretching to a square
-    crop_scale: float = 0.4  # random resized crops of at least this share of the photo's area (1: shifts only)
-    image_positive: float = 0.0  # > 0: weight of an image–image term, two views of a photo as positives (SLIP)
-    patch_dropout: float = 0.5  # share of image tokens dropped per photo while training (FLIP; 0: every token)
+    crop_scale: float = key(0.4, within="(0, 1]")  # random resized crops of at least this share of the photo's area (1: shifts only)
+    image_positive: float = key(0.0, within="[0, inf)")  # > 0: weight of an image–image term, two views of a photo as positives (SLIP)
+    patch_dropout: float = key(0.5, within="[0, 1)")  # share of image tokens dropped per photo while training (FLIP; 0: every token)
     text_positives: bool = True  # pairs whose normalised texts are identical count as positives
     val_max_items: int = 2000  # held-out pairs scored for image→title recall (a stable subset)
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | fp32
+    precision: str = key("auto", choices=("auto", "bf16", "fp32"))  # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | fp32
     grad_accum: int = 1  # micro-steps per optimizer step; batch_size is the global batch across them and all ranks
     clip_norm: float = 1.0  # gradient clipping (0 = off)
     freeze_text: bool = False  # train the vision tower only
     freeze_vision_layers: int = 0  # freeze the patch embedding and this many lower vision blocks
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    fused_optimizer: bool = True  # one fused AdamW kernel (CUDA and CPU)
+    compile: bool = False  # torch.compile the model (pays back its compile time on long runs only)
+    channels_last: bool = False  # NHWC pixel layout for the patch convolution
     checkpoint_every: int = 200  # steps between resumable checkpoints (0 = none)
     decoded_cache_mb: int = 2048  # keep decoded photos in shared memory when the snapshot fits (decode once)
     loader_workers: int = -1  # DataLoader processes decoding photos per rank; -1 = cores per rank - 1 (min 1)
     threads: int = 0  # torch threads; 0 = all cores
     # How a DAG task runs training: "in-process", or "torchrun" (data-parallel, nproc_per_node ranks)
-    launcher: str = "in-process"
+    launcher: str = key("in-process", choices=("in-process", "torchrun"))
     nproc_per_node: int = 0  # torchrun ranks on the worker; 0 = one per visible GPU
 
 
@@ -115,14 +129,14 @@ class EmbedConfig:
     pca_dim: int = 0  # > 0: project to this many dimensions (PCA fitted once per model version)
     pca_sample: int = 10000  # catalogue items the PCA is fitted on
     float16: bool = False  # store embeddings as float16 (half the bytes)
-    launcher: str = "in-process"  # how a DAG task runs embedding: "in-process", or "spark-submit" to spark.master
+    launcher: str = key("in-process", choices=("in-process", "spark-submit"))  # how a DAG task runs embedding: "in-process", or "spark-submit" to spark.master
 
 
 @dataclass(frozen=True)
 class NeighborsConfig:
     """The all-items nearest-neighbour search (pipelines/neighbors/)."""
     k: int = 20  # neighbours per item
-    index: str = "auto"  # auto | flat | ivf | ivfpq | hnsw | torch (see pipelines/neighbors/search.py)
+    index: str = key("auto", choices=("auto", "flat", "ivf", "ivfpq", "hnsw", "torch"))  # auto | flat | ivf | ivfpq | hnsw | torch (see pipelines/neighbors/search.py)
     recall_target: float = 0.95  # approximate indexes are tuned to this recall@k against exact search
     recall_sample: int = 2000  # queries the recall is measured on, every run
     exact_max_items: int = 50_000  # auto: exact search up to this many candidates
@@ -131,20 +145,20 @@ class NeighborsConfig:
     same_category: bool = False  # neighbours only from the item's own category
     exclude_same_seller: bool = False  # no neighbour from the item's seller
     drop_same_image: bool = False  # no neighbour with the identical photo (always flagged in same_image)
-    device: str = "auto"  # auto: CUDA when torch sees one | cpu | cuda
+    device: str = key("auto", choices=("auto", "cpu", "cuda"))  # auto: CUDA when torch sees one | cpu | cuda
     threads: int = 0  # FAISS threads; 0 = all cores (1 per Spark task on Spark)
     spark_min_items: int = 0  # > 0: from this many items on, the all-items search runs as Spark tasks on spark.master
     seed: int = 0  # the index's training sample and the recall queries
     # Each list keeps this many neighbours beyond k (and a bar below which nothing was missed), so the
     # next night can update it from what changed instead of searching every item again
-    margin: int = 10
+    margin: int = key(10, within="[0, inf)")
     # The next night updates the lists when at most this share of the catalogue was added, changed or
     # removed (and the served model and the neighbour settings are the same); more: a full rebuild
-    incremental_max_change: float = 0.1
-    full_rebuild_days: int = 7  # a full rebuild at least this often (days since the last one)
+    incremental_max_change: float = key(0.1, within="[0, 1]")
+    full_rebuild_days: int = key(7, within="[1, inf)")  # a full rebuild at least this often (days since the last one)
     # Approximate indexes: the kept lists were searched in an index trained on the night of the last full
     # rebuild; once this share of the catalogue changed since then, rebuild in full (a new index)
-    max_changed_since_full: float = 0.3
+    max_changed_since_full: float = key(0.3, within="[0, 1]")
 
 
 @dataclass(frozen=True)
@@ -162,7 +176,7 @@ class EvaluateConfig:
     category_items: int = 3000  # no module clicks yet: held-out listings scored by category, colour and product group
     # The most colour@5 a served system may trail the image baseline by, whatever it gains on category
     # (listings with a colour column): the model alone gives way to the blend, or the baseline stays
-    max_colour_loss: float = 0.02
+    max_colour_loss: float = key(0.02, within="[0, 1]")
 
 
 @dataclass(frozen=True)
@@ -172,8 +186,8 @@ class UserRecConfig:
     k: int = 20  # recommendations per user
     max_len: int = 20  # L: the user tower reads the last L items
     dim: int = 64  # the shared user/item space
-    fusion: str = "gated"  # gated (a learned gate between image and text) | concat (concatenation + MLP)
-    user_tower: str = "transformer"  # transformer (causal) | gru
+    fusion: str = key("gated", choices=("gated", "concat"))  # gated (a learned gate between image and text) | concat (concatenation + MLP)
+    user_tower: str = key("transformer", choices=("transformer", "gru"))  # transformer (causal) | gru
     layers: int = 2  # user tower layers
     heads: int = 2  # attention heads of the transformer tower
     dropout: float = 0.1  # in both towers while training
@@ -217,15 +231,15 @@ class ExperimentConfig:
 @dataclass(frozen=True)
 class AbConfig:
     """How experiments are read (pipelines/experiments/analysis.py; `lookalike ab-report`)."""
-    conversion_window_hours: float = 24.0  # a purchase of a module-clicked item this long after the click converts it
-    srm_alpha: float = 0.001  # a sample-ratio χ² p-value below this flags a broken split
-    min_power: float = 0.8  # below this power for a lift as observed the report warns the test is underpowered
+    conversion_window_hours: float = key(24.0, within="(0, inf)")  # a purchase of a module-clicked item this long after the click converts it
+    srm_alpha: float = key(0.001, within="(0, 1)")  # a sample-ratio χ² p-value below this flags a broken split
+    min_power: float = key(0.8, within="(0, 1)")  # below this power for a lift as observed the report warns the test is underpowered
 
 
 @dataclass(frozen=True)
 class AlertsConfig:
     """Who hears about a failed night (pipelines/orchestration/alerts.py)."""
-    notifier: str = "none"  # none | smtp | slack: every failed task notifies (the log line stays)
+    notifier: str = key("none", choices=("none", "smtp", "slack"))  # none | smtp | slack: every failed task notifies (the log line stays)
     to: str = ""  # smtp: recipient address(es), comma-separated
     from_email: str = "lookalike@localhost"  # smtp: the sender
     smtp_conn_id: str = "smtp_default"  # smtp: the Airflow SMTP connection
@@ -245,7 +259,7 @@ class PublishConfig:
     accept_drift: bool = False  # publish a ds beyond the bounds anyway (said in the run record)
     # Inside a DAG run, a refused ds waits for an operator's approval (the nightly DAG's approve_drift task)
     # this many minutes; no answer rejects it
-    approval_timeout: float = 720.0
+    approval_timeout: float = key(720.0, within="(0, inf)")
     ask_approval: bool = True  # false: a refused ds fails publish at once (`lookalike run`: no one to ask)
 
 
@@ -266,7 +280,7 @@ class RedisSinkConfig:
     url: str = ""  # redis://[:password@]host:port/db; inside a DAG run the Airflow Connection `conn_id` replaces it
     conn_id: str = "lookalike_redis"  # the Airflow Connection of the store (empty: never look one up)
     prefix: str = "lookalike"  # of every key Lookalike writes
-    batch: int = 5000  # lists per pipelined HSET
+    batch: int = key(5000, within="[1, inf)")  # lists per pipelined HSET
     connect_timeout: int = 10  # seconds before an unreachable server fails the hand-off (transient: retried)
 
 
@@ -277,8 +291,8 @@ class ServingConfig:
     # The published tables handed off: item_neighbors, item_neighbors_variants (each running
     # experiment's arms), user_recommendations
     tables: str = "item_neighbors,item_neighbors_variants,user_recommendations"
-    keep_generations: int = 2  # generations kept per feed in each store, the live one included (rollback needs 2)
-    check_sample: int = 500  # lists per table read back and compared with the Parquet rows before the switch
+    keep_generations: int = key(2, within="[2, inf)")  # generations kept per feed in each store, the live one included (rollback needs 2)
+    check_sample: int = key(500, within="[0, inf)")  # lists per table read back and compared with the Parquet rows before the switch
     postgres: PostgresSinkConfig = field(default_factory=PostgresSinkConfig)
     redis: RedisSinkConfig = field(default_factory=RedisSinkConfig)
 
@@ -310,13 +324,13 @@ class SparkConfig:
     driver_java_options: str = "-XX:+UseSerialGC"
     executor_memory: str = ""  # empty: Spark's default
     executor_gpus: int = 0  # GPUs per executor; > 0 schedules one GPU per embedding task, bf16 inference
-    gpu_discovery_script: str = ""  # when empty, the one Lookalike ships (pipelines/resources/gpu-discovery.sh); must exist on every executor host
+    gpu_discovery_script: str = key("", path=True)  # when empty, the one Lookalike ships (pipelines/resources/gpu-discovery.sh); must exist on every executor host
 
 
 @dataclass(frozen=True)
 class AirflowConfig:
     """Running under Airflow: `lookalike run`, and the Connections a DAG run reads."""
-    home: str = "var/airflow"  # AIRFLOW_HOME for `lookalike run` on the embedded default
+    home: str = key("var/airflow", path=True)  # AIRFLOW_HOME for `lookalike run` on the embedded default
     # Inside a DAG run: the listings database from this Airflow connection (its SQLAlchemy URL
     # replaces source.url) and the object store's credentials from this AWS connection, when
     # defined; empty = never look one up (pipelines/orchestration/connections.py).
@@ -329,9 +343,9 @@ class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     # Published tables: a directory or s3://bucket/prefix (endpoint and credentials: the aws_default
     # connection in a DAG run, else the usual AWS_* variables)
-    warehouse: str = "var/warehouse"
-    work_dir: str = ""  # the runs' work area (local or a shared volume); empty: <warehouse>/_work, or var/work for s3://
-    models: str = "var/models"  # the model registry
+    warehouse: str = key("var/warehouse", path=True)
+    work_dir: str = key("", path=True)  # the runs' work area (local or a shared volume); empty: <warehouse>/_work, or var/work for s3://
+    models: str = key("var/models", path=True)  # the model registry
     window_days: int = 90  # training snapshot window [ds - window_days, ds)
     model: ModelConfig = field(default_factory=ModelConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
@@ -373,12 +387,6 @@ _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][\w+.-]*://[^/@\s:]*:)(?P<password
 def redact_url(text: str) -> str:
     """``text`` with the password of every URL in it replaced by ``***``."""
     return _URL_PASSWORD.sub(lambda m: f"{m['head']}***@", text)
-
-
-# Keys holding locations: relative ones are resolved against the config file's folder
-# (or the working directory for the embedded default), so tasks agree wherever they run.
-_PATH_KEYS = {("source", "images"), ("source", "extract_sql"), ("warehouse",), ("work_dir",), ("models",),
-              ("airflow", "home"), ("spark", "gpu_discovery_script")}
 
 
 def _coerce(value, typ, key: str):
@@ -479,43 +487,23 @@ def _resolve_paths(data: dict, base_dir: Path) -> dict:
     return data
 
 
-# Keys whose value is one of a few names: checked when the config loads, so a typo fails at once
-# with the key named, not hours later inside a stage. The stages take their lists from here.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "train.precision": ("auto", "bf16", "fp32"),
-    "train.launcher": ("in-process", "torchrun"),
-    "embed.launcher": ("in-process", "spark-submit"),
-    "extract.launcher": ("in-process", "spark-submit"),
-    "neighbors.index": ("auto", "flat", "ivf", "ivfpq", "hnsw", "torch"),
-    "neighbors.device": ("auto", "cpu", "cuda"),
-    "userrec.fusion": ("gated", "concat"),
-    "userrec.user_tower": ("transformer", "gru"),
-    "alerts.notifier": ("none", "smtp", "slack"),
-}
+def _declared(cls=None, prefix: str = ""):
+    """(dotted key, its field) of every key of ``Config``, named sections excluded."""
+    cls = cls or Config
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _declared(hints[f.name], f"{prefix}{f.name}.")
+        elif typing.get_origin(hints[f.name]) is not dict:
+            yield prefix + f.name, f
 
 
-# Shares that must lie in an interval: (low, high, low inclusive, high inclusive).
-INTERVALS: dict[str, tuple[float, float, bool, bool]] = {
-    "train.colour_augment": (0.0, 1.0, True, True),
-    "evaluate.max_colour_loss": (0.0, 1.0, True, True),
-    "train.crop_scale": (0.0, 1.0, False, True),
-    "train.patch_dropout": (0.0, 1.0, True, False),
-    "train.image_positive": (0.0, math.inf, True, False),
-    "extract.events_refetch_days": (0, math.inf, True, False),
-    "extract.decode_processes": (0, math.inf, True, False),
-    "extract.spark_min_rows": (0, math.inf, True, False),
-    "neighbors.margin": (0, math.inf, True, False),
-    "neighbors.incremental_max_change": (0.0, 1.0, True, True),
-    "neighbors.full_rebuild_days": (1, math.inf, True, False),
-    "neighbors.max_changed_since_full": (0.0, 1.0, True, True),
-    "ab.conversion_window_hours": (0.0, math.inf, False, False),
-    "ab.srm_alpha": (0.0, 1.0, False, False),
-    "ab.min_power": (0.0, 1.0, False, False),
-    "serving.keep_generations": (2, math.inf, True, False),
-    "serving.check_sample": (0, math.inf, True, False),
-    "serving.redis.batch": (1, math.inf, True, False),
-    "publish.approval_timeout": (0.0, math.inf, False, False),
-}
+# What ``key()`` declared, by dotted key: the stages take their lists from here (``neighbors.index``).
+CHOICES: dict[str, tuple[str, ...]] = {name: f.metadata["choices"] for name, f in _declared()
+                                       if f.metadata.get("choices")}
+INTERVALS: dict[str, tuple[float, float, bool, bool]] = {name: f.metadata["within"] for name, f in _declared()
+                                                         if f.metadata.get("within")}
+_PATH_KEYS = [tuple(name.split(".")) for name, f in _declared() if f.metadata.get("path")]
 
 
 def _value(config: Config, key: str):

@@ -20,9 +20,9 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from pathlib import Path
 
+from lookalike.atomic import atomic_path
 from lookalike.errors import LookalikeError
 
 log = logging.getLogger(__name__)
@@ -109,9 +109,8 @@ def local_model_dir(uri: str) -> Path:
                for o in page.get("Contents", [])]
     if not any(o["Key"].endswith("/config.json") for o in objects):
         raise LookalikeError(f"{uri} holds no Hugging Face model folder (no config.json)")
-    staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
     record = {}
-    try:
+    with atomic_path(target, first_wins=True) as staging:  # another worker on this host may finish first
         for obj in objects:
             relative = obj["Key"][len(prefix) + 1:]
             path = staging / relative
@@ -124,13 +123,6 @@ def local_model_dir(uri: str) -> Path:
                                      f"(size or MD5 differs): retry, or check the bucket")
             record[relative] = {"size": obj["Size"], "sha256": sha, "etag": etag}
         (staging / MANIFEST).write_text(json.dumps({"uri": uri, "files": record}, indent=2, sort_keys=True))
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    try:
-        staging.rename(target)
-    except OSError:  # another worker on this host finished first: use its copy
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

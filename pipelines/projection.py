@@ -8,13 +8,12 @@ model version ``<version>+pca<dim>``, so incremental reuse never mixes spaces.
 from __future__ import annotations
 
 import io
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from lookalike.atomic import atomic_write_bytes
 from lookalike.errors import ConfigError, LookalikeError
 
 
@@ -51,9 +50,7 @@ def projection_path(model_dir: str | Path, dim: int) -> Path:
 def save_projection(projection: Projection, path: Path) -> None:
     buf = io.BytesIO()
     np.savez(buf, mean=projection.mean, components=projection.components)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)  # the model folder gains the file complete or not at all
+    atomic_write_bytes(path, buf.getvalue())  # the model folder gains the file complete or not at all
 
 
 def load_projection(path: str | Path) -> Projection:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from lookalike.errors import LookalikeError
-from lookalike.storage import ModelStore, atomic_write_text
+from lookalike.atomic import atomic_write_text
+from lookalike.storage import ModelStore
 
 
 class RegistryError(LookalikeError):

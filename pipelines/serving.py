@@ -21,14 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from lookalike import registry
+from lookalike.atomic import atomic_path, atomic_write_text
 from lookalike.config import Config
 from lookalike.projection import Projection, load_projection, save_projection
 from lookalike.errors import LookalikeError
@@ -87,16 +86,12 @@ def ensure_baseline(cfg: Config, ds: str) -> tuple[str, Path]:
     digest = hashlib.sha256(features.FEATURES.encode() + digest.encode()).hexdigest()
     version = f"image-baseline-{ds.replace('-', '')}-{digest[:10]}"
     folder = store.baseline_dir(version)
-    staging = folder.with_name(f".{version}.{uuid.uuid4().hex[:8]}.tmp")
-    staging.mkdir(parents=True)
-    save_projection(projection, staging / "projection.npz")
-    (staging / "lookalike.json").write_text(json.dumps(
-        {"kind": BASELINE, "version": version, "ds": ds, "fitted_on": len(pixels), "dim": projection.dim,
-         "image_size": features.SIZE, "features": features.FEATURES}, indent=2))
-    try:
-        staging.rename(folder)
-    except OSError:  # fitted by a concurrent run with the same result
-        shutil.rmtree(staging, ignore_errors=True)
+    with atomic_path(folder, first_wins=True) as staging:  # a concurrent run fits the same result
+        staging.mkdir()
+        save_projection(projection, staging / "projection.npz")
+        (staging / "lookalike.json").write_text(json.dumps(
+            {"kind": BASELINE, "version": version, "ds": ds, "fitted_on": len(pixels), "dim": projection.dim,
+             "image_size": features.SIZE, "features": features.FEATURES}, indent=2))
     registry.set_baseline(store, version)
     log.info("image baseline %s: fitted on %d catalogue photos of %s (%d dimensions)", version, len(pixels), ds,
              projection.dim)
@@ -119,12 +114,9 @@ def ensure_hybrid(store: ModelStore, model_version: str, baseline_version: str, 
     version = hybrid_version(model_version, baseline_version, weight)
     folder = store.hybrid_dir(version)
     if not (folder / "lookalike.json").exists():
-        folder.mkdir(parents=True, exist_ok=True)
         spec = {"kind": HYBRID, "version": version, "model": model_version, "baseline": baseline_version,
                 "weight": weight}
-        tmp = folder / f".lookalike.json.{uuid.uuid4().hex[:8]}.tmp"
-        tmp.write_text(json.dumps(spec, indent=2))
-        tmp.replace(folder / "lookalike.json")
+        atomic_write_text(folder / "lookalike.json", json.dumps(spec, indent=2))
     return version, folder
 
 

@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -40,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lookalike import faults, tables
+from lookalike.atomic import atomic_path, atomic_write_text
 from lookalike.errors import ConfigError, LookalikeError
 
 log = logging.getLogger(__name__)
@@ -49,36 +49,10 @@ MANIFEST = "_manifest.json"
 RETIRED_KEPT = 400  # ds values removed by retention, remembered per table in the manifest
 
 
-def atomic_write_text(path: Path, text: str, before_rename=None) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: no half file on a crash.
-    (``before_rename``: a hook between the two, for crash points.)"""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if before_rename is not None:
-            before_rename()
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def write_parquet(table: pa.Table, path: Path) -> Path:
-    """Write one Parquet file atomically (``.tmp`` then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    """Write one Parquet file atomically (through ``atomic_path``)."""
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     return path
 
 

@@ -27,7 +27,8 @@ from lookalike.errors import ConfigError
 from lookalike.projection import fit_projection, load_projection, projection_path, save_projection
 from lookalike.serving import Served
 from lookalike.spark import task_device
-from lookalike.storage import Warehouse, atomic_write_text, write_parquet
+from lookalike.atomic import atomic_path, atomic_write_text
+from lookalike.storage import Warehouse, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +134,8 @@ def _quarantine_rows(ds: str, item_ids, reasons) -> pa.Table:
 def _store_results(tables, out, ds: str, version: str, float16: bool) -> tuple[int, list, list]:
     """Stream embedded rows into one Parquet file (memory: one batch); returns (computed, failed ids, reasons)."""
     computed, q_ids, q_reasons = 0, [], []
-    path = out / "part-computed.parquet"
-    tmp = path.with_name(".part-computed.parquet.tmp")
-    with pq.ParquetWriter(tmp, _embeddings_schema(float16), compression="zstd") as writer:
+    with (atomic_path(out / "part-computed.parquet") as tmp,
+          pq.ParquetWriter(tmp, _embeddings_schema(float16), compression="zstd") as writer):
         for table in tables:
             ok = pc.is_null(table.column("error"))
             good, bad = table.filter(ok), table.filter(pc.invert(ok))
@@ -145,7 +145,6 @@ def _store_results(tables, out, ds: str, version: str, float16: bool) -> tuple[i
                 computed += good.num_rows
             q_ids += bad.column("item_id").to_pylist()
             q_reasons += bad.column("error").to_pylist()
-    tmp.rename(path)
     return computed, q_ids, q_reasons
 
 

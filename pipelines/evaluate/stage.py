@@ -40,7 +40,8 @@ from lookalike.features import baseline_vectors
 from lookalike.events import read_events
 from lookalike.evaluate.metrics import REPORTED, bootstrap_ci, coverage, discriminates, query_metrics
 from lookalike.siglip import embed_pixels, load_model
-from lookalike.storage import ModelStore, Warehouse, atomic_write_text, write_parquet
+from lookalike.atomic import atomic_write_text
+from lookalike.storage import ModelStore, Warehouse, write_parquet
 
 log = logging.getLogger(__name__)
 

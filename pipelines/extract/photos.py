@@ -123,7 +123,7 @@ def earlier_photos(wh, ds: str) -> tuple[str | None, list[Path]]:
 
 
 def write_marker(wh, ds: str, summary: dict) -> None:
-    from lookalike.storage import atomic_write_text
+    from lookalike.atomic import atomic_write_text
 
     atomic_write_text(wh.work(ds, MARKER), json.dumps(summary, indent=2, sort_keys=True))
 

@@ -47,7 +47,8 @@ from lookalike.extract.validate import latest_listings, reject_listings, stage_l
 from lookalike.intraday import changes as ch
 from lookalike.neighbors.output import ListsCollector, neighbor_table, positions_in
 from lookalike.resources import sql_path
-from lookalike.storage import Warehouse, atomic_write_text, write_parquet
+from lookalike.atomic import atomic_write_text
+from lookalike.storage import Warehouse, write_parquet
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -34,6 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lookalike import faults, schemas
+from lookalike.atomic import atomic_path
+from lookalike.storage import write_parquet
 from lookalike.neighbors.search import (Exclusions, FaissIndexSearcher, FlatSearcher, KeyedSearcher, Lists, Plan,
                                         Searcher, TorchSearcher, search_blocks)
 
@@ -215,12 +216,12 @@ def search_ranges(batches: Iterator[pa.RecordBatch], folder: str, parts: str, th
             tables = [neighbor_table(loaded.meta["ds"], loaded.meta["version"], loaded.ids, loaded.images,
                                      qpos, npos, scores, k) for qpos, npos, scores, _ in blocks]
             table = pa.concat_tables(tables) if tables else schemas.ITEM_NEIGHBORS.empty_table()
-            _replace(Path(parts) / f"part-{g:04d}-{start:010d}.parquet",
-                     lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+            write_parquet(table, Path(parts) / f"part-{g:04d}-{start:010d}.parquet")  # a retried task: the same file
             if length and blocks:  # the lists the next night starts from
                 got = blocks[0][3]
-                _replace(Path(folder) / LISTS_DIR / f"lists-{g:04d}-{start:010d}.npz",
-                         lambda tmp: np.savez(tmp, pos=got.pos, scores=got.scores, bar=got.bar, bar_pos=got.bar_pos))
+                with (atomic_path(Path(folder) / LISTS_DIR / f"lists-{g:04d}-{start:010d}.npz") as tmp,
+                      open(tmp, "wb") as fh):
+                    np.savez(fh, pos=got.pos, scores=got.scores, bar=got.bar, bar_pos=got.bar_pos)
             same = int(np.sum(table.column("same_image").to_numpy(zero_copy_only=False))) if table.num_rows else 0
             counts.append((g, start, stop - start, table.num_rows, same, done["kept"], done["fresh"],
                            done["ran_out"], done["touched"]))
@@ -236,13 +237,6 @@ def _driver_search(saved):
         assert np.array_equal(every[at], new) and depth == p.shape[1]
         return s[at], p[at]
     return from_fresh
-
-
-def _replace(path: Path, write) -> None:
-    """``write(tmp)`` beside ``path``, then moved onto it (a retried task writes the same file again)."""
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def search_on_spark(cfg, search: SearchFolder, out: Path, lists_out=None) -> dict:

@@ -4,8 +4,6 @@ streamed block by block and moved into place only when complete, and the lists w
 next night's update starts from, read back in that night's numbering."""
 from __future__ import annotations
 
-import os
-import uuid
 
 import numpy as np
 import pyarrow as pa
@@ -13,6 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lookalike import faults, schemas
+from lookalike.atomic import atomic_path
 from lookalike.neighbors.search import NO_POS, Lists
 
 
@@ -49,8 +48,8 @@ class StreamingParquet:
 
     def __init__(self, path, schema: pa.Schema):
         self.path = path
-        self.tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+        self._atomic = atomic_path(path)
+        self.writer = pq.ParquetWriter(self._atomic.__enter__(), schema, compression="zstd")
 
     def write_table(self, table: pa.Table) -> None:
         if table.num_rows:
@@ -62,11 +61,7 @@ class StreamingParquet:
 
     def __exit__(self, exc_type, exc, tb):
         self.writer.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
-        return False
+        return self._atomic.__exit__(exc_type, exc, tb)
 
 
 class ListsCollector:

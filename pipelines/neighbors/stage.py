@@ -30,7 +30,8 @@ from lookalike.neighbors import distributed
 from lookalike.neighbors.describe import describe_mode, describe_recall
 from lookalike.neighbors.output import ListsCollector, StreamingParquet, neighbor_table, positions_in, write_rows
 from lookalike.neighbors.search import Plan, build_searcher, filters_of, plan_index, search_blocks, tune
-from lookalike.storage import Warehouse, atomic_write_text
+from lookalike.atomic import atomic_write_text
+from lookalike.storage import Warehouse
 
 log = logging.getLogger(__name__)
 

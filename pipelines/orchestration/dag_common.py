@@ -16,6 +16,7 @@ from airflow.sdk.bases.decorator import task_decorator_factory
 from lookalike import tables
 from lookalike.orchestration.alerts import approval_notifiers, failure_notifiers, publish_deadline
 from lookalike.config import Config, ConfigError, load_config
+from lookalike.orchestration.jobs import STAGES
 
 log = logging.getLogger("lookalike")
 
@@ -48,16 +49,14 @@ def per_published_day() -> PartitionedAssetTimetable:
     return PartitionedAssetTimetable(assets=TABLE_ASSETS["item_embeddings"])
 
 
-STAGE_VERBS = {"extract", "train", "evaluate", "embed", "neighbors", "experiments", "publish", "userrec"}
-
-
 def on_task_failure(context) -> None:
     """Log what failed, for which ds, and how to rerun it (the partition is replaced, not appended)."""
     ti = context.get("ti") or context.get("task_instance")
     dag_id, task_id = getattr(ti, "dag_id", "?"), getattr(ti, "task_id", "?")
     params = context.get("params") or {}
     ds = params.get("ds") or getattr(context.get("dag_run"), "partition_key", None) or context.get("ds") or "?"
-    rerun = f"`lookalike {task_id} --ds {ds}` runs the stage alone; " if task_id in STAGE_VERBS else ""
+    users = " --users" if task_id == "handoff" and dag_id == tables.USER_RECS else ""
+    rerun = f"`lookalike {task_id} --ds {ds}{users}` runs the stage alone; " if task_id in STAGES else ""
     if dag_id == tables.INTRADAY:  # an hour, not a day: the next hour catches up on its own
         ds = params.get("as_of") or str(context.get("logical_date") or "?")
         rerun = f"`lookalike intraday --as-of {ds} --step {task_id}` runs the step alone; the next hour also " \

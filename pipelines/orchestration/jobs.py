@@ -1,6 +1,7 @@
-"""The stage entrypoints: what ``lookalike <stage>``, ``python -m jobs.<stage>``, ``spark-submit``
-and ``torchrun`` run. One table, ``STAGES``, names each stage, its help and the function it calls;
-``jobs/`` holds a three-line file per stage over it, so a job can be launched by file or module."""
+"""The stage entrypoints: what ``lookalike <stage>``, ``python -m lookalike.jobs.<stage>``, ``spark-submit``,
+``torchrun`` and the Airflow tasks (``tasks.py``) run. One table, ``STAGES``, names each stage, its help
+and the function it calls; ``jobs/`` holds a three-line file per stage over it, so a job can be
+launched by file or module."""
 from __future__ import annotations
 
 import argparse
@@ -27,73 +28,77 @@ def iso_date(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date in YYYY-MM-DD form") from None
 
 
-def _extract(cfg, ds, args):
+def _extract(cfg, ds):
     from lookalike.extract.stage import run_extract
 
     return run_extract(cfg, ds)
 
 
-def _train(cfg, ds, args):
+def _train(cfg, ds):
     from lookalike.train.stage import run_train
 
     return run_train(cfg, ds)
 
 
-def _evaluate(cfg, ds, args):
+def _evaluate(cfg, ds, model_uri: str | None = None):
+    """``model_uri`` (the DAG's, from its train task), else the model trained for ds, else production."""
     from lookalike import registry
     from lookalike.evaluate.stage import run_evaluate
     from lookalike.storage import ModelStore
 
-    store = ModelStore.at(cfg.models)
-    trained = [v["version"] for v in registry.list_versions(store) if v.get("snapshot", {}).get("ds") == ds]
-    version = trained[-1] if trained else registry.feature_model(store)[0]
-    return run_evaluate(cfg, ds, str(store.version_dir(version)))
+    if model_uri is None:
+        store = ModelStore.at(cfg.models)
+        trained = [v["version"] for v in registry.list_versions(store) if v.get("snapshot", {}).get("ds") == ds]
+        version = trained[-1] if trained else registry.feature_model(store)[0]
+        model_uri = str(store.version_dir(version))
+    return run_evaluate(cfg, ds, model_uri)
 
 
-def _embed(cfg, ds, args):
+def _embed(cfg, ds):
     from lookalike.embed.stage import run_embed
 
     return run_embed(cfg, ds)
 
 
-def _neighbors(cfg, ds, args):
+def _neighbors(cfg, ds, full: bool = False):
     from lookalike.neighbors.stage import run_neighbors
 
-    return run_neighbors(cfg, ds, full=args.full)
+    return run_neighbors(cfg, ds, full=full)
 
 
-def _experiments(cfg, ds, args):
+def _experiments(cfg, ds):
     from lookalike.experiments.stage import run_experiments
 
     return run_experiments(cfg, ds)
 
 
-def _publish(cfg, ds, args):
+def _publish(cfg, ds, accept_drift: bool = False, approval: dict | None = None):
+    """``accept_drift`` reaches the stage as the config override ``publish.accept_drift`` (``main``)."""
     from lookalike.publish.stage import run_publish
 
-    return run_publish(cfg, ds)
+    return run_publish(cfg, ds, approval=approval)
 
 
-def _userrec(cfg, ds, args):
+def _userrec(cfg, ds, no_publish: bool = False):
     from lookalike.publish.stage import publish_user_recs
     from lookalike.userrec.stage import run_userrec
 
     result = run_userrec(cfg, ds)
-    return {**result, "published": None if args.no_publish else publish_user_recs(cfg, ds)}
+    return {**result, "published": None if no_publish else publish_user_recs(cfg, ds)}
 
 
-def _handoff(cfg, ds, args):
+def _handoff(cfg, ds, users: bool = False):
     from lookalike.online.handoff import run_handoff
 
-    return run_handoff(cfg, ds, "users" if args.users else "items")
+    return run_handoff(cfg, ds, "users" if users else "items")
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
     description: str
-    run: Callable  # (cfg, ds, args) -> JSON-able result
-    flags: dict = field(default_factory=dict)  # extra store_true flags: "--flag" -> help
+    run: Callable  # (cfg, ds, **options) -> JSON-able result; the Airflow tasks and the CLI both call it
+    flags: dict = field(default_factory=dict)  # extra store_true flags: "--flag" -> help, passed as options
 
 
 STAGES = {stage.name: stage for stage in [
@@ -151,7 +156,9 @@ def main(name: str, argv: list[str] | None = None) -> int:
     if getattr(args, "accept_drift", False):
         os.environ["LOOKALIKE_PUBLISH__ACCEPT_DRIFT"] = "true"  # a config override, like any other
     try:
-        result = stage.run(load_config(args.config), args.ds, args)
+        options = {name: True for name in (flag.lstrip("-").replace("-", "_") for flag in stage.flags)
+                   if getattr(args, name)}
+        result = stage.run(load_config(args.config), args.ds, **options)
     except Exception as exc:  # bad input (2) and transient failures (75) as one line; a bug re-raised
         return report(f"lookalike {name}", exc)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one result for the whole job

@@ -12,6 +12,7 @@ from datetime import date
 
 from lookalike.config import load_config
 from lookalike.errors import BAD_INPUT, TRANSIENT, LookalikeError, classify, describe
+from lookalike.orchestration.jobs import STAGES
 
 log = logging.getLogger("lookalike")
 
@@ -118,38 +119,37 @@ def snapshot_date(context: dict) -> str:
     return done[-1]
 
 
-def _launched(context: dict, stage: str, run, ds: str | None = None) -> tuple[str, dict]:
-    """(ds, result) of ``run(cfg, ds)``, in this process or as a job, as ``<stage>.launcher`` says; ``ds``:
-    the run's partition date unless given."""
+def _launched(context: dict, stage: str, ds: str | None = None) -> tuple[str, dict]:
+    """(ds, result) of the stage (``STAGES``), in this process or as a job, as ``<stage>.launcher`` says;
+    ``ds``: the run's partition date unless given."""
     from lookalike.orchestration.launch import run_stage
 
     environ, ds = environ_for(context), ds or partition_date(context)
     cfg = load_config(environ=environ)
-    return ds, run_stage(cfg, stage, ds, lambda: run(cfg, ds), environ)
+    return ds, run_stage(cfg, stage, ds, lambda: STAGES[stage].run(cfg, ds), environ)
+
+
+def _run(context: dict, stage: str, ds: str | None = None, **options) -> dict:
+    """The stage (``STAGES``) in this process, for the run's partition date unless ``ds`` is given."""
+    return STAGES[stage].run(config_for(context), ds or partition_date(context), **options)
 
 
 @fail_fast_on_bad_input
 def extract(context: dict) -> dict:
-    from lookalike.extract.stage import run_extract
-
-    ds, result = _launched(context, "extract", run_extract)
+    ds, result = _launched(context, "extract")
     _annotate_outlets(context, lambda name: {"ds": ds})
     return result
 
 
 @fail_fast_on_bad_input
 def train(context: dict) -> dict:
-    from lookalike.train.stage import run_train
-
-    return _launched(context, "train", run_train, snapshot_date(context))[1]
+    return _launched(context, "train", snapshot_date(context))[1]
 
 
 @fail_fast_on_bad_input
 def evaluate(context: dict, model_uri: str) -> dict:
-    from lookalike.evaluate.stage import run_evaluate
-
     ds = snapshot_date(context)
-    result = run_evaluate(config_for(context), ds, model_uri)
+    result = _run(context, "evaluate", ds, model_uri=model_uri)
     _annotate_outlets(context, lambda name: {"ds": ds, "version": result["model_version"],
                                              "promoted": result["promoted"], "decision": result["decision"]})
     return result
@@ -157,23 +157,17 @@ def evaluate(context: dict, model_uri: str) -> dict:
 
 @fail_fast_on_bad_input
 def embed(context: dict) -> dict:
-    from lookalike.embed.stage import run_embed
-
-    return _launched(context, "embed", run_embed)[1]
+    return _launched(context, "embed")[1]
 
 
 @fail_fast_on_bad_input
 def neighbors(context: dict) -> dict:
-    from lookalike.neighbors.stage import run_neighbors
-
-    return run_neighbors(config_for(context), partition_date(context))
+    return _run(context, "neighbors")
 
 
 @fail_fast_on_bad_input
 def experiments(context: dict) -> dict:
-    from lookalike.experiments.stage import run_experiments
-
-    return run_experiments(config_for(context), partition_date(context))
+    return _run(context, "experiments")
 
 
 @fail_fast_on_bad_input
@@ -181,10 +175,10 @@ def publish(context: dict) -> dict:
     """Publish the ds, then annotate the task's Asset events (one per ``lookalike.<table>`` outlet). A ds the
     drift gate refuses skips this task (no Asset event: nothing was published) with the refusal in XCom
     (``refused``) for ``approve_drift``, which asks an operator."""
-    from lookalike.publish.stage import DriftRefused, run_publish
+    from lookalike.publish.stage import DriftRefused
 
     try:
-        result = _publish_and_annotate(context, run_publish)
+        result = _publish_and_annotate(context, STAGES["publish"].run)
     except DriftRefused as exc:
         from airflow.sdk.exceptions import AirflowSkipException
 
@@ -204,14 +198,12 @@ def publish(context: dict) -> dict:
 def publish_accepted(context: dict) -> dict:
     """Publish a ds the drift gate refused and an operator approved (``approve_drift``), with the drift accepted
     and who approved it, and when, in the run record."""
-    from lookalike.publish.stage import run_publish
-
     answer = context["ti"].xcom_pull(task_ids="approve_drift") or {}
     user = answer.get("responded_by_user") or {}
     approval = {"by": user.get("name") or user.get("id"), "at": str(answer.get("responded_at")),
                 "chosen": answer.get("chosen_options")}
     context["params"] = {**(context.get("params") or {}), "accept_drift": True}
-    result = _publish_and_annotate(context, lambda cfg, ds: run_publish(cfg, ds, approval=approval))
+    result = _publish_and_annotate(context, lambda cfg, ds: STAGES["publish"].run(cfg, ds, approval=approval))
     _night_metrics(context)
     return result
 
@@ -252,10 +244,9 @@ def _publish_and_annotate(context: dict, publish_fn) -> dict:
 
 @fail_fast_on_bad_input
 def userrec(context: dict) -> dict:
-    from lookalike.userrec.stage import run_userrec
-
-    result = run_userrec(config_for(context), partition_date(context))
-    return {k: v for k, v in result.items() if k != "metrics"} | {"multimodal": result["metrics"].get("multimodal")}
+    result = _run(context, "userrec", no_publish=True)  # publish_user_recs is a task of its own
+    return {k: v for k, v in result.items() if k not in ("metrics", "published")} | \
+        {"multimodal": result["metrics"].get("multimodal")}
 
 
 @fail_fast_on_bad_input
@@ -270,10 +261,9 @@ def publish_user_recs(context: dict) -> dict:
 def handoff(context: dict, feed: str) -> dict:
     """Hand the ds's published ``feed`` (items, users) to the online stores; a store that is down fails
     this task alone (transient: retried with backoff), the published tables stand."""
-    from lookalike.online.handoff import run_handoff
     from lookalike.orchestration import metrics
 
-    result = run_handoff(config_for(context), partition_date(context), feed)
+    result = _run(context, "handoff", users=feed == "users")
     metrics.emit(metrics.served(result, feed))
     return result
 

@@ -26,7 +26,8 @@ from lookalike.errors import LookalikeError
 from lookalike.extract.images import read_image_bytes
 from lookalike.neighbors.describe import describe_recall
 from lookalike.query import connect
-from lookalike.storage import Warehouse, atomic_write_text
+from lookalike.atomic import atomic_write_text
+from lookalike.storage import Warehouse
 
 log = logging.getLogger(__name__)
 

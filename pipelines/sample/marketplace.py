@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lookalike.atomic import atomic_path
 from lookalike.sample.images import CATEGORIES, COLOURS, PATTERNS, STYLES, encode, render_product
 
 BRANDS = ("Kumo", "NordLine", "Sakura&Co", "Aoyama", "Fieldday", "Urbanist", "Mori", "Basic Lab", "Hoshi",
@@ -203,8 +204,6 @@ def generate(out: Path, spec: SampleSpec, progress=print) -> dict:
     images_dir = out / "images"
     images_dir.mkdir(exist_ok=True)
     db_path = out / "marketplace.db"
-    tmp_db = out / "marketplace.db.tmp"
-    tmp_db.unlink(missing_ok=True)
 
     # ---- items ----
     n = spec.items
@@ -342,13 +341,13 @@ def generate(out: Path, spec: SampleSpec, progress=print) -> dict:
         if (u + 1) % max(1, spec.users // 4) == 0:
             progress(f"  users: {u + 1}/{spec.users}")
 
-    con = sqlite3.connect(tmp_db)
-    con.executescript(SCHEMA_SQL)
-    con.executemany("insert into listings values (?,?,?,?,?,?,?,?,?,?,?)", listings)
-    con.executemany("insert into interactions values (?,?,?,?,?,?)", rows)
-    con.commit()
-    con.close()
-    tmp_db.replace(db_path)
+    with atomic_path(db_path) as tmp_db:
+        con = sqlite3.connect(tmp_db)
+        con.executescript(SCHEMA_SQL)
+        con.executemany("insert into listings values (?,?,?,?,?,?,?,?,?,?,?)", listings)
+        con.executemany("insert into interactions values (?,?,?,?,?,?)", rows)
+        con.commit()
+        con.close()
     summary = {"items": n, "users": spec.users, "interactions": len(rows), "days": spec.days, "seed": spec.seed,
                "end": end.isoformat(), "database": str(db_path), "images": str(images_dir)}
     # Hidden attributes, for benchmarks and tests that check what neighbours share; never read by the pipeline.

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 
 from lookalike import faults
+from lookalike.atomic import atomic_path
+from lookalike.config import TrainConfig
 from lookalike.errors import ConfigError
 from lookalike.siglip import Preprocess, embed_pixels, tokenize
 from lookalike.train.data import Pairs
@@ -39,38 +41,21 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class LoopConfig:
+class Budget:
+    """What the loop takes besides ``TrainConfig``: the budget in steps the stage derived from it
+    (``train.epochs`` over the snapshot's pairs, or ``train.max_steps``)."""
     max_steps: int
-    minutes: float
-    batch_size: int  # global: all ranks and all accumulation micro-steps of one optimizer step
-    learning_rate: float
-    weight_decay: float
-    warmup_steps: int
-    seed: int
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
-    grad_accum: int = 1
-    clip_norm: float = 1.0
-    checkpoint_every: int = 0  # steps; 0 = no checkpoints
-    freeze_text: bool = False
-    freeze_vision_layers: int = 0
-    gradient_checkpointing: bool = False
-    fused_optimizer: bool = True  # one fused AdamW kernel (CUDA and CPU)
-    compile: bool = False  # torch.compile the model (pays back its compile time on long runs)
-    channels_last: bool = False  # NHWC pixel layout for the patch convolution
-    colour_augment: float = 0.0  # share of photos recoloured: half channel-permuted, half greyscale
-    crop_scale: float = 1.0  # < 1: random resized crops of this much of the photo's area at least (1: shifts only)
-    image_positive: float = 0.0  # > 0: weight of the image–image term (two views of one photo are positives)
-    patch_dropout: float = 0.0  # share of image tokens dropped per photo while training (FLIP)
     validate_every: int = 0  # steps between held-out recall checks (EarlyStopping); 0 = none
     progress_every: int = 100
 
-    def micro_batch(self, world_size: int) -> int:
-        """Pairs per rank per forward pass."""
-        per = self.batch_size // (world_size * self.grad_accum)
-        if per < 1 or per * world_size * self.grad_accum != self.batch_size:
-            raise ConfigError(f"train.batch_size={self.batch_size} must be a multiple of world size ({world_size}) "
-                             f"x train.grad_accum ({self.grad_accum})")
-        return per
+
+def micro_batch(cfg: TrainConfig, world_size: int) -> int:
+    """Pairs per rank per forward pass: ``train.batch_size`` is global (all ranks, all micro-steps)."""
+    per = cfg.batch_size // (world_size * cfg.grad_accum)
+    if per < 1 or per * world_size * cfg.grad_accum != cfg.batch_size:
+        raise ConfigError(f"train.batch_size={cfg.batch_size} must be a multiple of world size ({world_size}) "
+                          f"x train.grad_accum ({cfg.grad_accum})")
+    return per
 
 
 @dataclass
@@ -269,16 +254,14 @@ class Checkpoints:
         self.folder, self.keep = Path(folder), keep
 
     def save(self, step: int, state: dict) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"step-{step:07d}.pt"
-        tmp = path.with_name(f".{path.name}.tmp")
-        for stale in self.folder.glob(".step-*.pt.tmp"):  # a save killed before its rename
+        for stale in self.folder.glob(".step-*.pt.*.tmp"):  # a save killed before its rename
             stale.unlink(missing_ok=True)
-        torch.save(state, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        faults.point("train.mid_checkpoint")
-        os.replace(tmp, path)  # a reader sees the whole checkpoint or none
+        # a reader sees the whole checkpoint or none
+        with atomic_path(path, before_rename=lambda: faults.point("train.mid_checkpoint")) as tmp:
+            torch.save(state, tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
         for old in sorted(self.folder.glob("step-*.pt"))[:-self.keep]:
             old.unlink()
         return path
@@ -296,8 +279,8 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
-def train_siglip(model, batches: Callable[[int], Iterator[dict]], preprocess: Preprocess, cfg: LoopConfig,
-                 world: World = World(), checkpoints: Checkpoints | None = None,
+def train_siglip(model, batches: Callable[[int], Iterator[dict]], preprocess: Preprocess, cfg: TrainConfig,
+                 budget: Budget, world: World = World(), checkpoints: Checkpoints | None = None,
                  progress: Callable[[str], None] | None = None, fingerprint: str = "",
                  early: EarlyStopping | None = None) -> dict:
     """Train ``model`` in place (on ``world.device``).
@@ -309,7 +292,7 @@ def train_siglip(model, batches: Callable[[int], Iterator[dict]], preprocess: Pr
     "resumed_from", "stopped", "curve", "best_step"}.
     """
     torch.manual_seed(cfg.seed)
-    cfg.micro_batch(world.size)  # rejects a global batch that does not divide into ranks x micro-steps
+    micro_batch(cfg, world.size)  # rejects a global batch that does not divide into ranks x micro-steps
     model.to(world.device)
     frozen = freeze(model, text=cfg.freeze_text, vision_layers=cfg.freeze_vision_layers)
     if cfg.gradient_checkpointing:
@@ -328,7 +311,7 @@ def train_siglip(model, batches: Callable[[int], Iterator[dict]], preprocess: Pr
             if early is not None and state.get("early"):
                 early.restore(state["early"])
             if progress:
-                progress(f"train: resuming from {resumed.name} (step {start_step}/{cfg.max_steps})")
+                progress(f"train: resuming from {resumed.name} (step {start_step}/{budget.max_steps})")
         else:
             log.warning("train: ignoring %s (made by another configuration or world size)", resumed)
             resumed = None
@@ -344,13 +327,13 @@ def train_siglip(model, batches: Callable[[int], Iterator[dict]], preprocess: Pr
     pair_scale = torch.tensor(IMAGE_PAIR_SCALE, device=world.device)
     pair_bias = torch.tensor(IMAGE_PAIR_BIAS, device=world.device)
     started = time.monotonic() - elapsed_before
-    budget = cfg.minutes * 60
+    wall = cfg.minutes * 60
     step, stopped = start_step, "steps"
     stream = iter(batches(start_step * cfg.grad_accum))
     if progress and world.is_main and frozen:
         progress(f"train: {frozen / 1e6:.2f}M parameters frozen")
-    for step in range(start_step, cfg.max_steps):
-        done = max(step / cfg.max_steps, (time.monotonic() - started) / budget)
+    for step in range(start_step, budget.max_steps):
+        done = max(step / budget.max_steps, (time.monotonic() - started) / wall)
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, base=cfg.learning_rate, warmup=cfg.warmup_steps, progress=done)
         step_loss = 0.0
@@ -386,13 +369,13 @@ def train_siglip(model, batches: Callable[[int], Iterator[dict]], preprocess: Pr
         opt.zero_grad(set_to_none=True)
         losses.append(step_loss)
         elapsed = time.monotonic() - started
-        if progress and world.is_main and (step + 1) % cfg.progress_every == 0:
+        if progress and world.is_main and (step + 1) % budget.progress_every == 0:
             rate = (step + 1 - start_step) * cfg.batch_size / max(1e-9, elapsed - elapsed_before)
-            left = min((cfg.max_steps - step - 1) * cfg.batch_size / rate, budget - elapsed)
-            progress(f"train: step {step + 1}/{cfg.max_steps} loss {np.mean(losses[-cfg.progress_every:]):.3f} "
+            left = min((budget.max_steps - step - 1) * cfg.batch_size / rate, wall - elapsed)
+            progress(f"train: step {step + 1}/{budget.max_steps} loss {np.mean(losses[-budget.progress_every:]):.3f} "
                      f"({rate:.0f} pairs/s, ~{max(0, left):.0f}s left)")
         patience_out = False
-        if cfg.validate_every and (step + 1) % cfg.validate_every == 0 and step + 1 < cfg.max_steps:
+        if budget.validate_every and (step + 1) % budget.validate_every == 0 and step + 1 < budget.max_steps:
             if early is not None:
                 patience_out = early.check(model, step + 1, elapsed / 60)
                 if progress:
@@ -402,14 +385,14 @@ def train_siglip(model, batches: Callable[[int], Iterator[dict]], preprocess: Pr
             if world.distributed:
                 patience_out = mean_over_ranks(float(patience_out), world) > 0
         if checkpoints and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 \
-                and step + 1 < cfg.max_steps:
+                and step + 1 < budget.max_steps:
             if world.is_main:
                 checkpoints.save(step + 1, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                             "step": step + 1, "elapsed": elapsed, "losses": losses[-200:],
                                             "fingerprint": fingerprint, "world_size": world.size,
                                             "early": early.state() if early is not None else None})
             world.barrier()
-        out_of_time = elapsed > budget
+        out_of_time = elapsed > wall
         if world.distributed:  # every rank stops at the same step
             out_of_time = mean_over_ranks(float(out_of_time), world) > 0
         if out_of_time or patience_out:
@@ -417,10 +400,10 @@ def train_siglip(model, batches: Callable[[int], Iterator[dict]], preprocess: Pr
             if world.is_main:
                 if out_of_time:
                     log.warning("train: wall-clock budget of %.1f min reached at step %d/%d", cfg.minutes, step + 1,
-                                cfg.max_steps)
+                                budget.max_steps)
                 else:
                     log.info("train: held-out recall@5 has not improved for %d checks: stopping at step %d/%d, "
-                             "best at step %d", early.patience, step + 1, cfg.max_steps, early.best_step)
+                             "best at step %d", early.patience, step + 1, budget.max_steps, early.best_step)
             break
     del stream
     if dropout is not None:

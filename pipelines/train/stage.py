@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from lookalike import registry
+from lookalike.atomic import atomic_path
 from lookalike.config import Config
 from lookalike.errors import ConfigError
 from lookalike.siglip import (ARCHITECTURES, Preprocess, build_config, init_siglip_head, lowercase_if_expected,
@@ -28,7 +29,7 @@ from lookalike.ids import id_hash, is_validation
 from lookalike.train.data import (DecodedCache, Pairs, PairStream, SnapshotTexts, StreamPlan, batches_from, fragments,
                                   group_ids, load_rows, read_texts)
 from lookalike.train.distributed import World, init_from_env, shutdown
-from lookalike.train.loop import Checkpoints, EarlyStopping, LoopConfig, retrieval_recall, train_siglip
+from lookalike.train.loop import Budget, Checkpoints, EarlyStopping, micro_batch, retrieval_recall, train_siglip
 
 log = logging.getLogger(__name__)
 
@@ -197,21 +198,14 @@ def _run_train(cfg: Config, ds: str, world: World, progress) -> dict[str, str]:
     train_pairs = int((~val_mask).sum())
     steps_per_epoch = max(1, -(-train_pairs // tc.batch_size))
     max_steps = tc.max_steps or max(1, round(tc.epochs * steps_per_epoch))
-    loop = LoopConfig(max_steps=max_steps, minutes=tc.minutes, batch_size=tc.batch_size,
-                      validate_every=max(1, round(tc.validate_every_epochs * steps_per_epoch))
-                      if tc.validate_every_epochs > 0 else 0,
-                      learning_rate=tc.learning_rate, weight_decay=tc.weight_decay, warmup_steps=tc.warmup_steps,
-                      seed=tc.seed, precision=tc.precision, grad_accum=tc.grad_accum, clip_norm=tc.clip_norm,
-                      checkpoint_every=tc.checkpoint_every, freeze_text=tc.freeze_text,
-                      freeze_vision_layers=tc.freeze_vision_layers, gradient_checkpointing=tc.gradient_checkpointing,
-                      colour_augment=tc.colour_augment, crop_scale=tc.crop_scale,
-                      image_positive=tc.image_positive, patch_dropout=tc.patch_dropout)
-    micro = loop.micro_batch(world.size)
+    budget = Budget(max_steps, validate_every=max(1, round(tc.validate_every_epochs * steps_per_epoch))
+                    if tc.validate_every_epochs > 0 else 0)
+    micro = micro_batch(tc, world.size)
     plan = StreamPlan(frags, ~val_mask, seed=tc.seed, rank=world.rank, world_size=world.size)
     workers = loader_workers(tc.loader_workers, int(os.environ.get("LOCAL_WORLD_SIZE", world.size)))
     progress(f"train: {train_pairs} training pairs in {len(frags)} fragments, {int(val_mask.sum())} "
              f"held out; budget {max_steps} steps ({max_steps / steps_per_epoch:.1f} epochs) or {tc.minutes:g} min, "
-             f"held-out recall checked every {loop.validate_every} steps; {architecture}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
+             f"held-out recall checked every {budget.validate_every} steps; {architecture}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
              f"{world.size} rank(s) on {world.device.type} x {micro} pairs x {tc.grad_accum} micro-steps; "
              f"{workers} loader worker(s) per rank")
     val = held_out(frags, texts, val_mask, groups, preprocess, tc.val_max_items) if world.is_main else None
@@ -232,9 +226,9 @@ def _run_train(cfg: Config, ds: str, world: World, progress) -> dict[str, str]:
     checkpoints = Checkpoints(store.checkpoint_dir(version))
     # Recall on a few dozen pairs is noise: below EARLY_STOP_MIN_PAIRS the checks draw the curve, the budget decides.
     patience = tc.patience if world.is_main and len(val.texts) >= EARLY_STOP_MIN_PAIRS else 0
-    early = EarlyStopping(lambda: retrieval_recall(model, val, tokenizer, preprocess, max_len), loop.validate_every,
-                          patience) if world.is_main and loop.validate_every and len(val.texts) else None
-    stats = train_siglip(model, batches, preprocess, loop, world, checkpoints, progress=progress, fingerprint=version,
+    early = EarlyStopping(lambda: retrieval_recall(model, val, tokenizer, preprocess, max_len), budget.validate_every,
+                          patience) if world.is_main and budget.validate_every and len(val.texts) else None
+    stats = train_siglip(model, batches, preprocess, tc, budget, world, checkpoints, progress=progress, fingerprint=version,
                          early=early)
     result = {"model_version": version, "model_uri": str(out)}
     if world.is_main:
@@ -249,10 +243,10 @@ def _run_train(cfg: Config, ds: str, world: World, progress) -> dict[str, str]:
                         **stats},
             "config": cfg.to_public_dict(), "trained_seconds": round(time.monotonic() - started, 1),
         }
-        staging = out.with_name(f".{version}.tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        save_model(model, tokenizer, preprocess, staging, metadata)
-        staging.rename(out)  # the version directory appears complete or not at all
+        for stale in out.parent.glob(f".{out.name}.*.tmp"):  # left by a save that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        with atomic_path(out) as staging:  # the version directory appears complete or not at all
+            save_model(model, tokenizer, preprocess, staging, metadata)
         registry.register(store, version, metadata)
         shutil.rmtree(checkpoints.folder, ignore_errors=True)  # the saved model supersedes them
     world.barrier()

@@ -26,7 +26,8 @@ from lookalike.errors import LookalikeError
 from lookalike.evaluate.metrics import bootstrap_ci
 from lookalike.events import read_events
 from lookalike.siglip import embed_images, embed_texts, load_model
-from lookalike.storage import ModelStore, Warehouse, atomic_write_text, write_parquet
+from lookalike.atomic import atomic_write_text
+from lookalike.storage import ModelStore, Warehouse, write_parquet
 from lookalike.userrec.data import (EVENT_TYPES, Sequences, build_sequences, co_interacted_pairs, history_batch, item_prompt,
                                     training_windows)
 from lookalike.userrec.model import ItemTower, UserModel, UserTower, mixed_loss

@@ -5,7 +5,9 @@ import torch
 from lookalike.errors import ConfigError
 from lookalike.siglip import Preprocess, build_config, init_siglip_head, train_tokenizer
 from lookalike.train.data import PairStream, StreamPlan, batch_loader, fragments, group_ids, read_texts
-from lookalike.train.loop import Checkpoints, EarlyStopping, LoopConfig, cosine_lr, param_groups, train_siglip
+from lookalike.config import TrainConfig
+from lookalike.train.loop import (Budget, Checkpoints, EarlyStopping, cosine_lr, micro_batch, param_groups,
+                                  train_siglip)
 
 
 def test_warmup_then_cosine_to_zero():
@@ -46,16 +48,19 @@ def _setup(snapshot, workers=0):
     return model, batches
 
 
-def _cfg(**kw):
+def _cfg(**kw) -> tuple[TrainConfig, Budget]:
+    """A small run's TrainConfig (no augmentation, no checkpoints unless asked) and its step budget."""
     base = dict(max_steps=200, minutes=30, batch_size=32, learning_rate=3e-3, weight_decay=0.01, warmup_steps=10,
-                seed=0, precision="fp32")
-    return LoopConfig(**{**base, **kw})
+                seed=0, precision="fp32", colour_augment=0.0, crop_scale=1.0, patch_dropout=0.0, checkpoint_every=0)
+    budget = {key: kw.pop(key) for key in ("validate_every", "progress_every") if key in kw}
+    cfg = TrainConfig(**{**base, **kw})
+    return cfg, Budget(cfg.max_steps, **budget)
 
 
 def test_training_reports_progress_and_learns(colour_snapshot):
     model, batches = _setup(colour_snapshot, workers=1)
     messages = []
-    stats = train_siglip(model, batches, Preprocess(32), _cfg(), progress=messages.append)
+    stats = train_siglip(model, batches, Preprocess(32), *_cfg(), progress=messages.append)
     assert [m.split()[2] for m in messages] == ["100/200", "200/200"]
     assert "pairs/s" in messages[0] and "left" in messages[0]
     first, last = (float(m.split("loss ")[1].split()[0]) for m in messages)
@@ -69,7 +74,7 @@ class Crash(Exception):
 def test_an_interrupted_run_resumes_to_the_same_parameters(colour_snapshot, tmp_path):
     cfg = _cfg(max_steps=60, checkpoint_every=10, progress_every=5, grad_accum=2)
     reference, batches = _setup(colour_snapshot, workers=1)
-    train_siglip(reference, batches, Preprocess(32), cfg, fingerprint="v1")
+    train_siglip(reference, batches, Preprocess(32), *cfg, fingerprint="v1")
 
     def crash_at_25(message):
         if "step 25/" in message:
@@ -78,12 +83,12 @@ def test_an_interrupted_run_resumes_to_the_same_parameters(colour_snapshot, tmp_
     ckpt = Checkpoints(tmp_path / "ckpt")
     first, batches = _setup(colour_snapshot, workers=1)
     with pytest.raises(Crash):
-        train_siglip(first, batches, Preprocess(32), cfg, checkpoints=ckpt, progress=crash_at_25, fingerprint="v1")
+        train_siglip(first, batches, Preprocess(32), *cfg, checkpoints=ckpt, progress=crash_at_25, fingerprint="v1")
     assert [p.name for p in sorted(ckpt.folder.iterdir())] == ["step-0000010.pt", "step-0000020.pt"]
 
     resumed, batches = _setup(colour_snapshot, workers=1)  # a new process would start from scratch like this
     messages = []
-    stats = train_siglip(resumed, batches, Preprocess(32), cfg, checkpoints=ckpt, progress=messages.append,
+    stats = train_siglip(resumed, batches, Preprocess(32), *cfg, checkpoints=ckpt, progress=messages.append,
                          fingerprint="v1")
     assert stats["resumed_from"] == "step-0000020.pt" and "resuming from step-0000020.pt" in messages[0]
     ref = dict(reference.named_parameters())
@@ -93,7 +98,7 @@ def test_an_interrupted_run_resumes_to_the_same_parameters(colour_snapshot, tmp_
     assert not torch.allclose(dict(first.named_parameters())["logit_bias"], ref["logit_bias"])
 
     other = _setup(colour_snapshot)[0]
-    stats = train_siglip(other, batches, Preprocess(32), cfg, checkpoints=ckpt, fingerprint="another-config")
+    stats = train_siglip(other, batches, Preprocess(32), *cfg, checkpoints=ckpt, fingerprint="another-config")
     assert stats["resumed_from"] is None  # a checkpoint of another recipe is never resumed
 
 
@@ -113,7 +118,7 @@ def test_frozen_text_tower_and_lower_vision_blocks_do_not_move(colour_snapshot):
     _, batches = _setup(colour_snapshot)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     train_siglip(model, batches, Preprocess(32),
-                 _cfg(max_steps=5, freeze_text=True, freeze_vision_layers=1, gradient_checkpointing=True))
+                 *_cfg(max_steps=5, freeze_text=True, freeze_vision_layers=1, gradient_checkpointing=True))
     moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert not any(n.startswith("text_model.") for n in moved)
     assert not any(n.startswith(("vision_model.embeddings.", "vision_model.encoder.layers.0.")) for n in moved)
@@ -123,8 +128,8 @@ def test_frozen_text_tower_and_lower_vision_blocks_do_not_move(colour_snapshot):
 
 def test_global_batch_must_divide_into_ranks_and_micro_steps():
     with pytest.raises(ConfigError, match="multiple of world size"):
-        _cfg(batch_size=30, grad_accum=4).micro_batch(2)
-    assert _cfg(batch_size=32, grad_accum=2).micro_batch(2) == 8
+        micro_batch(_cfg(batch_size=30, grad_accum=4)[0], 2)
+    assert micro_batch(_cfg(batch_size=32, grad_accum=2)[0], 2) == 8
 
 
 def test_early_stopping_stops_on_a_flat_curve_and_keeps_the_best_weights(colour_snapshot):
@@ -141,7 +146,7 @@ def test_early_stopping_stops_on_a_flat_curve_and_keeps_the_best_weights(colour_
         return {"recall@1": value / 2, "recall@5": value}
 
     early = EarlyStopping(validate, every=10, patience=3)
-    stats = train_siglip(model, batches, Preprocess(32), _cfg(validate_every=10), early=early)
+    stats = train_siglip(model, batches, Preprocess(32), *_cfg(validate_every=10), early=early)
     assert stats["stopped"] == "patience" and stats["steps"] == 50  # checks at 20 (best), then 30, 40, 50 flat
     assert [c["step"] for c in stats["curve"]] == [10, 20, 30, 40, 50] and stats["best_step"] == 20
     for name, value in model.state_dict().items():
@@ -187,20 +192,20 @@ def test_patch_dropout_trains_on_fewer_tokens_and_serves_on_all(colour_snapshot)
     probe.remove()
     assert seen == [8, 16]  # 16 patches of 8 px in a 32 px photo; half kept while training
 
-    stats = train_siglip(model, batches, Preprocess(32), _cfg(max_steps=30, patch_dropout=0.5))
+    stats = train_siglip(model, batches, Preprocess(32), *_cfg(max_steps=30, patch_dropout=0.5))
     assert stats["steps"] == 30 and np.isfinite(stats["final_loss"])
     assert not model.vision_model.embeddings._forward_hooks  # the hook goes when training ends
 
 
 def test_image_positive_term_adds_a_second_view_to_the_loss(colour_snapshot):
     plain, batches = _setup(colour_snapshot)
-    base = train_siglip(plain, batches, Preprocess(32), _cfg(max_steps=3, learning_rate=0.0))
+    base = train_siglip(plain, batches, Preprocess(32), *_cfg(max_steps=3, learning_rate=0.0))
     both, batches = _setup(colour_snapshot)
-    with_views = train_siglip(both, batches, Preprocess(32), _cfg(max_steps=3, learning_rate=0.0, image_positive=1.0,
+    with_views = train_siglip(both, batches, Preprocess(32), *_cfg(max_steps=3, learning_rate=0.0, image_positive=1.0,
                                                                   crop_scale=0.5))
     assert with_views["final_loss"] > base["final_loss"] + 0.1  # the image–image term is counted
     trained, batches = _setup(colour_snapshot)
-    stats = train_siglip(trained, batches, Preprocess(32), _cfg(max_steps=60, image_positive=0.5, crop_scale=0.5))
+    stats = train_siglip(trained, batches, Preprocess(32), *_cfg(max_steps=60, image_positive=0.5, crop_scale=0.5))
     assert np.isfinite(stats["final_loss"]) and stats["final_loss"] < with_views["final_loss"]
 
 
