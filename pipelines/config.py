@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from lookalike.errors import ConfigError
+from lookalike.systems import PRODUCTION, SERVE_NAMES
 
 ENV_PREFIX = "LOOKALIKE_"
 CONFIG_ENV = "LOOKALIKE_CONFIG"  # path of the config file, read by DAG tasks and jobs
@@ -212,7 +213,7 @@ class VariantConfig:
     """One arm of an experiment: what its users' similar-items module shows, and to how many users."""
     # What the arm serves: production (the served system, as item_neighbors), candidate (the newest
     # model not promoted, else production), image_baseline, or a model version of the registry
-    serve: str = "production"
+    serve: str = PRODUCTION
     share: float = 0.5  # of the experiment's users (the shares of an experiment sum to 1)
 
 
@@ -549,7 +550,6 @@ def _check_serving(config: Config) -> None:
         raise ConfigError(f"serving.redis.prefix: letters, digits, '_', '.' and '-' only, got {serving.redis.prefix!r}")
 
 
-SERVE_NAMES = ("production", "candidate", "image_baseline")  # besides a model version (experiments.*.serve)
 
 
 def _check_experiments(config: Config) -> None:

@@ -34,12 +34,10 @@ from lookalike.errors import LookalikeError
 from lookalike import features
 from lookalike.features import baseline_vectors, fit_baseline
 from lookalike.storage import ModelStore, Warehouse
+from lookalike.systems import HYBRID, IMAGE_BASELINE, SIGLIP
 
 log = logging.getLogger(__name__)
 
-BASELINE = "image_baseline"
-HYBRID = "hybrid"
-SIGLIP = "siglip"
 
 
 @dataclass(frozen=True)
@@ -90,7 +88,7 @@ def ensure_baseline(cfg: Config, ds: str) -> tuple[str, Path]:
         staging.mkdir()
         save_projection(projection, staging / "projection.npz")
         (staging / "lookalike.json").write_text(json.dumps(
-            {"kind": BASELINE, "version": version, "ds": ds, "fitted_on": len(pixels), "dim": projection.dim,
+            {"kind": IMAGE_BASELINE, "version": version, "ds": ds, "fitted_on": len(pixels), "dim": projection.dim,
              "image_size": features.SIZE, "features": features.FEATURES}, indent=2))
     registry.set_baseline(store, version)
     log.info("image baseline %s: fitted on %d catalogue photos of %s (%d dimensions)", version, len(pixels), ds,
@@ -148,7 +146,7 @@ def resolve(cfg: Config, ds: str) -> Served:
     why = ("the image baseline: no model has been trained yet" if not candidates else
            f"the image baseline: no model has beaten it (newest candidate {candidates[-1]['version']} "
            f"{_lost(candidates[-1])})")
-    return Served(BASELINE, version, str(folder), why)
+    return Served(IMAGE_BASELINE, version, str(folder), why)
 
 
 def _lost(entry: dict) -> str:
@@ -203,7 +201,7 @@ def kind_of(path: str | Path) -> str:
 def load_embedder(path: str, device: str = "cpu"):
     """The embedder of a served folder: a SigLIP model (local or s3://), the baseline or a hybrid."""
     kind = kind_of(path) if "://" not in path else SIGLIP
-    if kind == BASELINE:
+    if kind == IMAGE_BASELINE:
         if _features_of(Path(path)) != features.FEATURES:
             raise LookalikeError(f"the image baseline in {path} was fitted with the features {_features_of(Path(path))}, "
                                  f"not this version's {features.FEATURES}: the next night fits the current ones "
@@ -212,7 +210,7 @@ def load_embedder(path: str, device: str = "cpu"):
     if kind == HYBRID:
         spec = json.loads((Path(path) / "lookalike.json").read_text())
         models = Path(path).parents[1]
-        return HybridEmbedder(load_embedder(str(models / "siglip" / spec["model"]), device),
+        return HybridEmbedder(load_embedder(str(models / SIGLIP / spec["model"]), device),
                               load_embedder(str(models / "image-baseline" / spec["baseline"])), spec["weight"])
     from lookalike.objectstore import local_model_dir
     from lookalike.siglip import load_model

@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from lookalike import faults, tables
 from lookalike.atomic import atomic_path, atomic_write_text
 from lookalike.errors import ConfigError, LookalikeError
+from lookalike.systems import HYBRID, SIGLIP
 
 log = logging.getLogger(__name__)
 
@@ -409,13 +410,13 @@ class ModelStore:
         return cls(Path(text))
 
     def version_dir(self, version: str) -> Path:
-        return self.root / "siglip" / version
+        return self.root / SIGLIP / version
 
     def baseline_dir(self, version: str) -> Path:
         return self.root / "image-baseline" / version
 
     def hybrid_dir(self, version: str) -> Path:
-        return self.root / "hybrid" / version
+        return self.root / HYBRID / version
 
     def registry_path(self) -> Path:
         return self.root / "registry.json"

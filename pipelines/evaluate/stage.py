@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lookalike.systems import HYBRID, IMAGE_BASELINE, PRODUCTION, SIGLIP, TEXT_BASELINE
 from lookalike import registry, schemas, serving
 from lookalike.config import Config
 from lookalike.errors import LookalikeError
@@ -227,21 +228,21 @@ def run_evaluate(cfg: Config, ds: str, model_uri: str) -> dict:
     image_vecs = baseline_vectors(load_projection(baseline_dir / "projection.npz"),
                                   features.preprocess().decode(items["image"]))
     text_vecs = text_baseline_vectors(items["title"])
-    vectors = {"siglip": model_vecs, "image_baseline": image_vecs}
+    vectors = {SIGLIP: model_vecs, IMAGE_BASELINE: image_vecs}
     systems = {
-        "siglip": (loaded.version, lambda s, c: model_vecs[c] @ model_vecs[s]),
-        "image_baseline": (baseline_version, lambda s, c: image_vecs[c] @ image_vecs[s]),
-        "text_baseline": (None, lambda s, c: np.asarray((text_vecs[c] @ text_vecs[s].T).todense()).ravel()),
+        SIGLIP: (loaded.version, lambda s, c: model_vecs[c] @ model_vecs[s]),
+        IMAGE_BASELINE: (baseline_version, lambda s, c: image_vecs[c] @ image_vecs[s]),
+        TEXT_BASELINE: (None, lambda s, c: np.asarray((text_vecs[c] @ text_vecs[s].T).todense()).ravel()),
     }
     production = _production(cfg, loaded.version, lambda pre: pre.decode(items["image"]), image_vecs, baseline_version)
     if production:
         prod_version, prod_vecs = production
-        vectors["production"] = prod_vecs
-        systems["production"] = (prod_version, lambda s, c: prod_vecs[c] @ prod_vecs[s])
+        vectors[PRODUCTION] = prod_vecs
+        systems[PRODUCTION] = (prod_version, lambda s, c: prod_vecs[c] @ prod_vecs[s])
     scored = {system: (version, score_system(sim, queries, ids)) for system, (version, sim) in systems.items()}
     weight = _hybrid_weight(cfg, queries, ids, model_vecs, image_vecs, baseline_version, loaded.version, scored)
     if weight is not None:
-        vectors["hybrid"] = serving.combine(model_vecs, image_vecs, weight)
+        vectors[HYBRID] = serving.combine(model_vecs, image_vecs, weight)
     rows = _metric_rows(cfg, ds, wh, items, queries, scored, vectors)
     summary = {system: ranking_score(per_query) for system, (_, per_query) in scored.items()}
     facets = {system: {facet: float(np.nanmean(per_query[(f"{facet}:precision", 5)]))
@@ -332,7 +333,7 @@ def _hybrid_weight(cfg: Config, queries: list[Query], ids: np.ndarray, model_vec
              next(iter(blends.values())) else "nDCG@5",
              ", ".join(f"{w:g} {ranking_score(v).mean():.4f}" for w, v in blends.items()))
     weight = max(blends, key=lambda w: (float(ranking_score(blends[w]).mean()), w))
-    scored["hybrid"] = (serving.hybrid_version(model_version, baseline_version, weight), blends[weight])
+    scored[HYBRID] = (serving.hybrid_version(model_version, baseline_version, weight), blends[weight])
     return weight
 
 
@@ -349,21 +350,21 @@ def _promotion(cfg: Config, version: str, per_query: dict[str, np.ndarray], weig
     way to the blend, and with the blend losing colour too the baseline stays."""
     store = ModelStore.at(cfg.models)
     facets = facets or {}
-    measure = "shopper's score" if protocol == "category" and facets.get("siglip", {}).keys() - {"category"} \
+    measure = "shopper's score" if protocol == "category" and facets.get(SIGLIP, {}).keys() - {"category"} \
         else "nDCG@5"
     ndcg = {system: float(values.mean()) for system, values in per_query.items()}
-    bars = ("image_baseline", "text_baseline") if protocol == "clicks" else ("image_baseline",)
+    bars = (IMAGE_BASELINE, TEXT_BASELINE) if protocol == "clicks" else (IMAGE_BASELINE,)
     best = max(bars, key=lambda b: ndcg[b])
 
     def colour_loss(system: str) -> float | None:
-        own, bar = facets.get(system, {}).get("colour"), facets.get("image_baseline", {}).get("colour")
+        own, bar = facets.get(system, {}).get("colour"), facets.get(IMAGE_BASELINE, {}).get("colour")
         return None if own is None or bar is None else bar - own
 
     fair = {s: colour_loss(s) is None or colour_loss(s) <= cfg.evaluate.max_colour_loss
-            for s in ("siglip", "hybrid") if s in ndcg}
-    eligible = [s for s in fair if fair[s]] or ["siglip"]
-    chosen = max(eligible, key=lambda s: (ndcg[s], s == "siglip"))
-    as_hybrid = chosen == "hybrid"
+            for s in (SIGLIP, HYBRID) if s in ndcg}
+    eligible = [s for s in fair if fair[s]] or [SIGLIP]
+    chosen = max(eligible, key=lambda s: (ndcg[s], s == SIGLIP))
+    as_hybrid = chosen == HYBRID
     score = ndcg[chosen]
     gain_low, gain_high = bootstrap_ci(per_query[chosen] - per_query[best])
     system = f"the model blended with the image baseline at weight {weight:g}" if as_hybrid else "the model"
@@ -371,20 +372,20 @@ def _promotion(cfg: Config, version: str, per_query: dict[str, np.ndarray], weig
     keeps_colour = fair.get(chosen, True)
     paired = None
     if has_production:
-        low, high = bootstrap_ci(per_query[chosen] - per_query["production"])
-        paired = {"production_ndcg@5": ndcg["production"], "gain_low": low, "gain_high": high,
+        low, high = bootstrap_ci(per_query[chosen] - per_query[PRODUCTION])
+        paired = {"production_ndcg@5": ndcg[PRODUCTION], "gain_low": low, "gain_high": high,
                   "queries": len(per_query[chosen])}
     beats_production = paired is None or paired["gain_low"] > -cfg.evaluate.promote_tolerance
     promoted = beats_baselines and beats_production and keeps_colour
-    registry.record_metrics(store, version, {"ndcg@5": score, "ndcg@5_model": ndcg["siglip"], "protocol": protocol,
+    registry.record_metrics(store, version, {"ndcg@5": score, "ndcg@5_model": ndcg[SIGLIP], "protocol": protocol,
                                              "measure": measure, "serve_weight": weight if as_hybrid else 1.0,
                                              "facets@5": facets.get(chosen)})
     against = f"{best} {ndcg[best]:.4f}, gain 95% interval [{gain_low:+.4f}, {gain_high:+.4f}]"
     if paired:
         against += (f"; production {paired['production_ndcg@5']:.4f} on the same {paired['queries']} queries, "
                     f"gain [{paired['gain_low']:+.4f}, {paired['gain_high']:+.4f}]")
-    if not fair.get("siglip", True):
-        loss = colour_loss("siglip")
+    if not fair.get(SIGLIP, True):
+        loss = colour_loss(SIGLIP)
         against += (f"; the model alone loses colour@5 by {loss:.3f} to the image baseline "
                     f"(> evaluate.max_colour_loss {cfg.evaluate.max_colour_loss:g})")
     if promoted:

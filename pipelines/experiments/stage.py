@@ -36,11 +36,11 @@ from lookalike.experiments import analysis
 from lookalike.assignment import Experiment, running
 from lookalike.neighbors.stage import StreamingParquet, build_neighbors, filter_codes
 from lookalike.storage import ModelStore, Warehouse, write_parquet
+from lookalike.systems import CANDIDATE, IMAGE_BASELINE, PRODUCTION
 
 log = logging.getLogger(__name__)
 
 OUTPUTS = ("item_neighbors_variants", "experiment_variants", "ab_results")
-PRODUCTION = "production"
 
 
 def resolve_arm(cfg: Config, ds: str, serve: str, production_version: str) -> tuple[str, str | None]:
@@ -48,13 +48,13 @@ def resolve_arm(cfg: Config, ds: str, serve: str, production_version: str) -> tu
     store = ModelStore.at(cfg.models)
     if serve == PRODUCTION:
         return production_version, None
-    if serve == "candidate":
+    if serve == CANDIDATE:
         current = registry.production(store)
         candidates = [v["version"] for v in registry.list_versions(store) if v["version"] != current]
         if not candidates:
             return production_version, None
         serve = candidates[-1]
-    if serve == serving.BASELINE:
+    if serve == IMAGE_BASELINE:
         version, folder = serving.ensure_baseline(cfg, ds)
     else:
         if not registry.version_info(store, serve):

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from lookalike.systems import HYBRID, IMAGE_BASELINE, PRODUCTION, SCORED, SIGLIP, TEXT_BASELINE
 from lookalike.config import Config
 from lookalike.errors import LookalikeError
 from lookalike.extract.images import read_image_bytes
@@ -153,7 +154,7 @@ def _metrics_table(con, ds: str) -> str:
         order by metric, k, system""", [ds]).fetchall()
     if not rows:
         return "<p>No offline evaluation for this ds.</p>"
-    systems = sorted({r[2] for r in rows}, key=lambda s: (s != "siglip", s))
+    systems = sorted({r[2] for r in rows}, key=lambda s: (s != SIGLIP, s))
     cells: dict[tuple, dict] = {}
     for metric, k, system, value, lo, hi in rows:
         cells.setdefault((metric, k), {})[system] = (value, lo, hi)
@@ -178,7 +179,7 @@ def _segment_table(con, ds: str, prefix: str, metric: str, intro: str, column: s
                        [ds, f"{prefix}=%", metric]).fetchall()
     if not rows:
         return ""
-    systems = sorted({r[1] for r in rows}, key=lambda s: (s != "siglip", s))
+    systems = sorted({r[1] for r in rows}, key=lambda s: (s != SIGLIP, s))
     cells: dict[str, dict] = {}
     for segment, system, value, n in rows:
         cells.setdefault(segment.removeprefix(f"{prefix}="), {})[system] = (value, n)
@@ -276,14 +277,14 @@ def _ndcg_trend(con, ds: str) -> str | None:
     """nDCG@5 per ds over the kept eval_metrics partitions, one line per system."""
     rows = con.execute("""select ds, system, value, ci_low, ci_high from eval_metrics_all
                           where metric = 'ndcg' and k = 5 and segment is null and ds <= ?
-                            and system in ('siglip', 'production', 'hybrid', 'image_baseline', 'text_baseline')
-                          order by ds""", [ds]).fetchall()
+                            and list_contains(?, system)
+                          order by ds""", [ds, [*SCORED, PRODUCTION]]).fetchall()
     if not rows:
         return None
     plt = _pyplot()
 
-    labels = {"siglip": "candidate", "production": "production", "hybrid": "candidate + baseline blend",
-              "image_baseline": "image baseline", "text_baseline": "text baseline"}
+    labels = {SIGLIP: "candidate", PRODUCTION: "production", HYBRID: "candidate + baseline blend",
+              IMAGE_BASELINE: "image baseline", TEXT_BASELINE: "text baseline"}
     fig, ax = plt.subplots(figsize=(6, 3))
     for system in labels:
         mine = [r for r in rows if r[1] == system]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lookalike.systems import BASELINES, HYBRID, IMAGE_BASELINE, SCORED, SIGLIP, TEXT_BASELINE
 from lookalike.config import Config
 from lookalike.extract import photos
 from lookalike.neighbors.describe import describe_mode, describe_recall
@@ -11,8 +12,6 @@ from lookalike.storage import PUBLISHED_TABLES, Warehouse
 
 METRIC_LABELS = {("ndcg", 5): "nDCG@5", ("ndcg", 10): "nDCG@10", ("precision", 1): "P@1", ("precision", 3): "P@3",
                  ("recall", 10): "Recall@10", ("mrr", None): "MRR"}
-SYSTEMS = ("siglip", "hybrid", "image_baseline", "text_baseline")
-BASELINES = ("image_baseline", "text_baseline")
 
 
 def format_table(columns: list[str], rows: list[tuple]) -> str:
@@ -110,34 +109,34 @@ def run_summary(cfg: Config, ds: str, config_path: str | None = None) -> str:
 
     metrics = wh.read_partition("eval_metrics", ds).to_pylist() if ds in wh.entries("eval_metrics") else []
     # the user model's rows: _user_recs; per-category rows: lookalike report and eval_metrics
-    metrics = [m for m in metrics if m["system"] in SYSTEMS and m.get("segment") is None]
+    metrics = [m for m in metrics if m["system"] in SCORED and m.get("segment") is None]
     decision_file = wh.work(ds, "model_decision.json")
     decided = json.loads(decision_file.read_text()) if decision_file.exists() else {}
     protocol = decided.get("protocol", "clicks")
     if metrics:
         by = {(m["system"], m["metric"], m["k"]): m for m in metrics}
-        version = next((m["model_version"] for m in metrics if m["system"] == "siglip"), "?")
+        version = next((m["model_version"] for m in metrics if m["system"] == SIGLIP), "?")
         n = next((m["n"] for m in metrics), 0)
-        hybrid = any(m["system"] == "hybrid" for m in metrics)
+        hybrid = any(m["system"] == HYBRID for m in metrics)
         table_rows = []
         for (metric, k), label in METRIC_LABELS.items():
-            value = {s: by.get((s, metric, k), {}).get("value") for s in SYSTEMS}
-            ci = by.get(("siglip", metric, k), {})
+            value = {s: by.get((s, metric, k), {}).get("value") for s in SCORED}
+            ci = by.get((SIGLIP, metric, k), {})
             best_base = max((value[s] for s in BASELINES if value[s] is not None), default=None)
-            lift = f"{(value['siglip'] / best_base - 1) * 100:+.1f}%" if best_base and value["siglip"] is not None \
+            lift = f"{(value[SIGLIP] / best_base - 1) * 100:+.1f}%" if best_base and value[SIGLIP] is not None \
                 else "n/a"
-            table_rows.append((label, value["siglip"], f"[{ci.get('ci_low', 0):.3f}, {ci.get('ci_high', 0):.3f}]",
-                               *([value["hybrid"]] if hybrid else []), value["image_baseline"], value["text_baseline"],
+            table_rows.append((label, value[SIGLIP], f"[{ci.get('ci_low', 0):.3f}, {ci.get('ci_high', 0):.3f}]",
+                               *([value[HYBRID]] if hybrid else []), value[IMAGE_BASELINE], value[TEXT_BASELINE],
                                lift))
         on = (f"{n} source items with similar-items clicks" if protocol == "clicks" else
               f"{n} held-out listings by shared category (no similar-items clicks yet)")
-        covered = {s: by.get((s, "coverage", cfg.neighbors.k), {}).get("value") for s in SYSTEMS}
+        covered = {s: by.get((s, "coverage", cfg.neighbors.k), {}).get("value") for s in SCORED}
         if any(v is not None for v in covered.values()):
-            table_rows.append((f"coverage@{cfg.neighbors.k}", covered["siglip"], "",
-                               *([covered["hybrid"]] if hybrid else []), covered["image_baseline"],
-                               covered["text_baseline"], ""))
+            table_rows.append((f"coverage@{cfg.neighbors.k}", covered[SIGLIP], "",
+                               *([covered[HYBRID]] if hybrid else []), covered[IMAGE_BASELINE],
+                               covered[TEXT_BASELINE], ""))
         lines += [f"Offline evaluation on {on} (model {version}; 95% bootstrap interval):",
-                  format_table(["metric", "fine-tuned", "95% CI", *(["hybrid"] if hybrid else []), "image baseline",
+                  format_table(["metric", "fine-tuned", "95% CI", *([HYBRID] if hybrid else []), "image baseline",
                                 "text baseline", "fine-tuned vs best baseline"], table_rows)]
         facets = decided.get("facets@5") or {}
         if any(len(f) > 1 for f in facets.values()):  # colour or product group beside category

@@ -1,0 +1,15 @@
+"""The names of the systems Lookalike scores and serves, in one place. They are the ``system``
+column of ``eval_metrics``, the kinds of the model registry's folders and what an experiment's
+arm may serve (standard library only)."""
+from __future__ import annotations
+
+SIGLIP = "siglip"  # the fine-tuned model: a candidate until promoted
+HYBRID = "hybrid"  # the model blended with the image baseline at a chosen weight
+IMAGE_BASELINE = "image_baseline"  # hand-made image features (lookalike.features)
+TEXT_BASELINE = "text_baseline"  # TF-IDF over titles (scored, never served)
+PRODUCTION = "production"  # the promoted model, scored beside a candidate on the same queries
+CANDIDATE = "candidate"  # the newest model not promoted (an experiment's arm)
+
+SCORED = (SIGLIP, HYBRID, IMAGE_BASELINE, TEXT_BASELINE)  # the offline evaluation's systems, in report order
+BASELINES = (IMAGE_BASELINE, TEXT_BASELINE)
+SERVE_NAMES = (PRODUCTION, CANDIDATE, IMAGE_BASELINE)  # what experiments.<name>.variants.<v>.serve names, besides a version
