@@ -21,6 +21,7 @@ import yaml
 
 from lookalike.errors import ConfigError
 from lookalike.systems import PRODUCTION, SERVE_NAMES
+from lookalike.workarea import default_root
 
 ENV_PREFIX = "LOOKALIKE_"
 CONFIG_ENV = "LOOKALIKE_CONFIG"  # path of the config file, read by DAG tasks and jobs
@@ -480,8 +481,7 @@ def _resolve_paths(data: dict, base_dir: Path) -> dict:
         if value and "://" not in value and not Path(value).is_absolute():
             node[key[-1]] = str((base_dir / value).resolve())
     if not data["work_dir"]:
-        warehouse = data["warehouse"]
-        data["work_dir"] = str(base_dir.resolve() / "var" / "work") if "://" in warehouse else str(Path(warehouse) / "_work")
+        data["work_dir"] = str(default_root(data["warehouse"], base_dir))
     url = data["source"]["url"]
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         data["source"]["url"] = "sqlite:///" + str((base_dir / url[len("sqlite:///"):]).resolve())

@@ -1,4 +1,6 @@
-"""Where everything lives: every path is built here from (table, ds, run), nowhere else.
+"""Where everything lives: every path of the warehouse, the work area and the model store is built
+here from (table, ds, run), or in ``workarea.py`` (the work area's names and its default root),
+nowhere else. Inside a work-area folder, the stage that writes it names its own files.
 
 Warehouse layout (a local directory or ``s3://bucket/prefix``)::
 
@@ -206,6 +208,11 @@ def _objects(location: str, endpoint: str | None):  # endpoint: a new S3 endpoin
     return LocalObjects(Path(location))
 
 
+def partition_key(table: str, ds: str, run_id: str) -> str:
+    """``<table>/ds=<ds>/run=<run_id>``: an immutable published partition, under the warehouse."""
+    return f"{table}/ds={ds}/run={run_id}"
+
+
 @dataclass(frozen=True)
 class Warehouse:
     location: str  # a directory or s3://bucket/prefix: the published tables
@@ -215,7 +222,9 @@ class Warehouse:
     def at(cls, location: str | os.PathLike, work: str | os.PathLike | None = None) -> "Warehouse":
         text = str(location)
         if work in (None, ""):
-            work = Path("var/work").resolve() if "://" in text else Path(text) / "_work"
+            from lookalike.workarea import default_root
+
+            work = default_root(text, Path.cwd())
         return cls(text, Path(work))
 
     @classmethod
@@ -234,6 +243,10 @@ class Warehouse:
 
     def display(self, key: str = "") -> str:
         return self.objects.display(key)
+
+    def partition_location(self, table: str, ds: str, run_id: str) -> str:
+        """Where a published partition's files are: a directory, or an s3:// prefix."""
+        return self.display(partition_key(table, ds, run_id))
 
     # ---- the work area of one ds (private to the run; its outputs are named in workarea.py) ----
     def work(self, ds: str, name: str) -> Path:
@@ -318,7 +331,7 @@ class Publication:
         self.added: dict[str, dict] = {}
 
     def prefix(self, table: str, run_id: str | None = None) -> str:
-        return f"{table}/ds={self.ds}/run={run_id or self.run_id}"
+        return partition_key(table, self.ds, run_id or self.run_id)
 
     def add(self, table: str, files: list[Path], rows: int, **extra) -> None:
         """Write ``files`` under this run's immutable prefix of ``table`` (invisible until commit); ``extra``

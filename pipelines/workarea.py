@@ -5,6 +5,13 @@ listed here is refused, so the contract cannot drift from the code. Standard lib
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+
+def default_root(warehouse: str, base: Path) -> Path:
+    """The work area when ``work_dir`` is empty: ``<warehouse>/_work`` beside a local warehouse,
+    ``<base>/var/work`` for one on S3 (``base``: the config file's folder, or the working directory)."""
+    return base.resolve() / "var" / "work" if "://" in warehouse else Path(warehouse) / "_work"
 
 
 @dataclass(frozen=True)

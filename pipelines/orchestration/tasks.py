@@ -236,7 +236,7 @@ def _publish_and_annotate(context: dict, publish_fn) -> dict:
         if table not in result["rows"]:
             return None
         return {"ds": ds, "run_id": result["run_id"], "rows": result["rows"][table],
-                "location": f"{result['warehouse']}/{table}/ds={ds}/run={result['run_id']}"}
+                "location": _warehouse(context).partition_location(table, ds, result["run_id"])}
 
     _annotate_outlets(context, extra)
     return result
