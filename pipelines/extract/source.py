@@ -7,7 +7,7 @@ statement), and each chunk is validated and written before the next is fetched.
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from string import Template
 from typing import Iterator, Mapping
@@ -130,3 +130,10 @@ def _check_columns(columns: list[str], template: str, expected: list[str]) -> No
     if missing:
         raise ExtractError(f"the extract template {template} returns no column {', '.join(missing)}: "
                            "every column of the source contract must be selected (NULL where you have none)")
+
+
+def window(ds: str, days: int) -> tuple[str, str]:
+    """ISO bounds of [ds - days, ds) as bound parameters (midnight UTC)."""
+    end = date.fromisoformat(ds)
+    start = end - timedelta(days=days)
+    return f"{start.isoformat()}T00:00:00", f"{end.isoformat()}T00:00:00"

@@ -27,7 +27,6 @@ import json
 import logging
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,7 +41,7 @@ from lookalike import faults, schemas
 from lookalike.config import Config
 from lookalike.errors import LookalikeError
 from lookalike.extract.source import optional_columns, stream_source
-from lookalike.extract.stage import FETCH_THREADS, PhotoWork, settled, threaded
+from lookalike.extract.fetch import PhotoTask, PhotoWork
 from lookalike.extract.validate import latest_listings, reject_listings, stage_listings
 from lookalike.intraday import changes as ch
 from lookalike.neighbors.output import ListsCollector, neighbor_table, positions_in
@@ -228,26 +227,26 @@ def _with_photos(cfg: Config, rows: pd.DataFrame, rejects: list[dict], earlier: 
         same_key = before is not None and before["image_key"] == rows.at[i, "image_key"] and \
             (before["image_source"] or "").startswith(work.norm + "|")
         identity = before["image_source"].split("|", 1)[1] if same_key else None
-        tasks.append((rows.at[i, "image_key"], None if identity is None or identity.startswith("version:")
-                      else identity, rows.at[i, "image_version"]))
-    with ThreadPoolExecutor(FETCH_THREADS) as pool:
-        results = settled(work, tasks, lambda rest: threaded(pool, work.all, rest))
+        tasks.append(PhotoTask(rows.at[i, "image_key"], None if identity is None or identity.startswith("version:")
+                               else identity, rows.at[i, "image_version"]))
+    results = work(tasks)
     n = len(rows)
     source, sha, image, reason = [None] * n, [None] * n, [None] * n, [None] * n
     vectors: list = [None] * n
     decoded = quarantined = 0
-    for i, (kind, value) in zip(selling, results):
+    for i, result in zip(selling, results):
         before = known.get(rows.at[i, "item_id"])
-        if kind == "unchanged":
+        if result.unchanged:
             source[i], sha[i], vectors[i] = before["image_source"], before["image_sha256"], before["embedding"]
-        elif kind == "photo":
+        elif result.photo is not None:
             decoded += 1
-            source[i], sha[i], image[i] = value.source, value.sha256, value.jpeg
-            if before is not None and before["image_sha256"] == value.sha256:  # same bytes: same vector
+            photo = result.photo
+            source[i], sha[i], image[i] = photo.source, photo.sha256, photo.jpeg
+            if before is not None and before["image_sha256"] == photo.sha256:  # same bytes: same vector
                 vectors[i] = before["embedding"]
         else:
             quarantined += 1
-            reason[i] = value
+            reason[i] = result.reason
     columns = {name: rows[name].tolist() if name in rows else [None] * n for name in ch.CHANGES.names}
     columns.update(image_source=source, image_sha256=sha, reason=reason, embedding=vectors,
                    price=[None if p is None or pd.isna(p) else float(p) for p in columns["price"]])
