@@ -86,6 +86,7 @@ def running_airflow(cfg, config: Path, tmp_path: Path, unpause: tuple[str, ...],
            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+           "PYTHONUNBUFFERED": "1",  # the log shows the shutdown as it happens
            # standalone starts its components as `airflow` from PATH: this environment's
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     if metadata_url:  # the CLI writes while the scheduler runs: SQLite would lock
@@ -110,12 +111,18 @@ def running_airflow(cfg, config: Path, tmp_path: Path, unpause: tuple[str, ...],
         try:
             server.wait(timeout=90)
         except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            raise AssertionError("airflow standalone did not stop within 90 s of SIGINT")
+            # standalone's shutdown joins its components without a timeout and never escalates
+            # (apache/airflow#72464); a supervisor would send SIGTERM next, and so does this test.
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                raise AssertionError("airflow standalone stopped neither on SIGINT nor on SIGTERM") from None
         finally:
             log.close()
         _, alive = psutil.wait_procs(group, timeout=30)
-        assert not alive, f"left running after SIGINT: {[p.info for p in alive]}"
+        assert not alive, f"left running after the stop: {[p.info for p in alive]}"
 
 
 def _finished(api: Api, path: str):
