@@ -17,9 +17,14 @@ Each writes what the stage writes: the item_neighbors rows to Parquet, the lists
 (full, incremental) the index for the next night, the same data either way. Seconds are reported as a
 whole and split into writing those and computing them ("compute": for the update, reading the kept
 lists and index included). recall@20 of each against exact search on 2,000 sampled items. 10M is
-estimated from 100k and 1M (see docs/benchmarks.md).
+estimated from 100k and 1M (see docs/benchmarks.md). ``--index ivfpq`` or ``hnsw`` runs every night with
+that index instead of the automatic choice (an inverted file): a compressed inverted file is carried
+forward as the plain one is; a graph index cannot drop items, so the update builds and tunes a new one
+for the fresh items' search. The "same index" rebuild uses the index the first night ended with and its
+knob (exact search, where the first night's tuning found the approximate index not worth it).
 
     .venv/bin/python benchmarks/neighbors_incremental.py --n 100000 1000000 --changes 0.001 0.02 0.1
+    .venv/bin/python benchmarks/neighbors_incremental.py --n 100000 --index ivfpq hnsw
 """
 from __future__ import annotations
 
@@ -46,10 +51,15 @@ def _ids(n: int, prefix: str = "i"):
     return pa.array([f"{prefix}{i:08d}" for i in range(n)])
 
 
-def first_night(n: int, folder: Path, seed: int) -> dict:
+def _config(seed: int, index: str):
+    from lookalike.config import NeighborsConfig
+
+    return NeighborsConfig(k=K, margin=MARGIN, device="cpu", seed=seed, index=index)
+
+
+def first_night(n: int, folder: Path, seed: int, index: str) -> dict:
     """Vectors, lists and the kept index of the first night, into ``folder``."""
     from lookalike import schemas
-    from lookalike.config import NeighborsConfig
     from lookalike.neighbors import update
     from lookalike.neighbors.output import ListsCollector, StreamingParquet
     from lookalike.neighbors.search import item_keys, rekey
@@ -57,7 +67,7 @@ def first_night(n: int, folder: Path, seed: int) -> dict:
 
     vectors = _pool(n, seed)[:n]
     ids = _ids(n)
-    ncfg = NeighborsConfig(k=K, margin=MARGIN, device="cpu", seed=seed)
+    ncfg = _config(seed, index)
 
     def keep(index, plan, tuning):
         keys = item_keys(ids)
@@ -71,6 +81,7 @@ def first_night(n: int, folder: Path, seed: int) -> dict:
         stats = build_neighbors(vectors, ids, ncfg=ncfg, on_sale=np.ones(n, bool), writer=rows, ds="day1",
                                 version="v", lists_out=lists, keep_index=keep)
     lists.save(folder / "lists")
+    (folder / "first.json").write_text(json.dumps(stats["groups"][0]))  # its index, knob and value
     return {"seconds": round(time.perf_counter() - started, 1), "index": stats["index"]}
 
 
@@ -100,12 +111,11 @@ def next_day(n: int, change: float, seed: int) -> tuple:
     return vectors[order], ids[order], on_sale, fresh
 
 
-def worker(n: int, change: float, mode: str, folder: Path, seed: int) -> dict:
+def worker(n: int, change: float, mode: str, folder: Path, seed: int, index: str) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from lookalike import schemas
-    from lookalike.config import NeighborsConfig
     from lookalike.neighbors import update
     from lookalike.neighbors.output import ListsCollector, StreamingParquet, positions_in
     from lookalike.neighbors.search import FlatSearcher, recall_at_k
@@ -113,7 +123,7 @@ def worker(n: int, change: float, mode: str, folder: Path, seed: int) -> dict:
 
     vectors, id_list, on_sale, fresh = next_day(n, change, seed)
     ids = pa.array(id_list.tolist())
-    ncfg = NeighborsConfig(k=K, margin=MARGIN, device="cpu", seed=seed)
+    ncfg = _config(seed, index)
     out = folder / f"{mode}-{change}.parquet"
     started = time.perf_counter()
     lists_out = ListsCollector(n, K + MARGIN)
@@ -126,9 +136,11 @@ def worker(n: int, change: float, mode: str, folder: Path, seed: int) -> dict:
             from lookalike.neighbors.search import build_searcher, plan_index, search_blocks
 
             candidates = np.flatnonzero(on_sale)
-            plan = plan_index(len(candidates), DIM)
+            first = json.loads((folder / "first.json").read_text())  # the index the first night used
+            plan = plan_index(len(candidates), DIM, kind=first["index"])
             searcher = build_searcher(vectors, candidates, plan, seed=seed)
-            searcher.set_knob(json.loads((folder / "index" / "index.json").read_text())["value"])
+            if not first.get("exact"):
+                searcher.set_knob(first["value"])
             writing = 0.0
             for qpos, npos, scores, block in search_blocks(searcher, vectors, np.arange(n), K,
                                                            n_candidates=len(candidates), margin=MARGIN):
@@ -170,6 +182,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--changes", type=float, nargs="+", default=[0.001, 0.02, 0.1])
+    parser.add_argument("--index", nargs="+", default=["auto"], choices=["auto", "ivf", "ivfpq", "hnsw"],
+                        help="neighbors.index of every night, one run each (auto: the stage's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the rows here")
     parser.add_argument("--worker", nargs=4, metavar=("N", "CHANGE", "MODE", "FOLDER"), help=argparse.SUPPRESS)
@@ -178,20 +192,20 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     if args.worker:
         n, change, mode, folder = args.worker
-        print(json.dumps(worker(int(n), float(change), mode, Path(folder), args.seed)))
+        print(json.dumps(worker(int(n), float(change), mode, Path(folder), args.seed, args.index[0])))
         return
     if args.first:
-        print(json.dumps(first_night(int(args.first[0]), Path(args.first[1]), args.seed)))
+        print(json.dumps(first_night(int(args.first[0]), Path(args.first[1]), args.seed, args.index[0])))
         return
     from lookalike.tools.summary import format_table
 
     rows = []
-    for n in args.n:
+    for index, n in ((index, n) for index in args.index for n in args.n):
         with tempfile.TemporaryDirectory() as tmp:
-            first = _run(["--first", str(n), tmp], args.seed)
+            first = _run(["--first", str(n), tmp], args.seed, index)
             print(f"n={n}: first night {first['seconds']} s ({'+'.join(first['index'])})", flush=True)
             for change in args.changes:
-                runs = {mode: _run(["--worker", str(n), str(change), mode, tmp], args.seed) for mode in MODES}
+                runs = {mode: _run(["--worker", str(n), str(change), mode, tmp], args.seed, index) for mode in MODES}
                 for mode in MODES:  # the recall gap: against the full rebuild with the same index settings
                     rows.append({**runs[mode],
                                  "compute_ratio": round(runs[mode]["compute_seconds"]
@@ -209,9 +223,9 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
 
-def _run(extra: list[str], seed: int) -> dict:
-    done = subprocess.run([sys.executable, __file__, *extra, "--seed", str(seed)], capture_output=True, text=True,
-                          cwd=REPO)
+def _run(extra: list[str], seed: int, index: str) -> dict:
+    done = subprocess.run([sys.executable, __file__, *extra, "--seed", str(seed), "--index", index],
+                          capture_output=True, text=True, cwd=REPO)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(extra)} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
