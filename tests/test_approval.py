@@ -4,6 +4,7 @@ accepted and the approver in the run record, and Reject fails the run without a 
 published and the previous one still served."""
 import shutil
 import sqlite3
+import time
 from datetime import date, timedelta
 
 import pytest
@@ -37,6 +38,18 @@ def _awaiting(api: Api, run: str):
     return task if task["state"] in ("deferred", "awaiting_input") else None
 
 
+def _answer(api: Api, run: str, option: str) -> None:
+    """Answer approve_drift as an operator does: not within a second of its pause. An answer that came
+    before the executor had reported the pausing process's exit made the scheduler fail the resumed task
+    ("finished with state success, but the task instance's state attribute is queued", Airflow 3.3's
+    LocalExecutor), so the answer waits until the pause has settled."""
+    time.sleep(PAUSE_SETTLES_S)
+    api.call("PATCH", f"{run}/taskInstances/approve_drift/-1/hitlDetails", {"chosen_options": [option]})
+
+
+PAUSE_SETTLES_S = 10
+
+
 def _night(api: Api, ds: str) -> str:
     run = api.call("POST", "/api/v2/dags/lookalike_nightly/dagRuns", {"logical_date": None, "conf": {"ds": ds}})
     return f"/api/v2/dags/lookalike_nightly/dagRuns/{run['dag_run_id']}"
@@ -61,7 +74,7 @@ def test_a_refused_night_waits_for_an_operator_who_approves_once_and_rejects_onc
         detail = api.call("GET", f"{run}/taskInstances/approve_drift/-1/hitlDetails")
         assert "rows" in detail["body"] and "publish_staging" in detail["body"]  # the bounds and their figures
         assert NEXT not in wh.entries("item_neighbors")  # nothing published while it waits
-        api.call("PATCH", f"{run}/taskInstances/approve_drift/-1/hitlDetails", {"chosen_options": ["Approve"]})
+        _answer(api, run, "Approve")
         assert api.wait_for("the approved night", lambda: _finished(api, run), timeout=600, every=3) == "success"
         tasks = {t["task_id"]: t["state"] for t in api.call("GET", f"{run}/taskInstances")["task_instances"]}
         assert tasks["publish"] == "skipped" and tasks["publish_accepted"] == "success"
@@ -72,7 +85,7 @@ def test_a_refused_night_waits_for_an_operator_who_approves_once_and_rejects_onc
         run_extract(cfg, AFTER)
         run = _night(api, AFTER)
         api.wait_for("approve_drift to await input", lambda: _awaiting(api, run), timeout=600, every=3)
-        api.call("PATCH", f"{run}/taskInstances/approve_drift/-1/hitlDetails", {"chosen_options": ["Reject"]})
+        _answer(api, run, "Reject")
         assert api.wait_for("the rejected night", lambda: _finished(api, run), timeout=600, every=3) == "failed"
         tasks = {t["task_id"]: (t["state"], t["try_number"]) for t in
                  api.call("GET", f"{run}/taskInstances")["task_instances"]}
