@@ -29,6 +29,7 @@ knob (exact search, where the first night's tuning found the approximate index n
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import subprocess
@@ -200,7 +201,7 @@ def main() -> None:
     from lookalike.tools.summary import format_table
 
     rows = []
-    for index, n in ((index, n) for index in args.index for n in args.n):
+    for index, n in itertools.product(args.index, args.n):
         with tempfile.TemporaryDirectory() as tmp:
             first = _run(["--first", str(n), tmp], args.seed, index)
             print(f"n={n}: first night {first['seconds']} s ({'+'.join(first['index'])})", flush=True)

@@ -38,6 +38,9 @@ def _awaiting(api: Api, run: str):
     return task if task["state"] in ("deferred", "awaiting_input") else None
 
 
+PAUSE_SETTLES_S = 10
+
+
 def _answer(api: Api, run: str, option: str) -> None:
     """Answer approve_drift as an operator does: not within a second of its pause. An answer that came
     before the executor had reported the pausing process's exit made the scheduler fail the resumed task
@@ -45,9 +48,6 @@ def _answer(api: Api, run: str, option: str) -> None:
     LocalExecutor), so the answer waits until the pause has settled."""
     time.sleep(PAUSE_SETTLES_S)
     api.call("PATCH", f"{run}/taskInstances/approve_drift/-1/hitlDetails", {"chosen_options": [option]})
-
-
-PAUSE_SETTLES_S = 10
 
 
 def _night(api: Api, ds: str) -> str:

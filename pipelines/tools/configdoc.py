@@ -1,9 +1,9 @@
 """``docs/configuration.md``, written from ``pipelines/config.py`` itself: one fact, one place.
 
 Every key's meaning is the comment beside it in ``config.py`` (on its line, or the comment lines
-just above it), its default the dataclass default, the allowed names and bounds those its field
-declares (``key(default, choices=…, within=…)``). ``python -m lookalike.tools.configdoc`` rewrites the page; a test fails when the page
-and the code differ, or when a key has no comment.
+just above it), its default the dataclass default, its allowed names and bounds what its field
+declares (``key(default, choices=…, within=…)``). ``python -m lookalike.tools.configdoc`` rewrites
+the page; a test fails when the page and the code differ, or when a key has no comment.
 
     .venv/bin/python -m lookalike.tools.configdoc            # rewrite docs/configuration.md
     .venv/bin/python -m lookalike.tools.configdoc --check    # exit 1 when it is out of date
@@ -104,10 +104,10 @@ def sections() -> list[tuple[str, str, list[Key]]]:
             if dataclasses.is_dataclass(value):
                 continue
             full = prefix + name
-            meaning = _meaning(node, comments, lines)
-            if meaning and _allowed(full) and not meaning.endswith((".", ")")):
+            meaning, allowed = _meaning(node, comments, lines), _allowed(full)
+            if meaning and allowed and not meaning.endswith((".", ")")):
                 meaning += "."
-            out.append(Key(full, _default(value), (meaning + _allowed(full)).strip()))
+            out.append(Key(full, _default(value), (meaning + allowed).strip()))
         return out
 
     result = [("top level", "Where things are.", keys("Config", "", defaults))]
