@@ -132,6 +132,10 @@ class EmbedConfig:
     pca_sample: int = 10000  # catalogue items the PCA is fitted on
     float16: bool = False  # store embeddings as float16 (half the bytes)
     launcher: str = key("in-process", choices=("in-process", "spark-submit"))  # how a DAG task runs embedding: "in-process", or "spark-submit" to spark.master
+    # The share t of an item's title in its served vector, unit((1 − t)·photo + t·title), both from the
+    # production SigLIP: -1 takes the weight the evaluation chose among evaluate.text_weights (0 until a
+    # model is promoted); 0 serves photos alone; above 0 that share, whatever the evaluation chose
+    text_weight: float = key(-1.0, within="[-1, 1]")
 
 
 @dataclass(frozen=True)
@@ -175,10 +179,13 @@ class EvaluateConfig:
     # Weights w of the model in the served blend [√w·model, √(1−w)·image baseline] tried on the log;
     # the best blend is promoted instead of the model alone when it ranks better. Empty: model alone.
     hybrid_weights: str = "0.3,0.5,0.7"
-    category_items: int = 3000  # no module clicks yet: held-out listings scored by category, colour and product group
-    # The most colour@5 a served system may trail the image baseline by, whatever it gains on category
-    # (listings with a colour column): the model alone gives way to the blend, or the baseline stays
-    max_colour_loss: float = key(0.02, within="[0, 1]")
+    # Shares t of the title in the model's item vector, unit((1 − t)·photo + t·title), tried on the log
+    # alone and in every blend; the best is promoted with the model (embed.text_weight). Empty: photos only
+    text_weights: str = "0.3,0.5,0.7"
+    category_items: int = 3000  # no module clicks yet: held-out listings scored by category, colour, product group, co-purchase
+    # The most any facet@5 (category, colour, product group, co-purchase) of a served system may trail the
+    # image baseline's by, whatever it gains on the others: a system losing more is not served
+    max_facet_loss: float = key(0.05, within="[0, 1]")
 
 
 @dataclass(frozen=True)

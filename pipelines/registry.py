@@ -80,8 +80,19 @@ def promote(store: ModelStore, version: str, reason: str = "manual") -> None:
     _write(store, data)
 
 
-def rollback(store: ModelStore) -> str:
-    """Return production to the version before the last promotion; returns it."""
+def retire(store: ModelStore, reason: str) -> None:
+    """Take the production model out of service (the evaluation found the image baseline better
+    beyond noise): the night serves the image baseline; ``rollback`` brings the model back."""
+    data = _read(store)
+    if data["production"] is None:
+        return
+    data["history"].append({"from": data["production"], "to": None, "at": _now(), "reason": reason})
+    data["production"] = None
+    _write(store, data)
+
+
+def rollback(store: ModelStore) -> str | None:
+    """Return production to the version before the last promotion (or retirement); returns it."""
     data = _read(store)
     if not data["history"] or data["history"][-1]["from"] is None:
         raise RegistryError("nothing to roll back to: production has had a single version (or none)")

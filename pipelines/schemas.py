@@ -59,6 +59,7 @@ ITEM_EMBEDDINGS = pa.schema([
     pa.field("model_version", pa.string()),
     pa.field("image_sha256", pa.string()),
     pa.field("embedding", pa.list_(pa.float32())),
+    pa.field("text_sha256", pa.string()),  # the text the vector read (a system that reads titles), else null
 ])
 
 ITEM_NEIGHBORS = pa.schema([

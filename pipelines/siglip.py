@@ -244,6 +244,6 @@ def embed_texts(loaded: LoadedModel, texts: list[str], batch_size: int = 512) ->
     outs = []
     for start in range(0, len(texts), batch_size):
         ids = tokenize(loaded.tokenizer, texts[start:start + batch_size], loaded.max_text_length)
-        feats = loaded.model.get_text_features(input_ids=ids).pooler_output
-        outs.append(torch.nn.functional.normalize(feats.float(), dim=-1).numpy())
+        feats = loaded.model.get_text_features(input_ids=ids.to(next(loaded.model.parameters()).device)).pooler_output
+        outs.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
     return np.concatenate(outs) if outs else np.zeros((0, loaded.model.config.text_config.hidden_size), np.float32)

@@ -289,6 +289,13 @@ class Warehouse:
             raise LookalikeError(f"{table} has no published partition ds={ds}")
         return self.read_entry(table, entry, **kwargs)
 
+    def partition_schema(self, table: str, ds: str) -> pa.Schema:
+        """The schema of a published partition as written (an older release may have written fewer columns)."""
+        entry = self.entries(table).get(ds)
+        if entry is None or not entry["files"]:
+            raise LookalikeError(f"{table} has no published partition ds={ds}")
+        return pq.read_schema(self.objects.path(f"{table}/{entry['path']}/{entry['files'][0]}"), filesystem=self.fs)
+
     def read_entry(self, table: str, entry: dict, **kwargs) -> pa.Table:
         """The files of one manifest entry (a run's partition), as read from a manifest already in hand."""
         files = [self.objects.path(f"{table}/{entry['path']}/{name}") for name in entry["files"]]

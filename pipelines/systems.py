@@ -4,12 +4,13 @@ arm may serve (standard library only)."""
 from __future__ import annotations
 
 SIGLIP = "siglip"  # the fine-tuned model: a candidate until promoted
-HYBRID = "hybrid"  # the model blended with the image baseline at a chosen weight
+HYBRID = "hybrid"  # the model (its photo, or photo and title) blended with the image baseline at a chosen weight
+MULTIMODAL = "multimodal"  # the model's photo and title embeddings blended at a chosen text weight
 IMAGE_BASELINE = "image_baseline"  # hand-made image features (lookalike.features)
 TEXT_BASELINE = "text_baseline"  # TF-IDF over titles (scored, never served)
 PRODUCTION = "production"  # the promoted model, scored beside a candidate on the same queries
 CANDIDATE = "candidate"  # the newest model not promoted (an experiment's arm)
 
-SCORED = (SIGLIP, HYBRID, IMAGE_BASELINE, TEXT_BASELINE)  # the offline evaluation's systems, in report order
+SCORED = (SIGLIP, MULTIMODAL, HYBRID, IMAGE_BASELINE, TEXT_BASELINE)  # the offline evaluation's systems, in report order
 BASELINES = (IMAGE_BASELINE, TEXT_BASELINE)
 SERVE_NAMES = (PRODUCTION, CANDIDATE, IMAGE_BASELINE)  # what experiments.<name>.variants.<v>.serve names, besides a version

@@ -1,7 +1,8 @@
 """The embed stage: the serving SigLIP model over the whole active catalogue, incrementally.
 
 An item whose (item_id, image_sha256, model_version) already has a published embedding reuses
-it; a new item, a changed image or a new model version is (re)embedded. The rows to compute go
+it (with a system that reads titles, its text's ``text_sha256`` too); a new item, a changed image
+or text, or a new model version is (re)embedded. The rows to compute go
 to Spark (``mapInPandas``: each Python worker loads the model once — module-level cache, worker
 reuse on — and runs with one torch thread, so Spark's task slots use the cores). A handful of
 rows (``embed.local_max_rows``) is embedded in-process by the same function instead: starting a
@@ -10,6 +11,7 @@ a quarantine row with its reason; it never fails the job.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -29,6 +31,7 @@ from lookalike.serving import Served
 from lookalike.spark import task_device
 from lookalike.atomic import atomic_path, atomic_write_text
 from lookalike.storage import Warehouse, write_parquet
+from lookalike.texts import TEXT_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -51,32 +54,49 @@ def _cached_model(path: str, device: str):
     return _MODEL_CACHE[key]
 
 
+def item_texts(template: str | None, frame) -> list[str | None]:
+    """Each row's text as the served system reads it (``serving.item_text``); all None when it reads none."""
+    if template is None:
+        return [None] * len(frame)
+    rows = pd.DataFrame({f: frame[f] if f in frame else None for f in TEXT_FIELDS}).to_dict("records")
+    return [serving.item_text(template, {k: (None if v is None or v != v else v) for k, v in row.items()})
+            for row in rows]
+
+
+def text_sha256(texts: list[str | None]) -> list[str | None]:
+    return [None if t is None else hashlib.sha256(t.encode()).hexdigest() for t in texts]
+
+
 def embed_frames(frames: Iterator[pd.DataFrame], model_path: str, batch_size: int,
                  projection: str | None = None) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: (item_id, image_sha256, image) batches → (item_id, image_sha256, embedding, error).
+    """mapInPandas body: (item_id, image_sha256, image[, the text fields]) batches → (item_id,
+    image_sha256, embedding, error, text_sha256).
 
-    ``model_path`` is any served system's folder (pipelines/serving.py). With ``projection`` (a
-    ``pca-<dim>.npz``) the vectors are projected and re-normalised.
+    ``model_path`` is any served system's folder (pipelines/serving.py); one that reads titles
+    reads each row's text fields (``TEXT_FIELDS``). With ``projection`` (a ``pca-<dim>.npz``) the
+    vectors are projected and re-normalised.
     """
     embedder = _cached_model(model_path, task_device())
+    template = embedder.template if embedder.text_weight > 0 else None
     if projection and projection not in _PROJECTION_CACHE:
         _PROJECTION_CACHE[projection] = load_projection(projection)
     for frame in frames:
         decoded, ok, errors = [], [], [None] * len(frame)
+        texts = item_texts(template, frame)
         for i, data in enumerate(frame["image"].tolist()):
             try:
                 decoded.append(embedder.decode(data))
                 ok.append(i)
             except Exception as exc:  # any decode error is quarantined, never fatal
                 errors[i] = f"image does not decode at embed time: {exc.__class__.__name__}: {exc}"
-        vectors = embedder.embed(decoded, batch_size) if ok else []
+        vectors = embedder.embed(decoded, batch_size, [texts[i] for i in ok]) if ok else []
         if ok and projection:
             vectors = _PROJECTION_CACHE[projection].apply(vectors)
         embeddings = [None] * len(frame)
         for i, v in zip(ok, vectors):
             embeddings[i] = v
         yield pd.DataFrame({"item_id": frame["item_id"].values, "image_sha256": frame["image_sha256"].values,
-                            "embedding": embeddings, "error": errors})
+                            "embedding": embeddings, "error": errors, "text_sha256": text_sha256(texts)})
 
 
 def resolve_model(cfg: Config, ds: str, model_uri: str | None) -> Served:
@@ -94,36 +114,54 @@ def resolve_model(cfg: Config, ds: str, model_uri: str | None) -> Served:
 
 
 def _keys(table: pa.Table) -> pa.Array:
-    """item_id + image_sha256 as one string per row, for set membership."""
-    return pc.binary_join_element_wise(table.column("item_id"), pc.fill_null(table.column("image_sha256"), ""), "\t")
+    """item_id + image_sha256 (+ text_sha256, where the table has it) as one string per row, for set membership."""
+    parts = [table.column("item_id"), pc.fill_null(table.column("image_sha256"), "")]
+    if "text_sha256" in table.column_names:
+        parts.append(pc.fill_null(table.column("text_sha256"), ""))
+    return pc.binary_join_element_wise(*parts, "\t")
+
+
+def _catalog_keys(catalog, template: str | None) -> pa.Table:
+    """The catalogue's (item_id, image_sha256[, text_sha256]): the text's hash when the served system reads titles."""
+    if template is None:
+        return pq.read_table(catalog, columns=["item_id", "image_sha256"])
+    table = pq.read_table(catalog, columns=["item_id", "image_sha256", *TEXT_FIELDS])
+    texts = item_texts(template, table.to_pandas())
+    return table.select(["item_id", "image_sha256"]).append_column("text_sha256",
+                                                                  pa.array(text_sha256(texts), pa.string()))
 
 
 def reusable_embeddings(wh: Warehouse, version: str, catalog_keys: pa.Table) -> pa.Table:
-    """Published embeddings of ``version`` whose (item_id, image_sha256) is still in the catalogue.
+    """Published embeddings of ``version`` whose (item_id, image_sha256[, text_sha256]) is still in the catalogue.
 
     Looks at published partitions newest first and takes the first one holding ``version``
     (after a rollback, an older partition may hold the model that serves again).
     """
     wanted = _keys(catalog_keys)
+    reads_text = "text_sha256" in catalog_keys.column_names
+    columns = ["item_id", "image_sha256", "model_version", "embedding", *(["text_sha256"] if reads_text else [])]
     for ds in reversed(list(wh.entries("item_embeddings"))):
-        table = wh.read_partition("item_embeddings", ds, columns=["item_id", "image_sha256", "model_version", "embedding"],
-                                  filters=[("model_version", "=", version)])
+        if reads_text and "text_sha256" not in wh.partition_schema("item_embeddings", ds).names:
+            continue  # written before systems read titles: none of its vectors did
+        table = wh.read_partition("item_embeddings", ds, columns=columns, filters=[("model_version", "=", version)])
         if table.num_rows:
             return table.filter(pc.is_in(_keys(table), value_set=wanted))
-    return pa.Table.from_pylist([], schema=schemas.ITEM_EMBEDDINGS.remove(0))  # none: drop "ds", keep the rest
+    empty = schemas.ITEM_EMBEDDINGS.remove(0)  # none: drop "ds", keep the rest
+    return pa.Table.from_pylist([], schema=empty if reads_text else empty.remove(empty.get_field_index("text_sha256")))
 
 
 def _embeddings_schema(float16: bool) -> pa.Schema:
     return schemas.ITEM_EMBEDDINGS_FLOAT16 if float16 else schemas.ITEM_EMBEDDINGS
 
 
-def _with_schema(ds: str, version: str, item_ids, shas, embeddings, float16: bool) -> pa.Table:
+def _with_schema(ds: str, version: str, item_ids, shas, embeddings, float16: bool, texts=None) -> pa.Table:
     n = len(item_ids)
     schema = _embeddings_schema(float16)
     if isinstance(embeddings, (pa.Array, pa.ChunkedArray)):
         embeddings = embeddings.cast(schema.field("embedding").type)
     return pa.Table.from_pydict({"ds": [ds] * n, "item_id": item_ids, "model_version": [version] * n,
-                                 "image_sha256": shas, "embedding": embeddings}, schema=schema)
+                                 "image_sha256": shas, "embedding": embeddings,
+                                 "text_sha256": [None] * n if texts is None else texts}, schema=schema)
 
 
 def _quarantine_rows(ds: str, item_ids, reasons) -> pa.Table:
@@ -141,20 +179,26 @@ def _store_results(tables, out, ds: str, version: str, float16: bool) -> tuple[i
             good, bad = table.filter(ok), table.filter(pc.invert(ok))
             if good.num_rows:
                 writer.write_table(_with_schema(ds, version, good.column("item_id"), good.column("image_sha256"),
-                                                good.column("embedding"), float16))
+                                                good.column("embedding"), float16, good.column("text_sha256")))
                 computed += good.num_rows
             q_ids += bad.column("item_id").to_pylist()
             q_reasons += bad.column("error").to_pylist()
     return computed, q_ids, q_reasons
 
 
-def _rows_to_embed(catalog, reused_keys: pa.Array) -> Iterator[pa.Table]:
-    """Catalogue rows without a reusable embedding, one Parquet row group at a time (memory: one group)."""
+def _rows_to_embed(catalog, reused_keys: pa.Array, template: str | None) -> Iterator[pa.Table]:
+    """Catalogue rows without a reusable embedding (with their text fields when the served system reads
+    titles), one Parquet row group at a time (memory: one group)."""
+    text = [*TEXT_FIELDS] if template is not None else []
     for file in sorted(catalog.glob("*.parquet")):
         parquet = pq.ParquetFile(file)
         for i in range(parquet.num_row_groups):
-            group = parquet.read_row_group(i, columns=["item_id", "image_sha256", "image"])
-            todo = group.filter(pc.invert(pc.is_in(_keys(group), value_set=reused_keys)))
+            group = parquet.read_row_group(i, columns=["item_id", "image_sha256", "image", *text])
+            keyed = group.select(["item_id", "image_sha256"])
+            if text:
+                keyed = keyed.append_column("text_sha256", pa.array(text_sha256(item_texts(template, group.to_pandas())),
+                                                                    pa.string()))
+            todo = group.filter(pc.invert(pc.is_in(_keys(keyed), value_set=reused_keys)))
             if todo.num_rows:
                 yield todo
 
@@ -170,6 +214,7 @@ def _embed_on_spark(cfg: Config, todo_path, raw_path, path: str, ds: str, projec
     schema = T.StructType([
         T.StructField("item_id", T.StringType()), T.StructField("image_sha256", T.StringType()),
         T.StructField("embedding", T.ArrayType(T.FloatType())), T.StructField("error", T.StringType()),
+        T.StructField("text_sha256", T.StringType()),
     ])
     # Split at Parquet row groups (extract writes 2,000 rows per group) into partitions of bounded
     # size — their number grows with the catalogue, the memory of each task does not — and never
@@ -178,7 +223,8 @@ def _embed_on_spark(cfg: Config, todo_path, raw_path, path: str, ds: str, projec
     size = sum(f.stat().st_size for f in todo_path.glob("*.parquet"))
     split = min(PARTITION_BYTES, max(1 << 20, size // (2 * slots)))  # small catalogues: still every slot
     spark.conf.set("spark.sql.files.maxPartitionBytes", str(split))
-    frame = spark.read.parquet(str(todo_path)).select("item_id", "image_sha256", "image")
+    text = [*TEXT_FIELDS] if serving.text_weight_of(path) > 0 else []
+    frame = spark.read.parquet(str(todo_path)).select("item_id", "image_sha256", "image", *text)
     if frame.rdd.getNumPartitions() < slots:  # a small catalogue in one row group: spread it
         frame = frame.repartition(slots)
     faults.point_when("embed.mid_spark", lambda: bool(spark.sparkContext.statusTracker().getActiveStageIds()))
@@ -199,7 +245,8 @@ def _ensure_projection(cfg: Config, catalog, model_path: str, dim: int) -> str |
     dataset = pads.dataset(catalog)
     rows = dataset.count_rows()
     picked = np.sort(np.random.default_rng(0).permutation(rows)[: cfg.embed.pca_sample])
-    sample = dataset.take(pa.array(picked), columns=["item_id", "image_sha256", "image"])  # only those rows
+    text = [*TEXT_FIELDS] if serving.text_weight_of(model_path) > 0 else []
+    sample = dataset.take(pa.array(picked), columns=["item_id", "image_sha256", "image", *text])  # only those rows
     frames = (b.to_pandas() for b in sample.to_batches(max_chunksize=cfg.embed.arrow_batch_rows))
     vectors = np.stack([v for f in embed_frames(frames, model_path, cfg.embed.batch_size)
                         for v in f["embedding"] if v is not None])
@@ -227,17 +274,19 @@ def run_embed(cfg: Config, ds: str, model_uri: str | None = None) -> dict:
     out = wh.fresh_work(ds, "item_embeddings")
     quarantine = wh.fresh_work(ds, "embed_quarantine")
 
-    keys = pq.read_table(catalog, columns=["item_id", "image_sha256"])
+    template = serving.served_template(path)
+    keys = _catalog_keys(catalog, template)
     reused = reusable_embeddings(wh, version, keys)
     if reused.num_rows:
         write_parquet(_with_schema(ds, version, reused.column("item_id"), reused.column("image_sha256"),
-                                   reused.column("embedding"), f16), out / "part-reused.parquet")
+                                   reused.column("embedding"), f16,
+                                   reused.column("text_sha256") if template else None), out / "part-reused.parquet")
     n_todo = keys.num_rows - reused.num_rows
     executor, computed, q_ids, q_reasons = "none", 0, [], []
     if n_todo:
         if n_todo <= cfg.embed.local_max_rows:
             executor = "in-process"
-            frames = (t.to_pandas() for t in _rows_to_embed(catalog, _keys(reused)))
+            frames = (t.to_pandas() for t in _rows_to_embed(catalog, _keys(reused), template))
             tables = (pa.Table.from_pandas(f, preserve_index=False)
                       for f in embed_frames(frames, path, cfg.embed.batch_size, projection))
         else:
@@ -245,7 +294,7 @@ def run_embed(cfg: Config, ds: str, model_uri: str | None = None) -> dict:
             todo_path = catalog  # nothing reusable: Spark reads the catalogue as it is
             if reused.num_rows:  # else only the rows to compute, streamed row group by row group
                 todo_path = wh.fresh_work(ds, "embed_todo")
-                parts = _rows_to_embed(catalog, _keys(reused))
+                parts = _rows_to_embed(catalog, _keys(reused), template)
                 first = next(parts)
                 with pq.ParquetWriter(todo_path / "part-0.parquet", first.schema, compression="zstd") as writer:
                     for part in itertools.chain([first], parts):
@@ -257,6 +306,7 @@ def run_embed(cfg: Config, ds: str, model_uri: str | None = None) -> dict:
         computed, q_ids, q_reasons = _store_results(tables, out, ds, version, f16)
     write_parquet(_quarantine_rows(ds, q_ids, q_reasons), quarantine / "part-0.parquet")
     stats = {"model_version": version, "served": served.to_dict(), "model_path": path, "projection": projection,
+             "text_template": template,
              "catalogue": keys.num_rows, "reused": reused.num_rows,
              "computed": computed, "quarantined": len(q_ids), "executor": executor}
     atomic_write_text(wh.work(ds, "embed_stats.json"), json.dumps(stats, indent=2))

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lookalike.systems import HYBRID, IMAGE_BASELINE, PRODUCTION, SIGLIP, TEXT_BASELINE
+from lookalike.systems import HYBRID, IMAGE_BASELINE, MULTIMODAL, PRODUCTION, SIGLIP, TEXT_BASELINE
 from lookalike import registry, schemas, serving
 from lookalike.config import Config
 from lookalike.errors import LookalikeError
@@ -40,17 +40,21 @@ from lookalike.evaluate.baselines import text_baseline_vectors
 from lookalike.features import baseline_vectors
 from lookalike.events import read_events
 from lookalike.evaluate.metrics import REPORTED, bootstrap_ci, coverage, discriminates, query_metrics
-from lookalike.siglip import embed_pixels, load_model
+from lookalike.siglip import embed_pixels, embed_texts, load_model
 from lookalike.atomic import atomic_write_text
+from lookalike.texts import TEXT_FIELDS
 from lookalike.storage import ModelStore, Warehouse, write_parquet
 
 log = logging.getLogger(__name__)
 
 
 # What a shopper compares on a similar-items module without clicks yet (the listings protocol): the
-# kind of thing (category), its colour and the same product in another variant (product_group);
-# colour and product_group only where the source has those optional listing columns.
-FACETS = ("category", "colour", "product_group")
+# kind of thing (category), its colour, the same product in another variant (product_group) and
+# what the same shoppers bought or clicked together (co_purchase); colour and product_group only where
+# the source has those optional listing columns, co_purchase where the log's purchases (else clicks)
+# tell a query's candidates apart.
+FACETS = ("category", "colour", "product_group", "co_purchase")
+LISTING_FACETS = FACETS[:3]  # the facets read from the listings' own columns
 SHOPPER = ("shopper", 5)  # the combined score (``score_system``): what promotion and the blend weight use
 
 
@@ -85,13 +89,30 @@ def build_queries(events: dict[str, list], index: dict[str, int], min_candidates
     return queries
 
 
-def category_queries(items: dict[str, list], val_fraction: float, limit: int) -> list[Query]:
+def co_purchases(events: dict[str, list], index: dict[str, int]) -> dict[int, set[int]]:
+    """Row index → the rows of the items the same users bought with it (clicked, in a log without purchases)."""
+    kind = "purchase" if "purchase" in events["event"] else "click"
+    by_user: dict[str, set[int]] = {}
+    for user, event, item in zip(events["user_id"], events["event"], events["item_id"]):
+        if event == kind and item in index:
+            by_user.setdefault(user, set()).add(index[item])
+    together: dict[int, set[int]] = {}
+    for bought in by_user.values():
+        if 1 < len(bought) <= 200:  # a user who bought half the catalogue says little about any pair
+            for row in bought:
+                together.setdefault(row, set()).update(bought - {row})
+    return together
+
+
+def category_queries(items: dict[str, list], val_fraction: float, limit: int,
+                     together: dict[int, set[int]] | None = None) -> list[Query]:
     """The protocol of a catalogue without module clicks yet: every held-out item (the training
     split's validation items, never trained on) is a query over the other held-out items, and
     those of its own category are the relevant ones. Each query also carries its relevance by
     facet (:data:`FACETS`): the same category, the same colour and the same product group, each
-    where the item has a value (the optional listing columns) and another held-out item shares it.
-    Up to ``limit`` items, chosen by id hash."""
+    where the item has a value (the optional listing columns) and another held-out item shares it,
+    and the held-out items the same shoppers bought with it (``together``: ``co_purchases``) where
+    some but not all of them were. Up to ``limit`` items, chosen by id hash."""
     from lookalike.ids import id_hash, is_validation
 
     pool = [i for i, (item, category) in enumerate(zip(items["item_id"], items["category"]))
@@ -99,7 +120,8 @@ def category_queries(items: dict[str, list], val_fraction: float, limit: int) ->
     pool = sorted(sorted(pool, key=lambda i: id_hash(items["item_id"][i]))[:limit])
     rows = np.array(pool, dtype=np.int64)
     values = {facet: np.array([items.get(facet, [None] * len(items["item_id"]))[i] or "" for i in pool],
-                              dtype=object) for facet in FACETS}
+                              dtype=object) for facet in LISTING_FACETS}
+    together = together or {}
     queries = []
     for j, row in enumerate(rows):
         others = np.delete(np.arange(len(rows)), j)
@@ -112,6 +134,9 @@ def category_queries(items: dict[str, list], val_fraction: float, limit: int) ->
                 same = labels[others] == labels[j]
                 if same.any():
                     facets[facet] = same
+        bought = np.isin(rows[others], list(together.get(int(row), ())))
+        if discriminates(bought):
+            facets["co_purchase"] = bought
         queries.append(Query(int(row), rows[others], relevant, facets))
     return queries
 
@@ -121,8 +146,8 @@ def score_system(similarity, queries: list[Query], ids: np.ndarray) -> dict[tupl
 
     On the listings protocol also, per facet, nDCG@5 and P@5 (``("colour:ndcg", 5)`` …; NaN where a
     query has no such facet) and the shopper's score ``SHOPPER``: per query the mean nDCG@5 over the
-    facets it has (category, and colour and product group where the catalogue has them), so that a
-    model that gains on the kind of thing but loses colour gains nothing."""
+    facets it has (category, and colour, product group and co-purchase where the catalogue and its
+    log have them), so that a system that gains on one facet by losing the others gains nothing."""
     per_query: dict[tuple, list[float]] = {key: [] for key in REPORTED}
     with_facets = any(q.facets for q in queries)
     if with_facets:
@@ -150,14 +175,14 @@ def ranking_score(per_query: dict[tuple, np.ndarray]) -> np.ndarray:
 
 
 def _items(wh: Warehouse, ds: str) -> dict[str, list]:
-    """Snapshot ∪ catalogue rows (item_id, title, category, image, and colour and product_group when the
+    """Snapshot ∪ catalogue rows (item_id, the text fields, image, and colour and product_group when the
     source has them), one per item."""
-    seen, cols = set(), {"item_id": [], "title": [], "category": [], "image": [], "colour": [], "product_group": []}
+    seen, cols = set(), {"item_id": [], **{f: [] for f in TEXT_FIELDS}, "image": [], "colour": [], "product_group": []}
     for name in ("listings_snapshot", "catalog"):
-        table = pq.read_table(wh.work(ds, name), columns=[c for c in cols if c not in FACETS[1:]])
-        facets = pq.read_table(wh.work(ds, name), columns=[c for c in FACETS[1:]
+        table = pq.read_table(wh.work(ds, name), columns=[c for c in cols if c not in LISTING_FACETS[1:]])
+        facets = pq.read_table(wh.work(ds, name), columns=[c for c in LISTING_FACETS[1:]
                                                           if c in pq.read_schema(_first_file(wh.work(ds, name))).names])
-        for facet in FACETS[1:]:
+        for facet in LISTING_FACETS[1:]:
             table = table.append_column(facet, facets.column(facet) if facet in facets.column_names
                                         else pa.nulls(table.num_rows, pa.string()))
         for row in table.to_pylist():
@@ -186,19 +211,24 @@ def _scored_queries(queries: list[Query], protocol: str) -> tuple[list[Query], s
     return kept, f"{len(queries) - len(kept)} of {len(queries)} queries could not discriminate and were not scored"
 
 
-def _production(cfg: Config, candidate: str, decode, image_vecs: np.ndarray, baseline_version: str):
-    """(version, vectors) of the system in production when it is not ``candidate``, as served
-    (a hybrid blended at its promoted weight); None when there is none."""
-    store = ModelStore.at(cfg.models)
-    current = registry.production(store)
-    if not current or current == candidate:
+def _production(cfg: Config, ds: str, items: dict) -> tuple[str, np.ndarray] | None:
+    """(version, vectors) of the production model as the night serves it (blended, reading titles, as it
+    was promoted: ``serving.resolve``); None when no model is in production."""
+    if not registry.production(ModelStore.at(cfg.models)):
         return None
-    loaded = load_model(store.version_dir(current))
-    vectors = embed_pixels(loaded.model, decode(loaded.preprocess), loaded.preprocess)
-    weight = float(registry.version_info(store, current).get("eval", {}).get("serve_weight", 1.0))
-    if weight < 1.0:
-        return serving.hybrid_version(current, baseline_version, weight), serving.combine(vectors, image_vecs, weight)
-    return current, vectors
+    served = serving.resolve(cfg, ds)
+    return served.version, _embed_items(serving.load_embedder(served.path), items)
+
+
+def _embed_items(embedder, items: dict) -> np.ndarray:
+    """Every item's vector from a served system's embedder: its photo and, where the system reads it, its text."""
+    texts = [serving.item_text(embedder.template, row) for row in _rows(items)] if embedder.text_weight > 0 \
+        else [None] * len(items["image"])
+    return embedder.embed([embedder.decode(image) for image in items["image"]], 256, texts)
+
+
+def _rows(items: dict) -> list[dict]:
+    return [dict(zip(items, values)) for values in zip(*items.values())]
 
 
 def run_evaluate(cfg: Config, ds: str, model_uri: str) -> dict:
@@ -211,11 +241,12 @@ def run_evaluate(cfg: Config, ds: str, model_uri: str) -> dict:
     queries, note = _scored_queries(build_queries(events, index, cfg.evaluate.min_candidates), "clicks")
     protocol, notes = "clicks", [note] if note else []
     if not queries:
-        queries, note = _scored_queries(category_queries(items, cfg.train.val_fraction, cfg.evaluate.category_items),
-                                        "category")
+        queries, note = _scored_queries(category_queries(items, cfg.train.val_fraction, cfg.evaluate.category_items,
+                                                         co_purchases(events, index)), "category")
         protocol, notes = "category", notes + ([note] if note else [])
         log.info("evaluate %s: no similar-items clicks that discriminate in the %d days before; scoring %d held-out "
-                 "items by shared category instead", ds, cfg.evaluate.log_days, len(queries))
+                 "items by shared category, colour, product group and co-purchase instead", ds, cfg.evaluate.log_days,
+                 len(queries))
     for note in notes:
         log.warning("evaluate %s: %s", ds, note)
     if not queries:
@@ -224,25 +255,33 @@ def run_evaluate(cfg: Config, ds: str, model_uri: str) -> dict:
                              f"no held-out listing shares a category with another")
 
     model_vecs = embed_pixels(loaded.model, loaded.preprocess.decode(items["image"]), loaded.preprocess)
+    template = serving.text_template(loaded.path)
+    texts = [serving.item_text(template, row) for row in _rows(items)]
+    has_text = np.array([t is not None for t in texts])
+    text_model_vecs = np.zeros_like(model_vecs)
+    if has_text.any():
+        text_model_vecs[has_text] = embed_texts(loaded, [t for t in texts if t is not None])
     baseline_version, baseline_dir = serving.ensure_baseline(cfg, ds)
     image_vecs = baseline_vectors(load_projection(baseline_dir / "projection.npz"),
                                   features.preprocess().decode(items["image"]))
     text_vecs = text_baseline_vectors(items["title"])
     vectors = {SIGLIP: model_vecs, IMAGE_BASELINE: image_vecs}
-    systems = {
-        SIGLIP: (loaded.version, lambda s, c: model_vecs[c] @ model_vecs[s]),
-        IMAGE_BASELINE: (baseline_version, lambda s, c: image_vecs[c] @ image_vecs[s]),
-        TEXT_BASELINE: (None, lambda s, c: np.asarray((text_vecs[c] @ text_vecs[s].T).todense()).ravel()),
+    scored = {
+        SIGLIP: (loaded.version, score_system(_cosine(model_vecs), queries, ids)),
+        IMAGE_BASELINE: (baseline_version, score_system(_cosine(image_vecs), queries, ids)),
+        TEXT_BASELINE: (None, score_system(
+            lambda s, c: np.asarray((text_vecs[c] @ text_vecs[s].T).todense()).ravel(), queries, ids)),
     }
-    production = _production(cfg, loaded.version, lambda pre: pre.decode(items["image"]), image_vecs, baseline_version)
+    serve_as = {SIGLIP: (1.0, 0.0)}
+    production = _production(cfg, ds, items)
     if production:
         prod_version, prod_vecs = production
         vectors[PRODUCTION] = prod_vecs
-        systems[PRODUCTION] = (prod_version, lambda s, c: prod_vecs[c] @ prod_vecs[s])
-    scored = {system: (version, score_system(sim, queries, ids)) for system, (version, sim) in systems.items()}
-    weight = _hybrid_weight(cfg, queries, ids, model_vecs, image_vecs, baseline_version, loaded.version, scored)
-    if weight is not None:
-        vectors[HYBRID] = serving.combine(model_vecs, image_vecs, weight)
+        scored[PRODUCTION] = (prod_version, score_system(_cosine(prod_vecs), queries, ids))
+    variants = _variants(cfg, model_vecs, text_model_vecs if has_text.any() else None, has_text, image_vecs)
+    for system, (weight, text_weight, vecs) in _best_variants(variants, queries, ids, loaded.version,
+                                                              baseline_version, scored).items():
+        vectors[system], serve_as[system] = vecs, (weight, text_weight)
     rows = _metric_rows(cfg, ds, wh, items, queries, scored, vectors)
     summary = {system: ranking_score(per_query) for system, (_, per_query) in scored.items()}
     facets = {system: {facet: float(np.nanmean(per_query[(f"{facet}:precision", 5)]))
@@ -254,17 +293,23 @@ def run_evaluate(cfg: Config, ds: str, model_uri: str) -> dict:
                      "'Source contract'); the model was scored by category alone")
     out = wh.fresh_work(ds, "eval_metrics")
     write_parquet(pa.Table.from_pylist(rows, schema=schemas.EVAL_METRICS), out / "part-0.parquet")
-    log.info("evaluate %s: %d queries (%s); nDCG@5 %s", ds, len(queries), protocol,
+    log.info("evaluate %s: %d queries (%s); %s %s", ds, len(queries), protocol,
+             "shopper's score" if SHOPPER in scored[SIGLIP][1] else "nDCG@5",
              ", ".join(f"{s} {v.mean():.3f}" for s, v in summary.items()))
 
     scratch = from_scratch(loaded.path)
     if scratch:
         notes.append(scratch)
         log.warning("evaluate %s: %s", ds, scratch)
+    versions = {system: version for system, (version, _) in scored.items()}
     decision = {"protocol": protocol, "notes": notes, "trained_from_scratch": bool(scratch), "facets@5": facets,
-                **_promotion(cfg, loaded.version, summary, weight, protocol, production is not None, facets)}
+                **_promotion(cfg, loaded.version, summary, serve_as, protocol, facets, versions)}
     atomic_write_text(wh.work(ds, "model_decision.json"), json.dumps(decision, indent=2))
     return {"eval_metrics": str(out), "queries": len(queries), **decision}
+
+
+def _cosine(vectors: np.ndarray):
+    return lambda s, c: vectors[c] @ vectors[s]
 
 
 def from_scratch(model_dir) -> str | None:
@@ -319,82 +364,166 @@ def _metric_rows(cfg: Config, ds: str, wh: Warehouse, items: dict, queries: list
     return rows
 
 
-def _hybrid_weight(cfg: Config, queries: list[Query], ids: np.ndarray, model_vecs: np.ndarray,
-                   image_vecs: np.ndarray, baseline_version: str, model_version: str, scored: dict) -> float | None:
-    """The weight of ``evaluate.hybrid_weights`` whose model + baseline blend ranks the log best
-    (nDCG@5); its per-query scores join ``scored`` as the system ``hybrid``."""
-    blends = {}
-    for w in (float(w) for w in cfg.evaluate.hybrid_weights.split(",") if w.strip()):
-        blend = serving.combine(model_vecs, image_vecs, w)
-        blends[w] = score_system(lambda s, c: blend[c] @ blend[s], queries, ids)
-    if not blends:
-        return None
-    log.info("evaluate: the hybrid's %s by weight on the model: %s", "shopper's score" if SHOPPER in
-             next(iter(blends.values())) else "nDCG@5",
-             ", ".join(f"{w:g} {ranking_score(v).mean():.4f}" for w, v in blends.items()))
-    weight = max(blends, key=lambda w: (float(ranking_score(blends[w]).mean()), w))
-    scored[HYBRID] = (serving.hybrid_version(model_version, baseline_version, weight), blends[weight])
-    return weight
+def _weights(text: str) -> list[float]:
+    return [float(w) for w in text.split(",") if w.strip()]
 
 
-def _promotion(cfg: Config, version: str, per_query: dict[str, np.ndarray], weight: float | None,
-               protocol: str, has_production: bool, facets: dict[str, dict[str, float]] | None = None) -> dict:
-    """Promote the candidate when it (alone, or as the hybrid, whichever ranks better) beats the
-    best baseline on the ranking score (``ranking_score``: the shopper's score where the catalogue
-    has facets, else nDCG@5) with the 95% paired-bootstrap interval of the difference above zero,
-    and, with another system in production, beats it the same way on the same queries (the
-    interval's low end above −``evaluate.promote_tolerance``). On clicks the baselines are both;
-    by category the image baseline only, as titles name their category (the text baseline is
-    reported, not a bar). Whatever it gains, a system whose colour@5 (``facets``) trails the image
-    baseline's by more than ``evaluate.max_colour_loss`` is not served: the model alone then gives
-    way to the blend, and with the blend losing colour too the baseline stays."""
+def _variants(cfg: Config, model_vecs: np.ndarray, text_vecs: np.ndarray | None, has_text: np.ndarray,
+              image_vecs: np.ndarray) -> dict[str, dict[tuple[float, float], np.ndarray]]:
+    """The servable forms of the model, by system and (weight on the model, text weight): the
+    photo and title blended (``multimodal``, ``evaluate.text_weights``) and each of those, and the
+    photo alone, blended with the image baseline (``hybrid``, ``evaluate.hybrid_weights``)."""
+    text_weights = _weights(cfg.evaluate.text_weights) if text_vecs is not None else []
+    model = {0.0: model_vecs, **{t: serving.with_text(model_vecs, text_vecs, has_text, t) for t in text_weights}}
+    out = {MULTIMODAL: {(1.0, t): model[t] for t in text_weights},
+           HYBRID: {(w, t): serving.combine(vecs, image_vecs, w)
+                    for w in _weights(cfg.evaluate.hybrid_weights) for t, vecs in model.items()}}
+    return {system: grid for system, grid in out.items() if grid}
+
+
+def _best_variants(variants: dict, queries: list[Query], ids: np.ndarray, model_version: str, baseline_version: str,
+                   scored: dict) -> dict[str, tuple[float, float, np.ndarray]]:
+    """Each variant system at the weights that rank the log best (the ranking score); its per-query
+    scores join ``scored`` under the version it would be served as."""
+    best = {}
+    for system, grid in variants.items():
+        per_weights = {weights: score_system(_cosine(vecs), queries, ids) for weights, vecs in grid.items()}
+        log.info("evaluate: %s by (weight on the model, text weight): %s", system, ", ".join(
+            f"({w:g}, {t:g}) {ranking_score(v).mean():.4f}" for (w, t), v in per_weights.items()))
+        (w, t) = max(per_weights, key=lambda key: (float(ranking_score(per_weights[key]).mean()), key))
+        scored[system] = (serving.hybrid_version(model_version, baseline_version, w, t), per_weights[(w, t)])
+        best[system] = (w, t, grid[(w, t)])
+    return best
+
+
+def describe(system: str, weights: tuple[float, float] | None) -> str:
+    """A servable system in words."""
+    if system == IMAGE_BASELINE:
+        return "the image baseline"
+    if system == PRODUCTION:
+        return "the production model as it is served"
+    w, t = weights or (1.0, 0.0)
+    parts = (["its title at weight " + f"{t:g}"] if t > 0 else []) + \
+        ([f"the image baseline at weight {1 - w:g}"] if w < 1 else [])
+    return "the model" + (f" with {' and '.join(parts)}" if parts else "")
+
+
+def facet_loss(facets: dict[str, dict[str, float]], system: str) -> tuple[float, str | None]:
+    """(the most ``system`` trails the image baseline by on a facet@5, that facet); (0, None) when it trails on none."""
+    own, bar = facets.get(system, {}), facets.get(IMAGE_BASELINE, {})
+    losses = {facet: bar[facet] - own[facet] for facet in own.keys() & bar.keys()}
+    worst = max(losses, key=losses.get, default=None)
+    return (losses[worst], worst) if worst is not None and losses[worst] > 0 else (0.0, None)
+
+
+def choose(per_query: dict[str, np.ndarray], current: str, eligible: list[str],
+           tolerance: float = 0.0) -> tuple[str, list[dict]]:
+    """The system to serve and the table it was chosen from. Start from ``current`` (what is served
+    now); while an ``eligible`` system beats the one chosen, with the 95% paired-bootstrap interval
+    of its gain above zero (above −``tolerance`` against production), take the best-scoring such
+    challenger. So a system is replaced only by one that beats it beyond noise, and the one chosen is
+    beaten so by no eligible system."""
+    served = current if current in eligible else IMAGE_BASELINE
+    while True:
+        challengers = []
+        for system in eligible:
+            if system == served:
+                continue
+            low, _ = bootstrap_ci(per_query[system] - per_query[served])
+            bar = -tolerance if served == PRODUCTION else 0.0
+            if low > bar and per_query[system].mean() > per_query[served].mean():
+                challengers.append(system)
+        if not challengers:
+            break
+        served = max(challengers, key=lambda s: per_query[s].mean())
+    table = []
+    for system in sorted(per_query, key=lambda s: -per_query[s].mean()):
+        low, high = bootstrap_ci(per_query[system] - per_query[served])
+        table.append({"system": system, "score": float(per_query[system].mean()), "gain_low": low, "gain_high": high,
+                      "servable": system in eligible, "served": system == served})
+    return served, table
+
+
+def _promotion(cfg: Config, version: str, per_query: dict[str, np.ndarray],
+               serve_as: dict[str, tuple[float, float]], protocol: str,
+               facets: dict[str, dict[str, float]] | None = None, versions: dict[str, str] | None = None) -> dict:
+    """Serve the best servable system (``choose``): the candidate model alone, reading titles
+    (``multimodal``) or blended with the image baseline (``hybrid``), the production system or the
+    image baseline, ranked by the shopper's score (every facet the catalogue can judge) or, on
+    clicks, nDCG@5. A system whose facet@5 trails the image baseline's by more than
+    ``evaluate.max_facet_loss`` on any facet is not servable. On clicks a form of the model must also
+    beat the text baseline beyond noise (it is reported, never served; by category titles name it).
+    A form of the candidate chosen is promoted with its weights; the image baseline chosen over
+    production retires the production model (``lookalike models rollback`` restores it)."""
     store = ModelStore.at(cfg.models)
-    facets = facets or {}
+    facets, versions = facets or {}, versions or {}
     measure = "shopper's score" if protocol == "category" and facets.get(SIGLIP, {}).keys() - {"category"} \
         else "nDCG@5"
-    ndcg = {system: float(values.mean()) for system, values in per_query.items()}
-    bars = (IMAGE_BASELINE, TEXT_BASELINE) if protocol == "clicks" else (IMAGE_BASELINE,)
-    best = max(bars, key=lambda b: ndcg[b])
+    has_production = PRODUCTION in per_query
+    current = PRODUCTION if has_production else IMAGE_BASELINE
+    losses = {s: facet_loss(facets, s) for s in per_query}
+    servable = [s for s in (IMAGE_BASELINE, PRODUCTION, *serve_as) if s in per_query]
+    eligible = [s for s in servable if losses[s][0] <= cfg.evaluate.max_facet_loss or s == IMAGE_BASELINE]
+    if protocol == "clicks" and TEXT_BASELINE in per_query:
+        eligible = [s for s in eligible if s not in serve_as or
+                    bootstrap_ci(per_query[s] - per_query[TEXT_BASELINE])[0] > 0]
+    served, table = choose({s: per_query[s] for s in per_query if s != TEXT_BASELINE} | (
+        {TEXT_BASELINE: per_query[TEXT_BASELINE]} if TEXT_BASELINE in per_query else {}), current, eligible,
+        cfg.evaluate.promote_tolerance)
+    for row in table:
+        row["version"] = versions.get(row["system"])
+        row["facet_loss"], row["worst_facet"] = losses[row["system"]]
+    scores = {system: float(values.mean()) for system, values in per_query.items()}
+    model_form = max(serve_as, key=lambda s: (scores[s], s == SIGLIP))  # the candidate's best form
+    chosen = served if served in serve_as else model_form
+    weight, text_weight = serve_as[chosen]
+    promoted = served in serve_as
+    retired = served == IMAGE_BASELINE and has_production
+    registry.record_metrics(store, version, {"ndcg@5": scores[chosen], "ndcg@5_model": scores[SIGLIP],
+                                             "protocol": protocol, "measure": measure, "serve_weight": weight,
+                                             "text_weight": text_weight, "facets@5": facets.get(chosen)})
 
-    def colour_loss(system: str) -> float | None:
-        own, bar = facets.get(system, {}).get("colour"), facets.get(IMAGE_BASELINE, {}).get("colour")
-        return None if own is None or bar is None else bar - own
+    def gain(system: str, against: str) -> str:
+        low, high = bootstrap_ci(per_query[system] - per_query[against])
+        return f"{against} {scores[against]:.4f}, gain 95% interval [{low:+.4f}, {high:+.4f}]"
 
-    fair = {s: colour_loss(s) is None or colour_loss(s) <= cfg.evaluate.max_colour_loss
-            for s in (SIGLIP, HYBRID) if s in ndcg}
-    eligible = [s for s in fair if fair[s]] or [SIGLIP]
-    chosen = max(eligible, key=lambda s: (ndcg[s], s == SIGLIP))
-    as_hybrid = chosen == HYBRID
-    score = ndcg[chosen]
-    gain_low, gain_high = bootstrap_ci(per_query[chosen] - per_query[best])
-    system = f"the model blended with the image baseline at weight {weight:g}" if as_hybrid else "the model"
-    beats_baselines = gain_low > 0
-    keeps_colour = fair.get(chosen, True)
+    bound = cfg.evaluate.max_facet_loss
+    excluded = [f"{s} loses {losses[s][1]}@5 by {losses[s][0]:.3f} to the image baseline (> evaluate.max_facet_loss "
+                f"{bound:g})" for s in servable if s not in eligible and losses[s][0] > bound]
+    if promoted:
+        reason = f"{describe(chosen, serve_as[chosen])}: {measure} {scores[chosen]:.4f} beats {gain(chosen, current)}"
+        registry.promote(store, version, reason=reason)
+        decision = f"promoted, served as {reason}"
+    elif retired:
+        reason = (f"the image baseline beats the production model {registry.production(store)} beyond noise: "
+                  f"{measure} {scores[IMAGE_BASELINE]:.4f} against {gain(IMAGE_BASELINE, PRODUCTION)}")
+        registry.retire(store, reason)
+        decision = f"kept as candidate, not served; {reason}"
+    else:
+        why = []
+        if model_form not in eligible:
+            why.append(f"{describe(model_form, serve_as[model_form])} is not servable"
+                       + ("" if losses[model_form][0] <= bound else " (it loses a facet beyond the bound)"))
+        else:
+            low = bootstrap_ci(per_query[model_form] - per_query[served])[0]
+            why.append("within noise of production or below it" if served == PRODUCTION and low <= 0 else
+                       "not above the baselines" if low <= 0 else "another system ranks higher")
+        decision = (f"kept as candidate, not served: {describe(model_form, serve_as[model_form])} {measure} "
+                    f"{scores[model_form]:.4f} vs {gain(model_form, served)}; {describe(served, None)} stays served "
+                    f"({'; '.join(why)})")
+    if excluded:
+        decision += "; " + "; ".join(excluded)
+    log.info("evaluate: model %s %s", version, decision)
+    for row in table:
+        log.info("evaluate:   %-15s %-55s %s %.4f  gain vs served [%+.4f, %+.4f]%s%s", row["system"],
+                 row["version"] or "", measure, row["score"], row["gain_low"], row["gain_high"],
+                 "  SERVED" if row["served"] else "", "" if row["servable"] else "  (not servable)")
     paired = None
     if has_production:
-        low, high = bootstrap_ci(per_query[chosen] - per_query[PRODUCTION])
-        paired = {"production_ndcg@5": ndcg[PRODUCTION], "gain_low": low, "gain_high": high,
-                  "queries": len(per_query[chosen])}
-    beats_production = paired is None or paired["gain_low"] > -cfg.evaluate.promote_tolerance
-    promoted = beats_baselines and beats_production and keeps_colour
-    registry.record_metrics(store, version, {"ndcg@5": score, "ndcg@5_model": ndcg[SIGLIP], "protocol": protocol,
-                                             "measure": measure, "serve_weight": weight if as_hybrid else 1.0,
-                                             "facets@5": facets.get(chosen)})
-    against = f"{best} {ndcg[best]:.4f}, gain 95% interval [{gain_low:+.4f}, {gain_high:+.4f}]"
-    if paired:
-        against += (f"; production {paired['production_ndcg@5']:.4f} on the same {paired['queries']} queries, "
-                    f"gain [{paired['gain_low']:+.4f}, {paired['gain_high']:+.4f}]")
-    if not fair.get(SIGLIP, True):
-        loss = colour_loss(SIGLIP)
-        against += (f"; the model alone loses colour@5 by {loss:.3f} to the image baseline "
-                    f"(> evaluate.max_colour_loss {cfg.evaluate.max_colour_loss:g})")
-    if promoted:
-        registry.promote(store, version, reason=f"{system}: {measure} {score:.4f} beats {against}")
-    why = [w for w, failed in (("not above the baselines", not beats_baselines),
-                               ("within noise of production or below it", not beats_production),
-                               ("it loses colour beyond the bound", not keeps_colour)) if failed]
-    reason = (f"promoted, served as {system}: {measure} {score:.4f} beats {against}" if promoted else
-              f"kept as candidate, not served: {system} {measure} {score:.4f} vs {against} ({'; '.join(why)})")
-    log.info("evaluate: model %s %s", version, reason)
-    return {"model_version": version, "promoted": promoted, "decision": reason, "measure": measure,
-            "serve_weight": weight if as_hybrid else 1.0, "vs_production": paired}
+        low, high = bootstrap_ci(per_query[model_form] - per_query[PRODUCTION])
+        paired = {"production_ndcg@5": scores[PRODUCTION], "gain_low": low, "gain_high": high,
+                  "queries": len(per_query[model_form])}
+    return {"model_version": version, "promoted": promoted, "retired_production": retired, "decision": decision,
+            "measure": measure, "served_system": served, "served_version": versions.get(served),
+            "serve_weight": weight if promoted else 1.0, "text_weight": text_weight if promoted else 0.0,
+            "chosen_from": table, "vs_production": paired}

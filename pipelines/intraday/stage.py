@@ -37,8 +37,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lookalike import faults, schemas
+from lookalike import faults, schemas, serving
 from lookalike.config import Config
+from lookalike.texts import TEXT_FIELDS
 from lookalike.errors import LookalikeError
 from lookalike.extract.source import optional_columns, stream_source
 from lookalike.extract.fetch import PhotoTask, PhotoWork
@@ -140,14 +141,16 @@ def run_hour(cfg: Config, as_of: str | None = None) -> dict:
 
     served = json.loads(wh.work(night.ds, "embed_stats.json").read_text())
     night_ids, night_vectors, version = load_embeddings(wh.work(night.ds, "item_embeddings"))
+    template = served.get("text_template")  # the night's system reads titles: a changed text is embedded again
     night_catalog = pq.read_table(wh.work(night.ds, "catalog"),
-                                  columns=["item_id", "image_key", "image_source", *ch.ATTRIBUTES])
+                                  columns=["item_id", "image_key", "image_source", *ch.ATTRIBUTES,
+                                           *(TEXT_FIELDS if template else ())])
     earlier = pq.read_table(Path(before[-1]["folder"]) / "changes.parquet") if before else ch.CHANGES.empty_table()
     lap("read_night")
 
     rows, rejects, read = _changed_listings(cfg, folder, since, as_of)
     lap("extract")
-    latest, counts = _with_photos(cfg, rows, rejects, earlier, night_catalog, night_ids, night_vectors)
+    latest, counts = _with_photos(cfg, rows, rejects, earlier, night_catalog, night_ids, night_vectors, template)
     lap("photos")
     latest, embedded = _embedded(cfg, latest, served, version, night_vectors.shape[1])
     lap("embed")
@@ -214,17 +217,22 @@ def _changed_listings(cfg: Config, folder: Path, since: str, until: str) -> tupl
 
 
 def _with_photos(cfg: Config, rows: pd.DataFrame, rejects: list[dict], earlier: pa.Table, night_catalog: pa.Table,
-                 night_ids: pa.Array, night_vectors: np.ndarray) -> tuple[pa.Table, dict]:
+                 night_ids: pa.Array, night_vectors: np.ndarray, template: str | None = None) -> tuple[pa.Table, dict]:
     """The hour's listings as changes: each on-sale one's photo reused (the same object as the night's or an
     earlier hour's: its hash and vector too) or fetched and normalised, or its reason to be left out.
+    With a served system that reads titles (``template``), a listing whose text changed is embedded again.
     Photos to embed carry their bytes in an ``image`` column."""
     work = PhotoWork.of(cfg)
     known = _known_photos(rows["item_id"].tolist(), earlier, night_catalog, night_ids, night_vectors)
     selling = rows.index[rows["status"] == "on_sale"].tolist()
+    same_text = {i: template is None or (known.get(rows.at[i, "item_id"]) is not None and
+                                         _text(template, known[rows.at[i, "item_id"]]) ==
+                                         _text(template, rows.loc[i].to_dict()))
+                 for i in selling}
     tasks = []
     for i in selling:
         before = known.get(rows.at[i, "item_id"])
-        same_key = before is not None and before["image_key"] == rows.at[i, "image_key"] and \
+        same_key = before is not None and same_text[i] and before["image_key"] == rows.at[i, "image_key"] and \
             (before["image_source"] or "").startswith(work.norm + "|")
         identity = before["image_source"].split("|", 1)[1] if same_key else None
         tasks.append(PhotoTask(rows.at[i, "image_key"], None if identity is None or identity.startswith("version:")
@@ -242,7 +250,7 @@ def _with_photos(cfg: Config, rows: pd.DataFrame, rejects: list[dict], earlier: 
             decoded += 1
             photo = result.photo
             source[i], sha[i], image[i] = photo.source, photo.sha256, photo.jpeg
-            if before is not None and before["image_sha256"] == photo.sha256:  # same bytes: same vector
+            if before is not None and same_text[i] and before["image_sha256"] == photo.sha256:  # same bytes: same vector
                 vectors[i] = before["embedding"]
         else:
             quarantined += 1
@@ -264,18 +272,26 @@ def _with_photos(cfg: Config, rows: pd.DataFrame, rejects: list[dict], earlier: 
                    "quarantined": quarantined + len(rejects)}
 
 
+def _text(template: str, row: dict) -> str | None:
+    """A listing's text as the served system reads it (missing fields blank, NaN as missing)."""
+    return serving.item_text(template, {f: (None if row.get(f) is None or row.get(f) != row.get(f) else row[f])
+                                        for f in TEXT_FIELDS})
+
+
 def _known_photos(item_ids: list[str], earlier: pa.Table, night_catalog: pa.Table, night_ids: pa.Array,
                   night_vectors: np.ndarray) -> dict[str, dict]:
     """Per item of ``item_ids``, its photo as last known (an earlier hour's changes, else the night's
-    catalogue): image_key, image_source, image_sha256 and its vector."""
+    catalogue): image_key, image_source, image_sha256, its vector and the text fields it was embedded with."""
     wanted = pa.array(item_ids, pa.string())
     known = {}
     rows = night_catalog.filter(pc.is_in(night_catalog.column("item_id"), value_set=wanted))
     at = positions_in(rows.column("item_id").combine_chunks(), night_ids)  # each one's row among the vectors
-    for row, where in zip(rows.select(["item_id", "image_key", "image_source", "image_sha256"]).to_pylist(), at):
+    texts = [f for f in TEXT_FIELDS if f in night_catalog.column_names]
+    for row, where in zip(rows.select(["item_id", "image_key", "image_source", "image_sha256", *texts]).to_pylist(), at):
         known[row["item_id"]] = {**row, "embedding": night_vectors[where].tolist() if where >= 0 else None}
     hours = earlier.filter(pc.is_in(earlier.column("item_id"), value_set=wanted))
-    for row in hours.select(["item_id", "image_key", "image_source", "image_sha256", "embedding"]).to_pylist():
+    texts = [f for f in TEXT_FIELDS if f in earlier.column_names]
+    for row in hours.select(["item_id", "image_key", "image_source", "image_sha256", "embedding", *texts]).to_pylist():
         if row["image_source"] is not None:
             known[row["item_id"]] = row
     return known
@@ -295,7 +311,8 @@ def _embedded(cfg: Config, table: pa.Table, served: dict, version: str, dim: int
             raise LookalikeError(f"intraday: the night's embed_stats.json does not say which folder it embedded with "
                                  f"({served['model_version']}): an earlier release wrote it; the next night does")
         path, projection = served["model_path"], served.get("projection")
-        rows = table.filter(pa.array(todo)).select(["item_id", "image_sha256", "image"]).to_pandas()
+        texts = [f for f in TEXT_FIELDS if f in table.column_names]
+        rows = table.filter(pa.array(todo)).select(["item_id", "image_sha256", "image", *texts]).to_pandas()
         out = pd.concat(list(embed_frames(iter([rows]), path, cfg.embed.batch_size, projection)), ignore_index=True)
         for i, vector, error in zip(np.flatnonzero(todo), out["embedding"], out["error"]):
             if error is not None:

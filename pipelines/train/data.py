@@ -35,16 +35,7 @@ import torch
 
 from lookalike.errors import LookalikeError
 from lookalike.siglip import Preprocess, tokenize
-
-
-TEXT_FIELDS = ("title", "category", "brand", "description", "price")  # what a text template may use
-
-
-def listing_text(template: str, row: dict) -> str:
-    """The text paired with a listing's photo, e.g. "{title} | {category}"; missing fields are blank."""
-    values = {k: ("" if row.get(k) is None else str(row.get(k))) for k in ("title", "category", "brand", "description")}
-    values["price"] = "" if row.get("price") is None else f"{row['price']:.0f}"
-    return template.format(**values).strip(" |")
+from lookalike.texts import TEXT_FIELDS, listing_text
 
 
 def normalise_text(text: str) -> str:

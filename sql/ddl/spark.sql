@@ -70,6 +70,7 @@ create table if not exists ${schema}.item_embeddings (
     model_version string,
     image_sha256 string,
     embedding array<float>,
+    text_sha256 string,
     ds string
 )
 using parquet

@@ -66,6 +66,7 @@ create table if not exists ${catalog}.${schema}.item_embeddings (
     model_version varchar,
     image_sha256 varchar,
     embedding array(real),
+    text_sha256 varchar,
     ds varchar
 )
 with (external_location = '${warehouse}/item_embeddings', format = 'PARQUET', partitioned_by = array['ds']);

@@ -5,7 +5,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from lookalike import registry
+from lookalike import registry, serving
 from lookalike.config import load_config
 from lookalike.evaluate.stage import run_evaluate
 from lookalike.extract.stage import run_extract
@@ -81,11 +81,10 @@ def test_a_model_trained_from_scratch_says_so_and_how_to_start_from_pretrained_w
     assert from_scratch(tmp_path) is None
 
 
-@pytest.mark.parametrize("hybrid_colour,served", [(0.47, None), (0.49, "hybrid")])
-def test_a_model_that_wins_category_but_loses_colour_is_not_served_alone(tmp_path, sample_dir, hybrid_colour,
-                                                                         served):
+@pytest.mark.parametrize("hybrid_colour,served", [(0.44, "image_baseline"), (0.47, "hybrid")])
+def test_a_system_that_loses_a_facet_beyond_the_bound_is_not_served(tmp_path, sample_dir, hybrid_colour, served):
     """The model alone has the best shopper's score thanks to category, but trails the image baseline's
-    colour@5 by far more than evaluate.max_colour_loss (0.02): the blend is served when it keeps colour
+    colour@5 by far more than evaluate.max_facet_loss (0.05): the blend is served when it keeps colour
     within the bound, and with the blend losing colour too the baseline stays."""
     import numpy as np
 
@@ -100,15 +99,70 @@ def test_a_model_that_wins_category_but_loses_colour_is_not_served_alone(tmp_pat
                  "image_baseline": 0.50 + 0.05 * rng.standard_normal(300)}
     facets = {"siglip": {"category": 0.90, "colour": 0.30}, "hybrid": {"category": 0.80, "colour": hybrid_colour},
               "image_baseline": {"category": 0.60, "colour": 0.50}}
-    decided = _promotion(cfg, "candidate", per_query, 0.5, "category", False, facets)
-    assert "loses colour@5 by 0.200" in decided["decision"]
-    if served is None:
+    decided = _promotion(cfg, "candidate", per_query, {"siglip": (1.0, 0.0), "hybrid": (0.5, 0.0)}, "category",
+                         facets)
+    assert "siglip loses colour@5 by 0.200" in decided["decision"]
+    assert decided["served_system"] == served
+    assert {row["system"]: row["servable"] for row in decided["chosen_from"]} == {
+        "siglip": False, "hybrid": served == "hybrid", "image_baseline": True}
+    if served == "image_baseline":
         assert not decided["promoted"] and registry.production(store) is None
-        assert "it loses colour beyond the bound" in decided["decision"]
+        assert "hybrid loses colour@5 by 0.060" in decided["decision"]
     else:
         assert decided["promoted"] and decided["serve_weight"] == 0.5 and registry.production(store) == "candidate"
-        assert "served as the model blended with the image baseline at weight 0.5" in decided["decision"]
+        assert "served as the model with the image baseline at weight 0.5" in decided["decision"]
     assert decided["measure"] == "shopper's score"
+
+
+def test_the_best_servable_system_is_served_and_never_one_that_another_beats(tmp_path, sample_dir):
+    """The night's lesson: the blend beat the image baseline beyond noise while the model alone did
+    not, and the baseline was served. Now the blend is served; a title-aware form of the model that
+    wins on variants is served over both; and a production model the image baseline beats beyond
+    noise is retired (rollback restores it)."""
+    import numpy as np
+
+    from lookalike.evaluate.stage import _promotion
+
+    cfg = load_config(write_config(tmp_path, sample_dir), environ={})
+    store = ModelStore.at(cfg.models)
+    rng = np.random.default_rng(1)
+    noise = lambda: 0.05 * rng.standard_normal(400)  # noqa: E731
+    facets = {s: {"category": 0.6, "colour": 0.5, "product_group": 0.2} for s in
+              ("siglip", "hybrid", "multimodal", "image_baseline", "production")}
+    forms = {"siglip": (1.0, 0.0), "hybrid": (0.5, 0.0), "multimodal": (1.0, 0.5)}
+
+    registry.register(store, "blend-wins", {"snapshot": {"ds": DS}})
+    tiny_model(store.version_dir("blend-wins"), seed=1, version="blend-wins")
+    base = 0.40 + noise()
+    blend = {"siglip": base + 0.002 + noise() * 0.5, "hybrid": base + 0.04 + noise() * 0.2, "image_baseline": base}
+    decided = _promotion(cfg, "blend-wins", blend, {s: forms[s] for s in ("siglip", "hybrid")}, "category", facets)
+    assert decided["served_system"] == "hybrid" and decided["promoted"]
+    assert registry.production(store) == "blend-wins"
+    assert registry.version_info(store, "blend-wins")["eval"]["serve_weight"] == 0.5
+    assert [row["system"] for row in decided["chosen_from"]][0] == "hybrid"
+
+    registry.register(store, "titles-win", {"snapshot": {"ds": DS}})
+    tiny_model(store.version_dir("titles-win"), seed=2, version="titles-win")
+    titles = {"production": blend["hybrid"], "image_baseline": base, "siglip": blend["siglip"],
+              "hybrid": blend["hybrid"] + noise() * 0.1, "multimodal": blend["hybrid"] + 0.05 + noise() * 0.2}
+    decided = _promotion(cfg, "titles-win", titles, forms, "category", facets)
+    assert decided["served_system"] == "multimodal" and registry.production(store) == "titles-win"
+    info = registry.version_info(store, "titles-win")["eval"]
+    assert (info["serve_weight"], info["text_weight"]) == (1.0, 0.5)
+    assert "its title at weight 0.5" in decided["decision"]
+    served = serving.resolve(cfg, DS)
+    assert served.system == "hybrid" and served.version == "multimodal-titles-win-t50"
+    assert serving.text_weight_of(served.path) == 0.5
+
+    registry.register(store, "worse", {"snapshot": {"ds": DS}})
+    tiny_model(store.version_dir("worse"), seed=3, version="worse")
+    worse = {"production": base - 0.05 + noise() * 0.2, "image_baseline": base, "siglip": base - 0.1,
+             "hybrid": base - 0.06, "multimodal": base - 0.07}
+    decided = _promotion(cfg, "worse", worse, forms, "category", facets)
+    assert decided["served_system"] == "image_baseline" and decided["retired_production"]
+    assert registry.production(store) is None  # the night serves the image baseline (serving.resolve)
+    assert "beats the production model titles-win beyond noise" in registry.history(store)[-1]["reason"]
+    assert registry.rollback(store) == "titles-win"
 
 
 def test_a_source_with_colour_and_product_group_is_scored_on_them_and_one_without_says_so(tmp_path, sample_dir):
