@@ -96,6 +96,16 @@ def candidates(split: dict) -> dict[str, np.ndarray]:
     for name, hist in hists.items():
         for w in (0.3, 0.35, 0.4, 0.5, 0.6, 0.7):
             rows[f"{name} x {w:g} + grey 16x16"] = np.hstack([np.sqrt(w) * hist, np.sqrt(1 - w) * grey])
+    hist = hists["hist 8^3 foreground"]
+    rows["the baseline before gradients: hist 8^3 foreground x 0.35 + grey 16x16, PCA 64"] = \
+        b.fit_projection(np.hstack([np.sqrt(0.35) * hist, np.sqrt(0.65) * grey]), 64).apply(
+            np.hstack([np.sqrt(0.35) * hist, np.sqrt(0.65) * grey]))
+    for cells in (4, 6, 8):
+        gradients = b.gradient_histogram(padded, cells)
+        rows[f"gradients {cells}x{cells}x9 alone"] = gradients
+        for colour, shape, outline in ((0.35, 0.35, 0.3), (0.3, 0.35, 0.35), (0.35, 0.25, 0.4), (0.4, 0.2, 0.4)):
+            rows[f"hist 8^3 fg x {colour:g} + grey x {shape:g} + gradients {cells}x{cells} x {outline:g}"] = np.hstack(
+                [np.sqrt(colour) * hist, np.sqrt(shape) * grey, np.sqrt(outline) * gradients])
     rows["shipped: image_baseline_vectors (PCA 64)"] = b.image_baseline_vectors(padded, 64)
     return rows
 

@@ -7,11 +7,13 @@ docs/benchmarks.md):
     the shares (Hellinger), L2-normalised;
   - *shape*: a 16x16 luminance thumbnail of the photo at its own aspect ratio (padded with its
     background, not stretched), its mean removed, L2-normalised;
+  - *outline*: a histogram of oriented gradients, ``HOG_CELLS`` x ``HOG_CELLS`` cells of 9
+    orientations weighted by gradient magnitude (square roots, L2-normalised): where the garment's
+    edges run, which a thumbnail blurs and a colour histogram never sees;
 
-  concatenated with weights √``COLOUR_WEIGHT`` and √(1 − ``COLOUR_WEIGHT``), so that the cosine
-  is ``COLOUR_WEIGHT`` · colour + (1 − ``COLOUR_WEIGHT``) · shape, then reduced by PCA (centred, not
-  whitened: every feature keeps its own scale, so no rare histogram bin is blown up) to
-  ``evaluate.baseline_dim``. Fitted once, it is also a system the nightly run can serve
+  concatenated with weights √``WEIGHTS``, so that the cosine is the weighted sum of the three
+  cosines, then reduced by PCA (centred, not whitened: every feature keeps its own scale, so no
+  rare histogram bin is blown up) to ``evaluate.baseline_dim``. Fitted once, it is also a system the nightly run can serve
   (pipelines/serving.py), and the evaluation scores the same code on the same decoding
   (``preprocess``).
 """
@@ -21,12 +23,13 @@ import numpy as np
 
 from lookalike.projection import Projection, fit_projection
 
-FEATURES = "fg-hist8+grey16/w0.35"  # recorded with a fitted baseline: another feature set is fitted anew
+FEATURES = "fg-hist8+grey16+hog8/w0.35,0.25,0.4"  # recorded with a fitted baseline: another set is fitted anew
 SIZE = 64  # px, the aspect ratio kept: how the baseline decodes a photo (``preprocess``)
 HIST_BINS = 8  # per RGB channel
 FOREGROUND = 40  # sum of |ΔR| + |ΔG| + |ΔB| from the corner colour above which a pixel is the product's
 THUMB = 16  # side of the luminance thumbnail
-COLOUR_WEIGHT = 0.35  # the colour histogram's share of the cosine; the thumbnail has the rest
+HOG_CELLS, HOG_BINS = 8, 9  # the gradient histogram's cells per side and orientations
+WEIGHTS = (0.35, 0.25, 0.4)  # the colour histogram's, the thumbnail's and the gradients' shares of the cosine
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
@@ -74,11 +77,35 @@ def grey_thumbnail(pixels: np.ndarray, side: int = THUMB, chunk: int = 512) -> n
     return out
 
 
+def gradient_histogram(pixels: np.ndarray, cells: int = HOG_CELLS, bins: int = HOG_BINS,
+                       chunk: int = 512) -> np.ndarray:
+    """(N, S, S, 3) uint8 → (N, cells² · bins): per cell of a cells x cells grid, the luminance
+    gradients' magnitudes summed by unsigned orientation (``bins`` over 180°), square-rooted and
+    L2-normalised over the photo (a flat photo stays a zero vector); ``chunk`` photos at a time."""
+    n, s = pixels.shape[0], pixels.shape[1]
+    cell = np.minimum(np.arange(s) // max(1, s // cells), cells - 1)
+    where = (cell[:, None] * cells + cell[None, :])[None] * bins  # each pixel's cell, times the orientations
+    out = np.empty((n, cells * cells * bins), np.float32)
+    for start in range(0, n, chunk):
+        grey = pixels[start:start + chunk].astype(np.float32) @ LUMA
+        m = len(grey)
+        dx, dy = np.zeros_like(grey), np.zeros_like(grey)
+        dx[:, :, 1:-1] = grey[:, :, 2:] - grey[:, :, :-2]
+        dy[:, 1:-1, :] = grey[:, 2:, :] - grey[:, :-2, :]
+        angle = np.mod(np.arctan2(dy, dx), np.pi)
+        orientation = np.minimum((angle * (bins / np.pi)).astype(np.int64), bins - 1)
+        codes = (where + orientation + np.arange(m)[:, None, None] * cells * cells * bins).ravel()
+        hist = np.bincount(codes, weights=np.hypot(dx, dy).ravel(), minlength=m * cells * cells * bins)
+        out[start:start + m] = _unit(np.sqrt(hist.reshape(m, -1)))
+    return out
+
+
 def image_features(pixels: np.ndarray) -> np.ndarray:
-    """(N, S, S, 3) uint8 (decoded by ``preprocess``) → (N, 8³ + 16²): the weighted colour and shape
-    features, whose dot products are the blended cosine."""
-    return np.concatenate([np.sqrt(COLOUR_WEIGHT) * colour_histogram(pixels),
-                           np.sqrt(1 - COLOUR_WEIGHT) * grey_thumbnail(pixels)], axis=1).astype(np.float32)
+    """(N, S, S, 3) uint8 (decoded by ``preprocess``) → (N, 8³ + 16² + 8² · 9): the weighted colour,
+    shape and outline features, whose dot products are the blended cosine."""
+    colour, shape, outline = WEIGHTS
+    return np.concatenate([np.sqrt(colour) * colour_histogram(pixels), np.sqrt(shape) * grey_thumbnail(pixels),
+                           np.sqrt(outline) * gradient_histogram(pixels)], axis=1).astype(np.float32)
 
 
 def fit_baseline(pixels: np.ndarray, dim: int) -> Projection:

@@ -143,8 +143,8 @@ def run_hour(cfg: Config, as_of: str | None = None) -> dict:
     night_ids, night_vectors, version = load_embeddings(wh.work(night.ds, "item_embeddings"))
     template = served.get("text_template")  # the night's system reads titles: a changed text is embedded again
     night_catalog = pq.read_table(wh.work(night.ds, "catalog"),
-                                  columns=["item_id", "image_key", "image_source", *ch.ATTRIBUTES,
-                                           *(TEXT_FIELDS if template else ())])
+                                  columns=["item_id", "image_key", "image_source",
+                                           *dict.fromkeys([*ch.ATTRIBUTES, *(TEXT_FIELDS if template else ())])])
     earlier = pq.read_table(Path(before[-1]["folder"]) / "changes.parquet") if before else ch.CHANGES.empty_table()
     lap("read_night")
 
@@ -286,7 +286,7 @@ def _known_photos(item_ids: list[str], earlier: pa.Table, night_catalog: pa.Tabl
     known = {}
     rows = night_catalog.filter(pc.is_in(night_catalog.column("item_id"), value_set=wanted))
     at = positions_in(rows.column("item_id").combine_chunks(), night_ids)  # each one's row among the vectors
-    texts = [f for f in TEXT_FIELDS if f in night_catalog.column_names]
+    texts = [f for f in TEXT_FIELDS if f in night_catalog.column_names and f != "image_sha256"]
     for row, where in zip(rows.select(["item_id", "image_key", "image_source", "image_sha256", *texts]).to_pylist(), at):
         known[row["item_id"]] = {**row, "embedding": night_vectors[where].tolist() if where >= 0 else None}
     hours = earlier.filter(pc.is_in(earlier.column("item_id"), value_set=wanted))
