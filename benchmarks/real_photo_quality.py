@@ -10,7 +10,11 @@ run on the rest (``article_type`` as category, every item on sale) with a wall-c
 - with the image baseline the nightly evaluation and serving use (``features.py``), fitted
   on the held-out photos here,
 
-and the share of neighbour slots agreeing on article_type and on base_colour is reported, with
+- with the text baseline (TF-IDF of the titles) and the learned model reading the title too
+  (``--text``), and with the image baseline before gradient histograms (refitted here),
+
+and the share of neighbour slots agreeing on article_type and on base_colour is reported (the
+Fashion data has no product groups, so variant@5 cannot be measured on it), with
 image→title Recall@1/@5 on (up to 2,000 of) the held-out items, before and after training, and
 the training's wall and CPU minutes. Recipe switches are train.* config keys given with --set.
 With ``--defaults`` the shipped config trains (its own budget, early stopping, learning curve),
@@ -93,6 +97,38 @@ def agreement(vectors: np.ndarray, labels: np.ndarray, k: int = 5) -> float:
     return float(np.mean(labels[top] == labels[:, None]))
 
 
+def agreement_sparse(vectors, labels: np.ndarray, k: int = 5) -> float:
+    """``agreement`` of unit sparse rows (TF-IDF), one block of queries at a time."""
+    hits = []
+    for start in range(0, vectors.shape[0], 1000):
+        scores = (vectors[start:start + 1000] @ vectors.T).toarray()
+        scores[np.arange(len(scores)), np.arange(start, start + len(scores))] = -np.inf
+        scores += 1e-6 * np.random.default_rng(start).random(scores.shape)  # titles that tie: no order by position
+        top = np.argpartition(-scores, k, axis=1)[:, :k]
+        hits.append(labels[top] == labels[start:start + len(scores), None])
+    return float(np.mean(np.concatenate(hits)))
+
+
+def item_texts(embedder, rows: list[dict], all_rows: bool = False) -> list[str | None] | None:
+    """Each held-out item's text as a served system reads it (title, article type as the category)."""
+    from lookalike.serving import item_text
+
+    template = embedder if isinstance(embedder, str) else (embedder.template if embedder.text_weight > 0 else None)
+    if template is None:
+        return None
+    texts = [item_text(template, {"title": r["title"], "category": r["article_type"]}) for r in rows]
+    return [t or "" for t in texts] if all_rows else texts
+
+
+def old_baseline(padded: np.ndarray, dim: int) -> np.ndarray:
+    """The image baseline before gradients: foreground 8³ histogram x 0.35 + 16x16 grey thumbnail, PCA."""
+    from lookalike.features import colour_histogram, grey_thumbnail
+    from lookalike.projection import fit_projection
+
+    feats = np.hstack([np.sqrt(0.35) * colour_histogram(padded), np.sqrt(0.65) * grey_thumbnail(padded)])
+    return fit_projection(feats, dim).apply(feats)
+
+
 def _unit(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, dtype=np.float32)
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
@@ -149,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
                              "extract (on top of --set), and print them side by side")
     parser.add_argument("--hybrid", nargs="*", type=float, default=[], metavar="W",
                         help="also score learned+baseline hybrids with these weights on the learned part")
+    parser.add_argument("--text", nargs="*", type=float, default=[0.3, 0.5, 0.7], metavar="T",
+                        help="also score the learned model reading each item's title at these text weights")
     parser.add_argument("--defaults", action="store_true",
                         help="the shipped config as `lookalike train` applies it, then evaluate, embed, neighbors and "
                              "publish; scores the learned, baseline and served systems (--minutes/--model ignored)")
@@ -194,7 +232,8 @@ def train_and_score(args, root: Path, rows: list[dict], overrides: list[str], mo
     from lookalike.features import colour_histogram, image_baseline_vectors
     from lookalike.extract.images import prepare_image
     from lookalike.extract.stage import run_extract
-    from lookalike.siglip import Preprocess, embed_pixels, load_model
+    from lookalike.siglip import Preprocess, embed_pixels, embed_texts, load_model
+    from lookalike.serving import text_template as serving_template
     from lookalike.train.data import Pairs, group_ids, listing_text
     from lookalike.train.loop import retrieval_recall
     from lookalike.train.stage import run_train
@@ -239,13 +278,26 @@ def train_and_score(args, root: Path, rows: list[dict], overrides: list[str], mo
         for name, folder in (("image baseline (as served)", store.baseline_dir(registry_baseline(cfg))),
                              (f"served: {served['version']}", Path(served["path"]))):
             embedder = serving.load_embedder(str(folder))
-            systems[name] = embedder.embed([embedder.decode(j) for j in jpegs], 256)
+            systems[name] = embedder.embed([embedder.decode(j) for j in jpegs], 256, item_texts(embedder, rows))
+    systems["image baseline before gradients (refitted here)"] = old_baseline(padded, 64)
+    from lookalike.evaluate.baselines import text_baseline_vectors
+
+    text = text_baseline_vectors([r["title"] or "" for r in rows])
+    systems["text baseline (TF-IDF titles)"] = text
+    model_texts = embed_texts(loaded, item_texts(serving_template(loaded.path), rows, all_rows=True))
+    for t in args.text:  # unit((1 − t)·photo + t·title), from the same model
+        from lookalike.serving import with_text
+
+        systems[f"learned + title t={t:g}"] = with_text(systems["learned"], model_texts,
+                                                       np.array([bool(r["title"]) for r in rows]), t)
     for w in args.hybrid:  # cosine = w·learned + (1 − w)·baseline
         systems[f"hybrid w={w:g}"] = np.concatenate(
             [np.sqrt(w) * _unit(systems["learned"]),
              np.sqrt(1 - w) * _unit(systems["image baseline (refitted here)"])], axis=1)
     quality = {name: {"article_type@5": agreement(v, types), "base_colour@5": agreement(v, colours)}
-               for name, v in systems.items()}
+               for name, v in systems.items() if name != "text baseline (TF-IDF titles)"}
+    quality["text baseline (TF-IDF titles)"] = {"article_type@5": agreement_sparse(text, types),
+                                                "base_colour@5": agreement_sparse(text, colours)}
     texts = [listing_text(cfg.train.text_template, {"title": r["title"], "category": r["article_type"]})
              for r in rows[:2000]]
     pairs = Pairs([str(r["item_id"]) for r in rows[:2000]], pixels[:2000], texts,
