@@ -420,14 +420,19 @@ def _coerce(value, typ, key: str):
     return value
 
 
+# Keys an earlier release read, and what replaced them: named in the error a config that still has them gets
+RENAMED = {"evaluate.max_colour_loss": "evaluate.max_facet_loss (the bound now holds for every facet, colour included)"}
+
+
 def _build(cls, data: dict, prefix: str = ""):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         where = f"section '{prefix.rstrip('.')}'" if prefix else "the top level"
+        renamed = [f"{prefix + u} is now {RENAMED[prefix + u]}" for u in unknown if prefix + u in RENAMED]
         raise ConfigError(f"unknown config key(s) {', '.join(prefix + u for u in unknown)} in {where}; "
-                          f"valid keys: {', '.join(sorted(names))}")
+                          + ("; ".join(renamed) + "; " if renamed else "") + f"valid keys: {', '.join(sorted(names))}")
     kwargs = {}
     for name, value in data.items():
         typ = hints[name]

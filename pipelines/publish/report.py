@@ -21,7 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lookalike.systems import HYBRID, IMAGE_BASELINE, PRODUCTION, SCORED, SIGLIP, TEXT_BASELINE
+from lookalike.systems import (CHOSEN_COLUMNS, FACET_LABELS, HYBRID, IMAGE_BASELINE, PRODUCTION, SCORED, SIGLIP,
+                               TEXT_BASELINE, chosen_rows)
 from lookalike.config import Config
 from lookalike.errors import LookalikeError
 from lookalike.extract.images import read_image_bytes
@@ -197,9 +198,6 @@ def _category_table(con, ds: str) -> str:
                           "queries")
 
 
-FACET_LABELS = {"category": "type@5", "colour": "colour@5", "product_group": "variant@5"}
-
-
 def _facet_table(con, ds: str) -> str:
     """What a shopper sees, per system, without module clicks yet: the share of the top 5 sharing the held-out
     listing's category, colour and product group (eval_metrics' ``facet=`` rows, P@5)."""
@@ -314,7 +312,18 @@ def _run_table(record: dict | None) -> str:
         rows += [("neighbour rows with the item's identical photo", f"{n.get('same_image_rows', 0):,}"),
                  ("items left out (fewer than k candidates)", f"{n.get('short_items', 0):,}")]
     body = "".join(f"<tr><td>{html.escape(str(a))}</td><td>{html.escape(str(b))}</td></tr>" for a, b in rows)
-    return f'<table class="metrics">{body}</table>'
+    return f'<table class="metrics">{body}</table>' + _chosen_table(record.get("model") or {})
+
+
+def _chosen_table(decision: dict) -> str:
+    """The evaluation's choice of what to serve, and the systems it was chosen from."""
+    rows = chosen_rows(decision)
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in CHOSEN_COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return (f"<p>{html.escape(decision.get('decision', ''))}</p><p>Chosen from ({html.escape(str(decision.get('measure')))}"
+            f", best first):</p><table class=\"metrics\"><tr>{head}</tr>{body}</table>")
 
 
 def build_report(cfg: Config, ds: str, out: Path | None = None, *, samples: int = 12, shown: int = 10,

@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lookalike.systems import BASELINES, HYBRID, IMAGE_BASELINE, SCORED, SIGLIP, TEXT_BASELINE
+from lookalike.systems import (BASELINES, CHOSEN_COLUMNS, FACET_LABELS, HYBRID, IMAGE_BASELINE, SCORED, SIGLIP,
+                               TEXT_BASELINE, chosen_rows)
 from lookalike.config import Config
 from lookalike.extract import photos
 from lookalike.neighbors.describe import describe_mode, describe_recall
@@ -140,11 +141,13 @@ def run_summary(cfg: Config, ds: str, config_path: str | None = None) -> str:
                                 "text baseline", "fine-tuned vs best baseline"], table_rows)]
         facets = decided.get("facets@5") or {}
         if any(len(f) > 1 for f in facets.values()):  # colour or product group beside category
-            labels = {"category": "type@5", "colour": "colour@5", "product_group": "variant@5"}
-            lines += ["What a shopper sees (share of the top 5 sharing the listing's category, colour, product; "
-                      f"ranked by the {decided.get('measure', 'shopper' + chr(39) + 's score')}):"]
-            lines += [f"  {system:<15}" + ", ".join(f"{labels[f]} {v:.3f}" for f, v in values.items())
+            lines += ["What a shopper sees (share of the top 5 sharing the listing's category, colour, product, "
+                      f"co-purchases; ranked by the {decided.get('measure', 'shopper' + chr(39) + 's score')}):"]
+            lines += [f"  {system:<15}" + ", ".join(f"{FACET_LABELS.get(f, f)} {v:.3f}" for f, v in values.items())
                       for system, values in facets.items()]
+        if decided.get("chosen_from"):
+            lines += [f"What to serve, chosen from ({decided.get('measure')}, best first):",
+                      format_table(list(CHOSEN_COLUMNS), chosen_rows(decided))]
         lines += [f"Note: {note}" for note in decided.get("notes", [])] + [""]
     elif decided.get("notes"):
         lines += [f"Offline evaluation: {note}" for note in decided["notes"]] + [""]

@@ -140,6 +140,9 @@ def test_the_best_servable_system_is_served_and_never_one_that_another_beats(tmp
     assert registry.production(store) == "blend-wins"
     assert registry.version_info(store, "blend-wins")["eval"]["serve_weight"] == 0.5
     assert [row["system"] for row in decided["chosen_from"]][0] == "hybrid"
+    from lookalike.systems import chosen_rows
+
+    assert [row[0] for row in chosen_rows(decided) if row[-1] == "SERVED"] == ["hybrid"]
 
     registry.register(store, "titles-win", {"snapshot": {"ds": DS}})
     tiny_model(store.version_dir("titles-win"), seed=2, version="titles-win")
@@ -163,6 +166,13 @@ def test_the_best_servable_system_is_served_and_never_one_that_another_beats(tmp
     assert registry.production(store) is None  # the night serves the image baseline (serving.resolve)
     assert "beats the production model titles-win beyond noise" in registry.history(store)[-1]["reason"]
     assert registry.rollback(store) == "titles-win"
+
+
+def test_a_config_with_the_replaced_colour_bound_names_its_successor(tmp_path, sample_dir):
+    from lookalike.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="evaluate.max_colour_loss is now evaluate.max_facet_loss"):
+        load_config(write_config(tmp_path, sample_dir, evaluate={"max_colour_loss": 0.02}), environ={})
 
 
 def test_a_source_with_colour_and_product_group_is_scored_on_them_and_one_without_says_so(tmp_path, sample_dir):
