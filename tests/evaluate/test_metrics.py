@@ -65,9 +65,24 @@ def test_baselines_see_colour_and_words():
     blue = np.zeros((2, 32, 32, 3), dtype=np.uint8)
     blue[..., 2] = 220
     pixels = np.concatenate([red, blue]) + np.random.default_rng(0).integers(0, 20, (4, 32, 32, 3)).astype(np.uint8)
-    assert image_features(pixels).shape == (4, 8 ** 3 + 16 * 16)
+    assert image_features(pixels).shape == (4, 8 ** 3 + 16 * 16 + 8 * 8 * 9)
     v = image_baseline_vectors(pixels, dim=3)
     assert v[0] @ v[1] > v[0] @ v[2]
+
+
+def test_the_gradient_histogram_sees_where_edges_run():
+    """A vertical stripe and a horizontal one have the same colours and pixel counts, and gradients in
+    perpendicular orientations: their outlines differ, a stripe and its shifted copy's nearly agree."""
+    from lookalike.features import gradient_histogram
+
+    canvas = np.full((3, 64, 64, 3), 240, np.uint8)
+    canvas[0, :, 28:36] = 30  # a vertical stripe
+    canvas[1, :, 30:38] = 30  # the same, shifted two pixels
+    canvas[2, 28:36, :] = 30  # a horizontal stripe
+    g = gradient_histogram(canvas)
+    assert g.shape == (3, 8 * 8 * 9) and np.allclose(np.linalg.norm(g, axis=1), 1, atol=1e-5)
+    assert g[0] @ g[1] > 0.5 > g[0] @ g[2]
+    assert not gradient_histogram(np.full((1, 64, 64, 3), 128, np.uint8)).any()  # a flat photo: no outline
     t = text_baseline_vectors(["red cotton tee", "red tee", "blue vase", ""])
     sims = (t @ t.T).toarray()
     assert sims[0, 1] > sims[0, 2] and sims[3, 0] == 0
