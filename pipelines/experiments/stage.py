@@ -70,12 +70,13 @@ def _embed_items(wh: Warehouse, ds: str, ids: pa.Array, folder: str, batch_size:
     """(item ids, unit vectors) of the ds's embedded items under the system in ``folder``, the
     catalogue read one row group at a time (memory: one group's photos and the vectors)."""
     from lookalike.embed.stage import embed_frames
+    from lookalike.texts import TEXT_FIELDS  # an arm that reads titles reads them as the night does
 
     def frames():
         for file in sorted(wh.work(ds, "catalog").glob("*.parquet")):
             parquet = pq.ParquetFile(file)
             for i in range(parquet.num_row_groups):
-                group = parquet.read_row_group(i, columns=["item_id", "image_sha256", "image"])
+                group = parquet.read_row_group(i, columns=["item_id", "image_sha256", "image", *TEXT_FIELDS])
                 group = group.filter(pc.is_in(group.column("item_id"), value_set=ids))
                 if group.num_rows:
                     yield group.to_pandas()
