@@ -38,7 +38,8 @@ def _stage_run(wh: Warehouse, ds: str, *, score_shift: float = 0.0, self_neighbo
         write_parquet(pa.Table.from_pylist([], schema=schemas.QUARANTINE), wh.fresh_work(ds, name) / "part-0.parquet")
     vecs = np.eye(4, dtype=np.float32)
     write_parquet(pa.Table.from_pydict({"ds": [ds] * 4, "item_id": ids, "model_version": ["v"] * 4,
-                                        "image_sha256": ["h1", "h2", "h3", "h4"], "embedding": vecs.tolist()},
+                                        "image_sha256": ["h1", "h2", "h3", "h4"], "embedding": vecs.tolist(),
+                                        "text_sha256": [None] * 4},
                                        schema=schemas.ITEM_EMBEDDINGS), wh.fresh_work(ds, "item_embeddings") / "p.parquet")
     nbrs = {"a": ["b", "c"], "b": ["a", "c"], "c": ["d", "a"], "d": ["c", "a"]}
     if self_neighbor:
