@@ -211,10 +211,11 @@ def _scored_queries(queries: list[Query], protocol: str) -> tuple[list[Query], s
     return kept, f"{len(queries) - len(kept)} of {len(queries)} queries could not discriminate and were not scored"
 
 
-def _production(cfg: Config, ds: str, items: dict) -> tuple[str, np.ndarray] | None:
+def _production(cfg: Config, ds: str, items: dict, candidate: str) -> tuple[str, np.ndarray] | None:
     """(version, vectors) of the production model as the night serves it (blended, reading titles, as it
-    was promoted: ``serving.resolve``); None when no model is in production."""
-    if not registry.production(ModelStore.at(cfg.models)):
+    was promoted: ``serving.resolve``); None when no model is in production or it is ``candidate``
+    (evaluated again: its forms are the candidate's own)."""
+    if registry.production(ModelStore.at(cfg.models)) in (None, candidate):
         return None
     served = serving.resolve(cfg, ds)
     return served.version, _embed_items(serving.load_embedder(served.path), items)
@@ -273,7 +274,7 @@ def run_evaluate(cfg: Config, ds: str, model_uri: str) -> dict:
             lambda s, c: np.asarray((text_vecs[c] @ text_vecs[s].T).todense()).ravel(), queries, ids)),
     }
     serve_as = {SIGLIP: (1.0, 0.0)}
-    production = _production(cfg, ds, items)
+    production = _production(cfg, ds, items, loaded.version)
     if production:
         prod_version, prod_vecs = production
         vectors[PRODUCTION] = prod_vecs
@@ -461,6 +462,11 @@ def _promotion(cfg: Config, version: str, per_query: dict[str, np.ndarray],
         else "nDCG@5"
     has_production = PRODUCTION in per_query
     current = PRODUCTION if has_production else IMAGE_BASELINE
+    in_production = registry.production(store)
+    if in_production == version:  # evaluated again: what is served now is the form it was promoted as
+        info = registry.version_info(store, version).get("eval", {})
+        promoted_as = (float(info.get("serve_weight", 1.0)), float(info.get("text_weight", 0.0)))
+        current = next((s for s, weights in serve_as.items() if weights == promoted_as), IMAGE_BASELINE)
     losses = {s: facet_loss(facets, s) for s in per_query}
     servable = [s for s in (IMAGE_BASELINE, PRODUCTION, *serve_as) if s in per_query]
     eligible = [s for s in servable if losses[s][0] <= cfg.evaluate.max_facet_loss or s == IMAGE_BASELINE]
@@ -478,7 +484,7 @@ def _promotion(cfg: Config, version: str, per_query: dict[str, np.ndarray],
     chosen = served if served in serve_as else model_form
     weight, text_weight = serve_as[chosen]
     promoted = served in serve_as
-    retired = served == IMAGE_BASELINE and has_production
+    retired = served == IMAGE_BASELINE and in_production is not None
     registry.record_metrics(store, version, {"ndcg@5": scores[chosen], "ndcg@5_model": scores[SIGLIP],
                                              "protocol": protocol, "measure": measure, "serve_weight": weight,
                                              "text_weight": text_weight, "facets@5": facets.get(chosen)})
@@ -491,7 +497,8 @@ def _promotion(cfg: Config, version: str, per_query: dict[str, np.ndarray],
     excluded = [f"{s} loses {losses[s][1]}@5 by {losses[s][0]:.3f} to the image baseline (> evaluate.max_facet_loss "
                 f"{bound:g})" for s in servable if s not in eligible and losses[s][0] > bound]
     if promoted:
-        reason = f"{describe(chosen, serve_as[chosen])}: {measure} {scores[chosen]:.4f} beats {gain(chosen, current)}"
+        against = current if current != chosen else IMAGE_BASELINE  # evaluated again: against the baseline
+        reason = f"{describe(chosen, serve_as[chosen])}: {measure} {scores[chosen]:.4f} beats {gain(chosen, against)}"
         registry.promote(store, version, reason=reason)
         decision = f"promoted, served as {reason}"
     elif retired:
