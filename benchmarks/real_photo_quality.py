@@ -109,15 +109,11 @@ def agreement_sparse(vectors, labels: np.ndarray, k: int = 5) -> float:
     return float(np.mean(np.concatenate(hits)))
 
 
-def item_texts(embedder, rows: list[dict], all_rows: bool = False) -> list[str | None] | None:
-    """Each held-out item's text as a served system reads it (title, article type as the category)."""
-    from lookalike.serving import item_text
+def item_texts(template: str | None, rows: list[dict]) -> list[str | None]:
+    """Each held-out item's text as a system with ``template`` reads it (the article type as its category)."""
+    from lookalike.serving import item_texts as texts
 
-    template = embedder if isinstance(embedder, str) else (embedder.template if embedder.text_weight > 0 else None)
-    if template is None:
-        return None
-    texts = [item_text(template, {"title": r["title"], "category": r["article_type"]}) for r in rows]
-    return [t or "" for t in texts] if all_rows else texts
+    return texts(template, [{"title": r["title"], "category": r["article_type"]} for r in rows])
 
 
 def old_baseline(padded: np.ndarray, dim: int) -> np.ndarray:
@@ -278,13 +274,13 @@ def train_and_score(args, root: Path, rows: list[dict], overrides: list[str], mo
         for name, folder in (("image baseline (as served)", store.baseline_dir(registry_baseline(cfg))),
                              (f"served: {served['version']}", Path(served["path"]))):
             embedder = serving.load_embedder(str(folder))
-            systems[name] = embedder.embed([embedder.decode(j) for j in jpegs], 256, item_texts(embedder, rows))
+            systems[name] = embedder.embed([embedder.decode(j) for j in jpegs], 256, item_texts(embedder.reads, rows))
     systems["image baseline before gradients (refitted here)"] = old_baseline(padded, 64)
     from lookalike.evaluate.baselines import text_baseline_vectors
 
     text = text_baseline_vectors([r["title"] or "" for r in rows])
     systems["text baseline (TF-IDF titles)"] = text
-    model_texts = embed_texts(loaded, item_texts(serving_template(loaded.path), rows, all_rows=True))
+    model_texts = embed_texts(loaded, [t or "" for t in item_texts(serving_template(loaded.path), rows)])
     for t in args.text:  # unit((1 − t)·photo + t·title), from the same model
         from lookalike.serving import with_text
 

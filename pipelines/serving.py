@@ -40,7 +40,7 @@ from lookalike import features
 from lookalike.features import baseline_vectors, fit_baseline
 from lookalike.storage import ModelStore, Warehouse
 from lookalike.systems import HYBRID, IMAGE_BASELINE, SIGLIP
-from lookalike.texts import listing_text
+from lookalike.texts import TEXT_FIELDS, listing_text
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,15 @@ def item_text(template: str, row: dict) -> str | None:
     """A listing's text as the model reads it, or None when it has no title (its photo alone serves)."""
     return listing_text(template, row) if (row.get("title") or "").strip() else None
 
+
+def item_texts(template: str | None, rows: list[dict]) -> list[str | None]:
+    """Each listing's text (``item_text``), a missing or NaN field read as blank; all None for a system
+    that reads photos alone (``template`` None)."""
+    if template is None:
+        return [None] * len(rows)
+    return [item_text(template, {f: None if row.get(f) is None or row.get(f) != row.get(f) else row[f]
+                                 for f in TEXT_FIELDS}) for row in rows]
+
 # ----------------------------------------------------------------------------- the rule
 
 def resolve(cfg: Config, ds: str) -> Served:
@@ -211,12 +220,13 @@ def _lost(entry: dict) -> str:
 # ----------------------------------------------------------------------------- loading any system
 
 # Every embedder: ``decode(photo bytes)`` one photo, ``embed(decoded, batch_size, texts)`` a batch, where
-# ``texts`` holds each item's text (``item_text``; None: no title) and only ``text_weight`` > 0 reads it.
+# ``texts`` holds each item's text (``item_texts(embedder.reads, rows)``; None: no title), and ``reads``,
+# the text template of a system that reads titles (None: photos alone).
 
 class SiglipEmbedder:
     def __init__(self, loaded, device: str, text_weight: float = 0.0):
         self.loaded, self.device, self.text_weight = loaded, device, text_weight
-        self.template = text_template(loaded.path)
+        self.reads = text_template(loaded.path) if text_weight > 0 else None
 
     def decode(self, data: bytes):
         return self.loaded.preprocess.decode([data])[0]
@@ -238,7 +248,7 @@ class SiglipEmbedder:
 
 
 class BaselineEmbedder:
-    text_weight = 0.0
+    reads = None
 
     def __init__(self, projection: Projection):
         self.projection, self.preprocess = projection, features.preprocess()
@@ -253,7 +263,7 @@ class BaselineEmbedder:
 class HybridEmbedder:
     def __init__(self, model: SiglipEmbedder, baseline: BaselineEmbedder, weight: float):
         self.model, self.baseline, self.weight = model, baseline, weight
-        self.text_weight, self.template = model.text_weight, model.template
+        self.reads = model.reads
 
     def decode(self, data: bytes):
         return self.model.decode(data), self.baseline.decode(data)

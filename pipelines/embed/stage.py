@@ -54,13 +54,11 @@ def _cached_model(path: str, device: str):
     return _MODEL_CACHE[key]
 
 
-def item_texts(template: str | None, frame) -> list[str | None]:
-    """Each row's text as the served system reads it (``serving.item_text``); all None when it reads none."""
-    if template is None:
+def _texts(template: str | None, frame: pd.DataFrame) -> list[str | None]:
+    """Each row's text as the served system reads it (``serving.item_texts``), from the text fields the frame has."""
+    if template is None:  # photos alone (a frame without text columns has no records to count)
         return [None] * len(frame)
-    rows = pd.DataFrame({f: frame[f] if f in frame else None for f in TEXT_FIELDS}).to_dict("records")
-    return [serving.item_text(template, {k: (None if v is None or v != v else v) for k, v in row.items()})
-            for row in rows]
+    return serving.item_texts(template, frame[[f for f in TEXT_FIELDS if f in frame]].to_dict("records"))
 
 
 def text_sha256(texts: list[str | None]) -> list[str | None]:
@@ -77,12 +75,11 @@ def embed_frames(frames: Iterator[pd.DataFrame], model_path: str, batch_size: in
     vectors are projected and re-normalised.
     """
     embedder = _cached_model(model_path, task_device())
-    template = embedder.template if embedder.text_weight > 0 else None
     if projection and projection not in _PROJECTION_CACHE:
         _PROJECTION_CACHE[projection] = load_projection(projection)
     for frame in frames:
         decoded, ok, errors = [], [], [None] * len(frame)
-        texts = item_texts(template, frame)
+        texts = _texts(embedder.reads, frame)
         for i, data in enumerate(frame["image"].tolist()):
             try:
                 decoded.append(embedder.decode(data))
@@ -126,7 +123,7 @@ def _catalog_keys(catalog, template: str | None) -> pa.Table:
     if template is None:
         return pq.read_table(catalog, columns=["item_id", "image_sha256"])
     table = pq.read_table(catalog, columns=["item_id", "image_sha256", *TEXT_FIELDS])
-    texts = item_texts(template, table.to_pandas())
+    texts = _texts(template, table.to_pandas())
     return table.select(["item_id", "image_sha256"]).append_column("text_sha256",
                                                                   pa.array(text_sha256(texts), pa.string()))
 
@@ -196,7 +193,7 @@ def _rows_to_embed(catalog, reused_keys: pa.Array, template: str | None) -> Iter
             group = parquet.read_row_group(i, columns=["item_id", "image_sha256", "image", *text])
             keyed = group.select(["item_id", "image_sha256"])
             if text:
-                keyed = keyed.append_column("text_sha256", pa.array(text_sha256(item_texts(template, group.to_pandas())),
+                keyed = keyed.append_column("text_sha256", pa.array(text_sha256(_texts(template, group.to_pandas())),
                                                                     pa.string()))
             todo = group.filter(pc.invert(pc.is_in(_keys(keyed), value_set=reused_keys)))
             if todo.num_rows:

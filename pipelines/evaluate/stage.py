@@ -223,8 +223,7 @@ def _production(cfg: Config, ds: str, items: dict, candidate: str) -> tuple[str,
 
 def _embed_items(embedder, items: dict) -> np.ndarray:
     """Every item's vector from a served system's embedder: its photo and, where the system reads it, its text."""
-    texts = [serving.item_text(embedder.template, row) for row in _rows(items)] if embedder.text_weight > 0 \
-        else [None] * len(items["image"])
+    texts = serving.item_texts(embedder.reads, _rows(items))
     return embedder.embed([embedder.decode(image) for image in items["image"]], 256, texts)
 
 
@@ -256,8 +255,7 @@ def run_evaluate(cfg: Config, ds: str, model_uri: str) -> dict:
                              f"no held-out listing shares a category with another")
 
     model_vecs = embed_pixels(loaded.model, loaded.preprocess.decode(items["image"]), loaded.preprocess)
-    template = serving.text_template(loaded.path)
-    texts = [serving.item_text(template, row) for row in _rows(items)]
+    texts = serving.item_texts(serving.text_template(loaded.path), _rows(items))
     has_text = np.array([t is not None for t in texts])
     text_model_vecs = np.zeros_like(model_vecs)
     if has_text.any():
@@ -473,9 +471,7 @@ def _promotion(cfg: Config, version: str, per_query: dict[str, np.ndarray],
     if protocol == "clicks" and TEXT_BASELINE in per_query:
         eligible = [s for s in eligible if s not in serve_as or
                     bootstrap_ci(per_query[s] - per_query[TEXT_BASELINE])[0] > 0]
-    served, table = choose({s: per_query[s] for s in per_query if s != TEXT_BASELINE} | (
-        {TEXT_BASELINE: per_query[TEXT_BASELINE]} if TEXT_BASELINE in per_query else {}), current, eligible,
-        cfg.evaluate.promote_tolerance)
+    served, table = choose(per_query, current, eligible, cfg.evaluate.promote_tolerance)
     for row in table:
         row["version"] = versions.get(row["system"])
         row["facet_loss"], row["worst_facet"] = losses[row["system"]]

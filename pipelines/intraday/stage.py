@@ -225,10 +225,7 @@ def _with_photos(cfg: Config, rows: pd.DataFrame, rejects: list[dict], earlier: 
     work = PhotoWork.of(cfg)
     known = _known_photos(rows["item_id"].tolist(), earlier, night_catalog, night_ids, night_vectors)
     selling = rows.index[rows["status"] == "on_sale"].tolist()
-    same_text = {i: template is None or (known.get(rows.at[i, "item_id"]) is not None and
-                                         _text(template, known[rows.at[i, "item_id"]]) ==
-                                         _text(template, rows.loc[i].to_dict()))
-                 for i in selling}
+    same_text = {i: _same_text(template, known.get(rows.at[i, "item_id"]), rows.loc[i].to_dict()) for i in selling}
     tasks = []
     for i in selling:
         before = known.get(rows.at[i, "item_id"])
@@ -272,10 +269,12 @@ def _with_photos(cfg: Config, rows: pd.DataFrame, rejects: list[dict], earlier: 
                    "quarantined": quarantined + len(rejects)}
 
 
-def _text(template: str, row: dict) -> str | None:
-    """A listing's text as the served system reads it (missing fields blank, NaN as missing)."""
-    return serving.item_text(template, {f: (None if row.get(f) is None or row.get(f) != row.get(f) else row[f])
-                                        for f in TEXT_FIELDS})
+def _same_text(template: str | None, before: dict | None, row: dict) -> bool:
+    """Whether the served system reads the same text for a listing as its known vector did (always, when it
+    reads photos alone)."""
+    if template is None:
+        return True
+    return before is not None and len(set(serving.item_texts(template, [before, row]))) == 1
 
 
 def _known_photos(item_ids: list[str], earlier: pa.Table, night_catalog: pa.Table, night_ids: pa.Array,
@@ -286,7 +285,7 @@ def _known_photos(item_ids: list[str], earlier: pa.Table, night_catalog: pa.Tabl
     known = {}
     rows = night_catalog.filter(pc.is_in(night_catalog.column("item_id"), value_set=wanted))
     at = positions_in(rows.column("item_id").combine_chunks(), night_ids)  # each one's row among the vectors
-    texts = [f for f in TEXT_FIELDS if f in night_catalog.column_names and f != "image_sha256"]
+    texts = [f for f in TEXT_FIELDS if f in night_catalog.column_names]
     for row, where in zip(rows.select(["item_id", "image_key", "image_source", "image_sha256", *texts]).to_pylist(), at):
         known[row["item_id"]] = {**row, "embedding": night_vectors[where].tolist() if where >= 0 else None}
     hours = earlier.filter(pc.is_in(earlier.column("item_id"), value_set=wanted))

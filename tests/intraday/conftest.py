@@ -70,6 +70,17 @@ def live_lists(cfg) -> dict[str, list[str]]:
     return lists
 
 
+def rebuilt_lists(wh, ds: str) -> dict[str, list[str]]:
+    """item → its neighbours, in rank order, as the ds's item_neighbors (a night's full rebuild) lists them."""
+    import pyarrow.parquet as pq
+
+    rebuilt = pq.read_table(wh.work(ds, "item_neighbors")).sort_by([("item_id", "ascending"), ("rank", "ascending")])
+    lists: dict[str, list[str]] = {}
+    for item, neighbor in zip(rebuilt.column("item_id").to_pylist(), rebuilt.column("neighbor_id").to_pylist()):
+        lists.setdefault(item, []).append(neighbor)
+    return lists
+
+
 def store_lists(cfg, sink: str, items) -> dict[str, list[str]]:
     """item → its neighbours as ``sink`` serves them (read as the site reads), for the items it has a list of."""
     store = open_store(cfg, sink)

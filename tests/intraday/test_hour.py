@@ -5,7 +5,6 @@ k neighbours in the warehouse's live view and in both stores, no list anywhere h
 live view equals the next night's full rebuild, row for row. The hour after it, with nothing new, changes
 nothing; a second hour sells one more item and the tables follow."""
 
-import pyarrow.parquet as pq
 
 from lookalike.embed.stage import run_embed
 from lookalike.extract.stage import run_extract
@@ -13,7 +12,7 @@ from lookalike.intraday.stage import handoff_hour, publish_hour, run_hour
 from lookalike.neighbors.stage import run_neighbors
 from lookalike.storage import Warehouse
 from tests.conftest import DS
-from tests.intraday.conftest import HOUR, K, NEXT, live_lists, store_lists
+from tests.intraday.conftest import HOUR, K, NEXT, live_lists, rebuilt_lists, store_lists
 
 
 def test_an_hour_lists_new_listings_and_drops_sold_ones_everywhere_as_the_next_night_will(served_night):
@@ -41,8 +40,4 @@ def test_an_hour_lists_new_listings_and_drops_sold_ones_everywhere_as_the_next_n
     for stage in (run_extract, run_embed):
         stage(cfg, NEXT)
     run_neighbors(cfg, NEXT, full=True)
-    rebuilt = pq.read_table(wh.work(NEXT, "item_neighbors")).sort_by([("item_id", "ascending"), ("rank", "ascending")])
-    expected: dict[str, list[str]] = {}
-    for item, neighbor in zip(rebuilt.column("item_id").to_pylist(), rebuilt.column("neighbor_id").to_pylist()):
-        expected.setdefault(item, []).append(neighbor)
-    assert live == expected
+    assert live == rebuilt_lists(wh, NEXT)

@@ -22,7 +22,8 @@ from lookalike.online.handoff import run_handoff
 from lookalike.publish.stage import run_publish
 from lookalike.storage import ModelStore, Warehouse
 from tests.conftest import DS, tiny_model, write_config
-from tests.intraday.conftest import HOUR, K, MORNING, NEXT, change_the_source, live_lists, store_lists
+from tests.intraday.conftest import (HOUR, K, MORNING, NEXT, change_the_source, live_lists, rebuilt_lists,
+                                     store_lists)
 
 
 def test_a_night_that_reads_titles_hands_off_and_its_hours_embed_the_same_vectors(tmp_path, sample_dir,
@@ -74,8 +75,4 @@ def test_a_night_that_reads_titles_hands_off_and_its_hours_embed_the_same_vector
         if item in hour_vectors and hour_vectors[item] is not None:
             assert np.allclose(hour_vectors[item], following[item], atol=1e-5), item  # the same vectors
     run_neighbors(cfg, NEXT, full=True)
-    rebuilt = pq.read_table(wh.work(NEXT, "item_neighbors")).sort_by([("item_id", "ascending"), ("rank", "ascending")])
-    expected: dict[str, list[str]] = {}
-    for item, neighbor in zip(rebuilt.column("item_id").to_pylist(), rebuilt.column("neighbor_id").to_pylist()):
-        expected.setdefault(item, []).append(neighbor)
-    assert live == expected
+    assert live == rebuilt_lists(wh, NEXT)
