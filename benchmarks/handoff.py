@@ -12,12 +12,17 @@ For each n (items, k = 20 neighbours each, synthetic lists published in a real w
   closed loop: 8 processes looping flat out on 2 cores measure the scheduler's time slices, and
   ``--rate 0`` does exactly that) — p50 and p99 in ms; DuckDB the same over the published Parquet
   (``select … from read_parquet(files) where item_id = ?``, in-process);
-- Redis memory per item (``used_memory`` before and after one generation of ``item_neighbors``).
+- Redis memory per item (``used_memory`` before and after one generation of ``item_neighbors``);
+- the writer's lease alone, taken and let go with no other writer (``lease_ms``): every hand-off,
+  hour and rollback holds it;
+- each figure again on a three-master Redis Cluster on loopback (``redis cluster``: the lists
+  spread over its nodes by bucket, a lookup the pointer and then the field), memory summed over
+  the nodes.
 
 ``--layouts`` also measures the layouts considered and not chosen, at the smallest n: PostgreSQL one
 row per (item, rank) against one row per item with arrays (rows/s, bytes on disk, lookup p50), and
-Redis one key per item against one hash per generation (memory per item, time to remove a
-generation).
+Redis one key per item, one hash per generation and table, and the 1,024 bucket hashes per
+generation and table chosen (memory per item, time to remove a generation).
 
 The servers are started here, on loopback (PostgreSQL 15 and Redis from Debian), and stopped at the
 end; ``--postgres-url`` / ``--redis-url`` use running ones instead.
@@ -74,6 +79,31 @@ def start_redis(root: Path) -> tuple[str, callable]:
                              "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
     time.sleep(0.5)
     return f"redis://127.0.0.1:{port}/0", lambda: (proc.terminate(), proc.wait())
+
+
+def start_redis_cluster(root: Path) -> tuple[str, callable]:
+    """Three masters on loopback, joined with ``redis-cli --cluster create``; the URL of one node."""
+    from tests.conftest import free_cluster_port
+
+    ports, procs = [free_cluster_port() for _ in range(3)], []
+    for port in ports:
+        node = root / f"node{port}"
+        node.mkdir(parents=True)
+        procs.append(subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", str(node),
+                                       "--save", "", "--appendonly", "no", "--cluster-enabled", "yes"],
+                                      stdout=subprocess.DEVNULL))
+    time.sleep(0.5)
+    subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0",
+                    "--cluster-yes"], check=True, capture_output=True)
+    while "cluster_state:ok" not in subprocess.run(["redis-cli", "-p", str(ports[0]), "cluster", "info"],
+                                                   capture_output=True, text=True).stdout:
+        time.sleep(0.2)
+
+    def stop():
+        for proc in procs:
+            proc.terminate()
+            proc.wait()
+    return f"redis://127.0.0.1:{ports[0]}/0", stop
 
 
 def synthetic_night(n: int, ds: str, seed: int) -> dict[str, pa.Table]:
@@ -144,9 +174,30 @@ def latency(kind: str, cfg_path: str, n: int, readers: int, count: int, files: l
 
 
 def redis_memory(url: str) -> int:
+    """``used_memory`` of the server, or summed over a cluster's masters."""
     import redis
+    from redis.cluster import RedisCluster
 
-    return int(redis.Redis.from_url(url).info("memory")["used_memory"])
+    r = redis.Redis.from_url(url)
+    if r.info("cluster").get("cluster_enabled"):
+        per_node = RedisCluster.from_url(url).info("memory", target_nodes=RedisCluster.PRIMARIES)
+        return sum(int(node["used_memory"]) for node in per_node.values())
+    return int(r.info("memory")["used_memory"])
+
+
+def lease_ms(cfg, sink: str, times: int = 20) -> float:
+    """The writer's lease taken and let go with no other writer: the median, in ms."""
+    from lookalike.online.handoff import open_store
+
+    store = open_store(cfg, sink)
+    took = []
+    for _ in range(times):
+        started = time.perf_counter()
+        with store.lease("items"):
+            pass
+        took.append((time.perf_counter() - started) * 1000)
+    store.close()
+    return round(float(np.median(took)), 2)
 
 
 def run_size(n: int, root: Path, urls: dict, lookups: int, rate: float) -> list[dict]:
@@ -161,12 +212,13 @@ def run_size(n: int, root: Path, urls: dict, lookups: int, rate: float) -> list[
     rows = []
     night = synthetic_night(n, ds, seed=n)
     files = None
-    for sink in ("postgres", "redis"):
-        path = wh_root / f"{sink}.yaml"
+    for system, sink in (("postgres", "postgres"), ("redis", "redis"), ("redis cluster", "redis")):
+        redis_url = urls["redis cluster" if system == "redis cluster" else "redis"]
+        path = wh_root / f"{system.replace(' ', '-')}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump({"warehouse": str(wh_root / "warehouse"), "serving": {
             "sinks": sink, "tables": "item_neighbors", "postgres": {"url": urls["postgres"], "schema": f"n{n}"},
-            "redis": {"url": urls["redis"], "prefix": f"n{n}"}}}))
+            "redis": {"url": redis_url, "prefix": f"n{n}"}}}))
         cfg = load_config(path, environ={})
         wh = Warehouse.of(cfg)
         if files is None:  # published once, as the nightly publish would (a real manifest switch)
@@ -175,14 +227,15 @@ def run_size(n: int, root: Path, urls: dict, lookups: int, rate: float) -> list[
             publication.add("item_neighbors", [part], rows=n * K)
             publication.commit(retain=14)
             files = wh.partition_files("item_neighbors", ds)
-        before = redis_memory(urls["redis"]) if sink == "redis" else 0
+        before = redis_memory(redis_url) if sink == "redis" else 0
         started = time.perf_counter()
         result = run_handoff(cfg, ds)["sinks"][sink]
         total = time.perf_counter() - started
-        per_item = (redis_memory(urls["redis"]) - before) / n if sink == "redis" else None
+        per_item = (redis_memory(redis_url) - before) / n if sink == "redis" else None
         p50_1, p99_1 = latency(sink, str(path), n, 1, lookups, files, rate)
         p50_8, p99_8 = latency(sink, str(path), n, 8, lookups, files, rate)
-        rows.append({"n": n, "system": sink, "handoff_s": round(total, 1), "write_s": result["write_s"],
+        rows.append({"n": n, "system": system, "handoff_s": round(total, 1), "write_s": result["write_s"],
+                     "lease_ms": lease_ms(cfg, sink),
                      "rows_per_s": round(n * K / result["write_s"]), "switch_s": result["switch_s"],
                      "p50_1_ms": round(p50_1, 3), "p99_1_ms": round(p99_1, 3), "p50_8_ms": round(p50_8, 3),
                      "p99_8_ms": round(p99_8, 3), "bytes_per_item": round(per_item) if per_item else None})
@@ -241,21 +294,30 @@ def layouts(n: int, urls: dict, lookups: int) -> list[dict]:
     r = redis.Redis.from_url(urls["redis"])
     fields = lists.column("item_id").to_pylist()
     values = encode_json(lists, BY_NAME["item_neighbors"])
-    for layout in ("redis: a key per item", "redis: a hash per generation (chosen)"):
+    from lookalike.online.redis_store import BUCKETS, bucket
+
+    for layout in ("redis: a key per item", "redis: a hash per generation and table",
+                   f"redis: {BUCKETS} bucket hashes per generation and table (chosen)"):
         r.flushdb()
         before = r.info("memory")["used_memory"]
         pipe = r.pipeline(transaction=False)
         for start in range(0, n, 5000):
+            chunk = dict(zip(fields[start:start + 5000], values[start:start + 5000]))
             if layout.endswith("per item"):
-                pipe.mset({f"lay:g:1:{f}": v for f, v in zip(fields[start:start + 5000], values[start:start + 5000])})
+                pipe.mset({f"lay:g:1:{f}": v for f, v in chunk.items()})
+            elif "bucket" in layout:
+                for f, v in chunk.items():
+                    pipe.hset(f"lay:g:1:{bucket(f)}", f, v)
             else:
-                pipe.hset("lay:g:1", mapping=dict(zip(fields[start:start + 5000], values[start:start + 5000])))
-        pipe.execute()
+                pipe.hset("lay:g:1", mapping=chunk)
+            pipe.execute()
         per_item = (r.info("memory")["used_memory"] - before) / n
         started = time.perf_counter()
         if layout.endswith("per item"):
             for batch in _chunks(r.scan_iter(match="lay:g:1:*", count=5000), 5000):
                 r.unlink(*batch)
+        elif "bucket" in layout:
+            r.unlink(*(f"lay:g:1:{b}" for b in range(BUCKETS)))
         else:
             r.unlink("lay:g:1")
         removed = time.perf_counter() - started
@@ -284,6 +346,7 @@ def main() -> None:
     parser.add_argument("--layouts", action="store_true", help="also measure the layouts not chosen (smallest n)")
     parser.add_argument("--postgres-url")
     parser.add_argument("--redis-url")
+    parser.add_argument("--redis-cluster-url", help="a node of a running Redis Cluster")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
     from lookalike.tools.summary import format_table
@@ -291,7 +354,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="lookalike-handoff-bench-"))
     root.chmod(0o755)  # the PostgreSQL server runs as postgres and keeps its files below
     stops = []
-    urls = {"postgres": args.postgres_url, "redis": args.redis_url}
+    urls = {"postgres": args.postgres_url, "redis": args.redis_url, "redis cluster": args.redis_cluster_url}
     try:
         if not urls["postgres"]:
             urls["postgres"], stop = start_postgres(root / "servers")
@@ -299,13 +362,16 @@ def main() -> None:
         if not urls["redis"]:
             urls["redis"], stop = start_redis(root)
             stops.append(stop)
+        if not urls["redis cluster"]:
+            urls["redis cluster"], stop = start_redis_cluster(root / "cluster")
+            stops.append(stop)
         rows = [row for n in args.n for row in run_size(n, root, urls, args.lookups, args.rate)]
         alternatives = layouts(min(args.n), urls, args.lookups) if args.layouts else []
     finally:
         for stop in stops:
             stop()
         shutil.rmtree(root, ignore_errors=True)
-    columns = ["n", "system", "handoff_s", "rows_per_s", "switch_s", "p50_1_ms", "p99_1_ms", "p50_8_ms", "p99_8_ms",
+    columns = ["n", "system", "handoff_s", "rows_per_s", "switch_s", "lease_ms", "p50_1_ms", "p99_1_ms", "p50_8_ms", "p99_8_ms",
                "bytes_per_item"]
     print()
     print(format_table(columns, [tuple(r.get(c) for c in columns) for r in rows]))

@@ -290,6 +290,9 @@ class RedisSinkConfig:
     conn_id: str = "lookalike_redis"  # the Airflow Connection of the store (empty: never look one up)
     prefix: str = "lookalike"  # of every key Lookalike writes
     batch: int = key(5000, within="[1, inf)")  # lists per pipelined HSET
+    # seconds a writer's lease outlives its writer (renewed every third of it while the writer works): how
+    # long the next writer waits after one was killed
+    lease_ttl: int = key(30, within="[3, inf)")
     connect_timeout: int = 10  # seconds before an unreachable server fails the hand-off (transient: retried)
 
 
@@ -302,6 +305,9 @@ class ServingConfig:
     tables: str = "item_neighbors,item_neighbors_variants,user_recommendations"
     keep_generations: int = key(2, within="[2, inf)")  # generations kept per feed in each store, the live one included (rollback needs 2)
     check_sample: int = key(500, within="[0, inf)")  # lists per table read back and compared with the Parquet rows before the switch
+    # seconds a writer (hand-off, hour, rollback) waits for another writer's lease on the same feed and
+    # store before it fails as transient, naming the holder
+    lock_timeout: int = key(120, within="[0, inf)")
     postgres: PostgresSinkConfig = field(default_factory=PostgresSinkConfig)
     redis: RedisSinkConfig = field(default_factory=RedisSinkConfig)
 
@@ -320,6 +326,9 @@ class IntradayConfig:
     # When lookalike_intraday runs: a cron expression in UTC (read when the DAG file is parsed);
     # empty: only when triggered (`lookalike intraday`, or a manual run with as_of)
     schedule: str = "0 * * * *"
+    # minutes before the watermark an hour reads again, for rows committed after the last hour read
+    # with an earlier updated_at (long transactions, replica lag); re-reading changes nothing
+    lookback: int = key(10, within="[0, inf)")
 
 
 @dataclass(frozen=True)

@@ -235,35 +235,100 @@ def rest_call(base: str, method: str, path: str, body: dict | None = None, token
 REDIS_PASSWORD = "redis-" + __import__("secrets").token_hex(8)  # searched for in files and logs by tests
 
 
-@pytest.fixture(scope="session")
-def redis_url():
-    """A throwaway Redis server on a loopback port (Debian's redis-server), with a password; its URL.
-    Stopped by its PID at the end of the session."""
+def _redis_server() -> str:
     server = shutil.which("redis-server") or "/usr/bin/redis-server"
     if not Path(server).exists():
         message = "redis-server is not installed (apt-get install redis-server); .ci/run installs it"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    root = Path(tempfile.mkdtemp(prefix="lookalike-redis-"))
+    return server
+
+
+def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        return probe.getsockname()[1]
+
+
+def free_cluster_port() -> int:
+    """A free port under 55536 whose cluster bus port (10,000 higher) is free too."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 45000)
+        try:
+            with socket.socket() as one, socket.socket() as bus:
+                one.bind(("127.0.0.1", port))
+                bus.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+    pytest.fail("no free port pair for a Redis Cluster node")
+
+
+def _start_redis(server: str, root: Path, port: int, *extra: str) -> subprocess.Popen:
+    """A redis-server on loopback ``port`` with the test password, answering once this returns."""
     process = subprocess.Popen([server, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(root),
-                                "--save", "", "--appendonly", "no", "--requirepass", REDIS_PASSWORD],
+                                "--save", "", "--appendonly", "no", "--requirepass", REDIS_PASSWORD, *extra],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:
-                break
+                return process
         time.sleep(0.05)
-    else:
-        process.kill()
-        pytest.fail("redis-server did not start")
+    process.kill()
+    pytest.fail("redis-server did not start")
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A throwaway Redis server on a loopback port (Debian's redis-server), with a password; its URL.
+    Stopped by its PID at the end of the session."""
+    server = _redis_server()
+    root = Path(tempfile.mkdtemp(prefix="lookalike-redis-"))
+    port = _free_port()
+    process = _start_redis(server, root, port)
     try:
         yield f"redis://:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
     finally:
         process.terminate()
         process.wait(timeout=30)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url():
+    """A throwaway Redis Cluster of three masters on loopback ports (``redis-cli --cluster create``),
+    with a password; the URL of one of its nodes. Every node is stopped by its PID at the end."""
+    server = _redis_server()
+    root = Path(tempfile.mkdtemp(prefix="lookalike-redis-cluster-"))
+    ports, processes = [free_cluster_port() for _ in range(3)], []
+    try:
+        for port in ports:
+            (root / str(port)).mkdir()
+            processes.append(_start_redis(server, root / str(port), port, "--cluster-enabled", "yes",
+                                          "--cluster-config-file", str(root / str(port) / "nodes.conf"),
+                                          "--masterauth", REDIS_PASSWORD))
+        created = subprocess.run(["redis-cli", "-a", REDIS_PASSWORD, "--no-auth-warning", "--cluster", "create",
+                                  *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0", "--cluster-yes"],
+                                 capture_output=True, text=True, timeout=60)
+        if created.returncode != 0:
+            pytest.fail(f"redis-cli --cluster create failed: {created.stdout[-2000:]} {created.stderr[-2000:]}")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            state = subprocess.run(["redis-cli", "-a", REDIS_PASSWORD, "--no-auth-warning", "-p", str(ports[0]),
+                                    "cluster", "info"], capture_output=True, text=True).stdout
+            if "cluster_state:ok" in state:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"the Redis Cluster did not become ready: {state}")
+        yield f"redis://:{REDIS_PASSWORD}@127.0.0.1:{ports[0]}/0"
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=30)
         shutil.rmtree(root, ignore_errors=True)

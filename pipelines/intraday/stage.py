@@ -3,8 +3,9 @@
 The night builds on everything updated before its ds (00:00 UTC); ``lookalike_intraday`` runs every
 hour between nights and, as of its time ``as_of``:
 
-1. ``run_hour``: reads the listings whose ``updated_at`` is in [watermark, as_of) (``sql/extract/
-   listings_changed.sql``; the watermark is the newest finished hour's ``as_of``, or the night's cutoff),
+1. ``run_hour``: reads the listings whose ``updated_at`` is in [watermark − ``intraday.lookback``, as_of)
+   (``sql/extract/listings_changed.sql``; the watermark is the newest finished hour's ``as_of``, or the
+   night's cutoff; the lookback catches rows committed late, and a row read again changes nothing),
    validates them and their photos as the extract does, embeds the new photos with the night's served
    system, merges them into the changes since the night (:mod:`lookalike.intraday.changes`), and updates
    the night's lists with them (``lookalike.neighbors.update.update_neighbors``: the same update a night
@@ -28,7 +29,7 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -126,7 +127,8 @@ def run_hour(cfg: Config, as_of: str | None = None) -> dict:
                  as_of, night.ds, night.cutoff)
         return {"as_of": as_of, "night": night.ds, "skipped": f"before the night's cutoff {night.cutoff}"}
     before = [h for h in finished_hours(wh, night.ds) if h["as_of"] < as_of]
-    since = before[-1]["as_of"] if before else night.cutoff
+    watermark = before[-1]["as_of"] if before else night.cutoff
+    since = lookback(watermark, cfg.intraday.lookback)
     folder = _folder(wh, night.ds, as_of)
     shutil.rmtree(folder, ignore_errors=True)  # left by a killed run of this hour: never read
     folder.mkdir(parents=True)
@@ -181,7 +183,7 @@ def run_hour(cfg: Config, as_of: str | None = None) -> dict:
     (folder / TABLE).mkdir()
     write_parquet(table, folder / TABLE / "part-0.parquet")
     lap("write")
-    record = {"night": night.ds, "night_run_id": night.run_id, "as_of": as_of, "since": since,
+    record = {"night": night.ds, "night_run_id": night.run_id, "as_of": as_of, "since": since, "watermark": watermark,
               "listings_read": read, "changes_since_night": changes.num_rows, **counts, "embedded": embedded,
               "catalogue": len(ids), "fresh": int(fresh.sum()), "lists_changed": int(len(changed)),
               "lists_withdrawn": int(pc.sum(pc.equal(table.column("rank"), 0)).as_py() or 0),
@@ -195,6 +197,13 @@ def run_hour(cfg: Config, as_of: str | None = None) -> dict:
              as_of, changes.num_rows, counts["photos_decoded"], embedded, counts["quarantined"], len(changed),
              record["lists_withdrawn"], record["seconds"]["total"])
     return {k_: v for k_, v in record.items() if k_ != "neighbors"} | {"folder": str(folder)}
+
+
+def lookback(watermark: str, minutes: int) -> str:
+    """Where an hour starts reading: ``minutes`` (``intraday.lookback``) before the watermark, so a row
+    committed after the last hour read, with an ``updated_at`` before that hour's ``as_of`` (a long
+    transaction, replica lag), is still seen. A row read twice merges to the same change."""
+    return (datetime.fromisoformat(watermark) - timedelta(minutes=minutes)).strftime(FORMAT)
 
 
 def _changed_listings(cfg: Config, folder: Path, since: str, until: str) -> tuple[pd.DataFrame, list[dict], int]:

@@ -22,10 +22,10 @@ import pyarrow.compute as pc
 
 from lookalike import faults
 from lookalike.config import Config
-from lookalike.errors import LookalikeError, TransientError, classify, describe
+from lookalike.errors import BUG, TRANSIENT, LookalikeError, TransientError, classify, describe
 from lookalike.online.lists import (ITEMS, LIST_TABLES, USERS, ListTable, empty_lists, feed_tables, lists_of,
                                     same_list, sample_rows)
-from lookalike.online.store import LIVE, READY, RETIRED, WRITING, Generation
+from lookalike.online.store import LIVE, READY, RETIRED, WRITING, Generation, OnlineStore
 from lookalike.storage import Warehouse
 
 log = logging.getLogger(__name__)
@@ -41,16 +41,16 @@ class SinkFailed(TransientError):
     """One or more stores could not take the hand-off; the warehouse's tables are published all the same."""
 
 
-def open_store(cfg: Config, name: str):
+def open_store(cfg: Config, name: str) -> OnlineStore:
     """The store ``name`` (postgres | redis) of ``cfg.serving``, not yet connected."""
     if name == "postgres":
         from lookalike.online.postgres_store import PostgresStore
 
-        return PostgresStore(cfg.serving.postgres, cfg.serving.postgres.url)
+        return PostgresStore(cfg.serving.postgres, cfg.serving.postgres.url, lock_timeout=cfg.serving.lock_timeout)
     if name == "redis":
         from lookalike.online.redis_store import RedisStore
 
-        return RedisStore(cfg.serving.redis, cfg.serving.redis.url)
+        return RedisStore(cfg.serving.redis, cfg.serving.redis.url, lock_timeout=cfg.serving.lock_timeout)
     raise ValueError(f"unknown store {name!r}")
 
 
@@ -125,7 +125,11 @@ def _raise_failed(ds: str, feed: str, failed: list, results: dict) -> None:
     message = (f"handoff {ds} ({feed}) failed for {', '.join(n for n, _ in failed)}: {what}. The night is published "
                f"in the warehouse; a failed store keeps serving its live generation"
                + (f" ({served})" if served else "") + ". `lookalike serving status` shows what each store serves")
-    if all(classify(exc) != "transient" for _, exc in failed):
+    kinds = [classify(exc) for _, exc in failed]
+    if BUG in kinds:  # a bug in a store's code: its own traceback, the other stores' outcome logged
+        log.error("%s", message)
+        raise failed[kinds.index(BUG)][1]
+    if TRANSIENT not in kinds:
         raise LookalikeError(message) from failed[0][1]
     raise SinkFailed(message) from failed[0][1]
 
@@ -134,18 +138,22 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def hand_to(store, *, feed: str, ds: str, run_id: str, specs: tuple[ListTable, ...], lists: dict[str, pa.Table],
-            rows: dict[str, int], keep: int, sample: int) -> dict:
-    """Write, check and switch one store; returns what it serves now."""
+def hand_to(store: OnlineStore, *, feed: str, ds: str, run_id: str, specs: tuple[ListTable, ...],
+            lists: dict[str, pa.Table], rows: dict[str, int], keep: int, sample: int) -> dict:
+    """Write, check and switch one store, holding the feed's writer lease; returns what it serves now."""
+    with store.lease(feed):
+        return _hand_to(store, feed=feed, ds=ds, run_id=run_id, specs=specs, lists=lists, rows=rows, keep=keep,
+                        sample=sample)
+
+
+def _hand_to(store: OnlineStore, *, feed, ds, run_id, specs, lists, rows, keep, sample) -> dict:
     everything = tuple(t for t in LIST_TABLES if t.feed == feed)
     generations = store.generations(feed)
     live = next((g for g in generations if g.state == LIVE), None)
-    for dead in (g for g in generations if g.state in (WRITING, READY)):
+    for dead in (g for g in generations if g.state in (WRITING, READY)):  # no lease holds it: this one does
         log.info("handoff: %s: removing generation %d (%s), left by a hand-off that did not finish", store.name,
                  dead.number, dead.state)
         store.drop(dead.number, everything)
-    for number in store.orphans():
-        store.drop(number, everything)
     if live is not None and (live.ds, live.run_id) == (ds, run_id):
         log.info("handoff %s: %s already serves run %s as generation %d", ds, store.name, run_id, live.number)
         return _served(live, switch_s=0.0, write_s=0.0, note="already live")
@@ -206,15 +214,29 @@ def check_generation(store, number: int, specs, lists: dict, rows: dict, *, samp
     return failures
 
 
-def _retain(store, feed: str, keep: int, tables: tuple[ListTable, ...]) -> None:
-    """Keep the live generation and the newest ``keep - 1`` earlier ones; remove the rest."""
-    generations = store.generations(feed)
-    live = [g for g in generations if g.state == LIVE]
-    earlier = [g for g in generations if g.state == RETIRED]
-    for old in earlier[max(keep - len(live), 0):]:
+def _retain(store: OnlineStore, feed: str, keep: int, tables: tuple[ListTable, ...]) -> None:
+    """Keep ``keep`` generations: the live one, the one live before it (what ``serving rollback`` goes
+    back to) and then the newest earlier ones; remove the rest."""
+    generations = store.generations(feed)  # newest first
+    before = _previous(store, feed, generations)
+    kept = [g for g in generations if g.state == LIVE]
+    if before is not None:
+        kept.append(before)
+    kept += [g for g in generations if g.state == RETIRED and g not in kept][:max(keep - len(kept), 0)]
+    for old in (g for g in generations if g.state == RETIRED and g not in kept):
         store.drop(old.number, tables)
         log.info("handoff: %s: generation %d (ds %s) removed (serving.keep_generations = %d)", store.name,
                  old.number, old.ds, keep)
+
+
+def _previous(store: OnlineStore, feed: str, generations: list[Generation]) -> Generation | None:
+    """The generation that was live before the live one's switch (its history's newest entry), while the
+    store keeps it; for a store with no history yet, the newest one kept before the live one."""
+    live = next((g for g in generations if g.state == LIVE), None)
+    last = next(iter(store.history(feed)), None)
+    if live is not None and last is not None and last.generation == live.number:
+        return next((g for g in generations if g.number == last.previous and g.state == RETIRED), None)
+    return next((g for g in generations if g.state == RETIRED and (live is None or g.number < live.number)), None)
 
 
 def patch_live(cfg: Config, *, ds: str, run_id: str, as_of: str, changes) -> dict:
@@ -246,7 +268,8 @@ def patch_live(cfg: Config, *, ds: str, run_id: str, as_of: str, changes) -> dic
             sizes.update(lists=lists.num_rows, withdrawn=len(withdrawn), since=live.as_of or f"the night {live.ds}")
             return lists, withdrawn
 
-        live, refusal = store.patch(ITEMS, spec, expect=expect, changes=sized, as_of=as_of)
+        with store.lease(ITEMS):
+            live, refusal = store.patch(ITEMS, spec, expect=expect, changes=sized, as_of=as_of)
         log.info("intraday %s: %s generation %d: %s", as_of, store.name, live.number, refusal or
                  f"{sizes['lists']} lists rewritten, {sizes['withdrawn']} withdrawn (changed since {sizes['since']})")
         return {"generation": live.number, "ds": live.ds, "as_of": live.as_of if refusal else as_of, **sizes,
@@ -261,24 +284,61 @@ def patch_live(cfg: Config, *, ds: str, run_id: str, as_of: str, changes) -> dic
 # ---- what the operator and the site run ----
 
 def status(cfg: Config) -> list[dict]:
-    """For each configured store and feed: the live generation, its ds, run and age."""
+    """For each configured store and feed: the live generation, its ds, run and age; a store that
+    cannot be read gets one row per feed saying why (``error``), and the others are still shown."""
+    def read(store: OnlineStore) -> list[dict]:
+        rows = []
+        for feed in (ITEMS, USERS):
+            generations = store.generations(feed)
+            live = next((g for g in generations if g.state == LIVE), None)
+            rows.append({"sink": store.name, "feed": feed, "live": live.number if live else None,
+                         "ds": live.ds if live else None, "run_id": live.run_id if live else None,
+                         "switched_at": live.switched_at if live else None,
+                         "as_of": live.as_of if live else None,
+                         "age_hours": _age_hours(live.as_of or live.switched_at) if live else None,
+                         "kept": [g.number for g in generations if g.state == RETIRED],
+                         "store": store.display()})
+        return rows
+
+    results, failed = each_store(cfg, read)
     out = []
     for name in cfg.serving.sink_names:
+        if isinstance(results.get(name), list):
+            out += results[name]
+            continue
+        error = next((exc for sink, exc in failed if sink == name), None)
+        if error is not None and classify(error) == BUG:
+            raise error
+        out += [{"sink": name, "feed": feed, "live": None, "ds": None, "run_id": None, "switched_at": None,
+                 "as_of": None, "age_hours": None, "kept": [], "store": name, "error": describe(error)}
+                for feed in (ITEMS, USERS)]
+    return out
+
+
+def history(cfg: Config, *, feed: str = ITEMS, sinks: tuple[str, ...] = ()) -> list[dict]:
+    """Every store's switches of ``feed``, newest first: what went live, when, by whom, and what it replaced."""
+    out = []
+    for name in sinks or cfg.serving.sink_names:
         store = open_store(cfg, name)
         try:
-            for feed in (ITEMS, USERS):
-                generations = store.generations(feed)
-                live = next((g for g in generations if g.state == LIVE), None)
-                out.append({"sink": name, "feed": feed, "live": live.number if live else None,
-                            "ds": live.ds if live else None, "run_id": live.run_id if live else None,
-                            "switched_at": live.switched_at if live else None,
-                            "as_of": live.as_of if live else None,
-                            "age_hours": _age_hours(live.as_of or live.switched_at) if live else None,
-                            "kept": [g.number for g in generations if g.state == RETIRED],
-                            "store": store.display()})
+            out += [{"sink": name, **entry.to_dict()} for entry in store.history(feed)]
         finally:
             store.close()
     return out
+
+
+def init(cfg: Config, *, grant_to: str | None = None) -> list[str]:
+    """Create every configured store's layout (what the first hand-off would), with read grants for
+    ``grant_to``; returns the stores, as displayed."""
+    done = []
+    for name in cfg.serving.sink_names:
+        store = open_store(cfg, name)
+        try:
+            store.init(grant_to)
+            done.append(store.display())
+        finally:
+            store.close()
+    return done
 
 
 def _age_hours(when: str | None) -> float | None:
@@ -290,34 +350,39 @@ def _age_hours(when: str | None) -> float | None:
 
 
 def rollback(cfg: Config, *, to: int | None = None, feed: str = ITEMS, sinks: tuple[str, ...] = ()) -> list[dict]:
-    """Make an earlier generation live again: ``to``, or the newest one before the live one."""
+    """Undo the last switch: make the generation that was live before it live again (``to``: that
+    generation instead), in each store, holding the feed's writer lease."""
     out = []
     for name in sinks or cfg.serving.sink_names:
         store = open_store(cfg, name)
         try:
-            generations = store.generations(feed)
-            live = next((g for g in generations if g.state == LIVE), None)
-            kept = [g for g in generations if g.state == RETIRED and (live is None or g.number < live.number)]
-            if to is not None:
-                target = next((g for g in generations if g.number == to), None)
-                if target is None or target.state not in (RETIRED, LIVE):
-                    usable = ", ".join(str(g.number) for g in generations if g.state in (RETIRED, LIVE)) or "none"
-                    raise LookalikeError(f"serving rollback: {name} has no complete {feed} generation {to} "
-                                         f"(generations it can serve: {usable})")
-            elif not kept:
-                raise LookalikeError(f"serving rollback: {name} keeps no {feed} generation before the live one "
-                                     f"({live.number if live else 'none'}); nothing to roll back to")
-            else:
-                target = kept[0]
-            tables = tuple(t for t in LIST_TABLES if t.feed == feed and t.name in target.lists)
-            store.switch(feed, target.number, tables)
-            log.info("serving rollback: %s serves %s generation %d (ds %s) again", name, feed, target.number,
-                     target.ds)
-            out.append({"sink": name, "feed": feed, "live": target.number, "ds": target.ds,
-                        "was": live.number if live else None})
+            with store.lease(feed):
+                out.append(_roll_back(store, feed, to))
         finally:
             store.close()
     return out
+
+
+def _roll_back(store: OnlineStore, feed: str, to: int | None) -> dict:
+    generations = store.generations(feed)
+    live = next((g for g in generations if g.state == LIVE), None)
+    if to is not None:
+        target = next((g for g in generations if g.number == to), None)
+        if target is None or target.state not in (RETIRED, LIVE):
+            usable = ", ".join(str(g.number) for g in generations if g.state in (RETIRED, LIVE)) or "none"
+            raise LookalikeError(f"serving rollback: {store.name} has no complete {feed} generation {to} "
+                                 f"(generations it can serve: {usable})")
+    else:
+        target = _previous(store, feed, generations)
+        if target is None:
+            raise LookalikeError(f"serving rollback: {store.name} keeps no {feed} generation that was live before "
+                                 f"the live one ({live.number if live else 'none'}); nothing to roll back to "
+                                 "(`lookalike serving history` shows the switches)")
+    tables = tuple(t for t in LIST_TABLES if t.feed == feed and t.name in target.lists)
+    store.switch(feed, target.number, tables)
+    log.info("serving rollback: %s serves %s generation %d (ds %s) again", store.name, feed, target.number, target.ds)
+    return {"sink": store.name, "feed": feed, "live": target.number, "ds": target.ds,
+            "was": live.number if live else None}
 
 
 def similar(cfg: Config, item_id: str, *, experiment: str | None = None, user: str | None = None,

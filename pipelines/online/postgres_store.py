@@ -29,20 +29,51 @@ from lookalike import faults
 from lookalike.config import PostgresSinkConfig, redact_url
 from lookalike.errors import ConfigError, LookalikeError, TransientError
 from lookalike.online.lists import ListTable, plain_ids
-from lookalike.online.store import Generation, required_url
+from lookalike.online.store import HISTORY_KEPT, LIVE, READY, RETIRED, Generation, Switch, required_url, writer
 
 log = logging.getLogger(__name__)
 
 COPY_BATCH = 50_000  # lists rendered and sent per COPY write
 
 
+# SQLSTATE classes a retry can fix: connection exception, transaction rollback (serialization failure,
+# deadlock), insufficient resources, operator intervention (admin shutdown, crash, cannot connect now,
+# statement cancelled), system error.
+TRANSIENT_CLASSES = ("08", "40", "53", "57", "58")
+NO_GRANT = ("42501",)  # insufficient_privilege
+NO_LAYOUT = ("3F000", "42P01", "42703")  # invalid schema, undefined table, undefined column
+NO_LOGIN = ("28000", "28P01", "3D000")  # invalid authorization, wrong password, unknown database
+
+
+def failure(exc: Exception, where: str) -> Exception | None:
+    """The error a psycopg failure is reported as, by its SQLSTATE (never its text, which the server's
+    ``lc_messages`` translates): transient, a configuration error naming what to grant or create, or
+    None: not a store condition, a bug (raised as it is, traceback kept)."""
+    import psycopg
+
+    code = getattr(exc, "sqlstate", None) or ""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    if code[:2] in TRANSIENT_CLASSES or (not code and isinstance(exc, psycopg.OperationalError)):
+        return TransientError(f"{where}: {message}" + (f" (SQLSTATE {code})" if code else ""))
+    if code in NO_GRANT:
+        return ConfigError(f"{where}: {message} (SQLSTATE {code}): the role lacks a grant; docs/serving.md, "
+                           "\"Roles and grants\", lists what the writer and the site's readers need")
+    if code in NO_LAYOUT:
+        return ConfigError(f"{where}: {message} (SQLSTATE {code}): the store has no Lookalike layout yet, or an "
+                           "older one; the first hand-off or `lookalike serving init` creates it")
+    if code in NO_LOGIN:
+        return ConfigError(f"{where}: {message} (SQLSTATE {code})")
+    return None
+
+
 class PostgresStore:
     name = "postgres"
 
-    def __init__(self, cfg: PostgresSinkConfig, url: str):
+    def __init__(self, cfg: PostgresSinkConfig, url: str, *, lock_timeout: int = 120):
         url = required_url("postgres", url, cfg.conn_id, "postgresql://…")
         self.url = url.replace("postgresql+psycopg://", "postgresql://")
-        self.schema, self.timeout, self._conn = cfg.schema, cfg.connect_timeout, None
+        self.schema, self.timeout, self.lock_timeout = cfg.schema, cfg.connect_timeout, lock_timeout
+        self._conn, self._leased = None, None
 
     def display(self) -> str:
         return f"postgres {redact_url(self.url)} (schema {self.schema})"
@@ -52,15 +83,14 @@ class PostgresStore:
         import psycopg
 
         if self._conn is None or self._conn.closed:
+            if self._leased is not None:  # the lease was the lost session's: nothing more may be written
+                raise TransientError(f"serving sink postgres at {redact_url(self.url)}: the connection holding "
+                                     f"the {self._leased} lease was lost; the writer stops here and is retried")
             try:
-                self._conn = psycopg.connect(self.url, connect_timeout=self.timeout, autocommit=True)
-            except psycopg.OperationalError as exc:
-                message = str(exc).strip().splitlines()[-1] if str(exc).strip() else exc.__class__.__name__
-                if "password authentication failed" in str(exc) or "does not exist" in str(exc):
-                    raise ConfigError(f"serving sink postgres at {redact_url(self.url)}: {message}") from None
-                raise TransientError(f"serving sink postgres at {redact_url(self.url)} is unreachable: "
-                                     f"{message}") from None
-            self._ensure_schema()
+                self._conn = psycopg.connect(self.url, connect_timeout=self.timeout, autocommit=True,
+                                             application_name="lookalike")
+            except psycopg.Error as exc:
+                raise (failure(exc, f"serving sink postgres at {redact_url(self.url)}") or exc) from None
         return self._conn
 
     def close(self) -> None:
@@ -70,26 +100,32 @@ class PostgresStore:
 
     @contextlib.contextmanager
     def _cursor(self, *, transaction: bool = False):
-        """A cursor on the connection (in one transaction when asked); a lost connection is closed and
-        raised as transient, the sink named."""
+        """A cursor on the connection (in one transaction when asked); a store failure is raised as what
+        its SQLSTATE says (``failure``), the sink named; a lost connection is closed."""
         import psycopg
 
         try:
             conn = self.connect()
             with (conn.transaction() if transaction else contextlib.nullcontext()), conn.cursor() as cur:
                 yield cur
-        except psycopg.OperationalError as exc:
-            self.close()
-            raise TransientError(f"serving sink postgres at {redact_url(self.url)}: {exc}") from exc
+        except psycopg.Error as exc:
+            if self._conn is not None and self._conn.broken:
+                self.close()
+            mapped = failure(exc, f"serving sink postgres at {redact_url(self.url)}")
+            if mapped is None:
+                raise
+            raise mapped from exc
 
     def _execute(self, sql: str, params=(), *, fetch: bool = False):
         with self._cursor() as cur:
             cur.execute(sql, params)
             return cur.fetchall() if fetch else None
 
-    def _ensure_schema(self) -> None:
+    def init(self, grant_to: str | None = None) -> None:
+        """Create the schema and the bookkeeping tables (idempotent, no lock on what exists); with
+        ``grant_to``, let that role read what the site reads, now and in every later generation."""
         s = self.schema
-        with self._conn.cursor() as cur:
+        with self._cursor() as cur:
             cur.execute(f"create schema if not exists {s}")
             cur.execute(f"""create table if not exists {s}.generations (
                 generation bigserial primary key,
@@ -99,9 +135,66 @@ class PostgresStore:
                 state text not null,
                 lists jsonb,
                 created_at timestamptz not null default now(),
-                switched_at timestamptz)""")
-            cur.execute(f"alter table {s}.generations add column if not exists as_of text")
+                switched_at timestamptz,
+                as_of text)""")
+            cur.execute("select 1 from information_schema.columns where table_schema = %s "
+                        "and table_name = 'generations' and column_name = 'as_of'", (s,))
+            if cur.fetchone() is None:  # a store from before the hours
+                cur.execute(f"alter table {s}.generations add column as_of text")
             cur.execute(f"create table if not exists {s}.live (feed text primary key, generation bigint not null)")
+            cur.execute(f"""create table if not exists {s}.history (
+                id bigserial primary key,
+                feed text not null,
+                generation bigint not null,
+                ds date not null,
+                run_id text not null,
+                as_of text,
+                at timestamptz not null default now(),
+                by text not null,
+                previous bigint)""")
+            cur.execute(f"create table if not exists {s}.leases (feed text primary key, holder text not null, "
+                        f"since timestamptz not null)")
+            if grant_to:
+                from psycopg import sql
+
+                role = sql.Identifier(grant_to).as_string(cur)
+                cur.execute(f"grant usage on schema {s} to {role}")
+                cur.execute(f"grant select on all tables in schema {s} to {role}")
+                cur.execute(f"alter default privileges in schema {s} grant select on tables to {role}")
+
+    @contextlib.contextmanager
+    def lease(self, feed: str):
+        """The feed's writer lease: a session advisory lock in the store's database, held by this
+        connection (a lost connection loses it, and ``connect`` then refuses to go on)."""
+        self.init()
+        key = f"lookalike:{self.schema}:{feed}"
+        with self._cursor() as cur:
+            cur.execute(f"set lock_timeout = '{int(self.lock_timeout * 1000)}ms'")
+            try:
+                cur.execute("select pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+            except Exception as exc:
+                if getattr(exc, "sqlstate", None) != "55P03":  # lock_not_available
+                    raise
+                cur.execute(f"select holder, since from {self.schema}.leases where feed = %s", (feed,))
+                row = cur.fetchone()
+                held = f"{row[0]} since {_iso(row[1])}" if row else "a writer that has not said who yet"
+                raise TransientError(f"serving sink postgres: the {feed} feed's writer lease is held by {held}; "
+                                     f"waited {self.lock_timeout} s (serving.lock_timeout)") from None
+            finally:
+                if not self._conn.broken:
+                    cur.execute("set lock_timeout = 0")
+            cur.execute(f"insert into {self.schema}.leases (feed, holder, since) values (%s, %s, now()) "
+                        f"on conflict (feed) do update set holder = excluded.holder, since = excluded.since",
+                        (feed, writer()))
+        self._leased = feed
+        try:
+            yield
+        finally:
+            self._leased = None
+            if self._conn is not None and not self._conn.closed:
+                with contextlib.suppress(Exception):
+                    self._execute(f"delete from {self.schema}.leases where feed = %s", (feed,))
+                    self._execute("select pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
 
     # ---- generations ----
     def generations(self, feed: str) -> list[Generation]:
@@ -112,6 +205,7 @@ class PostgresStore:
                 for g, f, ds, run, state, lists, created, switched, as_of in rows]
 
     def begin(self, feed: str, ds: str, run_id: str) -> int:
+        """A new generation, ``writing``, numbered after every earlier one (run inside ``lease``)."""
         return self._execute(f"insert into {self.schema}.generations (feed, ds, run_id, state) "
                              f"values (%s, %s, %s, 'writing') returning generation", (feed, ds, run_id),
                              fetch=True)[0][0]
@@ -164,12 +258,21 @@ class PostgresStore:
         return {tuple(row[:n]): (row[n], row[n + 1]) for row in rows}
 
     def switch(self, feed: str, generation: int, tables: tuple[ListTable, ...]) -> float:
-        """Make ``generation`` the feed's live one in one transaction: the pointer row and the views.
-        Returns the seconds the transaction took."""
+        """Make ``generation`` the feed's live one in one transaction: the pointer row, the states, the
+        views and a history entry; only if it is complete (ready, or kept after being live). Returns the
+        seconds the transaction took."""
         s = self.schema
         started = time.perf_counter()
         with self._cursor(transaction=True) as cur:
             cur.execute(f"lock table {s}.live in exclusive mode")
+            cur.execute(f"select state, ds::text, run_id, as_of from {s}.generations "
+                        f"where generation = %s and feed = %s for update", (generation, feed))
+            target = cur.fetchone()
+            if target is None or target[0] not in (READY, RETIRED, LIVE):
+                raise LookalikeError(f"serving sink postgres: {feed} generation {generation} is "
+                                     f"{'gone' if target is None else target[0]}; only a complete one is switched to")
+            cur.execute(f"select generation from {s}.live where feed = %s", (feed,))
+            previous = (cur.fetchone() or (None,))[0]
             cur.execute(f"update {s}.generations set state = 'retired' where feed = %s and state = 'live'", (feed,))
             cur.execute(f"update {s}.generations set state = 'live', switched_at = now() where generation = %s",
                         (generation,))
@@ -177,19 +280,33 @@ class PostgresStore:
                         f"do update set generation = excluded.generation", (feed, generation))
             for spec in tables:
                 cur.execute(f"create or replace view {s}.{spec.name} as select * from {self._table(spec, generation)}")
+            cur.execute(f"insert into {s}.history (feed, generation, ds, run_id, as_of, by, previous) "
+                        f"values (%s, %s, %s, %s, %s, %s, %s)", (feed, generation, *target[1:], writer(),
+                                                                 previous if previous != generation else None))
+            cur.execute(f"delete from {s}.history where feed = %s and id <= (select id from {s}.history "
+                        f"where feed = %s order by id desc offset %s limit 1)", (feed, feed, HISTORY_KEPT))
             faults.point("handoff.postgres_in_switch")
         return time.perf_counter() - started
+
+    def history(self, feed: str) -> list[Switch]:
+        rows = self._execute(f"select feed, generation, ds::text, run_id, as_of, at, by, previous "
+                             f"from {self.schema}.history where feed = %s order by id desc", (feed,), fetch=True)
+        return [Switch(f, g, ds, run, as_of, _iso(at), by, previous) for f, g, ds, run, as_of, at, by, previous in rows]
 
     def patch(self, feed: str, spec: ListTable, *, expect, changes, as_of: str) -> tuple[Generation | None, str]:
         """Rewrite the lists and remove the withdrawn keys that ``changes(live)`` gives, in the live generation's
         table, in one transaction that also records ``as_of``, when ``expect(live)`` (the live generation, under
         the lock a switch takes) says so; its refusal is returned with the generation and nothing is written.
-        The rewritten lists are checked inside the transaction; a mismatch rolls everything back."""
+        The rewritten lists are checked inside the transaction; a mismatch rolls everything back. The
+        live generation's row is read locked (``for update``), so its ``as_of`` is compared with this hour's
+        under the lock."""
         s = self.schema
         with self._cursor(transaction=True) as cur:
             cur.execute(f"lock table {s}.live in share row exclusive mode")  # a switch waits; readers do not
             cur.execute(f"select l.generation from {s}.live l where l.feed = %s", (feed,))
             row = cur.fetchone()
+            if row is not None:
+                cur.execute(f"select 1 from {s}.generations where generation = %s for update", (row[0],))
             live = next((g for g in self.generations(feed) if row and g.number == row[0]), None)
             refusal = expect(live)
             if refusal:
@@ -215,11 +332,6 @@ class PostgresStore:
                                   f"{len(withdrawn)} withdrawn; rolled back")
             cur.execute(f"update {s}.generations set as_of = %s where generation = %s", (as_of, live.number))
         return live, ""
-
-    def orphans(self) -> list[int]:
-        """None here: a generation is one row, inserted before its tables (in Redis a number can lose its
-        metadata to a killed writer)."""
-        return []
 
     def drop(self, generation: int, tables: tuple[ListTable, ...]) -> None:
         for spec in tables:

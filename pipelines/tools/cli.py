@@ -257,22 +257,46 @@ def cmd_serving(args) -> int:
         raise LookalikeError("no online store is configured: set serving.sinks (postgres, redis) and their URLs "
                              "(docs/serving.md)")
     if args.action == "status":
-        rows = handoff.status(cfg)
+        return _serving_status(handoff.status(cfg), args.format)
+    if args.action == "history":
+        rows = handoff.history(cfg, feed=args.feed, sinks=(args.sink,) if args.sink else ())
         if args.format == "json":
             print(json.dumps(rows, indent=2))
             return 0
-        print(format_table(["sink", "feed", "live generation", "ds", "run", "switched at", "hour applied",
-                            "age (h)", "kept"],
-                           [(r["sink"], r["feed"], r["live"], r["ds"], r["run_id"], r["switched_at"],
-                             r["as_of"] or "-", r["age_hours"], ",".join(map(str, r["kept"])) or "-") for r in rows]))
-        for store in sorted({r["store"] for r in rows}):
-            print(f"  {store}")
+        print(format_table(["sink", "feed", "at", "generation", "ds", "run", "hour", "replaced", "by"],
+                           [(r["sink"], r["feed"], r["at"], r["generation"], r["ds"], r["run_id"], r["as_of"] or "-",
+                             r["previous"] if r["previous"] is not None else "-", r["by"]) for r in rows]))
+        return 0
+    if args.action == "init":
+        for store in handoff.init(cfg, grant_to=args.grant):
+            print(f"{store}: ready" + (f"; {args.grant} may read it" if args.grant else ""))
         return 0
     if args.to is not None and args.sink is None and len(cfg.serving.sink_names) > 1:
         raise LookalikeError("--to names one store's generation: give --sink too (generation numbers are per store)")
     for r in handoff.rollback(cfg, to=args.to, feed=args.feed, sinks=(args.sink,) if args.sink else ()):
         print(f"{r['sink']}: {r['feed']} now serves generation {r['live']} (ds {r['ds']}); it served {r['was']}")
     return 0
+
+
+def _serving_status(rows: list[dict], form: str) -> int:
+    """Print what every store serves; a store that could not be read is marked, and the exit status is
+    then 75 (transient) so a monitor sees it."""
+    from lookalike.errors import EXIT_STATUS, TRANSIENT
+    from lookalike.tools.summary import format_table
+
+    if form == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_table(["sink", "feed", "live generation", "ds", "run", "switched at", "hour applied",
+                            "age (h)", "kept"],
+                           [(r["sink"], r["feed"], "UNREACHABLE" if "error" in r else r["live"], r["ds"], r["run_id"],
+                             r["switched_at"], r["as_of"] or "-", r["age_hours"], ",".join(map(str, r["kept"])) or "-")
+                            for r in rows]))
+        for store in sorted({r["store"] for r in rows if "error" not in r}):
+            print(f"  {store}")
+        for r in {r["sink"]: r for r in rows if "error" in r}.values():
+            print(f"  {r['sink']}: could not be read: {r['error']}")
+    return EXIT_STATUS[TRANSIENT] if any("error" in r for r in rows) else 0
 
 
 def cmd_intraday(args) -> int:
@@ -420,15 +444,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_similar)
 
-    p = sub.add_parser("serving", help="the online stores: status (what each serves, how old), rollback "
-                       "[--to GENERATION] (an earlier generation live again)")
-    p.add_argument("action", choices=["status", "rollback"])
+    p = sub.add_parser("serving", help="the online stores: status (what each serves, how old), history (the "
+                       "switches), rollback [--to GENERATION] (undo the last switch), init [--grant ROLE] (create "
+                       "the layout; ROLE may read it)")
+    p.add_argument("action", choices=["status", "history", "rollback", "init"])
     p.add_argument("--config")
     p.add_argument("--to", type=int, metavar="GENERATION", help="rollback: this generation (default: the one "
-                                                                 "before the live one)")
-    p.add_argument("--sink", choices=["postgres", "redis"], help="rollback: this store only (default: every one)")
+                                                                 "live before the last switch)")
+    p.add_argument("--sink", choices=["postgres", "redis"], help="rollback, history: this store only (default: "
+                                                                  "every one)")
     p.add_argument("--feed", choices=["items", "users"], default="items",
-                   help="rollback: the item lists (default) or the user recommendations")
+                   help="rollback, history: the item lists (default) or the user recommendations")
+    p.add_argument("--grant", metavar="ROLE", help="init: the PostgreSQL role the site reads as (SELECT only)")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_serving)
 

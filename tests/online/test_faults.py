@@ -53,7 +53,7 @@ def _store_contents(cfg, sink: str, postgres_url: str) -> set[str]:
     ("redis", "handoff.redis_mid_write"), ("redis", "handoff.before_check"), ("redis", "handoff.before_switch"),
 ])
 def test_a_killed_handoff_changes_nothing_live_and_a_rerun_converges(online, postgres_url, sink, point):
-    cfg = online(sinks=sink, redis={"batch": 100})  # 30 pipelined batches: the kill lands mid-write
+    cfg = online(sinks=sink, redis={"batch": 100, "lease_ttl": 3})  # many pipelined batches: the kill lands mid-write
     wh = Warehouse.of(cfg)
     nights = {ds: night_tables(ds, items=3000, k=10, seed=i) for i, ds in enumerate((FIRST, SECOND))}
     publish_night(wh, FIRST, nights[FIRST])
@@ -83,8 +83,9 @@ def test_a_killed_handoff_changes_nothing_live_and_a_rerun_converges(online, pos
     kept = {g.number for g in generations}
     held = _store_contents(cfg, sink, postgres_url)
     if sink == "postgres":
-        assert held == {"generations", "live"} | {f"{t}_g{g}" for t in ("item_neighbors", "item_neighbors_variants")
-                                                  for g in kept}
+        assert held == {"generations", "live", "history", "leases"} | {
+            f"{t}_g{g}" for t in ("item_neighbors", "item_neighbors_variants") for g in kept}
     else:
-        numbers = {int(k.split(":")[2]) for k in held if k.split(":")[1] == "g"}
-        assert numbers == kept
+        data = {int(k.split(":")[2]) for k in held if k.split(":")[1] == "g"}
+        meta = {int(k.split(":")[3]) for k in held if k.split(":")[1:3] == ["{items}", "g"]}
+        assert data == meta == kept

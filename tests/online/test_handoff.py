@@ -143,13 +143,15 @@ def test_only_keep_generations_stay_in_each_store(online, postgres_url):
     schema = cfg.serving.postgres.schema
     with psycopg.connect(postgres_url.replace("+psycopg", "")) as conn:
         names = {r[0] for r in conn.execute("select tablename from pg_tables where schemaname = %s", (schema,))}
-    assert names == {"generations", "live"} | {f"{t}_g{g}" for t in ("item_neighbors", "item_neighbors_variants")
-                                               for g in (2, 3)}
+    assert names == {"generations", "live", "history", "leases"} | {
+        f"{t}_g{g}" for t in ("item_neighbors", "item_neighbors_variants") for g in (2, 3)}
     import redis
 
     r = redis.Redis.from_url(cfg.serving.redis.url)
     keys = {k.decode() for k in r.scan_iter(match=f"{cfg.serving.redis.prefix}:*")}
-    assert not [k for k in keys if k.startswith(f"{cfg.serving.redis.prefix}:g:1")]
+    prefix = cfg.serving.redis.prefix
+    assert not [k for k in keys if k.startswith((f"{prefix}:g:1:", f"{prefix}:{{items}}:g:1"))]
+    assert {k for k in keys if k.startswith(f"{prefix}:g:3:item_neighbors:")}  # the live one's buckets
 
 
 @pytest.mark.parametrize("sink", ["postgres", "redis"])
