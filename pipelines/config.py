@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from lookalike.errors import ConfigError
+from lookalike import tables
 from lookalike.systems import PRODUCTION, SERVE_NAMES
 from lookalike.workarea import default_root
 
@@ -548,14 +549,13 @@ def _check_values(config: Config) -> None:
 
 
 SINKS = ("postgres", "redis")  # serving.sinks
-HANDED_OFF = ("item_neighbors", "item_neighbors_variants", "user_recommendations")  # serving.tables
 _SINK_SCHEMES = {"postgres": ("postgresql", "postgres"), "redis": ("redis", "rediss", "unix")}
 
 
 def _check_serving(config: Config) -> None:
     serving = config.serving
     for key, names, allowed in (("serving.sinks", serving.sink_names, SINKS),
-                                ("serving.tables", serving.table_names, HANDED_OFF)):
+                                ("serving.tables", serving.table_names, tables.HANDED_OFF)):
         unknown = [name for name in names if name not in allowed]
         if unknown:
             raise ConfigError(f"{key}: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(allowed)}")

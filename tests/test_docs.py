@@ -80,8 +80,9 @@ def _cli() -> dict[str, set[str] | None]:
 
 
 def _commands(text: str):
-    """(verb, the word after it) of every ``lookalike …`` command in code: fenced blocks and `spans`."""
-    blocks = re.findall(r"```.*?```", text, flags=re.S)
+    """(verb, the word after it) of every ``lookalike …`` command in code: fenced blocks (but SQL, where
+    ``lookalike`` is the schema) and `spans`."""
+    blocks = re.findall(r"```(?!sql\n).*?```", text, flags=re.S)
     spans = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
     for code in blocks + spans:
         for m in re.finditer(r"(?:^|[\s/(])lookalike ([a-z][\w-]*(?:\|[a-z][\w-]*)*)(?: ([a-z][\w-]*))?", code, re.M):

@@ -20,6 +20,8 @@ import pyarrow.compute as pc
 
 from lookalike import schemas
 from lookalike.neighbors.output import positions_in
+from lookalike.neighbors.update import ATTRIBUTES  # what the night's filters read
+from lookalike.online.lists import list_text
 
 # One row per item changed since the night: its latest state.
 CHANGES = pa.schema([
@@ -30,7 +32,6 @@ CHANGES = pa.schema([
     pa.field("reason", pa.string()),  # why the item is out of the catalogue, when it was rejected
     pa.field("embedding", pa.list_(pa.float32())),  # null unless listed
 ])
-ATTRIBUTES = ("status", "category", "seller_id", "image_sha256")  # what the night's filters read
 
 
 def merged(earlier: pa.Table, latest: pa.Table) -> pa.Table:
@@ -89,9 +90,7 @@ def since(now: tuple[pa.Table, pa.Array], then: tuple[pa.Table, pa.Array]) -> tu
     newly withdrawn). Each is (lists: item_id, ids, scores; the withdrawn item ids), as an hour serves them; the
     hours' lists only grow, so nothing of ``then`` goes back to the night's."""
     def signature(lists: pa.Table) -> pa.Table:
-        text = pc.binary_join_element_wise(pc.binary_join(lists.column("ids"), ","),
-                                           pc.binary_join(pc.cast(lists.column("scores"), pa.list_(pa.string())), ","),
-                                           "|")
+        text = list_text(lists, ids=("", ",", ""), scores=("", ",", ""), between="|")
         return pa.table({"item_id": lists.column("item_id"), "signature": text})
 
     joined = signature(now[0]).join(signature(then[0]), "item_id", join_type="left outer", right_suffix="_then")

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 # The settings a kept list depends on: any change rebuilds in full.
 SETTINGS = ("k", "margin", "index", "recall_target", "exact_max_items", "memory_budget_mb", "same_category",
             "exclude_same_seller", "drop_same_image", "seed")
-ATTRIBUTES = ("status", "category", "seller_id", "image_sha256")  # a change makes an item fresh
+ATTRIBUTES = ("status", "category", "seller_id", "image_sha256")  # what the filters read: a change makes an item fresh
 
 
 def settings_of(ncfg: NeighborsConfig) -> dict:

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from lookalike import faults
 from lookalike.config import Config
 from lookalike.errors import BUG, TRANSIENT, LookalikeError, TransientError, classify, describe
-from lookalike.online.lists import (ITEMS, LIST_TABLES, USERS, ListTable, empty_lists, feed_tables, lists_of,
+from lookalike.online.lists import (BY_NAME, ITEMS, LIST_TABLES, USERS, ListTable, empty_lists, feed_tables, lists_of,
                                     same_list, sample_rows)
 from lookalike.online.store import LIVE, READY, RETIRED, WRITING, Generation, OnlineStore
 from lookalike.storage import Warehouse
@@ -247,7 +247,7 @@ def patch_live(cfg: Config, *, ds: str, run_id: str, as_of: str, changes) -> dic
     A store that serves a newer night is left alone (that night's own hours follow); one that still serves
     an older night has not taken the night's hand-off yet: a transient failure, retried. A store that already
     holds this hour or a later one is left as it is, so a retried or late hour never goes back in time."""
-    spec = next(t for t in LIST_TABLES if t.name == "item_neighbors")
+    spec = BY_NAME["item_neighbors"]
 
     def expect(live: Generation | None) -> str:
         if live is None or live.ds < ds or (live.ds == ds and live.run_id != run_id):
@@ -416,7 +416,7 @@ def live_modules(cfg: Config, experiment: str, variants: list[str], items: list[
     """(store, variant → item → the first ``slots`` ids) of an experiment's arms, each list looked up
     in the store's live generation one item at a time, as the site does."""
     name = sink or cfg.serving.sink_names[0]
-    spec = next(t for t in LIST_TABLES if t.name == "item_neighbors_variants")
+    spec = BY_NAME["item_neighbors_variants"]
     store = open_store(cfg, name)
     modules: dict[str, dict[str, list[str]]] = {variant: {} for variant in variants}
     try:
@@ -439,7 +439,7 @@ def _table_and_key(cfg: Config, item_id: str, experiment: str | None, user: str 
     if experiment is None:
         if user is not None:
             raise LookalikeError("--user picks an experiment arm: give --experiment NAME too")
-        return next(t for t in LIST_TABLES if t.name == "item_neighbors"), (item_id,), None
+        return BY_NAME["item_neighbors"], (item_id,), None
     if user is None:
         raise LookalikeError("--experiment needs --user USER_ID: the arm is the user's")
     wh = Warehouse.of(cfg)
@@ -452,4 +452,4 @@ def _table_and_key(cfg: Config, item_id: str, experiment: str | None, user: str 
     arms = tuple(Arm(r["variant"], r["serve"], r["share"], r["bucket_low"], r["bucket_high"], r["is_control"])
                  for r in sorted(rows, key=lambda r: r["bucket_low"]))
     variant = Experiment(experiment, rows[0]["salt"], arms, "", "").variant_of(user)
-    return next(t for t in LIST_TABLES if t.name == "item_neighbors_variants"), (experiment, variant, item_id), variant
+    return BY_NAME["item_neighbors_variants"], (experiment, variant, item_id), variant

@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lookalike import tables
+
 ITEMS, USERS = "items", "users"  # the feeds: what one DAG's publish hands off together
 
 
@@ -33,11 +35,7 @@ class ListTable:
         return ":".join(key)
 
 
-LIST_TABLES = (
-    ListTable("item_neighbors", ITEMS, ("item_id",), "neighbor_id"),
-    ListTable("item_neighbors_variants", ITEMS, ("experiment", "variant", "item_id"), "neighbor_id"),
-    ListTable("user_recommendations", USERS, ("user_id",), "item_id"),
-)
+LIST_TABLES = tuple(ListTable(t.name, t.feed, t.keys[:-1], t.member) for t in tables.TABLES if t.feed)
 BY_NAME = {t.name: t for t in LIST_TABLES}
 LIST_SCHEMA_TAIL = [pa.field("ids", pa.list_(pa.string())), pa.field("scores", pa.list_(pa.float32()))]
 
@@ -103,17 +101,27 @@ def plain_ids(lists: pa.Table, spec: ListTable) -> bool:
     return True
 
 
-def _joined(column, separator: str) -> pa.Array:
-    return pc.binary_join(column, separator)
+def list_text(lists: pa.Table, *, ids: tuple[str, str, str], scores: tuple[str, str, str], between: str,
+              quote: str = "") -> pa.Array:
+    """Each list as one string, by Arrow's string kernels (not row by row): its ids, each in ``quote``,
+    joined as ``ids`` = (before, separator, after), then ``between``, then its scores (float32 as the
+    shortest text) as ``scores``. The JSON Redis holds, PostgreSQL's COPY text and the hours' list
+    signatures are each one call of this."""
+    id_lists = lists.column("ids")
+    inner = pc.binary_join(id_lists, quote + ids[1] + quote)
+    if quote:  # an empty list has no quotes either
+        inner = pc.if_else(pc.equal(pc.list_value_length(id_lists), 0), "",
+                           pc.binary_join_element_wise(quote, inner, quote, ""))
+    id_text = pc.binary_join_element_wise(ids[0], inner, ids[2], "")
+    score_text = pc.binary_join_element_wise(
+        scores[0], pc.binary_join(pc.cast(lists.column("scores"), pa.list_(pa.string())), scores[1]), scores[2], "")
+    return pc.binary_join_element_wise(id_text, score_text, between)
 
 
 def encode_json(lists: pa.Table, spec: ListTable) -> list[str]:
     """Each list's JSON value, ``[[ids…],[scores…]]``, in the table's row order."""
     if plain_ids(lists, spec):
-        ids = _joined(lists.column("ids"), '","')
-        ids = pc.if_else(pc.equal(pc.list_value_length(lists.column("ids")), 0), "", pc.binary_join_element_wise('"', ids, '"', ""))
-        scores = _joined(pc.cast(lists.column("scores"), pa.list_(pa.string())), ",")
-        return pc.binary_join_element_wise("[[", ids, "],[", scores, "]]", "").to_pylist()
+        return list_text(lists, ids=("[[", ",", "]"), scores=("[", ",", "]]"), between=",", quote='"').to_pylist()
     return [f'[{json.dumps(ids, separators=(",", ":"))},[{",".join(str(np.float32(s)) for s in scores)}]]'
             for ids, scores in zip(lists.column("ids").to_pylist(), lists.column("scores").to_pylist())]
 

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from lookalike import faults
 from lookalike.config import PostgresSinkConfig, redact_url
 from lookalike.errors import ConfigError, LookalikeError, TransientError
-from lookalike.online.lists import ListTable, plain_ids
+from lookalike.online.lists import ListTable, list_text, plain_ids
 from lookalike.online.store import HISTORY_KEPT, LIVE, READY, RETIRED, Generation, Switch, required_url, writer
 
 log = logging.getLogger(__name__)
@@ -354,8 +354,6 @@ def _iso(value) -> str | None:
 def _copy_text(lists: pa.Table, spec: ListTable) -> bytes:
     """COPY's text format for lists whose ids need no quoting (``plain_ids``): one line per list,
     ``key<TAB>…{id1,id2}<TAB>{0.93,0.91}``, rendered by Arrow's string kernels, not row by row."""
-    ids = pc.binary_join_element_wise("{", pc.binary_join(lists.column("ids"), ","), "}", "")
-    scores = pc.binary_join_element_wise(
-        "{", pc.binary_join(pc.cast(lists.column("scores"), pa.list_(pa.string())), ","), "}", "")
-    line = pc.binary_join_element_wise(*(lists.column(k) for k in spec.keys), ids, scores, "\t")
+    arrays = list_text(lists, ids=("{", ",", "}"), scores=("{", ",", "}"), between="\t")
+    line = pc.binary_join_element_wise(*(lists.column(k) for k in spec.keys), arrays, "\t")
     return ("\n".join(line.to_pylist()) + "\n").encode() if len(line) else b""

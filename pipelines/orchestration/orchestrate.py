@@ -11,6 +11,8 @@ import os
 import re
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from lookalike.config import CONFIG_ENV, Config
@@ -81,16 +83,30 @@ def prepare_airflow(cfg: Config, config_path: str | None = None) -> None:
             raise DagRunFailed(f"`airflow {' '.join(step[:2])}` failed; see {log_path}")
 
 
-def run_pipeline(cfg: Config, ds: str, *, config_path: str | None = None, echo=print) -> list[Path]:
-    """Run every DAG of :data:`PIPELINE` for ``ds``; returns their log files. Raises DagRunFailed."""
+@dataclass(frozen=True)
+class Timing:
+    """Where ``lookalike run``'s time went: a task, or Airflow's own work around a DAG's tasks."""
+    dag_id: str
+    task: str  # a task id, or "(airflow)": starting the DAG run before its first task and finishing after its last
+    seconds: float
+
+
+def run_pipeline(cfg: Config, ds: str, *, config_path: str | None = None, echo=print,
+                 timings: list[Timing] | None = None) -> list[Path]:
+    """Run every DAG of :data:`PIPELINE` for ``ds``; returns their log files, and appends where the time went
+    to ``timings``. Raises DagRunFailed."""
+    started = time.monotonic()
     prepare_airflow(cfg, config_path)
-    return [run_dag(cfg, ds, config_path=config_path, dag_id=dag_id, last_task=last_task, echo=echo)
+    if timings is not None:
+        timings.append(Timing("(all)", "(airflow db migrate, pools)", round(time.monotonic() - started, 1)))
+    return [run_dag(cfg, ds, config_path=config_path, dag_id=dag_id, last_task=last_task, echo=echo, timings=timings)
             for dag_id, last_task in PIPELINE]
 
 
 def run_dag(cfg: Config, ds: str, *, config_path: str | None = None, dag_id: str = "lookalike_nightly",
-            last_task: str = "publish", echo=print) -> Path:
-    """Run ``dag_id`` for ``ds`` with ``airflow dags test``; returns the log file. Raises DagRunFailed.
+            last_task: str = "publish", echo=print, timings: list[Timing] | None = None) -> Path:
+    """Run ``dag_id`` for ``ds`` with ``airflow dags test``; returns the log file, and appends each task's
+    seconds (and Airflow's around them) to ``timings``. Raises DagRunFailed.
 
     Airflow's metadata database must exist (:func:`prepare_airflow`)."""
     # No one answers an approval on the console: a night the drift gate refuses fails publish, as on the CLI
@@ -99,6 +115,7 @@ def run_dag(cfg: Config, ds: str, *, config_path: str | None = None, dag_id: str
     log_path.parent.mkdir(parents=True, exist_ok=True)
     echo(f"{dag_id}:")
     finished_ok, tasks_done, recent = False, set(), []
+    began, task_started, spent = time.monotonic(), {}, {}
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen([_airflow_bin(), "dags", "test", dag_id, ds], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -111,9 +128,17 @@ def run_dag(cfg: Config, ds: str, *, config_path: str | None = None, dag_id: str
                 recent = (recent + [shown])[-5:]  # a traceback repeats the error line: show it once
             if "DagRun Finished" in line and "state=success" in line:
                 finished_ok = True
+            if "[DAG TEST] starting task_id=" in line:
+                task_started[line.split("task_id=")[1].split()[0]] = time.monotonic()
             if "[DAG TEST] end task task_id=" in line:
-                tasks_done.add(line.split("task_id=")[1].split()[0])
+                task = line.split("task_id=")[1].split()[0]
+                tasks_done.add(task)
+                if task in task_started:
+                    spent[task] = round(time.monotonic() - task_started[task], 1)
         rc = proc.wait()
+    if timings is not None:
+        timings += [Timing(dag_id, task, seconds) for task, seconds in spent.items()]
+        timings.append(Timing(dag_id, "(airflow)", round(time.monotonic() - began - sum(spent.values()), 1)))
     if rc != 0 or not finished_ok:
         raise DagRunFailed(f"DAG {dag_id} failed for ds={ds}; the full Airflow log is {log_path}")
     if last_task not in tasks_done:  # e.g. a ds before the DAG's start_date: Airflow skips every task

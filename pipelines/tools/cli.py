@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import sys
+import time
 from datetime import date, datetime, timezone
 from pathlib import Path
 
@@ -60,10 +61,23 @@ def cmd_run(args) -> int:
     dags = [dag_id for dag_id, _ in PIPELINE]
     print(f"Running {', '.join(dags[:-1])} and {dags[-1]} for ds={ds} through Airflow "
           f"(logs: {cfg.airflow.home}/logs/) …", flush=True)
-    run_pipeline(cfg, ds, config_path=args.config, echo=lambda line: print(line, flush=True))
+    started, timings = time.monotonic(), []
+    run_pipeline(cfg, ds, config_path=args.config, echo=lambda line: print(line, flush=True), timings=timings)
     print()
     print(run_summary(cfg, ds, config_path=args.config))
+    print()
+    print(_where_the_time_went(timings, time.monotonic() - started))
     return 0
+
+
+def _where_the_time_went(timings, total: float) -> str:
+    """The run's wall time by task, slowest first, with Airflow's own share of it."""
+    from lookalike.tools.summary import format_table
+
+    rows = sorted(timings, key=lambda t: -t.seconds)
+    return (f"Where the time went ({total:.0f} s in all; `(airflow)`: starting each DAG run and finishing it, "
+            "around its tasks):\n" + format_table(["dag", "task", "seconds", "share"], [
+                (t.dag_id, t.task, f"{t.seconds:.1f}", f"{t.seconds / total:.0%}") for t in rows if t.seconds >= 0.5]))
 
 
 def _default_ds(cfg) -> str:

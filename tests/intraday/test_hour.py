@@ -8,6 +8,8 @@ with an updated_at before that hour's as_of, is applied by the next hour (intrad
 import sqlite3
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 
 from lookalike.embed.stage import run_embed
 from lookalike.extract.stage import run_extract
@@ -26,7 +28,10 @@ def test_an_hour_lists_new_listings_and_drops_sold_ones_everywhere_as_the_next_n
     hour = run_hour(cfg, HOUR)
     assert hour["night"] == DS and hour["watermark"] == f"{DS}T00:00:00"
     assert hour["since"] == lookback(f"{DS}T00:00:00", cfg.intraday.lookback) < hour["watermark"]
-    assert hour["embedded"] >= 1 and hour["quarantined"] == 1 and hour["lists_changed"] > len(changed["new"])
+    assert hour["embedded"] >= 1 and hour["lists_changed"] > len(changed["new"])
+    # the broken photo is quarantined (with any row of the lookback the night quarantined too: read again)
+    rejected = pq.read_table(Path(hour["folder"]) / "changes.parquet", columns=["item_id", "reason"]).to_pylist()
+    assert {"broken"} <= {r["item_id"] for r in rejected if r["reason"]} and hour["quarantined"] >= 1
     assert publish_hour(cfg, HOUR)["rows"] == hour["rows"]
     served = handoff_hour(cfg, HOUR)
     assert {sink: result["as_of"] for sink, result in served["sinks"].items()} == {"postgres": HOUR, "redis": HOUR}
@@ -53,7 +58,7 @@ def test_a_listing_committed_after_an_hour_ran_with_an_earlier_updated_at_is_app
     late = f"{DS}T09:58:00"  # before the 10:00 hour's as_of, committed after it ran (a long transaction)
     with sqlite3.connect(Path(cfg.source.url.removeprefix("sqlite:///"))) as con:
         row = con.execute("select title, description, category, brand, price, image_key from listings "
-                          "where status = 'on_sale' and image_key is not null order by item_id limit 1").fetchone()
+                          "where status = 'on_sale' and item_id != 'broken' order by item_id limit 1").fetchone()
         con.execute("insert into listings values ('late001', ?, ?, ?, ?, ?, 'on_sale', 's7777', ?, ?, ?)",
                     (*row[:5], row[5], late, late))
     assert "late001" not in live_lists(cfg)
