@@ -10,7 +10,7 @@ import logging
 import os
 from datetime import date
 
-from lookalike.config import load_config
+from lookalike.config import Config, load_config
 from lookalike.errors import BAD_INPUT, TRANSIENT, LookalikeError, classify, describe
 from lookalike.orchestration.jobs import STAGES
 
@@ -76,7 +76,35 @@ def _triggering_ds(context: dict) -> str | None:
 def environ_for(context: dict) -> dict[str, str]:
     """The task's environment with the run's params (``window_days``, ``k``, ``accept_drift``) as config overrides,
     and the credentials of the configured Airflow Connections (pipelines/orchestration/connections.py), which
-    this task's own process gets too (boto3 reads the object store's from os.environ)."""
+    this task's own process gets too (boto3 reads the object store's from os.environ). Resolved once per task
+    try (``_resolved``)."""
+    return _resolved(context)[0]
+
+
+def config_for(context: dict) -> Config:
+    """The config, with the run's params applied as overrides (loaded once per task try)."""
+    return _resolved(context)[1]
+
+
+_RESOLVED: dict[tuple, tuple[dict, Config]] = {}
+
+
+def _resolved(context: dict) -> tuple[dict[str, str], Config]:
+    """(environment, config) of the running task try: the Connections looked up and the process's environment
+    set once, however many times a task asks. A context without a task instance is resolved every time."""
+    ti = context.get("ti")
+    key = tuple(getattr(ti, name, None) for name in ("dag_id", "run_id", "task_id", "map_index", "try_number"))
+    if ti is None or key not in _RESOLVED:
+        environ = _environ(context)
+        resolved = (environ, load_config(environ=environ))
+        if ti is None:
+            return resolved
+        _RESOLVED.clear()  # one task at a time in a process
+        _RESOLVED[key] = resolved
+    return _RESOLVED[key]
+
+
+def _environ(context: dict) -> dict[str, str]:
     from lookalike.orchestration import lineage
     from lookalike.orchestration.connections import airflow_environ, apply_to_process
 
@@ -88,11 +116,6 @@ def environ_for(context: dict) -> dict[str, str]:
     apply_to_process(environ)
     lineage.remember(environ)  # the datasets of the task's COMPLETE lineage event, where they live
     return environ
-
-
-def config_for(context: dict):
-    """The config, with the run's params applied as overrides."""
-    return load_config(environ=environ_for(context))
 
 
 def _annotate_outlets(context: dict, extra_of) -> None:
@@ -124,8 +147,7 @@ def _launched(context: dict, stage: str, ds: str | None = None) -> tuple[str, di
     ``ds``: the run's partition date unless given."""
     from lookalike.orchestration.launch import run_stage
 
-    environ, ds = environ_for(context), ds or partition_date(context)
-    cfg = load_config(environ=environ)
+    (environ, cfg), ds = _resolved(context), ds or partition_date(context)
     return ds, run_stage(cfg, stage, ds, lambda: STAGES[stage].run(cfg, ds), environ)
 
 

@@ -92,7 +92,7 @@ def test_a_server_that_ends_the_session_is_transient_and_a_bug_keeps_its_traceba
             handoff.status(sole)
 
 
-def test_a_select_only_role_reads_lists_and_status_and_cannot_write(online, postgres_url, capsys):
+def test_a_select_only_role_reads_lists_and_status_and_cannot_write(online, postgres_url, capsys, monkeypatch):
     site = "site_" + uuid.uuid4().hex[:8]
     with psycopg.connect(postgres_url.replace("+psycopg", ""), autocommit=True) as admin:
         admin.execute(f"create role {site} login password 'site-password'")
@@ -114,17 +114,21 @@ def test_a_select_only_role_reads_lists_and_status_and_cannot_write(online, post
     handoff.run_handoff(cfg, DS)
     capsys.readouterr()
 
-    reader = load_config(_path(cfg), environ=as_site)
-    found = handoff.similar(reader, "item-000007")
-    assert found["neighbors"] and found["sink"] == "postgres"
+    for name, value in as_site.items():  # the commands below run as the site's role
+        monkeypatch.setenv(name, value)
+    assert cli(["similar", "item-000007", "--config", _path(cfg), "--format", "json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert len(found["neighbors"]) == 3 and found["sink"] == "postgres"
     assert cli(["serving", "status", "--config", _path(cfg), "--format", "json"]) == 0
-    rows = handoff.status(reader)
+    rows = json.loads(capsys.readouterr().out)
     assert [r["ds"] for r in rows if r["feed"] == "items"] == [DS] and "error" not in rows[0]
+    reader = load_config(_path(cfg), environ=as_site)
+    assert reader.serving.postgres.url.startswith(f"postgresql+psycopg://{site}:")
     with pytest.raises(ConfigError, match="lacks a grant"):
         handoff.rollback(reader)  # writing needs more than SELECT: a configuration error naming the grant
 
 
-def test_status_shows_every_store_it_reaches_and_marks_the_one_it_cannot(online, capsys):
+def test_status_shows_every_store_it_reaches_and_marks_the_one_it_cannot(online, capsys, monkeypatch):
     cfg = online()
     publish_night(Warehouse.of(cfg), DS, night_tables(DS, items=50, k=3, seed=1))
     handoff.run_handoff(cfg, DS)
@@ -134,14 +138,9 @@ def test_status_shows_every_store_it_reaches_and_marks_the_one_it_cannot(online,
     assert {(r["sink"], r["feed"]): r["ds"] for r in rows if "error" not in r} == {("postgres", "items"): DS,
                                                                                    ("postgres", "users"): None}
     assert all("unreachable" in r["error"] for r in rows if r["sink"] == "redis")
-    import os
-
-    os.environ.update(down)
-    try:
-        assert cli(["serving", "status", "--config", _path(cfg)]) == 75
-    finally:
-        for key in down:
-            os.environ.pop(key)
+    for name, value in down.items():
+        monkeypatch.setenv(name, value)
+    assert cli(["serving", "status", "--config", _path(cfg)]) == 75
     out = capsys.readouterr().out
     assert "UNREACHABLE" in out and "redis: could not be read" in out and DS in out
     assert json.loads(json.dumps(rows))  # what --format json prints
