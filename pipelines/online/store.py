@@ -27,7 +27,7 @@ import getpass
 import os
 import socket
 from dataclasses import asdict, dataclass
-from typing import Callable, ContextManager, Protocol
+from typing import Callable, ContextManager, Protocol, runtime_checkable
 
 import pyarrow as pa
 
@@ -69,6 +69,7 @@ class Switch:
         return asdict(self)
 
 
+@runtime_checkable
 class OnlineStore(Protocol):
     name: str
 

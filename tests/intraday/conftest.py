@@ -53,7 +53,7 @@ def served_night(tmp_path_factory, sample_dir, postgres_url, redis_url):
     name = "t" + uuid.uuid4().hex[:10]
     config = write_config(root, sample, neighbors={"k": K, "exclude_same_seller": True, "margin": 4},
                           serving={"sinks": "postgres,redis", "postgres": {"url": postgres_url, "schema": name},
-                                   "redis": {"url": redis_url, "prefix": name}})
+                                   "redis": {"url": redis_url, "prefix": name, "lease_ttl": 3}})
     cfg = load_config(config, environ={})
     for stage in (run_extract, run_embed, run_neighbors, run_publish, run_handoff):
         stage(cfg, DS)

@@ -70,7 +70,7 @@ def test_an_hour_killed_anywhere_changes_nothing_readable_and_the_next_catches_u
     caught = _intraday(config, f"{DS}T13:00:00", "all")
     assert caught.returncode == 0, caught.stderr[-3000:]
     result = json.loads(caught.stdout)
-    assert result["update"]["since"] == HOUR and result["update"]["listings_read"] == 2
+    assert result["update"]["watermark"] == HOUR and result["update"]["listings_read"] == 2
     for sink in SINKS:  # each store rewrote only what changed since the hour it held, not every list since the night
         patched = result["handoff"]["sinks"][sink]
         assert patched["since"] == HOUR and 0 < patched["lists"] < result["update"]["lists_changed"], patched

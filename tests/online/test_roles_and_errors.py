@@ -15,6 +15,7 @@ from lookalike.config import load_config
 from lookalike.errors import BAD_INPUT, BUG, TRANSIENT, ConfigError, TransientError, classify
 from lookalike.online import handoff, postgres_store, redis_store
 from lookalike.online.handoff import open_store
+from lookalike.online.store import OnlineStore
 from lookalike.storage import Warehouse
 from lookalike.tools.cli import main as cli
 from tests.online.nights import night_tables, publish_night
@@ -144,3 +145,9 @@ def test_status_shows_every_store_it_reaches_and_marks_the_one_it_cannot(online,
     out = capsys.readouterr().out
     assert "UNREACHABLE" in out and "redis: could not be read" in out and DS in out
     assert json.loads(json.dumps(rows))  # what --format json prints
+
+
+def test_both_stores_keep_the_store_contract(online):
+    cfg = online()
+    for sink in ("postgres", "redis"):
+        assert isinstance(open_store(cfg, sink), OnlineStore), sink
